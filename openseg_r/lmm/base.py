@@ -1,0 +1,112 @@
+"""The one interface every LMM backend implements.
+
+A node builds an :class:`LMMRequest` (prompt, images, pydantic schema) and calls
+``backend.ask(request)``. It gets an :class:`LMMReply`: the validated object or
+``None``, the raw text, token usage, and a trace record of every attempt. A
+backend only has to implement :meth:`LMMBackend.complete` (text in, text out);
+parsing, validation and the bounded re-ask live here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from openseg_r.lmm.parsing import StructuredOutputError, parse_structured
+from openseg_r.state import LMMCall, Usage
+
+T = TypeVar("T", bound=BaseModel)
+
+MAX_RAW_TEXT_IN_TRACE = 20_000
+
+
+@dataclass
+class LMMRequest(Generic[T]):
+    step: str
+    prompt: str
+    prompt_version: str
+    schema: type[T]
+    images: list[np.ndarray] = field(default_factory=list)
+    subject: str | None = None
+
+
+@dataclass
+class LMMReply(Generic[T]):
+    value: T | None
+    raw_text: str
+    usage: Usage
+    calls: list[LMMCall]
+    error: str | None = None
+
+
+class LMMBackend(ABC):
+    """Base class: subclasses implement :meth:`complete`; :meth:`ask` does the rest."""
+
+    name: str = "lmm"
+    max_attempts: int = 2
+
+    @abstractmethod
+    def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
+        """Return the model's raw text for the request.
+
+        ``feedback`` is set on a re-ask: the validation error of the previous answer.
+        """
+
+    def ask(self, request: LMMRequest[T]) -> LMMReply[T]:
+        calls: list[LMMCall] = []
+        usage = Usage()
+        feedback: str | None = None
+        raw = ""
+        error = "no attempt was made"
+        for attempt in range(1, max(1, self.max_attempts) + 1):
+            started = time.perf_counter()
+            try:
+                raw, call_usage = self.complete(request, feedback)
+                raw = raw if isinstance(raw, str) else str(raw)
+            except Exception as exc:  # a backend failure is recorded, never raised into the graph
+                error = f"backend error: {type(exc).__name__}: {exc}"
+                calls.append(self._record(request, attempt, False, error, "", Usage(), started))
+                continue
+            usage = Usage(
+                prompt_tokens=usage.prompt_tokens + call_usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens + call_usage.completion_tokens,
+            )
+            try:
+                value = parse_structured(raw, request.schema)
+            except StructuredOutputError as exc:
+                error = str(exc)
+                feedback = error
+                calls.append(self._record(request, attempt, False, error, raw, call_usage, started))
+                continue
+            calls.append(self._record(request, attempt, True, None, raw, call_usage, started))
+            return LMMReply(value=value, raw_text=raw, usage=usage, calls=calls)
+        return LMMReply(value=None, raw_text=raw, usage=usage, calls=calls, error=error)
+
+    def _record(self, request, attempt, ok, error, raw, usage, started) -> LMMCall:
+        return LMMCall(
+            step=request.step,
+            subject=request.subject,
+            backend=self.name,
+            prompt_version=request.prompt_version,
+            attempt=attempt,
+            ok=ok,
+            error=error,
+            raw_text=raw[:MAX_RAW_TEXT_IN_TRACE],
+            usage=usage,
+            seconds=round(time.perf_counter() - started, 6),
+        )
+
+
+class NoLMM(LMMBackend):
+    """``none``: there is no LMM. Reasoning nodes fall back to bare class names."""
+
+    name = "none"
+    max_attempts = 1
+
+    def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
+        raise RuntimeError("no LMM backend is configured (lmm spec 'none')")

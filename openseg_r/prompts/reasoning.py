@@ -1,0 +1,52 @@
+"""The LMM prompts of the reasoning steps. Each has a version string that goes into
+every trace record, so that a changed prompt is never confused with an old answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LMMPrompt:
+    version: str
+    text: str
+
+    def render(self, **fields: object) -> str:
+        return self.text.format(**fields)
+
+
+GENERIC_REASONING = LMMPrompt(
+    version="generic-v1",
+    text=(
+        "You are an expert in visual recognition. Reason step by step, from coarse to fine, "
+        "about the object class \"{class_name}\".\n"
+        "A1: the general category it belongs to (for example: vehicle, animal, furniture).\n"
+        "A2: its sub-category within that category (for example: aircraft, pet, seating).\n"
+        "A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "
+        "textures, materials; a few words each).\n"
+        "Answer with one JSON object and nothing else, in this form:\n"
+        '{{"name": "{class_name}", "general_category": "...", "sub_category": "...", '
+        '"attributes": ["...", "..."]}}'
+    ),
+)
+
+IMAGE_REASONING_SINGLE = LMMPrompt(
+    version="image-single-v1",
+    text=(
+        "Look at the image. Candidate classes: {class_list}.\n"
+        "Step 1: describe the image in one or two sentences.\n"
+        "Step 2: list which of the candidate classes are visibly present. Use the names exactly "
+        "as written in the candidate list. Do not list classes that are not in it.\n"
+        "Step 3: for each present class, reason from coarse to fine: its general category, its "
+        "sub-category, and 3 to 7 short visual attributes as they appear in THIS image.\n"
+        "Answer with one JSON object and nothing else, in this form:\n"
+        '{{"description": "...", "candidates": [{{"name": "...", "general_category": "...", '
+        '"sub_category": "...", "attributes": ["...", "..."]}}]}}'
+    ),
+)
+
+
+def class_list_text(names: list[str]) -> str:
+    """Quote each name so that names with commas or odd punctuation stay intact."""
+    return ", ".join(json.dumps(name, ensure_ascii=False) for name in names)

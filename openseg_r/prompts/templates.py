@@ -1,0 +1,37 @@
+"""CLIP sentence templates. ``{}`` is replaced by a class phrase."""
+
+from __future__ import annotations
+
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from openseg_r.errors import ConfigError
+
+# The 14 ViLD-style sentences used by open-vocabulary segmenters (OVSeg, CAT-Seg, OpenSeg-R).
+VILD_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+# The 80 OpenAI ImageNet templates, taken from open_clip so they match it exactly.
+IMAGENET_TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"vild": VILD_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
+
+
+def templates_for(name: str) -> tuple[str, ...]:
+    try:
+        return TEMPLATE_SETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown template set {name!r}; choose from {', '.join(TEMPLATE_SETS)}") from None

@@ -1,0 +1,80 @@
+"""Training-free replacements for the last vision block of CLIP (DESIGN §3).
+
+With ``y = ln_1(x)`` and per-head ``q, k, v`` from the block's own in-projection,
+``s = head_dim ** -0.5`` and ``A(z) = softmax(z, dim=-1)``:
+
+============  ============================================================  =========  =====
+variant       block output                                                   residual   FFN
+============  ============================================================  =========  =====
+vanilla       the unchanged block                                            yes        yes
+maskclip      ``out_proj(v)`` (value path, no query-key attention)           yes        yes
+sclip         ``out_proj((A(s·q·qᵀ) + A(s·k·kᵀ))·v)``                        yes        yes
+clearclip     ``out_proj(A(s·q·qᵀ)·v)``                                      no         no
+naclip        ``out_proj(A(s·k·kᵀ + G)·v)``, G a Gaussian over the grid     no         no
+============  ============================================================  =========  =====
+
+G is ``exp(-Δ²/(2σ²))`` over patch-grid distances (peak 1, σ = 5 by default),
+with 0 in the CLS row and column.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
+
+
+def gaussian_bias(grid_h: int, grid_w: int, sigma: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The NACLIP neighbourhood bias, shape ``(1 + grid_h*grid_w)²``; CLS row and column are 0."""
+    rows = torch.arange(grid_h, device=device, dtype=torch.float32)
+    cols = torch.arange(grid_w, device=device, dtype=torch.float32)
+    yy, xx = torch.meshgrid(rows, cols, indexing="ij")
+    coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
+    squared = torch.cdist(coords, coords).pow(2)
+    patches = torch.exp(-squared / (2.0 * sigma * sigma))
+    bias = torch.zeros(1 + grid_h * grid_w, 1 + grid_h * grid_w, device=device, dtype=torch.float32)
+    bias[1:, 1:] = patches
+    return bias.to(dtype)
+
+
+def last_block(
+    block: nn.Module, x: torch.Tensor, variant: str, grid: tuple[int, int], sigma: float = 5.0
+) -> torch.Tensor:
+    """Run ``block`` on tokens ``x`` (batch, 1 + grid_h*grid_w, width) with the chosen variant."""
+    if variant == "vanilla":
+        return block(x)
+    if variant not in ATTENTION_VARIANTS:
+        raise ValueError(f"unknown attention variant {variant!r}; choose from {', '.join(ATTENTION_VARIANTS)}")
+    attn: nn.MultiheadAttention = block.attn
+    heads = attn.num_heads
+    batch, tokens, width = x.shape
+    head_dim = width // heads
+    scale = head_dim**-0.5
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = (t.reshape(batch, tokens, heads, head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+
+    if variant == "maskclip":
+        mixed = v
+    elif variant == "clearclip":
+        mixed = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1) @ v
+    elif variant == "sclip":
+        weights = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1)
+        weights = weights + torch.softmax(scale * k @ k.transpose(-2, -1), dim=-1)
+        mixed = weights @ v
+    else:  # naclip
+        bias = gaussian_bias(*grid, sigma, device=x.device, dtype=x.dtype)
+        mixed = torch.softmax(scale * k @ k.transpose(-2, -1) + bias, dim=-1) @ v
+
+    out = attn.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
+    out = _layer_scale(block, "ls_1", out)
+    if variant in ("naclip", "clearclip"):
+        return out
+    x = x + out
+    return x + _layer_scale(block, "ls_2", block.mlp(block.ln_2(x)))
+
+
+def _layer_scale(block: nn.Module, name: str, value: torch.Tensor) -> torch.Tensor:
+    scale = getattr(block, name, None)
+    return value if scale is None else scale(value)

@@ -1,0 +1,95 @@
+"""Dense (per-patch) CLIP image features from an open_clip ViT."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openseg_r.errors import ConfigError
+from openseg_r.segment.attention import ATTENTION_VARIANTS, last_block
+
+
+class DenseCLIPEncoder:
+    """Turns a batch of normalised images into L2-normalised patch embeddings.
+
+    Works at any input size: the positional embedding is interpolated (bicubic)
+    to the patch grid and cached per grid size.
+    """
+
+    def __init__(self, model: nn.Module, attention: str = "naclip", gaussian_sigma: float = 5.0) -> None:
+        if attention not in ATTENTION_VARIANTS:
+            raise ConfigError(f"unknown attention variant {attention!r}; choose from {', '.join(ATTENTION_VARIANTS)}")
+        visual = getattr(model, "visual", model)
+        _check_supported(visual)
+        self.visual = visual
+        self.attention = attention
+        self.gaussian_sigma = gaussian_sigma
+        self.patch_size = _pair(visual.conv1.kernel_size)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.proj.shape[1]
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.patch_size[0], width // self.patch_size[1]
+
+    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        cached = self._pos_cache.get(grid)
+        if cached is not None:
+            return cached
+        pos = self.visual.positional_embedding
+        cls_pos, patch_pos = pos[:1], pos[1:]
+        side = int(round(patch_pos.shape[0] ** 0.5))
+        if (side, side) != grid:
+            patch = patch_pos.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            patch = F.interpolate(patch, size=grid, mode="bicubic", align_corners=False)
+            patch_pos = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+        result = torch.cat([cls_pos, patch_pos], dim=0)
+        self._pos_cache[grid] = result
+        return result
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` (B, 3, H, W) -> features (B, H/p, W/p, D), L2-normalised, in float32."""
+        visual = self.visual
+        grid = self.grid_for(pixels.shape[-2], pixels.shape[-1])
+        x = visual.conv1(pixels)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
+        x = visual.ln_pre(x)
+        blocks = visual.transformer.resblocks
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks[:-1]:
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        if self.attention == "vanilla" and not batch_first:
+            x = blocks[-1](x.transpose(0, 1)).transpose(0, 1)
+        else:
+            x = last_block(blocks[-1], x, self.attention, grid, self.gaussian_sigma)
+        patches = visual.ln_post(x[:, 1:, :]) @ visual.proj
+        patches = F.normalize(patches.float(), dim=-1)
+        return patches.reshape(pixels.shape[0], grid[0], grid[1], -1)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _check_supported(visual: nn.Module) -> None:
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+    missing = [name for name in needed if getattr(visual, name, None) is None]
+    if missing:
+        raise ConfigError(
+            f"dense CLIP needs an open_clip VisionTransformer with a projection; this model lacks {', '.join(missing)}"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ConfigError("dense CLIP does not support vision towers with attentional pooling (CoCa-style)")
+    last = visual.transformer.resblocks[-1]
+    if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
+        raise ConfigError("dense CLIP needs vision blocks built on torch.nn.MultiheadAttention")

@@ -1,0 +1,122 @@
+"""From text queries and dense similarities to class probabilities (DESIGN §2.4–2.5).
+
+Every prompt phrase is a *query*. Queries are reduced into *channels* at patch
+level, and channels are turned into class probabilities per pixel:
+
+- ``max_then_softmax`` (the reasoning path): a channel is one (class, slot); its
+  score is the max over the class's synonyms. Per slot, a softmax over classes;
+  then the mean over slots.
+- ``softmax_then_max`` (NACLIP's reference order): a channel is one query. Per
+  slot, a softmax over all queries; then the max over each class's queries; then
+  the mean over slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from openseg_r.state import PromptSet
+
+
+@dataclass
+class QueryBank:
+    embeddings: torch.Tensor  # (Q, D), L2-normalised
+    query_channel: torch.Tensor  # (Q,) channel each query is max-reduced into
+    channel_class: torch.Tensor  # (K,)
+    channel_slot: torch.Tensor  # (K,)
+    num_classes: int
+    num_slots: int
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.channel_class.numel())
+
+    def channel_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Patch features (..., D) -> channel scores (..., K): cosine, max over each channel's queries."""
+        sims = features @ self.embeddings.to(features.device, features.dtype).T
+        if self.num_channels == sims.shape[-1] and bool(
+            (self.query_channel == torch.arange(self.num_channels)).all()
+        ):
+            return sims
+        index = self.query_channel.to(sims.device).expand(sims.shape)
+        out = torch.full((*sims.shape[:-1], self.num_channels), float("-inf"), device=sims.device, dtype=sims.dtype)
+        return out.scatter_reduce(-1, index, sims, reduce="amax", include_self=True)
+
+    def class_probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
+        """Channel logits (K, ...) -> class probabilities (C, ...), the mean over slots."""
+        spatial = logits.shape[1:]
+        total = torch.zeros((self.num_classes, *spatial), device=logits.device, dtype=torch.float32)
+        for slot in range(self.num_slots):
+            channels = (self.channel_slot == slot).nonzero().flatten().to(logits.device)
+            probs = torch.softmax(logit_scale * logits[channels].float(), dim=0)
+            classes = self.channel_class.to(logits.device)[channels]
+            if classes.numel() == self.num_classes and bool((classes == torch.arange(self.num_classes, device=classes.device)).all()):
+                total += probs
+            else:
+                per_class = torch.zeros_like(total)
+                index = classes.view(-1, *([1] * len(spatial))).expand(probs.shape)
+                total += per_class.scatter_reduce(0, index, probs, reduce="amax", include_self=True)
+        return total / self.num_slots
+
+
+def build_query_bank(prompts: PromptSet, embed) -> QueryBank:
+    """``embed(phrases, template_set) -> (N, D)``; the layout follows ``prompts.score_order``."""
+    num_slots = prompts.num_slots
+    if any(len(c.slots) != num_slots for c in prompts.classes):
+        raise ValueError("every class must have the same number of attribute slots")
+    phrases: list[str] = []
+    query_channel: list[int] = []
+    channel_class: list[int] = []
+    channel_slot: list[int] = []
+    per_class_channels = prompts.score_order == "max_then_softmax"
+    if per_class_channels:
+        for c in range(len(prompts.classes)):
+            for j in range(num_slots):
+                channel_class.append(c)
+                channel_slot.append(j)
+    for c, class_prompts in enumerate(prompts.classes):
+        for row in class_prompts.phrases():
+            for j, phrase in enumerate(row):
+                phrases.append(phrase)
+                if per_class_channels:
+                    query_channel.append(c * num_slots + j)
+                else:
+                    query_channel.append(len(channel_class))
+                    channel_class.append(c)
+                    channel_slot.append(j)
+    return QueryBank(
+        embeddings=embed(phrases, prompts.templates),
+        query_channel=torch.tensor(query_channel, dtype=torch.long),
+        channel_class=torch.tensor(channel_class, dtype=torch.long),
+        channel_slot=torch.tensor(channel_slot, dtype=torch.long),
+        num_classes=len(prompts.classes),
+        num_slots=num_slots,
+    )
+
+
+@dataclass
+class ClassFilter:
+    """Which classes image reasoning found, and how to treat the others."""
+
+    present: list[int] | None = None  # None: no filtering
+    mode: str = "hard"  # hard | soft | none
+    soft_weight: float = 0.3
+    keep: tuple[int, ...] = ()  # never filtered (the background class)
+
+    def suppressed(self, num_classes: int) -> list[int]:
+        if self.present is None or self.mode == "none":
+            return []
+        kept = set(self.present) | set(self.keep)
+        return [c for c in range(num_classes) if c not in kept]
+
+    def apply(self, probs: torch.Tensor) -> torch.Tensor:
+        """Hard: absent classes get probability 0. Soft: they are multiplied by ``soft_weight``,
+        so a class CLIP is very sure of can still win."""
+        absent = self.suppressed(probs.shape[0])
+        if not absent or len(absent) == probs.shape[0]:
+            return probs
+        probs = probs.clone()
+        probs[absent] = 0.0 if self.mode == "hard" else probs[absent] * self.soft_weight
+        return probs

@@ -1,0 +1,163 @@
+"""The dense-CLIP segmenter: one small object, two methods.
+
+>>> segmenter = CLIPSegmenter.from_pretrained("ViT-B-16", "openai")
+>>> bank = segmenter.query_bank(prompt_set)          # text side, cached per phrase
+>>> arrays = segmenter.segment(rgb_uint8, bank)      # image side
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from openseg_r.errors import ConfigError
+from openseg_r.segment.dense import DenseCLIPEncoder
+from openseg_r.segment.loading import LoadedCLIP, load_clip
+from openseg_r.segment.scoring import ClassFilter, QueryBank, build_query_bank
+from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
+from openseg_r.segment.text import TextEmbedder
+from openseg_r.state import PromptSet
+
+BAND_ELEMENTS = 32_000_000  # values held per band of output rows
+
+
+@dataclass
+class SegmenterConfig:
+    """Inference settings (DESIGN §3). ``slide=False`` runs the whole resized image at once."""
+
+    attention: str = "naclip"
+    short_side: int = 336
+    max_long_side: int = 2048
+    crop: int = 224
+    stride: int = 112
+    slide: bool = True
+    window_batch_size: int | None = None  # None: all windows in one forward
+    gaussian_sigma: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("short_side", "max_long_side", "crop", "stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive number of pixels")
+        if self.window_batch_size is not None and self.window_batch_size < 1:
+            raise ConfigError("window_batch_size must be positive or None")
+
+
+@dataclass
+class SegmentationArrays:
+    """Per-pixel outputs at the input image's size."""
+
+    labels: np.ndarray  # (H, W) int32 index into the vocabulary
+    confidence: np.ndarray  # (H, W) float32 probability of the chosen class
+    runner_up: np.ndarray  # (H, W) int32 second-best class, -1 when there is none
+    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability
+    suppressed: list[int] = field(default_factory=list)
+    background_pixels: int = 0
+
+
+class CLIPSegmenter:
+    def __init__(self, clip: LoadedCLIP, config: SegmenterConfig | None = None) -> None:
+        self.clip = clip
+        self.config = config or SegmenterConfig()
+        self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma)
+        self.text = TextEmbedder(clip)
+        self._mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(clip.std, device=clip.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        *,
+        device: str | None = None,
+        precision: str = "auto",
+        **config,
+    ) -> "CLIPSegmenter":
+        return cls(load_clip(model, pretrained, device=device, precision=precision), SegmenterConfig(**config))
+
+    # ------------------------------------------------------------------ text side
+
+    def query_bank(self, prompts: PromptSet) -> QueryBank:
+        return build_query_bank(prompts, self.text.embed)
+
+    # ----------------------------------------------------------------- image side
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> normalised (1, 3, h, w) at the inference size, model dtype."""
+        cfg = self.config
+        pixels = torch.tensor(rgb, dtype=torch.uint8, device=self.clip.device)
+        pixels = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        size = resize_shape(rgb.shape[0], rgb.shape[1], cfg.short_side, cfg.max_long_side)
+        if size != tuple(rgb.shape[:2]):
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        return ((pixels - self._mean) / self._std).to(self.clip.dtype)
+
+    @torch.inference_mode()
+    def dense_logits(self, pixels: torch.Tensor, bank: QueryBank) -> torch.Tensor:
+        """Channel logits (K, h, w) at the inference size, overlapping windows averaged."""
+        cfg = self.config
+        _, _, height, width = pixels.shape
+        if cfg.slide:
+            boxes = window_boxes(height, width, cfg.crop, cfg.stride)
+        else:
+            boxes = [(0, height, 0, width)]
+        crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        batch = cfg.window_batch_size or len(boxes)
+        features = torch.cat([self.encoder(crops[i : i + batch]) for i in range(0, len(boxes), batch)])
+        scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
+        canvas = torch.zeros((bank.num_channels, height, width), device=pixels.device, dtype=torch.float32)
+        counts = torch.zeros((1, height, width), device=pixels.device, dtype=torch.float32)
+        for (y1, y2, x1, x2), window in zip(boxes, scores):
+            window = F.interpolate(window[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+            canvas[:, y1:y2, x1:x2] += window[0]
+            counts[:, y1:y2, x1:x2] += 1
+        return canvas / counts
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        rgb: np.ndarray,
+        bank: QueryBank,
+        *,
+        class_filter: ClassFilter | None = None,
+        logit_scale: float = 40.0,
+        background_index: int | None = None,
+        background_threshold: float = 0.0,
+    ) -> SegmentationArrays:
+        class_filter = class_filter or ClassFilter()
+        logits = self.dense_logits(self.preprocess(rgb), bank)
+        out_h, out_w = rgb.shape[:2]
+        resampler = RowResampler(logits, out_h, out_w)
+        labels = np.empty((out_h, out_w), np.int32)
+        confidence = np.empty((out_h, out_w), np.float32)
+        runner_up = np.full((out_h, out_w), -1, np.int32)
+        margin = np.empty((out_h, out_w), np.float32)
+        band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
+        for start in range(0, out_h, band_rows):
+            stop = min(out_h, start + band_rows)
+            probs = class_filter.apply(bank.class_probabilities(resampler.band(start, stop), logit_scale))
+            top = probs.topk(min(2, probs.shape[0]), dim=0)
+            best_prob, best = top.values[0], top.indices[0]
+            if probs.shape[0] > 1:
+                runner_up[start:stop] = top.indices[1].cpu().numpy()
+                margin[start:stop] = (top.values[0] - top.values[1]).cpu().numpy()
+            else:
+                margin[start:stop] = best_prob.cpu().numpy()
+            if background_index is not None and background_threshold > 0:
+                low = best_prob < background_threshold
+                best = torch.where(low, torch.full_like(best, background_index), best)
+                best_prob = torch.where(low, probs[background_index], best_prob)
+            labels[start:stop] = best.cpu().numpy()
+            confidence[start:stop] = best_prob.cpu().numpy()
+        background_pixels = int((labels == background_index).sum()) if background_index is not None else 0
+        return SegmentationArrays(
+            labels=labels,
+            confidence=confidence,
+            runner_up=runner_up,
+            margin=margin,
+            suppressed=class_filter.suppressed(bank.num_classes),
+            background_pixels=background_pixels,
+        )

@@ -1,0 +1,55 @@
+"""CLIP text embeddings of class phrases, averaged over templates and cached.
+
+A phrase's embedding is ``normalise(mean_t normalise(encode(t.format(phrase))))``
+(DESIGN §2.4). The cache is keyed by (template set, phrase) for one model, so a
+vocabulary's embeddings are computed once and reused for every image.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from threading import Lock
+
+import torch
+import torch.nn.functional as F
+
+from openseg_r.prompts.templates import templates_for
+from openseg_r.segment.loading import LoadedCLIP
+
+TEXT_BATCH = 256
+
+
+class TextEmbedder:
+    def __init__(self, clip: LoadedCLIP, max_cached: int = 200_000) -> None:
+        self.clip = clip
+        self.max_cached = max_cached
+        self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._lock = Lock()
+        self.encoded_sentences = 0  # how many sentences went through the text tower
+
+    def embed(self, phrases: list[str], template_set: str) -> torch.Tensor:
+        """Return (len(phrases), D) float32 embeddings on the model's device."""
+        templates = templates_for(template_set)
+        with self._lock:
+            missing = list(dict.fromkeys(p for p in phrases if (template_set, p) not in self._cache))
+            if missing:
+                for phrase, vector in zip(missing, self._encode(missing, templates)):
+                    self._cache[(template_set, phrase)] = vector
+                while len(self._cache) > self.max_cached:
+                    self._cache.popitem(last=False)
+            vectors = [self._cache[(template_set, p)] for p in phrases]
+        if not vectors:
+            raise ValueError("no phrases to embed")
+        return torch.stack(vectors).to(self.clip.device)
+
+    @torch.inference_mode()
+    def _encode(self, phrases: list[str], templates: tuple[str, ...]) -> list[torch.Tensor]:
+        sentences = [template.format(phrase) for phrase in phrases for template in templates]
+        chunks = []
+        for start in range(0, len(sentences), TEXT_BATCH):
+            tokens = self.clip.tokenizer(sentences[start : start + TEXT_BATCH]).to(self.clip.device)
+            chunks.append(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1))
+        self.encoded_sentences += len(sentences)
+        per_sentence = torch.cat(chunks).reshape(len(phrases), len(templates), -1)
+        averaged = F.normalize(per_sentence.mean(dim=1), dim=-1)
+        return [row.cpu() for row in averaged]

@@ -1,0 +1,163 @@
+"""Vocabularies: built-in benchmark class lists and user-given ones.
+
+Text format (files and built-ins), one class per line, in label order::
+
+    # comment
+    cat
+    person, person in shirt, person in jeans      <- synonyms, first is the display name
+    background: sky, wall, tree                   <- display name that is not itself a query
+
+A class whose display name is ``background`` is the background class: it is never
+removed by the class filter and takes pixels whose top probability is low.
+
+On the command line, ``--classes "cat, sofa|couch, lamp"`` separates classes with
+commas and synonyms with ``|``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from importlib import resources
+from pathlib import Path
+
+from openseg_r.errors import VocabularyError
+from openseg_r.state import Vocabulary, VocabularyClass
+
+MAX_CLASSES = 5000
+MAX_NAME_CHARS = 200
+BACKGROUND = "background"
+
+BUILTIN_FILES = {
+    "voc20": "voc20.txt",
+    "voc21": "voc21.txt",
+    "pc59": "pc59.txt",
+    "pc60": "pc60.txt",
+    "pc459": "pc459.txt",
+    "ade150": "ade150.txt",
+    "ade847": "ade847.txt",
+    "coco_stuff171": "coco_stuff171.txt",
+    "coco_object": "coco_object.txt",
+    "cityscapes": "cityscapes.txt",
+}
+ALIASES = {
+    "voc": "voc21",
+    "pascal_context59": "pc59",
+    "pascal_context60": "pc60",
+    "ade20k": "ade150",
+    "ade20k150": "ade150",
+    "ade20k847": "ade847",
+    "coco_stuff": "coco_stuff171",
+    "cocostuff": "coco_stuff171",
+    "coco_obj": "coco_object",
+    "city_scapes": "cityscapes",
+}
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in vocabularies that ship with this installation."""
+    data = resources.files("openseg_r.vocab") / "data"
+    return [name for name, file in BUILTIN_FILES.items() if (data / file).is_file()]
+
+
+def load_builtin(name: str) -> Vocabulary:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in BUILTIN_FILES or key not in builtin_names():
+        raise VocabularyError(f"unknown vocabulary {name!r}; built-in ones are: {', '.join(builtin_names())}")
+    text = (resources.files("openseg_r.vocab") / "data" / BUILTIN_FILES[key]).read_text(encoding="utf-8")
+    return parse_vocabulary_text(text, name=key)
+
+
+def load_vocabulary_file(path: str | Path) -> Vocabulary:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VocabularyError(f"vocabulary file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise VocabularyError(f"vocabulary file is not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise VocabularyError(f"cannot read vocabulary file {path}: {exc.strerror}") from None
+    return parse_vocabulary_text(text, name=path.stem)
+
+
+def parse_vocabulary_text(text: str, name: str | None = None) -> Vocabulary:
+    """Parse the one-class-per-line format (see the module docstring)."""
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        display, _, rest = line.partition(":") if _has_display_prefix(line) else ("", "", line)
+        entries.append((display.strip() or None, [part for part in rest.split(",")]))
+    return _build(entries, name)
+
+
+def parse_class_list(classes: str | list[str], name: str | None = None) -> Vocabulary:
+    """Parse ``"cat, sofa|couch"`` or ``["cat", "sofa|couch"]``: classes and ``|`` synonyms."""
+    items = classes.split(",") if isinstance(classes, str) else list(classes)
+    entries = []
+    for item in items:
+        if not isinstance(item, str):
+            raise VocabularyError(f"class names must be strings, got {type(item).__name__}")
+        entries.append((None, item.split("|")))
+    return _build(entries, name)
+
+
+def resolve_vocabulary(value: str | list[str] | Vocabulary) -> Vocabulary:
+    """Accept a Vocabulary, a list of names, a built-in name, a file path or a comma list."""
+    if isinstance(value, Vocabulary):
+        return value
+    if isinstance(value, list):
+        return parse_class_list(value)
+    text = value.strip()
+    key = ALIASES.get(text.lower().replace("-", "_"), text.lower().replace("-", "_"))
+    if key in BUILTIN_FILES and "," not in text:
+        return load_builtin(text)
+    if "," not in text and "\n" not in text and Path(text).is_file():
+        return load_vocabulary_file(text)
+    return parse_class_list(text)
+
+
+def _has_display_prefix(line: str) -> bool:
+    head, sep, _ = line.partition(":")
+    return bool(sep) and "," not in head
+
+
+def _clean_name(raw: str) -> str:
+    text = unicodedata.normalize("NFC", raw)
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    text = " ".join(text.split())
+    if len(text) > MAX_NAME_CHARS:
+        raise VocabularyError(f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: {text[:40]!r}…")
+    return text
+
+
+def _build(entries: list[tuple[str | None, list[str]]], name: str | None) -> Vocabulary:
+    classes: list[VocabularyClass] = []
+    seen: dict[str, int] = {}
+    for display, raw_queries in entries:
+        queries: list[str] = []
+        for raw in raw_queries:
+            query = _clean_name(raw)
+            if query and query not in queries:
+                queries.append(query)
+        display_name = _clean_name(display) if display else (queries[0] if queries else "")
+        if not display_name and not queries:
+            continue  # an empty item, e.g. a trailing comma
+        if not queries:
+            queries = [display_name]
+        folded = display_name.casefold()
+        if folded in seen:
+            raise VocabularyError(
+                f"duplicate class name {display_name!r} (classes {seen[folded] + 1} and {len(classes) + 1})"
+            )
+        seen[folded] = len(classes)
+        classes.append(
+            VocabularyClass(name=display_name, queries=queries, is_background=folded == BACKGROUND)
+        )
+    if not classes:
+        raise VocabularyError("the vocabulary is empty: give at least one class name")
+    if len(classes) > MAX_CLASSES:
+        raise VocabularyError(f"the vocabulary has {len(classes)} classes, over the limit of {MAX_CLASSES}")
+    return Vocabulary(name=name, classes=classes)
