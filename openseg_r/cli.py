@@ -1,0 +1,146 @@
+"""The ``openseg-r`` command line.
+
+Exit codes: 0 success; 2 bad usage or bad input (one-line message); 1 internal
+error (one line; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+MAX_FALLBACK_LINES = 5
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad-usage path
+        self.exit(EXIT_USAGE, f"openseg-r: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openseg_r import __version__
+    from openseg_r.segment.attention import ATTENTION_VARIANTS
+
+    parser = _Parser(prog="openseg-r", description="Open-vocabulary segmentation guided by LMM reasoning.")
+    parser.add_argument("--version", action="version", version=f"openseg-r {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = commands.add_parser("segment", help="segment one image")
+    seg.add_argument("image", help="path of the image file")
+    which = seg.add_mutually_exclusive_group(required=True)
+    which.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "cat, sofa|couch"')
+    which.add_argument("--vocab", help="a built-in vocabulary name (see `openseg-r vocabularies`) or a text file")
+    seg.add_argument("--out", required=True, help="output folder for labels.png, overlay.png, result.json")
+    seg.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON")
+    seg.add_argument("--clip-pretrained", default="openai", help="pretrained tag or weights file; 'none' for random weights")
+    seg.add_argument("--attention", default="naclip", choices=ATTENTION_VARIANTS)
+    seg.add_argument("--lmm", default=os.environ.get("OPENSEG_R_LMM", "none"), help="LMM backend spec: none | scripted:FILE.json")
+    seg.add_argument("--no-reasoning", action="store_true", help="baseline: bare class names, no LMM")
+    seg.add_argument("--templates", choices=("vild", "imagenet"), default="vild")
+    seg.add_argument("--n-attributes", type=int, default=3)
+    seg.add_argument("--score-order", choices=("max_then_softmax", "softmax_then_max"), default="max_then_softmax")
+    seg.add_argument("--class-filter", choices=("hard", "soft", "none"), default="hard")
+    seg.add_argument("--background-threshold", type=float, default=0.1)
+    seg.add_argument("--short-side", type=int, default=336)
+    seg.add_argument("--crop", type=int, default=224)
+    seg.add_argument("--stride", type=int, default=112)
+    seg.add_argument("--no-slide", action="store_true", help="run the whole resized image at once")
+    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
+    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    seg.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
+
+    commands.add_parser("vocabularies", help="list the built-in vocabularies")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "vocabularies":
+            return _vocabularies()
+        return _segment(args)
+    except KeyboardInterrupt:
+        print("openseg-r: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from openseg_r.errors import OpenSegRError
+
+        if isinstance(exc, OpenSegRError):
+            print(f"openseg-r: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.debug:
+            traceback.print_exc()
+        print(f"openseg-r: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _vocabularies() -> int:
+    from openseg_r.vocab import builtin_names, load_builtin
+
+    for name in builtin_names():
+        print(f"{name:16s} {len(load_builtin(name).classes):4d} classes")
+    return EXIT_OK
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from openseg_r.errors import ConfigError
+    from openseg_r.facade import OpenSegR
+    from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
+    from openseg_r.state import Settings
+    from openseg_r.vocab import parse_class_list, resolve_vocabulary
+
+    # Cheap checks first, so bad input fails before any model loads.
+    vocabulary = parse_class_list(args.classes) if args.classes is not None else resolve_vocabulary(args.vocab)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    load_image(args.image, max_pixels=max_pixels)
+    reasoning = not args.no_reasoning and args.lmm.strip() not in ("", "none")
+    if not args.no_reasoning and not reasoning:
+        print("openseg-r: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
+    try:
+        settings = Settings(
+            reasoning=reasoning,
+            n_attributes=args.n_attributes,
+            templates=args.templates,
+            score_order=args.score_order,
+            class_filter=args.class_filter,
+            background_threshold=args.background_threshold,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from None
+    pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    model = OpenSegR(
+        args.clip_model,
+        pretrained,
+        lmm=args.lmm if reasoning else "none",
+        settings=settings,
+        device=args.device,
+        precision=args.precision,
+        max_pixels=max_pixels,
+        attention=args.attention,
+        short_side=args.short_side,
+        crop=args.crop,
+        stride=args.stride,
+        slide=not args.no_slide,
+    )
+    result = model.segment(args.image, vocabulary)
+    paths = result.save(args.out)
+    for summary in sorted(result.classes, key=lambda c: -c.pixels):
+        if summary.pixels:
+            print(f"{summary.name:24s} {100 * summary.area_fraction:6.2f}%  confidence {summary.mean_confidence:.3f}")
+    fallbacks = result.state.fallbacks
+    for fallback in fallbacks[:MAX_FALLBACK_LINES]:
+        subject = f" [{fallback.subject}]" if fallback.subject else ""
+        print(f"fallback in {fallback.step}{subject}: {fallback.reason} -> {fallback.used}", file=sys.stderr)
+    if len(fallbacks) > MAX_FALLBACK_LINES:
+        print(f"... and {len(fallbacks) - MAX_FALLBACK_LINES} more fallbacks, listed in result.json", file=sys.stderr)
+    print(f"wrote {paths['labels']}, {paths['overlay']}, {paths['result']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Pictures of a result: the label PNG and an overlay with a legend."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE_LIMIT = 256
+
+
+def class_colors(count: int) -> np.ndarray:
+    """The PASCAL VOC bit-interleaved colour map, extended to any number of classes."""
+    colors = np.zeros((count, 3), np.uint8)
+    for index in range(count):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+            if value == 0:
+                break
+        colors[index] = (r, g, b)
+    return colors
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """A palette PNG image when the vocabulary fits in 256 colours, else 16-bit grayscale.
+
+    Either way a pixel's value is its class index in the vocabulary.
+    """
+    if num_classes <= PALETTE_LIMIT:
+        image = Image.fromarray(labels.astype(np.uint8), mode="P")
+        image.putpalette(class_colors(PALETTE_LIMIT).ravel().tolist())
+        return image
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def overlay_image(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
+    """The photo with each class's pixels tinted and a legend of the classes present (largest first)."""
+    colors = class_colors(len(names))
+    blended = (rgb.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
+    present = np.bincount(labels.ravel(), minlength=len(names))
+    order = [i for i in np.argsort(-present) if present[i] > 0]
+    font = _font(max(12, min(rgb.shape[:2]) // 30))
+    row = font.size + 6 if hasattr(font, "size") else 18
+    total = max(1, labels.size)
+    entries = [f"{names[i]} ({100 * present[i] / total:.1f}%)" for i in order]
+    width = max([int(_text_width(font, text)) for text in entries] + [0]) + row + 16
+    canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(entries) + 8)), "white")
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for line, (index, text) in enumerate(zip(order, entries)):
+        top = 4 + line * row
+        left = rgb.shape[1] + 6
+        draw.rectangle([left, top, left + row - 6, top + row - 6], fill=tuple(int(c) for c in colors[index]), outline="black")
+        draw.text((left + row, top), text, fill="black", font=font)
+    return canvas
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizing
+        return ImageFont.load_default()
+
+
+def _text_width(font, text: str) -> float:
+    try:
+        return font.getlength(text)
+    except AttributeError:
+        return 7 * len(text)

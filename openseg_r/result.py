@@ -1,0 +1,92 @@
+"""What a user gets back: arrays, the readable trace, and files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from openseg_r import __version__
+from openseg_r.render import label_image, overlay_image
+from openseg_r.state import ClassSummary, OpenSegState
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # (H, W) int32 index into state.vocabulary
+    confidence: np.ndarray  # (H, W) float32
+    image: np.ndarray  # (H, W, 3) uint8, the input as decoded
+    state: OpenSegState  # the graph's final state: reasoning, prompts, timings, LMM calls
+    segmenter: dict  # model and inference settings
+
+    @property
+    def names(self) -> list[str]:
+        return self.state.vocabulary.names
+
+    @property
+    def classes(self) -> list[ClassSummary]:
+        return self.state.report.classes if self.state.report else []
+
+    @property
+    def present(self) -> list[str]:
+        return self.state.report.present_classes if self.state.report else []
+
+    def mask(self, name: str) -> np.ndarray:
+        return self.labels == self.names.index(name)
+
+    def overlay(self) -> Image.Image:
+        return overlay_image(self.image, self.labels, self.names)
+
+    def to_json(self) -> dict:
+        state = self.state
+        return {
+            "openseg_r_version": __version__,
+            "image": state.image.model_dump(exclude={"key"}) | {"sha256_key": state.image.key},
+            "vocabulary": state.vocabulary.model_dump(),
+            "settings": state.settings.model_dump(),
+            "segmenter": self.segmenter,
+            "classes": [c.model_dump() for c in self.classes],
+            "present_classes": self.present,
+            "suppressed_classes": state.segmentation.suppressed_classes if state.segmentation else [],
+            "reasoning": {
+                "generic": {k: v.model_dump() for k, v in (state.generic_reasoning or {}).items()},
+                "image": state.image_reasoning.model_dump() if state.image_reasoning else None,
+                "alignment": state.alignment.model_dump() if state.alignment else None,
+            },
+            "prompts": state.prompts.model_dump() if state.prompts else None,
+            "timings": [t.model_dump() for t in state.timings],
+            "lmm_calls": [c.model_dump() for c in state.lmm_calls],
+            "lmm_usage": {
+                "calls": len(state.lmm_calls),
+                "prompt_tokens": sum(c.usage.prompt_tokens for c in state.lmm_calls),
+                "completion_tokens": sum(c.usage.completion_tokens for c in state.lmm_calls),
+            },
+            "fallbacks": [f.model_dump() for f in state.fallbacks],
+        }
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write labels.png, overlay.png and result.json; each file appears whole or not at all."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
+        _atomic_write(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
+        _atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
+        _atomic_write(paths["result"], lambda f: f.write(text.encode("utf-8")))
+        return paths
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,117 @@
+"""Each last-block variant against its formula written out plainly, head by head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openseg_r.segment.attention import ATTENTION_VARIANTS, gaussian_bias
+from openseg_r.segment.dense import DenseCLIPEncoder
+
+
+def plain_gaussian(grid_h, grid_w, sigma):
+    n = grid_h * grid_w
+    bias = torch.zeros(n + 1, n + 1)
+    for p in range(n):
+        for q in range(n):
+            dy = p // grid_w - q // grid_w
+            dx = p % grid_w - q % grid_w
+            bias[p + 1, q + 1] = math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
+    return bias
+
+
+def plain_last_block(block, x, variant, grid, sigma=5.0):
+    """Straightforward per-head loops of the formulas in DESIGN §3."""
+    attn = block.attn
+    width = x.shape[-1]
+    heads = attn.num_heads
+    d = width // heads
+    y = block.ln_1(x)
+    w_q, w_k, w_v = attn.in_proj_weight.split(width)
+    b_q, b_k, b_v = attn.in_proj_bias.split(width)
+    q_all, k_all, v_all = y @ w_q.T + b_q, y @ w_k.T + b_k, y @ w_v.T + b_v
+    outputs = []
+    for h in range(heads):
+        q, k, v = (t[..., h * d : (h + 1) * d] for t in (q_all, k_all, v_all))
+        if variant == "maskclip":
+            outputs.append(v)
+            continue
+        if variant == "clearclip":
+            weights = torch.softmax(q @ q.transpose(-1, -2) / math.sqrt(d), dim=-1)
+        elif variant == "sclip":
+            weights = torch.softmax(q @ q.transpose(-1, -2) / math.sqrt(d), dim=-1) + torch.softmax(
+                k @ k.transpose(-1, -2) / math.sqrt(d), dim=-1
+            )
+        elif variant == "naclip":
+            weights = torch.softmax(k @ k.transpose(-1, -2) / math.sqrt(d) + plain_gaussian(*grid, sigma), dim=-1)
+        outputs.append(weights @ v)
+    out = torch.cat(outputs, dim=-1) @ attn.out_proj.weight.T + attn.out_proj.bias
+    if variant in ("naclip", "clearclip"):
+        return out
+    x = x + out
+    return x + block.mlp(block.ln_2(x))
+
+
+def test_gaussian_bias_matches_plain_formula():
+    assert torch.allclose(gaussian_bias(3, 4, 5.0), plain_gaussian(3, 4, 5.0), atol=1e-6)
+    bias = gaussian_bias(2, 2, 1.0)
+    assert bias[0].abs().sum() == 0 and bias[:, 0].abs().sum() == 0  # CLS gets no bias
+    assert torch.allclose(torch.diagonal(bias)[1:], torch.ones(4))  # peak 1
+
+
+@pytest.mark.parametrize("variant", ATTENTION_VARIANTS)
+def test_dense_features_match_plain_computation(tiny_clip, variant):
+    visual = tiny_clip.model.visual
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 48, 80)  # a non-square grid (3 x 5) exercises pos-embed interpolation
+    encoder = DenseCLIPEncoder(tiny_clip.model, variant)
+    got = encoder(pixels)
+
+    with torch.no_grad():
+        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+        pos = visual.positional_embedding
+        side = int(math.sqrt(pos.shape[0] - 1))
+        grid_pos = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos, size=(3, 5), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1], grid_pos.permute(0, 2, 3, 1).reshape(15, -1)])
+        x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], dim=1) + pos
+        x = visual.ln_pre(x)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        last = visual.transformer.resblocks[-1]
+        x = last(x) if variant == "vanilla" else plain_last_block(last, x, variant, (3, 5))
+        expected = F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1).reshape(2, 3, 5, -1)
+    assert got.shape == (2, 3, 5, visual.proj.shape[1])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_vanilla_at_native_size_matches_open_clip_tokens(tiny_clip):
+    visual = tiny_clip.model.visual
+    pixels = torch.randn(1, 3, 64, 64)
+    visual.output_tokens = True
+    try:
+        with torch.no_grad():
+            _, tokens = visual(pixels)
+    finally:
+        visual.output_tokens = False
+    expected = F.normalize(tokens @ visual.proj, dim=-1).reshape(1, 4, 4, -1)
+    assert torch.allclose(DenseCLIPEncoder(tiny_clip.model, "vanilla")(pixels), expected, atol=1e-5)
+
+
+def test_variants_differ(tiny_clip):
+    pixels = torch.randn(1, 3, 64, 64)
+    outs = {v: DenseCLIPEncoder(tiny_clip.model, v)(pixels) for v in ATTENTION_VARIANTS}
+    for a in ATTENTION_VARIANTS:
+        for b in ATTENTION_VARIANTS:
+            if a < b:
+                assert not torch.allclose(outs[a], outs[b], atol=1e-4), (a, b)
+
+
+def test_unknown_variant_is_a_clear_error(tiny_clip):
+    from openseg_r.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown attention variant"):
+        DenseCLIPEncoder(tiny_clip.model, "magic")

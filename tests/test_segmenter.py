@@ -1,0 +1,93 @@
+"""The segmenter: batched windows, window averaging, text cache, outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from openseg_r.segment import CLIPSegmenter, SegmenterConfig
+from openseg_r.segment.scoring import ClassFilter
+from openseg_r.state import ClassPrompts, PromptSet
+
+
+def prompts(names, slots=(None,)):
+    return PromptSet(
+        templates="vild",
+        score_order="max_then_softmax",
+        classes=[ClassPrompts(name=n, queries=[n], slots=list(slots), source="bare") for n in names],
+    )
+
+
+def test_batched_windows_equal_one_window_at_a_time(tiny_clip, rng):
+    rgb = rng.integers(0, 255, (300, 420, 3), dtype=np.uint8)
+    batched = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
+    looped = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32, window_batch_size=1))
+    bank = batched.query_bank(prompts(["cat", "dog", "tree"]))
+    pixels = batched.preprocess(rgb)
+    assert torch.allclose(batched.dense_logits(pixels, bank), looped.dense_logits(pixels, bank), atol=1e-5)
+
+
+def test_overlapping_windows_are_averaged(tiny_clip, rng):
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=64, crop=64, stride=32))
+    bank = seg.query_bank(prompts(["cat", "dog"]))
+    pixels = seg.preprocess(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    assert pixels.shape[-2:] == (64, 96)
+    canvas = seg.dense_logits(pixels, bank)
+    windows = []
+    for x1 in (0, 32):
+        feats = seg.encoder(pixels[:, :, :, x1 : x1 + 64])
+        logits = (feats @ bank.embeddings.T).permute(0, 3, 1, 2)
+        windows.append(F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)[0])
+    assert torch.allclose(canvas[:, :, :32], windows[0][:, :, :32], atol=1e-5)  # only window 1
+    assert torch.allclose(canvas[:, :, 64:], windows[1][:, :, 32:], atol=1e-5)  # only window 2
+    assert torch.allclose(canvas[:, :, 32:64], (windows[0][:, :, 32:] + windows[1][:, :, :32]) / 2, atol=1e-5)
+
+
+def test_single_window_equals_whole_image(tiny_clip, rng):
+    rgb = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    slide = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=64, crop=64, stride=32))
+    whole = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=64, slide=False))
+    bank = slide.query_bank(prompts(["cat", "dog"]))
+    pixels = slide.preprocess(rgb)
+    assert torch.allclose(slide.dense_logits(pixels, bank), whole.dense_logits(pixels, bank), atol=1e-6)
+
+
+def test_text_embeddings_are_computed_once(tiny_clip):
+    seg = CLIPSegmenter(tiny_clip)
+    first = seg.query_bank(prompts(["zebra", "giraffe"]))
+    encoded = seg.text.encoded_sentences
+    assert encoded == 2 * 14
+    second = seg.query_bank(prompts(["zebra", "giraffe"]))
+    assert seg.text.encoded_sentences == encoded
+    assert torch.equal(first.embeddings, second.embeddings)
+
+
+def test_text_embedding_is_the_normalised_template_average(tiny_clip):
+    from openseg_r.prompts.templates import VILD_TEMPLATES
+
+    seg = CLIPSegmenter(tiny_clip)
+    got = seg.text.embed(["red fox"], "vild")[0]
+    with torch.no_grad():
+        tokens = tiny_clip.tokenizer([t.format("red fox") for t in VILD_TEMPLATES])
+        each = F.normalize(tiny_clip.model.encode_text(tokens), dim=-1)
+    assert torch.allclose(got, F.normalize(each.mean(0), dim=-1), atol=1e-6)
+
+
+def test_segment_outputs_and_background_threshold(tiny_segmenter, voc):
+    rgb = voc["rgb"]
+    bank = tiny_segmenter.query_bank(prompts(["background", "person", "table"]))
+    plain = tiny_segmenter.segment(rgb, bank)
+    assert plain.labels.shape == rgb.shape[:2] and plain.labels.dtype == np.int32
+    assert np.all((plain.confidence >= 0) & (plain.confidence <= 1))
+    assert np.all(plain.margin >= 0)
+    assert np.all(plain.runner_up != plain.labels)
+    everything_low = tiny_segmenter.segment(rgb, bank, background_index=0, background_threshold=1.01)
+    assert np.all(everything_low.labels == 0)
+
+
+def test_hard_filter_removes_absent_classes_from_the_map(tiny_segmenter, voc):
+    bank = tiny_segmenter.query_bank(prompts(["person", "table", "cat"]))
+    out = tiny_segmenter.segment(voc["rgb"], bank, class_filter=ClassFilter(present=[1], mode="hard"))
+    assert set(np.unique(out.labels)) == {1}
+    assert out.suppressed == [0, 2]
