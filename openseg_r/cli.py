@@ -7,6 +7,7 @@ error (one line; ``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -22,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from openseg_r import __version__
-    from openseg_r.segment.attention import ATTENTION_VARIANTS
+    from openseg_r.state import ATTENTION_VARIANTS
 
     parser = _Parser(prog="openseg-r", description="Open-vocabulary segmentation guided by LMM reasoning.")
     parser.add_argument("--version", action="version", version=f"openseg-r {__version__}")
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Libraries log to the root logger (open_clip logs a failed download as an ERROR
+    # before raising); our own one-line message says the same, so keep them quiet.
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL)
     try:
         if args.command == "vocabularies":
             return _vocabularies()
@@ -88,19 +92,21 @@ def _vocabularies() -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from openseg_r.errors import ConfigError
-    from openseg_r.facade import OpenSegR
+    from pydantic import ValidationError
+
+    from openseg_r.errors import ConfigError, describe_validation_error
     from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
+    from openseg_r.lmm import backend_from_spec
     from openseg_r.state import Settings
-    from openseg_r.vocab import parse_class_list, resolve_vocabulary
+    from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     # Cheap checks first, so bad input fails before any model loads.
-    vocabulary = parse_class_list(args.classes) if args.classes is not None else resolve_vocabulary(args.vocab)
+    vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     load_image(args.image, max_pixels=max_pixels)
     reasoning = not args.no_reasoning and args.lmm.strip() not in ("", "none")
     if not args.no_reasoning and not reasoning:
-        print("openseg-r: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
+        print("note: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
     try:
         settings = Settings(
             reasoning=reasoning,
@@ -110,13 +116,18 @@ def _segment(args: argparse.Namespace) -> int:
             class_filter=args.class_filter,
             background_threshold=args.background_threshold,
         )
-    except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[0] + ": " + str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+    lmm = backend_from_spec(args.lmm if reasoning else "none")
     pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    if pretrained is None and not args.clip_model.startswith(("hf-hub:", "local-dir:")):
+        print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
+    from openseg_r.facade import OpenSegR  # imports torch: only once the input has been checked
+
     model = OpenSegR(
         args.clip_model,
         pretrained,
-        lmm=args.lmm if reasoning else "none",
+        lmm=lmm,
         settings=settings,
         device=args.device,
         precision=args.precision,

@@ -24,3 +24,10 @@ class WeightsError(OpenSegRError):
 
 class ConfigError(OpenSegRError):
     """A setting or backend spec is invalid."""
+
+
+def describe_validation_error(exc) -> str:
+    """One line from a pydantic ValidationError: 'field: problem; field: problem'."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}" for error in exc.errors()[:5]
+    )

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
+from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.graph import OpenSegContext, build_graph
 from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
 from openseg_r.lmm.base import LMMBackend, NoLMM
@@ -64,8 +66,10 @@ class OpenSegR:
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
         e.g. ``reasoning=False`` for the bare-name baseline."""
-        settings = self.settings.model_copy(update=settings_overrides)
-        settings = Settings.model_validate(settings.model_dump())  # validate the overrides
+        try:
+            settings = Settings.model_validate(self.settings.model_dump() | settings_overrides)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
         vocab = resolve_vocabulary(vocabulary)
         rgb = load_image(image, max_pixels=self.max_pixels)
         store = ArtifactStore()

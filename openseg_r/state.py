@@ -129,6 +129,7 @@ class ImageRef(BaseModel):
     source: str | None = None
 
 
+ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
 ScoreOrder = Literal["max_then_softmax", "softmax_then_max"]
 ClassFilter = Literal["hard", "soft", "none"]
 
@@ -145,7 +146,7 @@ class Settings(BaseModel):
     class_filter: ClassFilter = "hard"
     soft_filter_weight: float = Field(0.3, gt=0, le=1)
     background_threshold: float = Field(0.1, ge=0, le=1)
-    align_threshold: float = Field(0.85, ge=-1, le=1)
+    align_threshold: float = Field(0.85, ge=-1, le=2)  # cosine; above 1 turns embedding matching off
 
 
 # --------------------------------------------------------------------------- steps

@@ -91,3 +91,11 @@ def test_hard_filter_removes_absent_classes_from_the_map(tiny_segmenter, voc):
     out = tiny_segmenter.segment(voc["rgb"], bank, class_filter=ClassFilter(present=[1], mode="hard"))
     assert set(np.unique(out.labels)) == {1}
     assert out.suppressed == [0, 2]
+
+
+def test_cut_text_encoding_equals_open_clip_encode_text(tiny_clip):
+    from openseg_r.segment.text import encode_text
+
+    tokens = tiny_clip.tokenizer(["a photo of a cat.", "There is a large dining table that has plates in the scene."])
+    with torch.no_grad():
+        assert torch.allclose(encode_text(tiny_clip.model, tokens), tiny_clip.model.encode_text(tokens), atol=1e-5)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
+from openseg_r.state import ATTENTION_VARIANTS  # noqa: F401  (re-exported)
 
 
 def gaussian_bias(grid_h: int, grid_w: int, sigma: float, *, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -91,7 +91,8 @@ def load_clip(
                 f"the weights {pretrained or model_name!r} do not match the architecture {model_name!r}: "
                 f"{_first_line(text)}"
             ) from None
-        raise WeightsError(f"cannot load CLIP weights {pretrained or model_name!r}: {_first_line(text)}") from None
+        hint = " (no network here? pass a local weights file with --clip-pretrained FILE)" if "download" in text.lower() else ""
+        raise WeightsError(f"cannot load CLIP weights {pretrained or model_name!r}{hint}: {_first_line(text)}") from None
     except (OSError, ValueError) as exc:
         raise WeightsError(
             f"cannot load CLIP weights {pretrained or model_name!r} (no network to download them here?): "

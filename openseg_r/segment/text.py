@@ -48,8 +48,35 @@ class TextEmbedder:
         chunks = []
         for start in range(0, len(sentences), TEXT_BATCH):
             tokens = self.clip.tokenizer(sentences[start : start + TEXT_BATCH]).to(self.clip.device)
-            chunks.append(F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1))
+            chunks.append(F.normalize(encode_text(self.clip.model, tokens).float(), dim=-1))
         self.encoded_sentences += len(sentences)
         per_sentence = torch.cat(chunks).reshape(len(phrases), len(templates), -1)
         averaged = F.normalize(per_sentence.mean(dim=1), dim=-1)
         return [row.cpu() for row in averaged]
+
+
+def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text``, but on tokens cut after the last end-of-text token.
+
+    For CLIP's causal text tower pooled at the end-of-text token (the argmax), the
+    positions after it cannot influence the result, so cutting them gives the same
+    embedding several times faster (prompts are ~15 tokens of the 77). Other text
+    towers take the plain path.
+    """
+    causal_argmax = (
+        getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+        and hasattr(model, "token_embedding")
+        and getattr(model, "text_projection", None) is not None
+    )
+    if not causal_argmax:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    cut = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(cut).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), cut.argmax(dim=-1)]
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection

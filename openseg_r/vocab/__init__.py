@@ -119,6 +119,18 @@ def resolve_vocabulary(value: str | list[str] | Vocabulary) -> Vocabulary:
     return parse_class_list(text)
 
 
+def load_named_vocabulary(value: str) -> Vocabulary:
+    """A built-in name or a vocabulary file, nothing else (for ``--vocab``)."""
+    key = value.strip().lower().replace("-", "_")
+    if ALIASES.get(key, key) in BUILTIN_FILES:
+        return load_builtin(value)
+    if Path(value).is_file():
+        return load_vocabulary_file(value)
+    raise VocabularyError(
+        f"unknown vocabulary {value!r}: not a built-in ({', '.join(builtin_names())}) and not a file"
+    )
+
+
 def _has_display_prefix(line: str) -> bool:
     head, sep, _ = line.partition(":")
     return bool(sep) and "," not in head
@@ -126,7 +138,7 @@ def _has_display_prefix(line: str) -> bool:
 
 def _clean_name(raw: str) -> str:
     text = unicodedata.normalize("NFC", raw)
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     text = " ".join(text.split())
     if len(text) > MAX_NAME_CHARS:
         raise VocabularyError(f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: {text[:40]!r}…")

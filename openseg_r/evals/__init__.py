@@ -1,0 +1,1 @@
+"""Evaluation on standard benchmarks: datasets, metrics, runner (not built yet)."""

@@ -1,0 +1,118 @@
+"""The command line: exit codes, one-line errors, and the files it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openseg_r import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "examples" / "voc.jpg"
+SCRIPT = ROOT / "examples" / "voc_reasoning.json"
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture
+def tiny_args(tiny_model_files):
+    config, weights = tiny_model_files
+    return ["--clip-model", config, "--clip-pretrained", weights]
+
+
+def test_segment_writes_the_three_files(tmp_path, tiny_args):
+    out = tmp_path / "out"
+    proc = run("segment", PHOTO, "--vocab", "voc21", "--lmm", f"scripted:{SCRIPT}", *tiny_args, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    labels = Image.open(out / "labels.png")
+    assert labels.mode == "P" and labels.size == (500, 375)
+    overlay = Image.open(out / "overlay.png")
+    assert overlay.size[1] == 375 and overlay.size[0] > 500  # image plus legend
+    result = json.loads((out / "result.json").read_text())
+    assert result["vocabulary"]["name"] == "voc21" and len(result["classes"]) == 21
+    assert result["reasoning"]["image"]["description"].startswith("People eating")
+    assert result["prompts"]["classes"][9]["name"] == "chair"
+    assert [t["node"] for t in result["timings"]][-3:] == ["prompt_composition", "segmentation", "finalize"]
+    assert result["lmm_usage"]["calls"] == 21
+    index = np.asarray(labels)
+    counts = np.bincount(index.ravel(), minlength=21)
+    assert [c["pixels"] for c in result["classes"]] == counts.tolist()
+    for name in result["present_classes"]:
+        assert name in proc.stdout
+
+
+def test_no_reasoning_baseline(tmp_path, tiny_args):
+    proc = run("segment", PHOTO, "--classes", "person, table, chair", "--no-reasoning", *tiny_args, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["settings"]["reasoning"] is False and result["lmm_calls"] == []
+
+
+def test_invalid_lmm_answer_is_a_recorded_fallback(tmp_path, tiny_args):
+    script = tmp_path / "bad.json"
+    script.write_text(json.dumps({"generic_reasoning": {"person": "<<<not json>>>"}, "image_reasoning": ""}))
+    proc = run("segment", PHOTO, "--classes", "person, chair", "--lmm", f"scripted:{script}", *tiny_args, "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    fallbacks = json.loads((tmp_path / "o" / "result.json").read_text())["fallbacks"]
+    assert {(f["step"], f["subject"]) for f in fallbacks} == {
+        ("generic_reasoning", "person"), ("generic_reasoning", "chair"), ("image_reasoning", None)
+    }
+    assert "fallback in" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["segment", "missing.jpg", "--classes", "cat"], "image not found"),
+        (["segment", PHOTO, "--classes", " , "], "vocabulary is empty"),
+        (["segment", PHOTO, "--vocab", "nonsense"], "unknown vocabulary"),
+        (["segment", PHOTO, "--classes", "cat", "--clip-pretrained", "/nope/weights.pt"], "weights file not found"),
+        (["segment", PHOTO, "--classes", "cat", "--lmm", "magic:x"], "unknown LMM backend"),
+        (["segment", PHOTO, "--classes", "cat", "--max-pixels", "1000"], "over the limit"),
+        (["segment", PHOTO, "--classes", "cat", "--n-attributes", "0", "--lmm", f"scripted:{SCRIPT}"], "n_attributes"),
+        (["segment", PHOTO], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    proc = run(*args, "--out", tmp_path) if args[0] == "segment" else run(*args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("openseg-r")]) == 1
+
+
+def test_corrupt_image_exits_2(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(PHOTO.read_bytes()[:2000])
+    proc = run("segment", bad, "--classes", "cat", "--out", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_internal_error_exits_1_without_traceback(monkeypatch, tmp_path, capsys, tiny_args):
+    import openseg_r.facade
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(openseg_r.facade.OpenSegR, "segment", explode)
+    code = cli.main(["segment", str(PHOTO), "--classes", "cat", *map(str, tiny_args), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "internal error: RuntimeError: boom" in err and "Traceback" not in err
+
+
+def test_vocabularies_lists_the_builtins():
+    proc = run("vocabularies")
+    assert proc.returncode == 0 and "ade847" in proc.stdout and "847 classes" in proc.stdout
