@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -99,3 +100,17 @@ def test_cut_text_encoding_equals_open_clip_encode_text(tiny_clip):
     tokens = tiny_clip.tokenizer(["a photo of a cat.", "There is a large dining table that has plates in the scene."])
     with torch.no_grad():
         assert torch.allclose(encode_text(tiny_clip.model, tokens), tiny_clip.model.encode_text(tokens), atol=1e-5)
+
+
+def test_image_too_small_for_a_patch_is_a_clear_error(tiny_clip, rng):
+    from openseg_r.errors import ConfigError
+
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=8))
+    with pytest.raises(ConfigError, match="smaller than one 16-pixel patch"):
+        seg.preprocess(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+
+
+def test_extremely_elongated_image_still_segments(tiny_segmenter, rng):
+    rgb = rng.integers(0, 255, (40, 4000, 3), dtype=np.uint8)  # resizes to 20 x 2048: one row of windows
+    bank = tiny_segmenter.query_bank(prompts(["sky", "road"]))
+    assert tiny_segmenter.segment(rgb, bank).labels.shape == (40, 4000)

@@ -128,4 +128,4 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else "unknown error"
+    return text.strip().splitlines()[0][:600] if text.strip() else "unknown error"

@@ -91,6 +91,12 @@ class CLIPSegmenter:
         pixels = torch.tensor(rgb, dtype=torch.uint8, device=self.clip.device)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         size = resize_shape(rgb.shape[0], rgb.shape[1], cfg.short_side, cfg.max_long_side)
+        patch = max(self.encoder.patch_size)
+        if min(size) < patch:
+            raise ConfigError(
+                f"the image resizes to {size[1]}x{size[0]}, smaller than one {patch}-pixel patch; "
+                "raise short_side/max_long_side or use a less elongated image"
+            )
         if size != tuple(rgb.shape[:2]):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         return ((pixels - self._mean) / self._std).to(self.clip.dtype)
