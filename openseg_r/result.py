@@ -23,6 +23,7 @@ class SegmentationResult:
     image: np.ndarray  # (H, W, 3) uint8, the input as decoded
     state: OpenSegState  # the graph's final state: reasoning, prompts, timings, LMM calls
     segmenter: dict  # model and inference settings
+    reasoning_cache: dict | None = None  # this run's cache hits and misses
 
     @property
     def names(self) -> list[str]:
@@ -62,11 +63,14 @@ class SegmentationResult:
             "timings": [t.model_dump() for t in state.timings],
             "lmm_calls": [c.model_dump() for c in state.lmm_calls],
             "lmm_usage": {
+                "backend": state.lmm_calls[0].backend if state.lmm_calls else None,
+                "image_reasoning_mode": state.settings.image_reasoning_mode,
                 "calls": len(state.lmm_calls),
                 "prompt_tokens": sum(c.usage.prompt_tokens for c in state.lmm_calls),
                 "completion_tokens": sum(c.usage.completion_tokens for c in state.lmm_calls),
             },
             "fallbacks": [f.model_dump() for f in state.fallbacks],
+            "reasoning_cache": self.reasoning_cache,
         }
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ATTRIBUTES = 10
+MAX_CANDIDATES = 200
 MAX_TEXT = 300
 
 
@@ -90,7 +91,45 @@ class ImageReasoning(BaseModel):
     def _candidates(cls, value: object) -> object:
         if value is None:
             return []
-        return value
+        return value[:MAX_CANDIDATES] if isinstance(value, list) else value
+
+
+class ImageDescription(BaseModel):
+    """Chain step 1."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    description: str
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description(cls, value: object) -> str:
+        return _clean_text(value, 2000)
+
+
+class CandidateSearch(BaseModel):
+    """Chain step 2: names of the classes present."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    present: list[str]
+
+    @field_validator("present", mode="before")
+    @classmethod
+    def _present(cls, value: object) -> list[str]:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("present must be a list of class names")
+        return [text for text in (_clean_text(v, 120) for v in value) if text][:MAX_CANDIDATES]
+
+
+class CandidateReasons(BaseModel):
+    """Chain step 3."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    candidates: list[ClassReasoning]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -146,6 +185,7 @@ class Settings(BaseModel):
     class_filter: ClassFilter = "hard"
     soft_filter_weight: float = Field(0.3, gt=0, le=1)
     background_threshold: float = Field(0.1, ge=0, le=1)
+    image_reasoning_mode: Literal["single", "chain"] = "single"
     align_threshold: float = Field(0.85, ge=-1, le=2)  # cosine; above 1 turns embedding matching off
 
 

@@ -67,7 +67,7 @@ def test_invalid_lmm_answer_is_a_recorded_fallback(tmp_path, tiny_args):
     assert proc.returncode == 0, proc.stderr
     fallbacks = json.loads((tmp_path / "o" / "result.json").read_text())["fallbacks"]
     assert {(f["step"], f["subject"]) for f in fallbacks} == {
-        ("generic_reasoning", "person"), ("generic_reasoning", "chair"), ("image_reasoning", None)
+        ("generic_reasoning", "person"), ("generic_reasoning", "chair"), ("image_reasoning", "image-single-v1")
     }
     assert "fallback in" in proc.stderr
 

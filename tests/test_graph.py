@@ -90,7 +90,7 @@ def test_invalid_lmm_answers_fall_back_and_are_recorded(tiny_segmenter, voc):
     result = OpenSegR(segmenter=tiny_segmenter, lmm=lmm).segment(voc["rgb"], "cat, person, sofa")
     fallbacks = {(f.step, f.subject): f for f in result.state.fallbacks}
     assert fallbacks[("generic_reasoning", "person")].used == "bare class name"
-    assert ("image_reasoning", None) in fallbacks
+    assert ("image_reasoning", "image-single-v1") in fallbacks
     assert result.state.alignment.present is None  # no class filtering
     assert result.state.segmentation.suppressed_classes == []
     assert all(c.source == "bare" for c in result.state.prompts.classes)

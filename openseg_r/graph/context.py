@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from openseg_r.cache import MemoryReasoningCache
 
 from openseg_r.lmm.base import LMMBackend, NoLMM
 from openseg_r.segment.segmenter import CLIPSegmenter
-from openseg_r.state import ClassReasoning
 from openseg_r.store import ArtifactStore
 
 
@@ -14,12 +18,14 @@ from openseg_r.store import ArtifactStore
 class OpenSegContext:
     """Passed as ``context=`` to ``graph.invoke``; nodes read it from ``runtime.context``.
 
-    ``reasoning_cache`` maps (backend name, prompt version, class name) to generic
-    reasoning, so each class is reasoned about once per backend and prompt.
+    ``reasoning_cache`` holds generic and image reasoning keyed by model, prompt
+    version and class or image (in memory, or SQLite via :func:`openseg_r.cache.open_cache`).
     """
 
     segmenter: CLIPSegmenter
     lmm: LMMBackend = field(default_factory=NoLMM)
     store: ArtifactStore = field(default_factory=ArtifactStore)
-    reasoning_cache: dict[tuple[str, str, str], ClassReasoning] = field(default_factory=dict)
+    reasoning_cache: MemoryReasoningCache = field(default_factory=MemoryReasoningCache)
+    # Embeds names for the class aligner: (names) -> (N, D) normalised. None: the CLIP text tower.
+    aligner: Callable[[list[str]], torch.Tensor] | None = None
     max_concurrent_lmm_calls: int = 4

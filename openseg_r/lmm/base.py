@@ -9,6 +9,7 @@ parsing, validation and the bounded re-ask live here, once.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class LMMRequest(Generic[T]):
     schema: type[T]
     images: list[np.ndarray] = field(default_factory=list)
     subject: str | None = None
+    image_id: str | None = None  # the image file's stem, for replaying upstream per-image files
 
 
 @dataclass
@@ -45,10 +47,26 @@ class LMMReply(Generic[T]):
 
 
 class LMMBackend(ABC):
-    """Base class: subclasses implement :meth:`complete`; :meth:`ask` does the rest."""
+    """Base class: subclasses implement :meth:`complete`; :meth:`ask` does the rest.
+
+    ``name`` is the backend kind; ``model_id`` names the model (cache keys use it,
+    so two servers running the same model share a cache); ``generation_params``
+    are the settings that change answers (also part of cache keys).
+    """
 
     name: str = "lmm"
+    model_id: str = "lmm"
     max_attempts: int = 2
+    supports_images: bool = True
+
+    @property
+    def generation_params(self) -> dict:
+        return {}
+
+    @property
+    def cache_identity(self) -> str:
+        """Model id plus generation parameters: what a cached answer depends on."""
+        return f"{self.model_id}|{json.dumps(self.generation_params, sort_keys=True)}"
 
     @abstractmethod
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
@@ -77,7 +95,7 @@ class LMMBackend(ABC):
                 completion_tokens=usage.completion_tokens + call_usage.completion_tokens,
             )
             try:
-                value = parse_structured(raw, request.schema)
+                value = parse_structured(raw, request.schema, request.subject)
             except StructuredOutputError as exc:
                 error = str(exc)
                 feedback = error
@@ -91,7 +109,7 @@ class LMMBackend(ABC):
         return LMMCall(
             step=request.step,
             subject=request.subject,
-            backend=self.name,
+            backend=f"{self.name}:{self.model_id}" if self.model_id != self.name else self.name,
             prompt_version=request.prompt_version,
             attempt=attempt,
             ok=ok,
@@ -106,7 +124,18 @@ class NoLMM(LMMBackend):
     """``none``: there is no LMM. Reasoning nodes fall back to bare class names."""
 
     name = "none"
+    model_id = "none"
     max_attempts = 1
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
         raise RuntimeError("no LMM backend is configured (lmm spec 'none')")
+
+
+def reask_text(prompt: str, feedback: str | None) -> str:
+    """The prompt for a re-ask: the original question plus why the last answer failed."""
+    if not feedback:
+        return prompt
+    return (
+        f"{prompt}\n\nYour previous answer could not be used: {feedback[:500]}\n"
+        "Answer again with only the JSON object, exactly in the form asked."
+    )

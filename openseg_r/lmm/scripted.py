@@ -28,6 +28,7 @@ SUBJECT_KEYED_STEPS = {"generic_reasoning"}
 
 class ScriptedLMM(LMMBackend):
     name = "scripted"
+    model_id = "scripted"
 
     def __init__(self, script: dict | str | Path, max_attempts: int = 2) -> None:
         if isinstance(script, (str, Path)):

@@ -1,25 +1,113 @@
-"""Resolve a backend spec string (``--lmm``) to a backend object.
+"""Resolve a backend spec string to a backend, the way ``--lmm`` takes it.
 
-Specs: ``none`` (no LMM) and ``scripted:PATH.json`` (answers from a file).
+==========================================  ===============================================
+spec                                        backend
+==========================================  ===============================================
+``none``                                    no LMM (reasoning falls back to bare names)
+``scripted:answers.json``                   answers from a JSON file (tests, demos)
+``replay:run.jsonl``                        answers recorded by ``--lmm-record``
+``replay:pc59_class_reason.json``           an upstream OpenSeg-R generic-reasoning file
+``replay:DIR``                              a folder of upstream per-image files
+``openai:MODEL@http://127.0.0.1:8000/v1``   any OpenAI-compatible server (vLLM, SGLang, ...)
+``openai:gpt-4o``                           OpenAI itself (key from ``OPENAI_API_KEY``)
+``ollama:qwen2.5vl:7b[@URL]``               Ollama's /v1 API (default ``http://127.0.0.1:11434/v1``)
+``hf:Qwen/Qwen2.5-VL-3B-Instruct``          a local transformers model (folder or cached repo)
+``hf:/path/model.gguf``                     a local GGUF text model through transformers
+==========================================  ===============================================
+
+Where the spec comes from, first found wins: the ``--lmm`` option or the ``lmm``
+argument; the ``OPENSEG_R_LMM`` environment variable; ``lmm = "..."`` in the config
+file (``$OPENSEG_R_CONFIG``, else ``~/.config/openseg-r/config.toml``); ``none``.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
+from pathlib import Path
+
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import LMMBackend, NoLMM
-from openseg_r.lmm.scripted import ScriptedLMM
 
-KNOWN_SPECS = "none, scripted:PATH.json"
+KINDS = ("none", "scripted", "replay", "openai", "ollama", "hf")
 
 
-def backend_from_spec(spec: str | LMMBackend | None) -> LMMBackend:
-    if isinstance(spec, LMMBackend):
-        return spec
-    if spec is None or spec.strip() in ("", "none"):
+def config_file() -> Path:
+    explicit = os.environ.get("OPENSEG_R_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "openseg-r" / "config.toml"
+
+
+def read_config() -> dict:
+    path = config_file()
+    if not path.is_file():
+        if os.environ.get("OPENSEG_R_CONFIG"):
+            raise ConfigError(f"config file not found: {path}")
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def configured_spec(explicit: str | None = None) -> str:
+    """The spec in force: explicit, else the environment, else the config file, else none."""
+    if explicit:
+        return explicit
+    if os.environ.get("OPENSEG_R_LMM"):
+        return os.environ["OPENSEG_R_LMM"]
+    value = read_config().get("lmm", "none")
+    if not isinstance(value, str):
+        raise ConfigError(f"'lmm' in {config_file()} must be a string spec")
+    return value
+
+
+def backend_from_spec(spec: str | LMMBackend | None, record: str | Path | None = None) -> LMMBackend:
+    """Build the backend; with ``record``, every call is appended to that JSONL file."""
+    backend = spec if isinstance(spec, LMMBackend) else _build(spec)
+    if record is not None:
+        from openseg_r.lmm.replay import RecordingLMM
+
+        backend = RecordingLMM(backend, record)
+    return backend
+
+
+def _build(spec: str | None) -> LMMBackend:
+    spec = (spec or "none").strip()
+    if spec == "none":
         return NoLMM()
-    kind, _, rest = spec.strip().partition(":")
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ConfigError(f"bad LMM spec {spec!r}: expected KIND:VALUE with KIND one of {', '.join(KINDS)}")
     if kind == "scripted":
-        if not rest:
-            raise ConfigError("the scripted backend needs a file: scripted:PATH.json")
+        from openseg_r.lmm.scripted import ScriptedLMM
+
         return ScriptedLMM(rest)
-    raise ConfigError(f"unknown LMM backend spec {spec!r}; available: {KNOWN_SPECS}")
+    if kind == "replay":
+        from openseg_r.lmm.replay import ReplayLMM
+
+        return ReplayLMM(rest)
+    if kind in ("openai", "ollama"):
+        from openseg_r.lmm.openai_compat import OLLAMA_URL, OpenAICompatibleLMM
+
+        model, url = _split_url(rest)
+        if kind == "ollama":
+            url = url or os.environ.get("OLLAMA_BASE_URL") or OLLAMA_URL
+        if not model:
+            raise ConfigError(f"bad LMM spec {spec!r}: no model name")
+        return OpenAICompatibleLMM(model, url, kind=kind)
+    if kind == "hf":
+        from openseg_r.lmm.hf_local import HuggingFaceLMM
+
+        return HuggingFaceLMM(rest)
+    raise ConfigError(f"unknown LMM backend {kind!r} in spec {spec!r}; available: {', '.join(KINDS)}")
+
+
+def _split_url(rest: str) -> tuple[str, str | None]:
+    """``MODEL@URL``; the model may itself contain ':' or '@' (Ollama tags)."""
+    model, sep, url = rest.rpartition("@")
+    if sep and url.startswith(("http://", "https://")):
+        return model, url
+    return rest, None

