@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import traceback
 
@@ -39,8 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON")
     seg.add_argument("--clip-pretrained", default="openai", help="pretrained tag or weights file; 'none' for random weights")
     seg.add_argument("--attention", default="naclip", choices=ATTENTION_VARIANTS)
-    seg.add_argument("--lmm", default=os.environ.get("OPENSEG_R_LMM", "none"), help="LMM backend spec: none | scripted:FILE.json")
+    _lmm_options(seg)
     seg.add_argument("--no-reasoning", action="store_true", help="baseline: bare class names, no LMM")
+    seg.add_argument("--image-reasoning", choices=("single", "chain"), default="single",
+                     help="one structured LMM call per image, or the paper's three-call chain")
+    seg.add_argument("--align-model", default="clip",
+                     help="embeddings for the class aligner: clip, minilm, or a sentence-transformers model")
     seg.add_argument("--templates", choices=("vild", "imagenet"), default="vild")
     seg.add_argument("--n-attributes", type=int, default=3)
     seg.add_argument("--score-order", choices=("max_then_softmax", "softmax_then_max"), default="max_then_softmax")
@@ -55,7 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
 
     commands.add_parser("vocabularies", help="list the built-in vocabularies")
+
+    reason = commands.add_parser("reason", help="precompute, export or import reasoning")
+    actions = reason.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    generic = actions.add_parser("generic", help="generic reasoning for a vocabulary into the cache (resumable)")
+    which = generic.add_mutually_exclusive_group(required=True)
+    which.add_argument("--classes")
+    which.add_argument("--vocab")
+    _lmm_options(generic)
+    export = actions.add_parser("export", help="write cached generic reasoning in the upstream JSON format")
+    export.add_argument("--cache", default=None, help="the SQLite reasoning cache (default: the user cache)")
+    export.add_argument("--model", default=None, help="which model's reasoning, when the cache holds several")
+    export.add_argument("-o", "--out", required=True)
+    imported = actions.add_parser("import", help="load an upstream generic-reasoning JSON into the cache")
+    imported.add_argument("file")
+    _lmm_options(imported)
     return parser
+
+
+def _lmm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lmm", default=None,
+                        help="LMM backend spec (default: $OPENSEG_R_LMM, the config file, else none); see README")
+    parser.add_argument("--lmm-record", default=None, help="append every LMM call to this JSONL file")
+    parser.add_argument("--cache", default=None,
+                        help="SQLite reasoning cache file (default: the user cache dir); 'none' keeps it in memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "vocabularies":
             return _vocabularies()
+        if args.command == "reason":
+            from openseg_r.reason_cli import run_reason
+
+            return run_reason(args)
         return _segment(args)
     except KeyboardInterrupt:
         print("openseg-r: interrupted", file=sys.stderr)
@@ -83,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def cache_path(value: str | None):
+    """--cache: a path, 'none' for memory, or by default the user cache file."""
+    from openseg_r.cache import default_cache_path
+
+    if value is None:
+        return default_cache_path()
+    return None if value == "none" else value
+
+
 def _vocabularies() -> int:
     from openseg_r.vocab import builtin_names, load_builtin
 
@@ -96,7 +135,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     from openseg_r.errors import ConfigError, describe_validation_error
     from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
-    from openseg_r.lmm import backend_from_spec
+    from openseg_r.cache import open_cache
+    from openseg_r.lmm.spec import backend_from_spec, configured_spec
     from openseg_r.state import Settings
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
@@ -104,7 +144,8 @@ def _segment(args: argparse.Namespace) -> int:
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     load_image(args.image, max_pixels=max_pixels)
-    reasoning = not args.no_reasoning and args.lmm.strip() not in ("", "none")
+    spec = configured_spec(args.lmm)
+    reasoning = not args.no_reasoning and spec.strip() not in ("", "none")
     if not args.no_reasoning and not reasoning:
         print("note: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
     try:
@@ -115,10 +156,12 @@ def _segment(args: argparse.Namespace) -> int:
             score_order=args.score_order,
             class_filter=args.class_filter,
             background_threshold=args.background_threshold,
+            image_reasoning_mode=args.image_reasoning,
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
-    lmm = backend_from_spec(args.lmm if reasoning else "none")
+    lmm = backend_from_spec(spec if reasoning else "none", record=args.lmm_record if reasoning else None)
+    cache = open_cache(cache_path(args.cache)) if reasoning else None
     pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
     if pretrained is None and not args.clip_model.startswith(("hf-hub:", "local-dir:")):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
@@ -128,6 +171,8 @@ def _segment(args: argparse.Namespace) -> int:
         args.clip_model,
         pretrained,
         lmm=lmm,
+        reasoning_cache=cache,
+        aligner=args.align_model,
         settings=settings,
         device=args.device,
         precision=args.precision,

@@ -22,7 +22,7 @@ class OpenSegContext:
     version and class or image (in memory, or SQLite via :func:`openseg_r.cache.open_cache`).
     """
 
-    segmenter: CLIPSegmenter
+    segmenter: CLIPSegmenter | None = None  # only the segmentation and alignment nodes need it
     lmm: LMMBackend = field(default_factory=NoLMM)
     store: ArtifactStore = field(default_factory=ArtifactStore)
     reasoning_cache: MemoryReasoningCache = field(default_factory=MemoryReasoningCache)

@@ -50,12 +50,15 @@ def extract_json(text: str) -> object:
 def parse_structured(text: str, schema: type[T], subject: str | None = None) -> T:
     """Parse and validate. ``subject`` names the class when the answer itself does not."""
     try:
-        value = extract_json(text)
-    except StructuredOutputError:
+        return _validate(extract_json(text), schema, subject)
+    except StructuredOutputError as json_error:
         free = parse_free_text(text, subject) if schema is ClassReasoning else None
         if free is None:
-            raise
-        value = free
+            raise json_error
+        return _validate(free, schema, subject)
+
+
+def _validate(value: object, schema: type[T], subject: str | None) -> T:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         value = value[0]
     if not isinstance(value, dict):

@@ -90,15 +90,16 @@ class ReplayLMM(LMMBackend):
         self._positions: dict[str, int] = defaultdict(int)
         self._generic: dict[str, dict] = {}
         self._image_dir: Path | None = None
+        self._recorded = self.source.suffix == ".jsonl"
         self._lock = Lock()
+        if not self.source.exists():
+            raise ConfigError(f"replay source not found: {self.source}")
         if self.source.is_dir():
             self._image_dir = self.source
-        elif self.source.suffix == ".jsonl":
+        elif self._recorded:
             self._load_jsonl()
-        elif self.source.is_file():
-            self._generic = load_generic_file(self.source)
         else:
-            raise ConfigError(f"replay source not found: {self.source}")
+            self._generic = load_generic_file(self.source)
 
     def _load_jsonl(self) -> None:
         for number, line in enumerate(self.source.read_text(encoding="utf-8").splitlines(), 1):
@@ -115,7 +116,7 @@ class ReplayLMM(LMMBackend):
             self._answers[record["fingerprint"]].append((str(record["raw_text"]), usage))
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
-        if self._answers:
+        if self._recorded:
             key = fingerprint(request, feedback)
             with self._lock:
                 answers = self._answers.get(key)
