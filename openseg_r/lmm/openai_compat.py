@@ -85,7 +85,9 @@ class OpenAICompatibleLMM(LMMBackend):
         messages = [HumanMessage(content=content)]
         if self._use_schema():
             try:
-                return self._invoke(messages, response_format=json_schema_format(request.schema))
+                # Sent as a plain body field: langchain's own response_format path parses the
+                # answer itself and would hide a truncated or malformed answer from us.
+                return self._invoke(messages, extra_body={"response_format": json_schema_format(request.schema)})
             except Exception as exc:
                 if self.structured_output == "json_schema" or not _is_rejected_request(exc):
                     raise

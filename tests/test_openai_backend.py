@@ -1,0 +1,154 @@
+"""The OpenAI-compatible backend against real servers on loopback: ``transformers serve``
+running SmolLM2, a server that accepts connections and never answers, and a port
+nobody listens on."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from langchain_core.messages import HumanMessage
+from langgraph.runtime import Runtime
+
+from openseg_r.graph import OpenSegContext
+from openseg_r.lmm import LMMRequest
+from openseg_r.lmm.openai_compat import OpenAICompatibleLMM, _is_rejected_request, image_block
+from openseg_r.nodes import GenericReasoningInput, generic_reasoning
+from openseg_r.state import ClassReasoning
+from openseg_r.vocab import parse_class_list
+
+pytest.importorskip("fastapi", reason="transformers serve needs: pip install 'transformers[serving]'")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm_hf_dir):
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", str(smollm_hf_dir),
+         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"transformers serve exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("transformers serve did not start within 120 s")
+    yield f"{url}/v1", str(smollm_hf_dir)
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_generic_reasoning_through_a_real_server(server):
+    url, model = server
+    lmm = OpenAICompatibleLMM(model, url, max_tokens=96, timeout=120, max_retries=0)
+    vocab = parse_class_list("cat, bicycle")
+    out = generic_reasoning(GenericReasoningInput(vocabulary=vocab), Runtime(context=OpenSegContext(lmm=lmm)))
+    fallen = {f.subject for f in out.fallbacks}
+    for name in vocab.names:
+        assert out.generic_reasoning[name].name == name
+        assert name in fallen or out.generic_reasoning[name].attributes
+    assert out.lmm_calls and all(c.usage.prompt_tokens > 0 and c.usage.completion_tokens > 0 for c in out.lmm_calls)
+    assert all(c.backend == f"openai:{model}" for c in out.lmm_calls)
+
+
+class SilentServer:
+    """A real TCP server on loopback that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        self.connections = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self):
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def request():
+    return LMMRequest(step="generic_reasoning", subject="cat", prompt="Reason about cat.", prompt_version="t", schema=ClassReasoning)
+
+
+def test_a_server_that_times_out_is_a_bounded_recorded_failure():
+    silent = SilentServer()
+    try:
+        lmm = OpenAICompatibleLMM("m", f"http://127.0.0.1:{silent.port}/v1", timeout=0.5, max_retries=1, max_attempts=2)
+        started = time.monotonic()
+        reply = lmm.ask(request())
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert reply.value is None and len(reply.calls) == 2
+    assert "Timeout" in reply.error
+    assert elapsed < 15  # 2 attempts x (1 try + 1 retry) x 0.5 s, plus backoff
+
+
+def test_a_server_that_is_down_is_a_recorded_failure():
+    lmm = OpenAICompatibleLMM("m", f"http://127.0.0.1:{free_port()}/v1", timeout=2, max_retries=1, max_attempts=1)
+    reply = lmm.ask(request())
+    assert reply.value is None and "Connection" in reply.error
+
+
+def test_images_go_as_standard_content_blocks():
+    lmm = OpenAICompatibleLMM("m", "http://127.0.0.1:9/v1")
+    rgb = np.zeros((3000, 1000, 3), np.uint8)
+    block = image_block(rgb, 1344)
+    assert block["type"] == "image" and block["mime_type"] == "image/png"
+    payload = lmm.chat._get_request_payload([HumanMessage(content=[{"type": "text", "text": "hi"}, block])])
+    parts = payload["messages"][0]["content"]
+    assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_api_key_comes_from_the_environment_and_is_never_shown(monkeypatch):
+    monkeypatch.setenv("OPENSEG_R_API_KEY", "sk-do-not-print")
+    lmm = OpenAICompatibleLMM("m", "http://127.0.0.1:9/v1")
+    assert lmm.chat.openai_api_key.get_secret_value() == "sk-do-not-print"
+    assert "sk-do-not-print" not in repr(lmm.chat) and "sk-do-not-print" not in str(vars(lmm))
+
+
+def test_rejected_response_format_is_recognised():
+    response = httpx.Response(400, request=httpx.Request("POST", "http://x/v1/chat/completions"))
+    rejected = openai.BadRequestError("response_format is not supported", response=response, body=None)
+    assert _is_rejected_request(rejected)
+    unauthorised = openai.AuthenticationError("bad key", response=httpx.Response(401, request=response.request), body=None)
+    assert not _is_rejected_request(unauthorised)
+    assert not _is_rejected_request(openai.APIConnectionError(request=response.request))
