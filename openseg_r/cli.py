@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
     seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
+    _self_check_options(seg)
 
     commands.add_parser("vocabularies", help="list the built-in vocabularies")
 
@@ -74,6 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("file")
     _lmm_options(imported)
     return parser
+
+
+def _self_check_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("self-check", "re-ask the LMM about regions where the segmenter is unsure")
+    group.add_argument("--self-check", action="store_true", help="turn the self-check on (off by default)")
+    group.add_argument("--self-check-mode", choices=("lmm", "human"), default="lmm",
+                       help="who answers: the LMM, or you at this terminal")
+    group.add_argument("--self-check-k", type=int, default=3, help="regions asked about per round (default 3)")
+    group.add_argument("--self-check-rounds", type=int, default=2, help="at most this many rounds (default 2)")
+    group.add_argument("--self-check-max-calls", type=int, default=8,
+                       help="hard budget of LMM calls per image, re-asks included (default 8)")
+    group.add_argument("--self-check-margin", type=float, default=0.15,
+                       help="a pixel is ambiguous when its top-2 probability margin is under this (default 0.15)")
+    group.add_argument("--self-check-min-area", type=int, default=64, help="smallest region in pixels (default 64)")
+    group.add_argument("--self-check-min-confidence", type=float, default=0.6,
+                       help="answers less confident than this change nothing (default 0.6)")
+    group.add_argument("--self-check-apply", choices=("relabel", "reweight"), default="relabel",
+                       help="a confident choice relabels the region (default) or re-weights its top-2 probabilities")
+    group.add_argument("--self-check-none", choices=("keep", "unknown"), default="keep",
+                       help='"none of these" keeps the region as segmented (default) or marks it unknown')
+    group.add_argument("--self-check-full-image", action="store_true", help="also show the LMM the whole image")
+
+
+def _self_check_settings(args: argparse.Namespace) -> dict:
+    return {
+        "enabled": args.self_check,
+        "mode": args.self_check_mode,
+        "top_k": args.self_check_k,
+        "rounds": args.self_check_rounds,
+        "max_calls": args.self_check_max_calls,
+        "margin_threshold": args.self_check_margin,
+        "min_area_pixels": args.self_check_min_area,
+        "min_confidence": args.self_check_min_confidence,
+        "apply": args.self_check_apply,
+        "none_policy": args.self_check_none,
+        "full_image": args.self_check_full_image,
+    }
 
 
 def _lmm_options(parser: argparse.ArgumentParser) -> None:
@@ -145,9 +183,13 @@ def _segment(args: argparse.Namespace) -> int:
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     load_image(args.image, max_pixels=max_pixels)
     spec = configured_spec(args.lmm)
-    reasoning = not args.no_reasoning and spec.strip() not in ("", "none")
+    has_lmm = spec.strip() not in ("", "none")
+    reasoning = not args.no_reasoning and has_lmm
     if not args.no_reasoning and not reasoning:
         print("note: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
+    asks_lmm = args.self_check and args.self_check_mode == "lmm"
+    if asks_lmm and not has_lmm:
+        raise ConfigError("--self-check needs an LMM (--lmm SPEC), or --self-check-mode human to answer yourself")
     try:
         settings = Settings(
             reasoning=reasoning,
@@ -157,10 +199,12 @@ def _segment(args: argparse.Namespace) -> int:
             class_filter=args.class_filter,
             background_threshold=args.background_threshold,
             image_reasoning_mode=args.image_reasoning,
+            self_check=_self_check_settings(args),
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
-    lmm = backend_from_spec(spec if reasoning else "none", record=args.lmm_record if reasoning else None)
+    uses_lmm = reasoning or asks_lmm
+    lmm = backend_from_spec(spec if uses_lmm else "none", record=args.lmm_record if uses_lmm else None)
     cache = open_cache(cache_path(args.cache)) if reasoning else None
     pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
     if pretrained is None and not args.clip_model.startswith(("hf-hub:", "local-dir:")):
@@ -183,7 +227,8 @@ def _segment(args: argparse.Namespace) -> int:
         stride=args.stride,
         slide=not args.no_slide,
     )
-    result = model.segment(args.image, vocabulary)
+    on_question = _ask_at_terminal(args.out) if args.self_check and args.self_check_mode == "human" else None
+    result = model.segment(args.image, vocabulary, on_question=on_question)
     paths = result.save(args.out)
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
@@ -194,8 +239,41 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"fallback in {fallback.step}{subject}: {fallback.reason} -> {fallback.used}", file=sys.stderr)
     if len(fallbacks) > MAX_FALLBACK_LINES:
         print(f"... and {len(fallbacks) - MAX_FALLBACK_LINES} more fallbacks, listed in result.json", file=sys.stderr)
+    check = result.state.self_check
+    if check is not None:
+        changed = sum(c.pixels_changed for c in check.changes)
+        asked = sum(len(r.regions) for r in check.rounds)
+        print(f"self-check: {asked} region(s) asked in {check.round} round(s), {check.calls_used} LMM call(s), "
+              f"{changed} pixel(s) changed; stopped: {check.stopped}")
     print(f"wrote {paths['labels']}, {paths['overlay']}, {paths['result']}")
     return EXIT_OK
+
+
+def _ask_at_terminal(out_dir: str):
+    """Human-mode self-check at the terminal: show where the crop is, read a choice from stdin."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(out_dir) / "self_check"
+
+    def on_question(question: dict, crop) -> object:
+        folder.mkdir(parents=True, exist_ok=True)
+        crop_path = folder / f"question-{question['region_id']}.png"
+        Image.fromarray(crop).save(crop_path)
+        choices = question["choices"]
+        print(f"\nregion {question['region_id']} (box {question['box']}), outlined in {crop_path}", file=sys.stderr)
+        for number, choice in enumerate(choices, start=1):
+            print(f"  {number}. {choice}", file=sys.stderr)
+        print("your choice (number or name; empty to skip): ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline().strip()
+        if not line:
+            return {"choice": "none of these", "confidence": 0.0, "reason": "skipped at the terminal"}
+        if line.isdigit() and 1 <= int(line) <= len(choices):
+            line = choices[int(line) - 1]
+        return {"choice": line, "confidence": 1.0, "reason": "answered at the terminal"}
+
+    return on_question
 
 
 if __name__ == "__main__":

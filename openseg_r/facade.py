@@ -10,9 +10,10 @@ and text embeddings and generic reasoning are reused between calls.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -21,10 +22,12 @@ from pydantic import ValidationError
 from openseg_r.cache import MemoryReasoningCache, open_cache
 from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.graph import OpenSegContext, build_graph
+from openseg_r.graph.builder import recursion_limit
 from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
 from openseg_r.lmm.base import LMMBackend, NoLMM
 from openseg_r.lmm.spec import backend_from_spec, configured_spec
 from openseg_r.nodes.class_alignment import sentence_embedder
+from openseg_r.nodes.finalize import final_output
 from openseg_r.result import SegmentationResult
 from openseg_r.segment.segmenter import CLIPSegmenter, SegmenterConfig
 from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary
@@ -68,6 +71,7 @@ class OpenSegR:
         self.settings = settings or Settings(reasoning=not isinstance(self.lmm, NoLMM))
         self.max_pixels = max_pixels
         self.graph = build_graph()
+        self._interactive_graph = None  # with a checkpointer, built on the first human-mode run
 
     def context(self, store: ArtifactStore | None = None) -> OpenSegContext:
         return OpenSegContext(
@@ -79,10 +83,32 @@ class OpenSegR:
         )
 
     def segment(
-        self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, **settings_overrides
+        self,
+        image: ImageInput,
+        vocabulary: str | list[str] | Vocabulary,
+        *,
+        on_question: Callable[[dict, np.ndarray], Any] | None = None,
+        **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
-        e.g. ``reasoning=False`` for the bare-name baseline."""
+        e.g. ``reasoning=False`` for the bare-name baseline, or
+        ``self_check={"enabled": True}``.
+
+        In the self-check's ``human`` mode, ``on_question(question, crop)`` answers each
+        region question (a class name, "none of these", or a dict with ``choice``,
+        ``confidence`` and ``reason``); or use :meth:`start` to answer step by step."""
+        run = self.start(image, vocabulary, **settings_overrides)
+        while run.result is None:
+            if on_question is None:
+                raise ConfigError(
+                    "the self-check is in human mode: pass on_question=..., or use start() and answer()"
+                )
+            run.answer({q["region_id"]: on_question(q, run.crop(q)) for q in run.questions})
+        return run.result
+
+    def start(self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, **settings_overrides) -> "SegmentationRun":
+        """Begin a run. It completes at once, unless the human-mode self-check pauses it
+        with questions: then answer them with :meth:`SegmentationRun.answer`."""
         try:
             settings = Settings.model_validate(self.settings.model_dump() | settings_overrides)
         except ValidationError as exc:
@@ -93,21 +119,35 @@ class OpenSegR:
         source = str(image) if isinstance(image, (str, Path)) else None
         ref = ImageRef(key=store.put(rgb), width=rgb.shape[1], height=rgb.shape[0], source=source)
         state = OpenSegState(image=ref, vocabulary=vocab, settings=settings)
-        hits, misses = self.reasoning_cache.hits, self.reasoning_cache.misses
-        final = OpenSegState.model_validate(self.graph.invoke(state, context=self.context(store)))
+        interactive = settings.self_check.enabled and settings.self_check.mode == "human"
+        if interactive and self._interactive_graph is None:
+            from langgraph.checkpoint.memory import InMemorySaver
+
+            self._interactive_graph = build_graph(checkpointer=InMemorySaver())
+        run = SegmentationRun(self, self._interactive_graph if interactive else self.graph, store, rgb, settings)
+        run._advance(state)
+        return run
+
+    def _result(self, final: dict, store: ArtifactStore, rgb: np.ndarray, cache_before: tuple[int, int]) -> SegmentationResult:
+        state = OpenSegState.model_validate({k: v for k, v in final.items() if not k.startswith("__")})
+        output = final_output(state.segmentation, state.self_check)
         cache = {
             "path": str(self.reasoning_cache.path) if self.reasoning_cache.path else None,
-            "hits": self.reasoning_cache.hits - hits,
-            "misses": self.reasoning_cache.misses - misses,
+            "hits": self.reasoning_cache.hits - cache_before[0],
+            "misses": self.reasoning_cache.misses - cache_before[1],
             "events": list(self.reasoning_cache.events),
         }
+        images = {a.crop_key: store.get(a.crop_key) for a in state.region_answers}
+        images |= {a.context_key: store.get(a.context_key) for a in state.region_answers if a.context_key}
         return SegmentationResult(
-            labels=store.get(final.segmentation.labels_key),
-            confidence=store.get(final.segmentation.confidence_key),
+            labels=store.get(output.labels_key),
+            confidence=store.get(output.confidence_key),
             image=rgb,
-            state=final,
+            state=state,
             segmenter=self.describe_segmenter(),
             reasoning_cache=cache,
+            self_check_images=images,
+            segmenter_labels=store.get(state.segmentation.labels_key) if state.self_check else None,
         )
 
     def describe_segmenter(self) -> dict:
@@ -121,6 +161,49 @@ class OpenSegR:
         }
 
 
+class SegmentationRun:
+    """One image's run. ``result`` is set when it is done; until then ``questions``
+    holds the human-mode self-check questions it is paused on."""
+
+    def __init__(self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings) -> None:
+        self.model, self.graph, self.store, self.rgb = model, graph, store, rgb
+        self.thread_id = uuid.uuid4().hex
+        self.questions: list[dict] = []
+        self.result: SegmentationResult | None = None
+        self._context = model.context(store)
+        self._config = {"configurable": {"thread_id": self.thread_id}, "recursion_limit": recursion_limit(settings)}
+        cache = model.reasoning_cache
+        self._cache_before = (cache.hits, cache.misses)
+
+    def crop(self, question: dict) -> np.ndarray:
+        """The marked crop a question is about (RGB uint8)."""
+        return self.store.get(question["crop_key"])
+
+    def answer(self, answers: dict[str, Any]) -> "SegmentationRun":
+        """Answer paused questions by region id, and continue from the checkpoint.
+        Questions left unanswered stay pending."""
+        if self.result is not None:
+            raise ConfigError("this run is already complete")
+        by_region = {q["region_id"]: q for q in self.questions}
+        unknown = sorted(set(answers) - set(by_region))
+        if unknown:
+            raise ConfigError(f"no pending question for region(s) {', '.join(unknown)}; pending: {', '.join(by_region)}")
+        if not answers:
+            raise ConfigError("give at least one answer")
+        from langgraph.types import Command
+
+        self._advance(Command(resume={by_region[r]["interrupt_id"]: value for r, value in answers.items()}))
+        return self
+
+    def _advance(self, graph_input) -> None:
+        final = self.graph.invoke(graph_input, config=self._config, context=self._context)
+        pending = final.get("__interrupt__") or []
+        questions = [dict(item.value, interrupt_id=item.id) for item in pending]
+        self.questions = sorted(questions, key=lambda q: (q["round"], int(q["region_id"].rsplit(".", 1)[-1])))
+        if not pending:
+            self.result = self.model._result(final, self.store, self.rgb, self._cache_before)
+
+
 def _aligner(choice: str | Callable | None) -> Callable | None:
     if choice is None or choice == "clip":
         return None
@@ -129,4 +212,4 @@ def _aligner(choice: str | Callable | None) -> Callable | None:
     return sentence_embedder(choice)
 
 
-__all__ = ["OpenSegR", "SegmenterConfig"]
+__all__ = ["OpenSegR", "SegmentationRun", "SegmenterConfig"]

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 PALETTE_LIMIT = 256
+UNKNOWN_COLOUR = (128, 128, 128)
 
 
 def class_colors(count: int) -> np.ndarray:
@@ -27,33 +28,42 @@ def class_colors(count: int) -> np.ndarray:
 def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     """A palette PNG image when the vocabulary fits in 256 colours, else 16-bit grayscale.
 
-    Either way a pixel's value is its class index in the vocabulary.
+    Either way a pixel's value is its class index in the vocabulary; pixels the
+    self-check marked unknown (label -1) are 255, or 65535 in 16-bit maps, as the
+    ignore value of segmentation benchmarks.
     """
-    if num_classes <= PALETTE_LIMIT:
-        image = Image.fromarray(labels.astype(np.uint8), mode="P")
-        image.putpalette(class_colors(PALETTE_LIMIT).ravel().tolist())
+    if num_classes < PALETTE_LIMIT:
+        image = Image.fromarray(np.where(labels < 0, 255, labels).astype(np.uint8), mode="P")
+        palette = class_colors(PALETTE_LIMIT)
+        palette[255] = UNKNOWN_COLOUR
+        image.putpalette(palette.ravel().tolist())
         return image
-    return Image.fromarray(labels.astype(np.uint16))
+    return Image.fromarray(np.where(labels < 0, 65535, labels).astype(np.uint16))
 
 
 def overlay_image(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
     """The photo with each class's pixels tinted and a legend of the classes present (largest first)."""
-    colors = class_colors(len(names))
-    blended = (rgb.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
-    present = np.bincount(labels.ravel(), minlength=len(names))
+    colors = np.vstack([class_colors(len(names)), np.array([UNKNOWN_COLOUR], np.uint8)])
+    tinted = colors[np.where(labels < 0, len(names), labels)]  # unknown pixels in grey
+    blended = (rgb.astype(np.float32) * (1 - alpha) + tinted.astype(np.float32) * alpha).astype(np.uint8)
+    flat = labels.ravel()
+    present = np.bincount(flat[flat >= 0], minlength=len(names))
     order = [i for i in np.argsort(-present) if present[i] > 0]
     font = _font(max(12, min(rgb.shape[:2]) // 30))
     row = font.size + 6 if hasattr(font, "size") else 18
     total = max(1, labels.size)
-    entries = [f"{names[i]} ({100 * present[i] / total:.1f}%)" for i in order]
-    width = max([int(_text_width(font, text)) for text in entries] + [0]) + row + 16
-    canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(entries) + 8)), "white")
+    legend = [(tuple(int(c) for c in colors[i]), f"{names[i]} ({100 * present[i] / total:.1f}%)") for i in order]
+    unknown = int(flat.size - (flat >= 0).sum())
+    if unknown:
+        legend.append((UNKNOWN_COLOUR, f"unknown ({100 * unknown / total:.1f}%)"))
+    width = max([int(_text_width(font, text)) for _, text in legend] + [0]) + row + 16
+    canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(legend) + 8)), "white")
     canvas.paste(Image.fromarray(blended), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for line, (index, text) in enumerate(zip(order, entries)):
+    for line, (colour, text) in enumerate(legend):
         top = 4 + line * row
         left = rgb.shape[1] + 6
-        draw.rectangle([left, top, left + row - 6, top + row - 6], fill=tuple(int(c) for c in colors[index]), outline="black")
+        draw.rectangle([left, top, left + row - 6, top + row - 6], fill=colour, outline="black")
         draw.text((left + row, top), text, fill="black", font=font)
     return canvas
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from PIL import Image
 
 from openseg_r import __version__
 from openseg_r.render import label_image, overlay_image
-from openseg_r.state import ClassSummary, OpenSegState
+from openseg_r.state import UNKNOWN_LABEL, ClassSummary, OpenSegState
 
 
 @dataclass
@@ -24,6 +24,8 @@ class SegmentationResult:
     state: OpenSegState  # the graph's final state: reasoning, prompts, timings, LMM calls
     segmenter: dict  # model and inference settings
     reasoning_cache: dict | None = None  # this run's cache hits and misses
+    self_check_images: dict[str, np.ndarray] = field(default_factory=dict)  # crops by store key
+    segmenter_labels: np.ndarray | None = None  # the label map before the self-check changed it
 
     @property
     def names(self) -> list[str]:
@@ -39,6 +41,11 @@ class SegmentationResult:
 
     def mask(self, name: str) -> np.ndarray:
         return self.labels == self.names.index(name)
+
+    @property
+    def unknown_mask(self) -> np.ndarray:
+        """Pixels the self-check marked "none of these" (``none_policy="unknown"``)."""
+        return self.labels == UNKNOWN_LABEL
 
     def overlay(self) -> Image.Image:
         return overlay_image(self.image, self.labels, self.names)
@@ -71,6 +78,26 @@ class SegmentationResult:
             },
             "fallbacks": [f.model_dump() for f in state.fallbacks],
             "reasoning_cache": self.reasoning_cache,
+            "unknown_pixels": state.report.unknown_pixels if state.report else 0,
+            "self_check": self._self_check_json(),
+        }
+
+    def _self_check_json(self) -> dict | None:
+        check = self.state.self_check
+        if check is None:
+            return None
+        return {
+            "stopped": check.stopped,
+            "budget_exhausted": check.budget_exhausted,
+            "rounds_run": check.round,
+            "lmm_calls": check.calls_used,
+            "pixels_changed": sum(c.pixels_changed for c in check.changes),
+            "rounds": [r.model_dump() for r in check.rounds],
+            "answers": [
+                a.model_dump() | {"crop_file": f"self_check/{a.region_id}.png"}
+                for a in sorted(self.state.region_answers, key=_question_order)
+            ],
+            "changes": [c.model_dump() for c in check.changes],
         }
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
@@ -80,9 +107,21 @@ class SegmentationResult:
         paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
         _atomic_write(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
         _atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        if self.state.region_answers:
+            (out / "self_check").mkdir(exist_ok=True)
+        for answer in self.state.region_answers:
+            for key, suffix in ((answer.crop_key, ""), (answer.context_key, "-context")):
+                if key in self.self_check_images:
+                    picture = Image.fromarray(self.self_check_images[key])
+                    _atomic_write(out / "self_check" / f"{answer.region_id}{suffix}.png", lambda f: picture.save(f, format="PNG"))
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
         _atomic_write(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths
+
+
+def _question_order(answer) -> tuple[int, int]:
+    """Answers arrive in completion order; list them by round, then rank ("r2.3" -> (2, 3))."""
+    return answer.round, int(answer.region_id.rsplit(".", 1)[-1])
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -171,6 +171,32 @@ class ImageRef(BaseModel):
 ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
 ScoreOrder = Literal["max_then_softmax", "softmax_then_max"]
 ClassFilter = Literal["hard", "soft", "none"]
+UNKNOWN_LABEL = -1  # label-map value of pixels the self-check marked "none of these"
+
+
+class SelfCheckSettings(BaseModel):
+    """The self-check loop (off by default): ask about ambiguous regions, then apply the answers.
+
+    A region is a connected set of pixels whose top two classes are the same pair
+    and whose top-2 probability margin is under ``margin_threshold``, with an area
+    of at least ``min_area_pixels`` and ``min_area_fraction`` of the image.
+    """
+
+    enabled: bool = False
+    mode: Literal["lmm", "human"] = "lmm"  # human: LangGraph interrupt, resumed with Command(resume=...)
+    top_k: int = Field(3, ge=0, le=50)  # regions asked about per round
+    rounds: int = Field(2, ge=0, le=10)
+    max_calls: int = Field(8, ge=0, le=1000)  # hard budget of LMM calls per image, re-asks included
+    margin_threshold: float = Field(0.15, ge=0, le=1)
+    min_area_pixels: int = Field(64, ge=1)
+    min_area_fraction: float = Field(0.002, ge=0, le=1)
+    min_confidence: float = Field(0.6, ge=0, le=1)  # answers below it change nothing
+    apply: Literal["relabel", "reweight"] = "relabel"
+    reweight_factor: float = Field(2.0, gt=1, le=100)
+    none_policy: Literal["keep", "unknown"] = "keep"
+    context: float = Field(0.5, ge=0, le=4)  # crop margin on each side, as a fraction of the region's box
+    min_crop: int = Field(96, ge=8, le=4096)  # smallest crop side in image pixels (small regions get context)
+    full_image: bool = False  # also show the LMM the whole image with the region's box drawn
 
 
 class Settings(BaseModel):
@@ -187,6 +213,7 @@ class Settings(BaseModel):
     background_threshold: float = Field(0.1, ge=0, le=1)
     image_reasoning_mode: Literal["single", "chain"] = "single"
     align_threshold: float = Field(0.85, ge=-1, le=2)  # cosine; above 1 turns embedding matching off
+    self_check: SelfCheckSettings = Field(default_factory=SelfCheckSettings)
 
 
 # --------------------------------------------------------------------------- steps
@@ -256,6 +283,7 @@ class SegmentationOutput(BaseModel):
     confidence_key: str
     runner_up_key: str
     margin_key: str
+    runner_up_confidence_key: str | None = None
     height: int
     width: int
     suppressed_classes: list[str] = Field(default_factory=list)
@@ -267,6 +295,128 @@ class SegmentationReport(BaseModel):
 
     classes: list[ClassSummary]
     present_classes: list[str]
+    unknown_pixels: int = 0  # marked "none of these" by the self-check
+
+
+# --------------------------------------------------------------------------- self-check
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels, end-exclusive
+
+
+class RegionEvidence(BaseModel):
+    """One competing class in a region: what the segmenter and the reasoning say."""
+
+    name: str
+    mean_probability: float  # over the region; 0 where the class is not in a pixel's top two
+    top1_share: float  # share of the region's pixels where it is the label
+    attributes: list[str] = Field(default_factory=list)  # reasoning already held (image, else generic)
+
+
+class AmbiguousRegion(BaseModel):
+    id: str  # "r<round>.<rank>"
+    round: int
+    box: Box
+    area: int
+    mean_margin: float
+    score: float  # area x (1 - mean margin): the ranking
+    mask_key: str  # bool mask of the box's pixels, in the artifact store
+    at_border: bool
+    competing: list[RegionEvidence]
+
+
+class RegionVerdict(BaseModel):
+    """What the LMM (or a person) answers about one region. Untrusted: cleaned on the way in."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    choice: str
+    confidence: float = Field(ge=0, le=1)
+    reason: str = ""
+
+    @field_validator("choice", mode="before")
+    @classmethod
+    def _choice(cls, value: object) -> str:
+        text = _clean_text(value, 120)
+        if not text:
+            raise ValueError("choice must name one of the classes, or say none of these")
+        return text
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _confidence(cls, value: object) -> float:
+        if isinstance(value, bool):
+            raise ValueError("confidence must be a number from 0 to 1")
+        if isinstance(value, str):
+            text = value.strip().rstrip("%").strip()
+            percent = value.strip().endswith("%")
+            try:
+                value = float(text) / (100 if percent else 1)
+            except ValueError:
+                raise ValueError("confidence must be a number from 0 to 1") from None
+        if isinstance(value, (int, float)) and 1 < value <= 100:
+            value = value / 100  # "85" means 85%
+        return value
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, value: object) -> str:
+        return _clean_text(value, MAX_TEXT)
+
+
+Verdict = Literal["class", "none_of_these", "rejected", "no_answer"]
+
+
+class RegionAnswer(BaseModel):
+    """One region question and what came of it, as the trace shows it."""
+
+    region_id: str
+    round: int
+    source: Literal["lmm", "human"]
+    question: str
+    crop_key: str
+    context_key: str | None = None  # the full image with the box, when it was shown
+    verdict: Verdict
+    raw_choice: str | None = None
+    choice: str | None = None  # a competing class when verdict == "class"
+    alignment: NameAlignment | None = None
+    confidence: float | None = None
+    reason: str = ""
+    lmm_calls: int = 0
+    note: str = ""
+
+
+class RegionChange(BaseModel):
+    """What applying one answer did to the label map."""
+
+    region_id: str
+    round: int
+    action: Literal["relabel", "reweight", "unknown", "unchanged"]
+    why: str
+    to_class: str | None = None
+    pixels_changed: int = 0
+    from_classes: dict[str, int] = Field(default_factory=dict)
+
+
+class SelfCheckRound(BaseModel):
+    round: int
+    regions: list[AmbiguousRegion]  # asked about this round
+    call_allowance: dict[str, int] = Field(default_factory=dict)  # LMM calls each region may use
+    left_over_k: int = 0  # found but not asked: beyond the top K
+    left_over_budget: int = 0  # found but not asked: the call budget did not cover them
+
+
+class SelfCheckState(BaseModel):
+    """The loop's state and its record. ``output`` holds the current label map."""
+
+    output: SegmentationOutput
+    asked_key: str | None = None  # bool (H, W): pixels already asked about, never asked again
+    round: int = 0
+    calls_used: int = 0
+    rounds: list[SelfCheckRound] = Field(default_factory=list)
+    changes: list[RegionChange] = Field(default_factory=list)
+    stopped: str | None = None
+    budget_exhausted: bool = False
 
 
 # --------------------------------------------------------------------------- trace
@@ -317,6 +467,8 @@ class OpenSegState(BaseModel):
     alignment: ClassAlignment | None = None
     prompts: PromptSet | None = None
     segmentation: SegmentationOutput | None = None
+    self_check: SelfCheckState | None = None
+    region_answers: Annotated[list[RegionAnswer], operator.add] = Field(default_factory=list)
     report: SegmentationReport | None = None
     lmm_calls: Annotated[list[LMMCall], operator.add] = Field(default_factory=list)
     fallbacks: Annotated[list[Fallback], operator.add] = Field(default_factory=list)

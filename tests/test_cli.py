@@ -172,3 +172,38 @@ def test_segment_with_chain_mode_record_and_cache(tmp_path, tiny_args):
     assert cached["lmm_usage"]["calls"] == 0
     assert cached["reasoning_cache"]["hits"] == 21 and cached["reasoning_cache"]["misses"] == 0
     assert cached["prompts"] == result["prompts"]
+
+
+def test_segment_with_self_check(tmp_path, tiny_args):
+    script = json.loads(SCRIPT.read_text()) | {"self_check": {"choice": "chair", "confidence": 0.9, "reason": "legs"}}
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(script))
+    proc = run("segment", PHOTO, "--classes", "person, chair, table, bottle", "--lmm", f"scripted:{path}",
+               "--no-reasoning", "--self-check", "--self-check-margin", "0.5", "--self-check-k", "2",
+               "--self-check-max-calls", "3", *tiny_args, "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    trace = result["self_check"]
+    assert result["settings"]["self_check"]["top_k"] == 2 and result["settings"]["reasoning"] is False
+    assert 1 <= trace["lmm_calls"] <= 3 and len(trace["answers"]) >= 1
+    assert all((tmp_path / "o" / a["crop_file"]).is_file() for a in trace["answers"])
+    assert "self-check:" in proc.stdout and trace["stopped"] in proc.stdout
+
+
+def test_self_check_needs_an_lmm_or_a_human(tmp_path, tiny_args):
+    proc = run("segment", PHOTO, "--classes", "person, chair", "--self-check", *tiny_args, "--out", tmp_path)
+    assert proc.returncode == 2 and "needs an LMM" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_self_check_human_mode_reads_answers_from_the_terminal(tmp_path, tiny_args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    args = ["segment", PHOTO, "--classes", "person, chair, table", "--no-reasoning", "--self-check",
+            "--self-check-mode", "human", "--self-check-margin", "0.5", "--self-check-rounds", "1",
+            "--self-check-k", "2", *tiny_args, "--out", tmp_path]
+    proc = subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], input="2\n\n",
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("your choice") == 2
+    answers = json.loads((tmp_path / "result.json").read_text())["self_check"]["answers"]
+    assert [a["source"] for a in answers] == ["human", "human"]
+    assert answers[0]["confidence"] == 1.0 and answers[1]["confidence"] == 0.0  # the second was skipped

@@ -3,10 +3,14 @@
     START ─┬─(reasoning on)──> generic_reasoning ──┐
            │                   image_reasoning ────┴─> class_alignment ─┐
            └─(reasoning off)────────────────────────────────────────────┴─> prompt_composition
-                                                    -> segmentation -> finalize -> END
+        -> segmentation ─┬─(self-check off, K=0 or R=0)─────────────────────────────> finalize -> END
+                         └─> find_ambiguous_regions ─┬─(stopped)────────────────────> finalize
+                                  ^                  └─ Send x K ─> check_region ─┐
+                                  └──────────────────────────── apply_decisions <─┘
 
-Generic and image reasoning run in parallel. Every node is wrapped only to
-record its wall time in ``state.timings``.
+Generic and image reasoning run in parallel, and so do the region questions of
+a self-check round. Every node is wrapped only to record its wall time in
+``state.timings``.
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ from typing import Any, Callable
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 from pydantic import BaseModel
 
 from openseg_r.graph.context import OpenSegContext
 from openseg_r.nodes import (
+    ApplyDecisionsInput,
+    CheckRegionInput,
     ClassAlignmentInput,
+    FindRegionsInput,
     FinalizeInput,
     GenericReasoningInput,
     ImageReasoningInput,
     PromptCompositionInput,
     SegmentationInput,
+    apply_decisions,
+    check_region,
     class_alignment,
+    find_ambiguous_regions,
     finalize,
     generic_reasoning,
     image_reasoning,
@@ -42,6 +53,9 @@ NODES: list[tuple[str, Callable, type[BaseModel]]] = [
     ("class_alignment", class_alignment, ClassAlignmentInput),
     ("prompt_composition", prompt_composition, PromptCompositionInput),
     ("segmentation", segmentation, SegmentationInput),
+    ("find_ambiguous_regions", find_ambiguous_regions, FindRegionsInput),
+    ("check_region", check_region, CheckRegionInput),
+    ("apply_decisions", apply_decisions, ApplyDecisionsInput),
     ("finalize", finalize, FinalizeInput),
 ]
 
@@ -53,6 +67,35 @@ def route_after_start(state: OpenSegState) -> list[str]:
     return ["prompt_composition"]
 
 
+def route_after_segmentation(state: OpenSegState) -> str:
+    """Self-check only when it is on and could ask something (K > 0 and R > 0)."""
+    cfg = state.settings.self_check
+    if cfg.enabled and cfg.top_k > 0 and cfg.rounds > 0:
+        return "find_ambiguous_regions"
+    return "finalize"
+
+
+def dispatch_regions(state: OpenSegState) -> list[Send] | str:
+    """One ``check_region`` task per region of the new round, run in parallel; or finish."""
+    check = state.self_check
+    if check is None or check.stopped or not check.rounds or check.rounds[-1].round != check.round:
+        return "finalize"
+    current = check.rounds[-1]
+    return [
+        Send(
+            "check_region",
+            CheckRegionInput(
+                image=state.image,
+                vocabulary=state.vocabulary,
+                settings=state.settings,
+                region=region,
+                call_allowance=current.call_allowance.get(region.id, 1),
+            ),
+        )
+        for region in current.regions
+    ]
+
+
 def build_graph(*, checkpointer: Any = None, cache: Any = None):
     """Return the compiled graph. Invoke it with ``context=OpenSegContext(...)``."""
     builder = StateGraph(OpenSegState, context_schema=OpenSegContext)
@@ -62,9 +105,17 @@ def build_graph(*, checkpointer: Any = None, cache: Any = None):
     builder.add_edge(["generic_reasoning", "image_reasoning"], "class_alignment")
     builder.add_edge("class_alignment", "prompt_composition")
     builder.add_edge("prompt_composition", "segmentation")
-    builder.add_edge("segmentation", "finalize")
+    builder.add_conditional_edges("segmentation", route_after_segmentation, ["find_ambiguous_regions", "finalize"])
+    builder.add_conditional_edges("find_ambiguous_regions", dispatch_regions, ["check_region", "finalize"])
+    builder.add_edge("check_region", "apply_decisions")
+    builder.add_edge("apply_decisions", "find_ambiguous_regions")
     builder.add_edge("finalize", END)
     return builder.compile(checkpointer=checkpointer, cache=cache, name="openseg-r")
+
+
+def recursion_limit(settings) -> int:
+    """Steps a run may take: the fixed nodes plus three per self-check round, with room to spare."""
+    return 25 + 4 * (settings.self_check.rounds + 1)
 
 
 def _timed(name: str, function: Callable) -> Callable:

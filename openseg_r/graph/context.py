@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from openseg_r.cache import MemoryReasoningCache
-
 from openseg_r.lmm.base import LMMBackend, NoLMM
 from openseg_r.segment.segmenter import CLIPSegmenter
 from openseg_r.store import ArtifactStore
@@ -29,3 +29,8 @@ class OpenSegContext:
     # Embeds names for the class aligner: (names) -> (N, D) normalised. None: the CLIP text tower.
     aligner: Callable[[list[str]], torch.Tensor] | None = None
     max_concurrent_lmm_calls: int = 4
+    lmm_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Bounds the LMM calls that parallel branches (the self-check's Send fan-out) make at once.
+        self.lmm_slots = threading.BoundedSemaphore(max(1, self.max_concurrent_lmm_calls))

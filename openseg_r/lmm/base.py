@@ -75,13 +75,15 @@ class LMMBackend(ABC):
         ``feedback`` is set on a re-ask: the validation error of the previous answer.
         """
 
-    def ask(self, request: LMMRequest[T]) -> LMMReply[T]:
+    def ask(self, request: LMMRequest[T], max_attempts: int | None = None) -> LMMReply[T]:
+        """``max_attempts`` lowers the backend's own bound for this request (a call budget)."""
+        attempts = max(1, self.max_attempts if max_attempts is None else min(max_attempts, self.max_attempts))
         calls: list[LMMCall] = []
         usage = Usage()
         feedback: str | None = None
         raw = ""
         error = "no attempt was made"
-        for attempt in range(1, max(1, self.max_attempts) + 1):
+        for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
                 raw, call_usage = self.complete(request, feedback)

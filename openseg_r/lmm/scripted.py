@@ -4,12 +4,15 @@ Script layout::
 
     {
       "generic_reasoning": {"cat": {...} | "raw text", ...},
-      "image_reasoning": {...} | "raw text" | [answer for call 1, answer for call 2, ...]
+      "image_reasoning": {...} | "raw text" | [answer for call 1, answer for call 2, ...],
+      "self_check": {"choice": ...} | {"r1.1": {...}, "r2.1": "raw text", "*": {...}}
     }
 
 An answer is a JSON value (sent as JSON text) or a string (sent verbatim, so a
 test can script malformed answers). A step keyed by subject looks the subject up;
-a list is consumed one answer per call, the last one repeating. A missing answer
+a list is consumed one answer per call, the last one repeating. Self-check answers
+are one answer for every region, or keyed by region id ("r<round>.<rank>") with
+"*" as the default. A missing answer
 is an empty string, which the normal validation turns into a stated fallback.
 """
 
@@ -62,6 +65,8 @@ class ScriptedLMM(LMMBackend):
         entry = self.script.get(request.step, "")
         if request.step in SUBJECT_KEYED_STEPS and isinstance(entry, dict):
             return entry.get(request.subject or "", "")
+        if request.step == "self_check" and isinstance(entry, dict) and "choice" not in entry:
+            return entry.get(request.subject or "", entry.get("*", ""))
         if isinstance(entry, list):
             if not entry:
                 return ""

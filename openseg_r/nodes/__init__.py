@@ -7,10 +7,20 @@ from openseg_r.nodes.generic_reasoning import GenericReasoningInput, GenericReas
 from openseg_r.nodes.image_reasoning import ImageReasoningInput, ImageReasoningOutput, image_reasoning
 from openseg_r.nodes.prompt_composition import PromptCompositionInput, PromptCompositionOutput, prompt_composition
 from openseg_r.nodes.segmentation import SegmentationInput, SegmentationNodeOutput, segmentation
+from openseg_r.nodes.self_check import (
+    ApplyDecisionsInput,
+    CheckRegionInput,
+    FindRegionsInput,
+    apply_decisions,
+    check_region,
+    find_ambiguous_regions,
+)
 
 __all__ = [
     "ClassAlignmentInput", "ClassAlignmentOutput", "FinalizeInput", "FinalizeOutput", "GenericReasoningInput",
     "GenericReasoningOutput", "ImageReasoningInput", "ImageReasoningOutput", "PromptCompositionInput",
     "PromptCompositionOutput", "SegmentationInput", "SegmentationNodeOutput", "class_alignment", "finalize",
     "generic_reasoning", "image_reasoning", "prompt_composition", "segmentation",
+    "ApplyDecisionsInput", "CheckRegionInput", "FindRegionsInput", "apply_decisions", "check_region",
+    "find_ambiguous_regions",
 ]

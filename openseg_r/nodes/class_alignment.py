@@ -98,7 +98,9 @@ def _align_by_embedding(decisions, unmatched, classes, threshold, ctx: OpenSegCo
     """Nearest class by text embedding: the context's aligner, else CLIP's text tower
     on the bare names (template-averaged)."""
     queries = [(c.name, q) for c in classes for q in c.queries]
-    embed = ctx.aligner or (lambda names: ctx.segmenter.text.embed(names, "vild"))
+    embed = name_embedder(ctx)
+    if embed is None:
+        return
     vocab_vectors = embed([q for _, q in queries])
     raw_vectors = embed([decisions[i].raw for i in unmatched]).to(vocab_vectors.device)
     similarity = raw_vectors @ vocab_vectors.T
@@ -111,6 +113,16 @@ def _align_by_embedding(decisions, unmatched, classes, threshold, ctx: OpenSegCo
             )
         else:
             decisions[index] = decisions[index].model_copy(update={"score": round(score, 4)})
+
+
+def name_embedder(ctx: OpenSegContext):
+    """``(names) -> (N, D)`` normalised: the context's aligner, else CLIP's text tower on the
+    bare names (template-averaged); None when there is neither."""
+    if ctx.aligner is not None:
+        return ctx.aligner
+    if ctx.segmenter is not None:
+        return lambda names: ctx.segmenter.text.embed(names, "vild")
+    return None
 
 
 def sentence_embedder(model: str = "minilm"):

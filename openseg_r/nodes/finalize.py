@@ -7,12 +7,13 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
 from openseg_r.graph.context import OpenSegContext
-from openseg_r.state import ClassSummary, SegmentationOutput, SegmentationReport, Vocabulary
+from openseg_r.state import ClassSummary, SegmentationOutput, SegmentationReport, SelfCheckState, Vocabulary
 
 
 class FinalizeInput(BaseModel):
     vocabulary: Vocabulary
     segmentation: SegmentationOutput
+    self_check: SelfCheckState | None = None  # when present, its output is the final label map
 
 
 class FinalizeOutput(BaseModel):
@@ -21,12 +22,16 @@ class FinalizeOutput(BaseModel):
 
 def finalize(state: FinalizeInput, runtime: Runtime[OpenSegContext]) -> FinalizeOutput:
     store = runtime.context.store
-    labels = store.get(state.segmentation.labels_key)
-    confidence = store.get(state.segmentation.confidence_key)
+    output = final_output(state.segmentation, state.self_check)
+    labels = store.get(output.labels_key)
+    confidence = store.get(output.confidence_key)
     num_classes = len(state.vocabulary.classes)
     flat = labels.ravel()
-    pixels = np.bincount(flat, minlength=num_classes)
-    confidence_sums = np.bincount(flat, weights=confidence.ravel().astype(np.float64), minlength=num_classes)
+    known = flat >= 0  # UNKNOWN_LABEL pixels belong to no class
+    pixels = np.bincount(flat[known], minlength=num_classes)
+    confidence_sums = np.bincount(
+        flat[known], weights=confidence.ravel()[known].astype(np.float64), minlength=num_classes
+    )
     total = max(1, flat.size)
     summaries = []
     for index, cls in enumerate(state.vocabulary.classes):
@@ -41,4 +46,10 @@ def finalize(state: FinalizeInput, runtime: Runtime[OpenSegContext]) -> Finalize
             )
         )
     present = [s.name for s in sorted(summaries, key=lambda s: -s.pixels) if s.pixels > 0]
-    return FinalizeOutput(report=SegmentationReport(classes=summaries, present_classes=present))
+    unknown = int(flat.size - known.sum())
+    return FinalizeOutput(report=SegmentationReport(classes=summaries, present_classes=present, unknown_pixels=unknown))
+
+
+def final_output(segmentation: SegmentationOutput, self_check: SelfCheckState | None) -> SegmentationOutput:
+    """The arrays after the self-check when it ran, else the segmenter's."""
+    return self_check.output if self_check is not None else segmentation

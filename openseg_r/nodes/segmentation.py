@@ -51,6 +51,9 @@ def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> 
         confidence_key=ctx.store.put(arrays.confidence),
         runner_up_key=ctx.store.put(arrays.runner_up),
         margin_key=ctx.store.put(arrays.margin),
+        runner_up_confidence_key=(
+            ctx.store.put(arrays.runner_up_confidence) if arrays.runner_up_confidence is not None else None
+        ),
         height=int(arrays.labels.shape[0]),
         width=int(arrays.labels.shape[1]),
         suppressed_classes=[names[i] for i in arrays.suppressed],

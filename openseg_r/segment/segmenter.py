@@ -52,7 +52,8 @@ class SegmentationArrays:
     labels: np.ndarray  # (H, W) int32 index into the vocabulary
     confidence: np.ndarray  # (H, W) float32 probability of the chosen class
     runner_up: np.ndarray  # (H, W) int32 second-best class, -1 when there is none
-    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability
+    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability (before the background threshold)
+    runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
     suppressed: list[int] = field(default_factory=list)
     background_pixels: int = 0
 
@@ -140,6 +141,7 @@ class CLIPSegmenter:
         labels = np.empty((out_h, out_w), np.int32)
         confidence = np.empty((out_h, out_w), np.float32)
         runner_up = np.full((out_h, out_w), -1, np.int32)
+        runner_up_confidence = np.zeros((out_h, out_w), np.float32)
         margin = np.empty((out_h, out_w), np.float32)
         band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
         for start in range(0, out_h, band_rows):
@@ -149,6 +151,7 @@ class CLIPSegmenter:
             best_prob, best = top.values[0], top.indices[0]
             if probs.shape[0] > 1:
                 runner_up[start:stop] = top.indices[1].cpu().numpy()
+                runner_up_confidence[start:stop] = top.values[1].cpu().numpy()
                 margin[start:stop] = (top.values[0] - top.values[1]).cpu().numpy()
             else:
                 margin[start:stop] = best_prob.cpu().numpy()
@@ -164,6 +167,7 @@ class CLIPSegmenter:
             confidence=confidence,
             runner_up=runner_up,
             margin=margin,
+            runner_up_confidence=runner_up_confidence,
             suppressed=class_filter.suppressed(bank.num_classes),
             background_pixels=background_pixels,
         )
