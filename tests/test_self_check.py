@@ -485,3 +485,24 @@ def test_verdict_confidence_accepts_common_forms(value, expected):
 def test_verdict_confidence_rejects_the_rest(value):
     with pytest.raises(ValueError):
         RegionVerdict(choice="sofa", confidence=value)
+
+
+def test_questions_carry_the_reasoning_already_held(tiny_segmenter, voc):
+    from pathlib import Path
+
+    script = json.loads((Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json").read_text())
+    script["self_check"] = {"choice": "none of these", "confidence": 0.9}
+    lmm = ScriptedLMM(script)
+    result = OpenSegR(segmenter=tiny_segmenter, lmm=lmm).segment(
+        voc["rgb"], "voc21", class_filter="none", self_check={"enabled": True, "margin_threshold": 0.5})
+    regions = [r for rnd in result.state.self_check.rounds for r in rnd.regions]
+    assert regions
+    image_attributes = result.state.alignment.image_attributes
+    for region in regions:
+        for evidence in region.competing:
+            generic = result.state.generic_reasoning.get(evidence.name)  # none for the background class
+            held = image_attributes.get(evidence.name) or (generic.attributes if generic else [])
+            assert evidence.attributes == held
+    questions = [r.prompt for r in lmm.requests if r.step == "self_check"]
+    assert questions and all("segmenter probability" in q and "quoted data" in q for q in questions)
+    assert np.array_equal(result.labels, result.segmenter_labels)  # "none of these" kept everything
