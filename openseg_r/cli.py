@@ -22,7 +22,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from openseg_r import __version__
-    from openseg_r.state import ATTENTION_VARIANTS
 
     parser = _Parser(prog="openseg-r", description="Open-vocabulary segmentation guided by LMM reasoning.")
     parser.add_argument("--version", action="version", version=f"openseg-r {__version__}")
@@ -35,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "cat, sofa|couch"')
     which.add_argument("--vocab", help="a built-in vocabulary name (see `openseg-r vocabularies`) or a text file")
     seg.add_argument("--out", required=True, help="output folder for labels.png, overlay.png, result.json")
-    seg.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON")
-    seg.add_argument("--clip-pretrained", default="openai", help="pretrained tag or weights file; 'none' for random weights")
-    seg.add_argument("--attention", default="naclip", choices=ATTENTION_VARIANTS)
+    _model_options(seg)
     _lmm_options(seg)
     seg.add_argument("--no-reasoning", action="store_true", help="baseline: bare class names, no LMM")
     seg.add_argument("--image-reasoning", choices=("single", "chain"), default="single",
@@ -53,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--crop", type=int, default=224)
     seg.add_argument("--stride", type=int, default=112)
     seg.add_argument("--no-slide", action="store_true", help="run the whole resized image at once")
-    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
-    seg.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
     _self_check_options(seg)
 
@@ -74,7 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
     imported = actions.add_parser("import", help="load an upstream generic-reasoning JSON into the cache")
     imported.add_argument("file")
     _lmm_options(imported)
+    serve = commands.add_parser("serve", help="serve openseg-r to agents")
+    servers = serve.add_subparsers(dest="server", required=True, parser_class=_Parser)
+    mcp = servers.add_parser("mcp", help="an MCP server (stdio by default)")
+    mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    mcp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
+    mcp.add_argument("--port", type=int, default=8765)
+    _model_options(mcp)
+    _lmm_options(mcp)
+    _safety_options(mcp)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    from openseg_r.state import ATTENTION_VARIANTS
+
+    parser.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON")
+    parser.add_argument("--clip-pretrained", default="openai", help="pretrained tag or weights file; 'none' for random weights")
+    parser.add_argument("--attention", default="naclip", choices=ATTENTION_VARIANTS)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+
+
+def _safety_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("safety", "limits on what callers may ask (also the [safety] config table)")
+    group.add_argument("--root", action="append", default=None, dest="roots",
+                       help="a folder image paths may come from (repeat for several; default: none, base64 only)")
+    group.add_argument("--allow-urls", action="store_true", default=None, help="allow public http(s) image URLs")
+    group.add_argument("--max-concurrent", type=int, default=None, help="segmentations at once (default 2)")
+    group.add_argument("--queue-timeout", type=float, default=None,
+                       help="seconds a call may wait for a free slot before it is refused (default 30)")
+    group.add_argument("--call-timeout", type=float, default=None, help="seconds per segmentation (default 300)")
+    group.add_argument("--max-pixels", type=int, default=None, help="largest decoded image (default 25,000,000)")
+    group.add_argument("--safety-config", default=None, help="a TOML file with a [safety] table")
 
 
 def _self_check_options(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             from openseg_r.reason_cli import run_reason
 
             return run_reason(args)
+        if args.command == "serve":
+            from openseg_r.serve_cli import run_serve
+
+            return run_serve(args)
         return _segment(args)
     except KeyboardInterrupt:
         print("openseg-r: interrupted", file=sys.stderr)

@@ -88,6 +88,7 @@ class OpenSegR:
         vocabulary: str | list[str] | Vocabulary,
         *,
         on_question: Callable[[dict, np.ndarray], Any] | None = None,
+        graph_config: dict | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
@@ -96,8 +97,10 @@ class OpenSegR:
 
         In the self-check's ``human`` mode, ``on_question(question, crop)`` answers each
         region question (a class name, "none of these", or a dict with ``choice``,
-        ``confidence`` and ``reason``); or use :meth:`start` to answer step by step."""
-        run = self.start(image, vocabulary, **settings_overrides)
+        ``confidence`` and ``reason``); or use :meth:`start` to answer step by step.
+        ``graph_config`` is merged into the graph's run config (callbacks, or a parent
+        graph's config when this is called from inside a node)."""
+        run = self.start(image, vocabulary, graph_config=graph_config, **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -106,7 +109,10 @@ class OpenSegR:
             run.answer({q["region_id"]: on_question(q, run.crop(q)) for q in run.questions})
         return run.result
 
-    def start(self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, **settings_overrides) -> "SegmentationRun":
+    def start(
+        self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
+        **settings_overrides,
+    ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
         with questions: then answer them with :meth:`SegmentationRun.answer`."""
         try:
@@ -124,7 +130,8 @@ class OpenSegR:
             from langgraph.checkpoint.memory import InMemorySaver
 
             self._interactive_graph = build_graph(checkpointer=InMemorySaver())
-        run = SegmentationRun(self, self._interactive_graph if interactive else self.graph, store, rgb, settings)
+        graph = self._interactive_graph if interactive else self.graph
+        run = SegmentationRun(self, graph, store, rgb, settings, graph_config)
         run._advance(state)
         return run
 
@@ -165,13 +172,18 @@ class SegmentationRun:
     """One image's run. ``result`` is set when it is done; until then ``questions``
     holds the human-mode self-check questions it is paused on."""
 
-    def __init__(self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings) -> None:
+    def __init__(
+        self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings,
+        graph_config: dict | None = None,
+    ) -> None:
         self.model, self.graph, self.store, self.rgb = model, graph, store, rgb
         self.thread_id = uuid.uuid4().hex
         self.questions: list[dict] = []
         self.result: SegmentationResult | None = None
         self._context = model.context(store)
         self._config = {"configurable": {"thread_id": self.thread_id}, "recursion_limit": recursion_limit(settings)}
+        if graph_config:  # a parent graph's run: keep its thread and checkpoint namespace
+            self._config = {**graph_config, "recursion_limit": self._config["recursion_limit"]}
         cache = model.reasoning_cache
         self._cache_before = (cache.hits, cache.misses)
 

@@ -58,7 +58,8 @@ def _decode(handle, label: str, max_pixels: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"not an image file, or a format PIL cannot read: {label}") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"image is too large to decode safely: {label}") from None
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(f"image is too large to decode safely (its header claims over {limit:,} pixels): {label}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image is corrupt or truncated: {label} ({exc})") from None
     return _check_size(_pil_to_rgb(image), max_pixels)

@@ -12,7 +12,7 @@ from openseg_r.lmm.parsing import StructuredOutputError, parse_structured
 from openseg_r.lmm.upstream import parse_free_text
 from openseg_r.state import CandidateReasons, CandidateSearch, ClassReasoning, ImageReasoning
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "pc59_class_reason.json"
+UPSTREAM = Path(__file__).resolve().parent / "data" / "pc59_class_reason.json"
 SCHEMAS = [ClassReasoning, ImageReasoning, CandidateSearch, CandidateReasons]
 
 json_values = st.recursive(

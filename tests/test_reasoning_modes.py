@@ -11,7 +11,7 @@ from openseg_r import OpenSegR
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.lmm.replay import RecordingLMM, ReplayLMM
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "pc59_class_reason.json"
+UPSTREAM = Path(__file__).resolve().parent / "data" / "pc59_class_reason.json"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"
 
 CHAIN_SCRIPT = {

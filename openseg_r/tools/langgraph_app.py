@@ -1,0 +1,73 @@
+"""The graph that ``langgraph dev`` serves (see ``langgraph.json``), for LangGraph's local
+server and Studio.
+
+A run's input is the same as the agent tools' (:class:`SegmentRequest`), under the
+same safety limits. The ``segment`` node runs the OpenSeg-R graph as a subgraph, so
+Studio shows each of its steps; the output is the tools' structured result.
+
+The server process builds the model once, from the environment:
+
+- ``OPENSEG_R_CLIP_MODEL`` (default ``ViT-B-16``), ``OPENSEG_R_CLIP_PRETRAINED``
+  (default ``openai``; ``none`` for random weights), ``OPENSEG_R_DEVICE``;
+- ``OPENSEG_R_LMM`` (or the config file) for the LMM backend;
+- the ``[safety]`` table of the config file for the limits (image roots and so on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+
+from openseg_r.tools.output import SegmentOutput
+from openseg_r.tools.safety import SafetyLimits, ToolInputError
+from openseg_r.tools.service import SegmentationService, SegmentRequest
+
+
+class ServerState(SegmentRequest):
+    """The request, then the result (or the reason it was refused)."""
+
+    output: SegmentOutput | None = None
+    overlay_png: str | None = None
+    error: str | None = None
+
+
+def build_server_graph(service: SegmentationService):
+    """``START -> segment -> END``; ``segment`` invokes the OpenSeg-R graph as a subgraph."""
+
+    def segment(state: ServerState, config: RunnableConfig) -> dict:
+        request = SegmentRequest.model_validate(state.model_dump(include=set(SegmentRequest.model_fields)))
+        try:
+            output, overlay = service.segment(request, graph_config=config)
+        except ToolInputError as exc:
+            return {"error": str(exc), "output": None, "overlay_png": None}
+        return {"output": output, "overlay_png": overlay, "error": None}
+
+    builder = StateGraph(ServerState, input_schema=SegmentRequest)
+    builder.add_node("segment", segment)
+    builder.add_edge(START, "segment")
+    builder.add_edge("segment", END)
+    return builder.compile(name="openseg-r")
+
+
+@functools.lru_cache(maxsize=1)
+def service_from_environment() -> SegmentationService:
+    """Load the model once per server process (the server may ask for the graph per run)."""
+    from openseg_r.facade import OpenSegR
+
+    pretrained = os.environ.get("OPENSEG_R_CLIP_PRETRAINED", "openai")
+    model = OpenSegR(
+        os.environ.get("OPENSEG_R_CLIP_MODEL", "ViT-B-16"),
+        None if pretrained.lower() in ("none", "random") else pretrained,
+        device=os.environ.get("OPENSEG_R_DEVICE") or None,
+    )
+    return SegmentationService(model, SafetyLimits.from_config())
+
+
+async def make_graph():
+    """The factory ``langgraph.json`` names. Loading the model blocks, so it runs in a
+    thread, off the server's event loop."""
+    return build_server_graph(await asyncio.to_thread(service_from_environment))

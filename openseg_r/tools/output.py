@@ -1,0 +1,131 @@
+"""What an agent gets back: a short summary, the overlay, and machine-readable masks."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from openseg_r.render import label_image
+from openseg_r.result import SegmentationResult
+
+MaskFormat = Literal["rle", "png", "none"]
+SUMMARY_CLASSES = 12  # the summary names at most this many classes (all are in `classes`)
+
+
+class RLE(BaseModel):
+    """COCO run-length encoding (pycocotools), column-major: ``pycocotools.mask.decode``."""
+
+    size: list[int]  # [height, width]
+    counts: str
+
+
+class ClassFound(BaseModel):
+    name: str
+    index: int  # the value of this class in the label map
+    pixels: int
+    area_fraction: float
+    mean_confidence: float | None
+    reason: str  # one line: why the segmenter was told to look for it this way
+
+
+class SegmentOutput(BaseModel):
+    """The structured result of one ``segment`` call."""
+
+    trace_id: str = Field(description="pass to `explain` for the reasoning and self-check steps")
+    width: int
+    height: int
+    summary: str
+    classes: list[ClassFound] = Field(description="classes found, largest first")
+    label_names: list[str] = Field(description="label map value -> class name (-1 / 255: unknown)")
+    masks: dict[str, RLE] | None = Field(None, description="per class found: COCO RLE of its mask")
+    label_map_png: str | None = Field(None, description="base64 PNG; pixel value = index into label_names")
+    unknown_pixels: int = 0
+    notes: list[str] = Field(default_factory=list, description="fallbacks and settings that were changed")
+
+
+def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, notes: list[str]) -> SegmentOutput:
+    height, width = result.labels.shape
+    found = [c for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels > 0]
+    classes = [
+        ClassFound(
+            name=c.name, index=c.index, pixels=c.pixels, area_fraction=c.area_fraction,
+            mean_confidence=c.mean_confidence, reason=class_reason(result, c.name),
+        )
+        for c in found
+    ]
+    notes = notes + [f"fallback in {f.step}: {f.reason} -> {f.used}" for f in result.state.fallbacks][:10]
+    check = result.state.self_check
+    if check is not None:
+        changed = sum(c.pixels_changed for c in check.changes)
+        notes.append(f"self-check: {check.calls_used} LMM call(s), {changed} pixel(s) changed; {check.stopped}")
+    output = SegmentOutput(
+        trace_id=trace_id,
+        width=width,
+        height=height,
+        summary=summary_text(classes, width, height, trace_id, result),
+        classes=classes,
+        label_names=result.names,
+        unknown_pixels=result.state.report.unknown_pixels if result.state.report else 0,
+        notes=notes,
+    )
+    if masks == "rle":
+        output.masks = {c.name: encode_rle(result.labels == c.index) for c in classes}
+    elif masks == "png":
+        output.label_map_png = png_base64(label_image(result.labels, len(result.names)))
+    return output
+
+
+def summary_text(classes: list[ClassFound], width: int, height: int, trace_id: str, result) -> str:
+    settings = result.state.settings
+    lines = [
+        f"Segmented a {width}x{height} image into {len(classes)} class(es) "
+        f"(reasoning {'on' if settings.reasoning else 'off'}, self-check {'on' if settings.self_check.enabled else 'off'})."
+    ]
+    for c in classes[:SUMMARY_CLASSES]:
+        lines.append(f"- {c.name}: {100 * c.area_fraction:.1f}% of the image; {c.reason}")
+    if len(classes) > SUMMARY_CLASSES:
+        lines.append(f"- ... and {len(classes) - SUMMARY_CLASSES} smaller classes (see `classes`)")
+    if result.state.report and result.state.report.unknown_pixels:
+        lines.append(f"- unknown (none of the classes, per the self-check): {result.state.report.unknown_pixels} pixels")
+    lines.append(f"Trace id: {trace_id} (call `explain` with it to see the reasoning steps).")
+    return "\n".join(lines)
+
+
+def class_reason(result: SegmentationResult, name: str) -> str:
+    """One line: the image-specific attributes, else the generic reasoning, else the bare name."""
+    state = result.state
+    if state.alignment and state.alignment.image_attributes.get(name):
+        return "seen in this image as: " + ", ".join(state.alignment.image_attributes[name][:4])
+    generic = (state.generic_reasoning or {}).get(name)
+    if generic and (generic.attributes or generic.general_category):
+        path = " > ".join(part for part in (generic.general_category, generic.sub_category) if part)
+        attributes = ", ".join(generic.attributes[:4])
+        return f"{path}: {attributes}" if path and attributes else (path or attributes)
+    return "matched by its name alone (no reasoning)"
+
+
+def encode_rle(mask: np.ndarray) -> RLE:
+    from pycocotools import mask as coco_mask
+
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return RLE(size=[int(v) for v in encoded["size"]], counts=encoded["counts"].decode("ascii"))
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def overlay_png_base64(result: SegmentationResult, max_side: int = 1024) -> str:
+    """The overlay with its legend, downscaled so an agent's context is not flooded."""
+    overlay = result.overlay()
+    scale = min(1.0, max_side / max(overlay.size))
+    if scale < 1:
+        overlay = overlay.resize((max(1, round(overlay.width * scale)), max(1, round(overlay.height * scale))))
+    return png_base64(overlay)
