@@ -123,7 +123,7 @@ class OpenSegR:
         rgb = load_image(image, max_pixels=self.max_pixels)
         store = ArtifactStore()
         source = str(image) if isinstance(image, (str, Path)) else None
-        ref = ImageRef(key=store.put(rgb), width=rgb.shape[1], height=rgb.shape[0], source=source)
+        ref = ImageRef(key=store.put(rgb, kind="image"), width=rgb.shape[1], height=rgb.shape[0], source=source)
         state = OpenSegState(image=ref, vocabulary=vocab, settings=settings)
         interactive = settings.self_check.enabled and settings.self_check.mode == "human"
         if interactive and self._interactive_graph is None:

@@ -2,7 +2,11 @@
 
 Graph state holds the key (a SHA-256 of dtype, shape and bytes); the arrays live
 here. This in-memory store is what a single run needs; it is handed to the nodes
-through the runtime context.
+through the runtime context. :class:`openseg_r.runs.files.FileArtifactStore` keeps
+them on disk, next to a runs database.
+
+``kind`` says what an array is: ``"image"`` for pictures of the photo (the input and
+the self-check's crops), which a redacted run never writes to disk.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ class ArtifactStore:
         digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
-    def put(self, array: np.ndarray) -> str:
+    def put(self, array: np.ndarray, kind: str = "array") -> str:
         array = np.ascontiguousarray(array)
         key = self.key_for(array)
         array.setflags(write=False)

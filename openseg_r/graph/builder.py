@@ -10,7 +10,8 @@
 
 Generic and image reasoning run in parallel, and so do the region questions of
 a self-check round. Every node is wrapped only to record its wall time in
-``state.timings``.
+``state.timings`` and to emit ``node_start`` (its input model) and ``node_end``
+(its output model) custom stream events for the step log.
 """
 
 from __future__ import annotations
@@ -123,10 +124,13 @@ def _timed(name: str, function: Callable) -> Callable:
 
     def node(state: BaseModel, runtime: Runtime[OpenSegContext]) -> dict[str, Any]:
         started = time.perf_counter()
+        runtime.stream_writer({"event": "node_start", "node": name, "input": state})
         output = function(state, runtime) if takes_runtime else function(state)
         update = {field: getattr(output, field) for field in type(output).model_fields}
         update = {key: value for key, value in update.items() if value is not None}
-        update["timings"] = [NodeTiming(node=name, seconds=round(time.perf_counter() - started, 6))]
+        seconds = round(time.perf_counter() - started, 6)
+        update["timings"] = [NodeTiming(node=name, seconds=seconds)]
+        runtime.stream_writer({"event": "node_end", "node": name, "seconds": seconds, "output": output})
         return update
 
     node.__name__ = name

@@ -61,7 +61,8 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
     calls: list[LMMCall] = []
     fallbacks: list[Fallback] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.max_concurrent_lmm_calls)) as pool:
-        for name, reply in pool.map(ask, to_ask):
+        for done, (name, reply) in enumerate(pool.map(ask, to_ask), start=1):
+            runtime.stream_writer({"event": "progress", "node": STEP, "done": done, "total": len(to_ask)})
             calls.extend(reply.calls)
             if reply.value is None:
                 fallbacks.append(Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name"))

@@ -202,11 +202,11 @@ def check_region(state: CheckRegionInput, runtime: Runtime[OpenSegContext]) -> C
     mask = full_mask(rgb.shape[:2], region.box, ctx.store.get(region.mask_key))
     crop = marked_crop(rgb, mask, crop_box(region.box, state.image.width, state.image.height, cfg.context, cfg.min_crop))
     images = [crop]
-    crop_key = ctx.store.put(crop)
+    crop_key = ctx.store.put(crop, kind="image")
     context_key = None
     if cfg.full_image:
         overview = context_image(rgb, region.box)
-        context_key = ctx.store.put(overview)
+        context_key = ctx.store.put(overview, kind="image")
         images.append(overview)
     question = region_question(state.image, region, with_context=cfg.full_image)
     base = {"region_id": region.id, "round": region.round, "question": question, "crop_key": crop_key,

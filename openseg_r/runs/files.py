@@ -1,0 +1,84 @@
+"""Content-addressed arrays on disk, next to the runs database.
+
+Checkpoints hold only keys; the label maps, probability summaries, masks, crops and
+the input image live here as ``<key[:2]>/<key>.npy`` files, written whole or not at
+all. A key is the SHA-256 of the array's dtype, shape and bytes, so the same array is
+stored once however many runs use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from openseg_r.store import ArtifactStore
+
+
+class MissingArtifactError(KeyError):
+    """An array a run refers to is not in the store (deleted, or redacted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "artifact missing"
+
+
+class FileArtifactStore(ArtifactStore):
+    """An :class:`ArtifactStore` whose arrays are also files. With ``redact``, arrays of
+    kind ``"image"`` stay in memory only (the database keeps their hashes)."""
+
+    def __init__(self, folder: str | Path, redact: bool = False) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.redact = redact
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+            raise MissingArtifactError(f"not an artifact key: {key[:70]!r}")
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def put(self, array: np.ndarray, kind: str = "array") -> str:
+        key = super().put(array, kind)
+        if self.redact and kind == "image":
+            return key
+        path = self.path_for(key)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npy", delete=False)
+            try:
+                with handle:
+                    np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                os.replace(handle.name, path)
+            except BaseException:
+                Path(handle.name).unlink(missing_ok=True)
+                raise
+        return key
+
+    def get(self, key: str) -> np.ndarray:
+        with self._lock:
+            if key in self._arrays:
+                return self._arrays[key]
+        path = self.path_for(key)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise MissingArtifactError(f"artifact {key[:12]}… is missing from the store ({path})") from None
+        except (OSError, ValueError) as exc:
+            raise MissingArtifactError(f"artifact {key[:12]}… is unreadable ({path}: {exc})") from None
+        array.setflags(write=False)
+        with self._lock:
+            self._arrays[key] = array
+        return array
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            return key in self._arrays or self.path_for(key).exists()
+        except MissingArtifactError:
+            return False
+
+    def forget_memory(self) -> None:
+        """Drop the in-memory copies (a long-lived process keeps only what is on disk)."""
+        with self._lock:
+            self._arrays.clear()
