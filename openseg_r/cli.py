@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-slide", action="store_true", help="run the whole resized image at once")
     seg.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
     _self_check_options(seg)
+    record = seg.add_argument_group("recording", "keep the run to inspect, replay or report later (openseg-r runs)")
+    record.add_argument("--record", action="store_true", help="record the run in the runs database")
+    record.add_argument("--runs-db", default=None, help="the runs database (implies --record; default: user data dir)")
+    record.add_argument("--redact", action="store_true", help="keep images out of the runs database (hashes only)")
+    record.add_argument("--trace-jsonl", default=None, help="write the step log (every node's input and output) as JSONL")
+    record.add_argument("--progress", action="store_true", help="live progress per node (default when stderr is a terminal)")
 
     commands.add_parser("vocabularies", help="list the built-in vocabularies")
 
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     imported = actions.add_parser("import", help="load an upstream generic-reasoning JSON into the cache")
     imported.add_argument("file")
     _lmm_options(imported)
+    from openseg_r.runs_cli import add_graph_parser, add_runs_parser
+
+    add_runs_parser(commands)
+    add_graph_parser(commands)
+
     serve = commands.add_parser("serve", help="serve openseg-r to agents")
     servers = serve.add_subparsers(dest="server", required=True, parser_class=_Parser)
     mcp = servers.add_parser("mcp", help="an MCP server (stdio by default)")
@@ -81,14 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
     from openseg_r.state import ATTENTION_VARIANTS
 
-    parser.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON")
-    parser.add_argument("--clip-pretrained", default="openai", help="pretrained tag or weights file; 'none' for random weights")
-    parser.add_argument("--attention", default="naclip", choices=ATTENTION_VARIANTS)
+    recorded = " (default: as recorded with the run)" if defaults_from_run else ""
+    parser.add_argument("--clip-model", default=None if defaults_from_run else "ViT-B-16",
+                        help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON" + recorded)
+    parser.add_argument("--clip-pretrained", default=None if defaults_from_run else "openai",
+                        help="pretrained tag or weights file; 'none' for random weights" + recorded)
+    parser.add_argument("--attention", default=None if defaults_from_run else "naclip", choices=ATTENTION_VARIANTS)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if present)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default=None if defaults_from_run else "auto",
+                        choices=("auto", "fp32", "fp16", "bf16"))
 
 
 def _safety_options(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             from openseg_r.reason_cli import run_reason
 
             return run_reason(args)
+        if args.command == "runs":
+            from openseg_r.runs_cli import run_runs
+
+            return run_runs(args)
+        if args.command == "graph":
+            from openseg_r.runs_cli import run_graph
+
+            return run_graph(args)
         if args.command == "serve":
             from openseg_r.serve_cli import run_serve
 
@@ -252,6 +275,8 @@ def _segment(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         max_pixels=max_pixels,
+        runs_db=_runs_db(args),
+        redact=args.redact,
         attention=args.attention,
         short_side=args.short_side,
         crop=args.crop,
@@ -259,8 +284,30 @@ def _segment(args: argparse.Namespace) -> int:
         slide=not args.no_slide,
     )
     on_question = _ask_at_terminal(args.out) if args.self_check and args.self_check_mode == "human" else None
-    result = model.segment(args.image, vocabulary, on_question=on_question)
-    paths = result.save(args.out)
+    handlers = []
+    if args.progress or sys.stderr.isatty():
+        from openseg_r.runs.events import TerminalProgress
+
+        handlers.append(TerminalProgress())
+    step_log = None
+    if args.trace_jsonl:
+        from openseg_r.runs.events import JSONLStepLog
+
+        step_log = JSONLStepLog(args.trace_jsonl)
+        handlers.append(step_log)
+    try:
+        result = model.segment(args.image, vocabulary, on_question=on_question,
+                               on_event=(lambda event: [h(event) for h in handlers]) if handlers else None)
+    finally:
+        if step_log is not None:
+            step_log.close()
+    print_result_summary(result, args.out)
+    return EXIT_OK
+
+
+def print_result_summary(result, out_dir: str | None) -> None:
+    """Classes found, fallbacks, the self-check, the run id, and the files written."""
+    paths = result.save(out_dir) if out_dir else None
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
             print(f"{summary.name:24s} {100 * summary.area_fraction:6.2f}%  confidence {summary.mean_confidence:.3f}")
@@ -276,8 +323,21 @@ def _segment(args: argparse.Namespace) -> int:
         asked = sum(len(r.regions) for r in check.rounds)
         print(f"self-check: {asked} region(s) asked in {check.round} round(s), {check.calls_used} LMM call(s), "
               f"{changed} pixel(s) changed; stopped: {check.stopped}")
-    print(f"wrote {paths['labels']}, {paths['overlay']}, {paths['result']}")
-    return EXIT_OK
+    if result.run_id:
+        print(f"run id: {result.run_id} (openseg-r runs show {result.run_id[:12]})")
+    if paths:
+        print(f"wrote {paths['labels']}, {paths['overlay']}, {paths['result']}")
+
+
+def _runs_db(args):
+    """--runs-db PATH, or --record for the default database, else no recording."""
+    if args.runs_db:
+        return args.runs_db
+    if args.record or args.redact:
+        from openseg_r.runs.database import default_runs_path
+
+        return default_runs_path()
+    return None
 
 
 def _ask_at_terminal(out_dir: str):

@@ -52,6 +52,8 @@ class OpenSegR:
         device: str | None = None,
         precision: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        runs_db: "str | Path | RunsDB | None" = None,
+        redact: bool = False,
         **segmenter_config,
     ) -> None:
         """``lmm`` is a backend or a spec string (see :mod:`openseg_r.lmm.spec`); None takes
@@ -59,7 +61,10 @@ class OpenSegR:
         LMM and off otherwise; ``settings`` overrides that. ``lmm_record`` appends every
         LMM call to a JSONL file (replay it with ``replay:FILE``). ``reasoning_cache`` is
         an SQLite path (or a cache object); None keeps reasoning in memory. ``aligner``
-        is ``clip`` (default), ``minilm``, a sentence-transformers model, or a callable."""
+        is ``clip`` (default), ``minilm``, a sentence-transformers model, or a callable.
+        ``runs_db`` (a path or a :class:`~openseg_r.runs.RunsDB`) records every run:
+        checkpoints, arrays and a row per run, for ``openseg-r runs``; with ``redact``
+        images are kept out of it (only their hashes)."""
         self.segmenter = segmenter or CLIPSegmenter.from_pretrained(
             clip_model, clip_pretrained, device=device, precision=precision, **segmenter_config
         )
@@ -70,8 +75,23 @@ class OpenSegR:
         self.aligner = _aligner(aligner)
         self.settings = settings or Settings(reasoning=not isinstance(self.lmm, NoLMM))
         self.max_pixels = max_pixels
-        self.graph = build_graph()
-        self._interactive_graph = None  # with a checkpointer, built on the first human-mode run
+        self.redact = redact
+        self.runs_db = None
+        if runs_db is not None:
+            from openseg_r.runs.database import RunsDB
+
+            self.runs_db = runs_db if isinstance(runs_db, RunsDB) else RunsDB(runs_db)
+        # How to build this model again (recorded with each run, for `runs resume/replay`).
+        self.options = {
+            "clip_model": clip_model if segmenter is None else self.segmenter.clip.model_name,
+            "clip_pretrained": clip_pretrained if segmenter is None else self.segmenter.clip.pretrained,
+            "device": device,
+            "precision": precision,
+            "lmm": lmm if isinstance(lmm, str) else getattr(self.lmm, "spec", None) or self.lmm.name,
+            "segmenter_config": {k: v for k, v in asdict(self.segmenter.config).items()},
+        }
+        self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
+        self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
 
     def context(self, store: ArtifactStore | None = None) -> OpenSegContext:
         return OpenSegContext(
@@ -88,6 +108,7 @@ class OpenSegR:
         vocabulary: str | list[str] | Vocabulary,
         *,
         on_question: Callable[[dict, np.ndarray], Any] | None = None,
+        on_event: Callable[[dict], None] | None = None,
         graph_config: dict | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
@@ -99,8 +120,9 @@ class OpenSegR:
         region question (a class name, "none of these", or a dict with ``choice``,
         ``confidence`` and ``reason``); or use :meth:`start` to answer step by step.
         ``graph_config`` is merged into the graph's run config (callbacks, or a parent
-        graph's config when this is called from inside a node)."""
-        run = self.start(image, vocabulary, graph_config=graph_config, **settings_overrides)
+        graph's config when this is called from inside a node). ``on_event`` receives the
+        step log's events (see :mod:`openseg_r.runs.events`)."""
+        run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -111,7 +133,7 @@ class OpenSegR:
 
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
-        **settings_overrides,
+        on_event: Callable[[dict], None] | None = None, **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
         with questions: then answer them with :meth:`SegmentationRun.answer`."""
@@ -121,7 +143,8 @@ class OpenSegR:
             raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
         vocab = resolve_vocabulary(vocabulary)
         rgb = load_image(image, max_pixels=self.max_pixels)
-        store = ArtifactStore()
+        recorded = self.runs_db is not None and graph_config is None
+        store = self.runs_db.artifacts(self.redact) if recorded else ArtifactStore()
         source = str(image) if isinstance(image, (str, Path)) else None
         ref = ImageRef(key=store.put(rgb, kind="image"), width=rgb.shape[1], height=rgb.shape[0], source=source)
         state = OpenSegState(image=ref, vocabulary=vocab, settings=settings)
@@ -131,12 +154,85 @@ class OpenSegR:
 
             self._interactive_graph = build_graph(checkpointer=InMemorySaver())
         graph = self._interactive_graph if interactive else self.graph
-        run = SegmentationRun(self, graph, store, rgb, settings, graph_config)
+        run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event)
+        if recorded:
+            self._record_start(run.thread_id, ref, vocab, settings)
+            run.recorded = True
         run._advance(state)
         return run
 
-    def _result(self, final: dict, store: ArtifactStore, rgb: np.ndarray, cache_before: tuple[int, int]) -> SegmentationResult:
-        state = OpenSegState.model_validate({k: v for k, v in final.items() if not k.startswith("__")})
+    # ------------------------------------------------------------------ recorded runs
+
+    def _record_start(self, run_id: str, ref: ImageRef, vocab: Vocabulary, settings: Settings, **extra) -> None:
+        self.runs_db.start_run(
+            run_id,
+            image=ref.source,
+            image_key=ref.key,
+            vocabulary=vocab.name or ", ".join(vocab.names[:6]) + (" …" if len(vocab.names) > 6 else ""),
+            classes=len(vocab.classes),
+            backend=self.lmm.model_id if settings.reasoning or settings.self_check.enabled else "none",
+            settings=settings.model_dump(mode="json"),
+            options=self.options,
+            redact=int(self.redact),
+            **extra,
+        )
+
+    def _require_runs_db(self):
+        if self.runs_db is None:
+            raise ConfigError("this OpenSegR has no runs database (pass runs_db=...)")
+        return self.runs_db
+
+    def _recorded_graph_input(self, run_id: str):
+        """(record, its store, its image) for a recorded run; clear errors when they are gone."""
+        from openseg_r.runs.files import MissingArtifactError
+
+        record = self._require_runs_db().get_run(run_id)
+        store = self.runs_db.artifacts(record.redact)
+        try:
+            rgb = store.get(record.image_key)
+        except MissingArtifactError:
+            why = "it was recorded with --redact" if record.redact else "its image is missing from the store"
+            raise ConfigError(f"run {record.run_id} cannot be continued: {why}") from None
+        return record, store, rgb
+
+    def resume(self, run_id: str, *, on_event: Callable[[dict], None] | None = None) -> "SegmentationRun":
+        """Continue a run that crashed or was stopped, from its last checkpoint."""
+        record, store, rgb = self._recorded_graph_input(run_id)
+        settings = Settings.model_validate(record.settings)
+        run = SegmentationRun(self, self.graph, store, rgb, settings, on_event=on_event, thread_id=record.run_id)
+        run.recorded = True
+        self.runs_db.start_run(record.run_id, **_row_fields(record))
+        run._advance(None)
+        return run
+
+    def replay(
+        self, run_id: str, from_node: str, *, on_event: Callable[[dict], None] | None = None, **settings_overrides
+    ) -> "SegmentationRun":
+        """A new run that starts from the recorded state just before ``from_node``
+        (``prompt_composition``, ``segmentation`` or ``self_check``), with settings
+        overrides; the steps before it, LMM calls included, are not run again."""
+        from openseg_r.runs.replay import replay_start
+
+        record, store, rgb = self._recorded_graph_input(run_id)
+        values, as_node = replay_start(self.graph, record, from_node)
+        try:
+            settings = Settings.model_validate(_merged(values["settings"].model_dump(), settings_overrides))
+        except ValidationError as exc:
+            raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+        values["settings"] = settings
+        run = SegmentationRun(self, self.graph, store, rgb, settings, on_event=on_event)
+        run.recorded = True
+        self._record_start(run.thread_id, values["image"], values["vocabulary"], settings,
+                           parent_run=record.run_id, replay_from=from_node)
+        self.graph.update_state(run._config, values, as_node=as_node)
+        run._advance(None)
+        return run
+
+    def _result(self, final, store: ArtifactStore, rgb: np.ndarray, cache_before: tuple[int, int],
+                run_id: str | None = None) -> SegmentationResult:
+        if not isinstance(final, OpenSegState):
+            final = OpenSegState.model_validate({k: v for k, v in dict(final).items() if not k.startswith("__")})
+        state = final
         output = final_output(state.segmentation, state.self_check)
         cache = {
             "path": str(self.reasoning_cache.path) if self.reasoning_cache.path else None,
@@ -155,6 +251,7 @@ class OpenSegR:
             reasoning_cache=cache,
             self_check_images=images,
             segmenter_labels=store.get(state.segmentation.labels_key) if state.self_check else None,
+            run_id=run_id,
         )
 
     def describe_segmenter(self) -> dict:
@@ -174,10 +271,13 @@ class SegmentationRun:
 
     def __init__(
         self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings,
-        graph_config: dict | None = None,
+        graph_config: dict | None = None, on_event: Callable[[dict], None] | None = None,
+        thread_id: str | None = None,
     ) -> None:
         self.model, self.graph, self.store, self.rgb = model, graph, store, rgb
-        self.thread_id = uuid.uuid4().hex
+        self.thread_id = thread_id or uuid.uuid4().hex
+        self.on_event = on_event
+        self.recorded = False  # set when the run has a row in the runs database
         self.questions: list[dict] = []
         self.result: SegmentationResult | None = None
         self._context = model.context(store)
@@ -207,13 +307,62 @@ class SegmentationRun:
         self._advance(Command(resume={by_region[r]["interrupt_id"]: value for r, value in answers.items()}))
         return self
 
+    @property
+    def run_id(self) -> str:
+        return self.thread_id
+
     def _advance(self, graph_input) -> None:
-        final = self.graph.invoke(graph_input, config=self._config, context=self._context)
-        pending = final.get("__interrupt__") or []
+        """Stream the graph (values, updates and custom events), feeding the step log."""
+        from openseg_r.runs.events import events_from_stream_part
+
+        final, pending = None, []
+        try:
+            for part in self.graph.stream(graph_input, config=self._config, context=self._context,
+                                          stream_mode=["values", "updates", "custom"], version="v2"):
+                if part["type"] == "values" and not part.get("ns"):
+                    final = part["data"]
+                elif part["type"] == "updates" and not part.get("ns") and "__interrupt__" in part["data"]:
+                    pending = list(part["data"]["__interrupt__"])
+                if self.on_event is not None:
+                    for event in events_from_stream_part(part, self.run_id):
+                        self.on_event(event)
+        except BaseException as exc:
+            if self.recorded:
+                self.model.runs_db.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+                                              stopped_at=self._stopped_at())
+            raise
         questions = [dict(item.value, interrupt_id=item.id) for item in pending]
         self.questions = sorted(questions, key=lambda q: (q["round"], int(q["region_id"].rsplit(".", 1)[-1])))
+        if self.recorded:
+            self.model.runs_db.finish_run(self.run_id, "waiting" if pending else "done")
         if not pending:
-            self.result = self.model._result(final, self.store, self.rgb, self._cache_before)
+            self.result = self.model._result(final, self.store, self.rgb, self._cache_before,
+                                             run_id=self.run_id if self.recorded else None)
+
+    def _stopped_at(self) -> str | None:
+        """The node(s) a failed run would run next: where it stopped."""
+        try:
+            return ", ".join(self.graph.get_state(self._config).next) or None
+        except Exception:  # no checkpointer: nothing more to say
+            return None
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    """``overrides`` over ``base``, nested dicts merged key by key (``self_check={"top_k": 5}``)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _row_fields(record) -> dict:
+    """A run's row again, for a resumed run (status back to running)."""
+    return {
+        "image": record.image, "image_key": record.image_key, "vocabulary": record.vocabulary,
+        "classes": record.classes, "backend": record.backend, "settings": record.settings,
+        "options": record.options, "redact": int(record.redact), "parent_run": record.parent_run,
+        "replay_from": record.replay_from,
+    }
 
 
 def _aligner(choice: str | Callable | None) -> Callable | None:

@@ -26,6 +26,7 @@ class SegmentationResult:
     reasoning_cache: dict | None = None  # this run's cache hits and misses
     self_check_images: dict[str, np.ndarray] = field(default_factory=dict)  # crops by store key
     segmenter_labels: np.ndarray | None = None  # the label map before the self-check changed it
+    run_id: str | None = None  # its id in the runs database, when it was recorded
 
     @property
     def names(self) -> list[str]:
@@ -54,6 +55,7 @@ class SegmentationResult:
         state = self.state
         return {
             "openseg_r_version": __version__,
+            "run_id": self.run_id,
             "image": state.image.model_dump(exclude={"key"}) | {"sha256_key": state.image.key},
             "vocabulary": state.vocabulary.model_dump(),
             "settings": state.settings.model_dump(),

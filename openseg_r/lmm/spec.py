@@ -67,6 +67,8 @@ def configured_spec(explicit: str | None = None) -> str:
 def backend_from_spec(spec: str | LMMBackend | None, record: str | Path | None = None) -> LMMBackend:
     """Build the backend; with ``record``, every call is appended to that JSONL file."""
     backend = spec if isinstance(spec, LMMBackend) else _build(spec)
+    if isinstance(spec, str):
+        backend.spec = spec.strip()  # recorded with runs, to build the same backend again
     if record is not None:
         from openseg_r.lmm.replay import RecordingLMM
 

@@ -1,0 +1,205 @@
+"""``openseg-r runs list|show|diff|replay|resume|report`` and ``openseg-r graph --mermaid``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK = 0
+
+
+def add_runs_parser(commands) -> None:
+    from openseg_r.cli import _Parser, _lmm_options, _model_options
+
+    runs = commands.add_parser("runs", help="inspect, compare, replay and report recorded runs")
+    runs.add_argument("--runs-db", default=None, help="the runs database (default: the user data dir)")
+    actions = runs.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="recorded runs, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    show = actions.add_parser("show", help="each step of a run, in order")
+    show.add_argument("run")
+    show.add_argument("--step", default=None, help="print this node's full output as JSON")
+    show.add_argument("--json", action="store_true", help="every step's full output as JSON")
+    diff = actions.add_parser("diff", help="what differs between two runs: reasoning, prompts, class areas")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    for name, text in (("replay", "re-run from a node, reusing everything recorded before it"),
+                       ("resume", "continue a run that crashed or stopped, from its last checkpoint")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("run")
+        if name == "replay":
+            action.add_argument("--from", dest="from_node", required=True,
+                                help="prompt_composition, segmentation or self_check")
+            action.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                                help="change a setting, e.g. self_check.enabled=true or class_filter=soft")
+        action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here")
+        _model_options(action, defaults_from_run=True)
+        _lmm_options(action)
+    report = actions.add_parser("report", help="one self-contained HTML file")
+    report.add_argument("run")
+    report.add_argument("-o", "--out", required=True)
+
+
+def add_graph_parser(commands) -> None:
+    graph = commands.add_parser("graph", help="print the graph's picture")
+    graph.add_argument("--mermaid", action="store_true", help="Mermaid text (drawn locally, no web service)")
+
+
+def run_graph(args) -> int:
+    from openseg_r.graph import build_graph
+
+    print(build_graph().get_graph().draw_mermaid())
+    return EXIT_OK
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    from openseg_r.runs.database import RunsDB
+
+    db = RunsDB(args.runs_db)
+    try:
+        return {"list": _list, "show": _show, "diff": _diff, "replay": _replay, "resume": _replay,
+                "report": _report}[args.action](db, args)
+    finally:
+        db.close()
+
+
+def _graph(db):
+    from openseg_r.graph import build_graph
+
+    return build_graph(checkpointer=db.checkpointer)
+
+
+def _list(db, args) -> int:
+    records = db.list_runs(args.limit)
+    if not records:
+        print(f"no runs recorded in {db.path}")
+        return EXIT_OK
+    print(f"{'run':12s}  {'date':19s}  {'status':7s}  {'seconds':>7s}  {'classes':>7s}  {'backend':22s}  image")
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        seconds = f"{r.seconds:7.2f}" if r.seconds is not None else "      -"
+        image = r.image or "(data)"
+        extra = f"  [replay of {r.parent_run[:12]} from {r.replay_from}]" if r.parent_run else ""
+        print(f"{r.run_id[:12]}  {when}  {r.status:7s}  {seconds}  {r.classes or 0:7d}  {(r.backend or 'none')[:22]:22s}  {image}{extra}")
+    return EXIT_OK
+
+
+def _show(db, args) -> int:
+    from openseg_r.runs.inspect import load_run, summarize_step
+
+    run = load_run(db, args.run, _graph(db))
+    r = run.record
+    print(f"run {r.run_id}  {r.status}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created))}"
+          f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}")
+    print(f"image {r.image or '(data)'}  vocabulary {r.vocabulary} ({r.classes} classes)  backend {r.backend}")
+    if r.status != "done":
+        print(f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}" + (f"  error: {r.error}" if r.error else ""))
+    if args.step:
+        chosen = [s for s in run.steps if s.node == args.step]
+        if not chosen:
+            from openseg_r.errors import ConfigError
+
+            raise ConfigError(f"run {r.run_id} has no step {args.step!r}; it has: {', '.join(dict.fromkeys(s.node for s in run.steps))}")
+        print(json.dumps([s.output for s in chosen] if len(chosen) > 1 else chosen[0].output, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for step in run.steps:
+        seconds = next((t["seconds"] for t in step.output.get("timings", [])), None)
+        timing = f"{seconds:7.3f} s" if seconds is not None else "        "
+        print(f"{step.index:3d}. [{step.superstep}] {step.node:24s} {timing}  {summarize_step(step)}")
+        if args.json:
+            print(json.dumps(step.output, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _diff(db, args) -> int:
+    from openseg_r.runs.diff import diff_runs
+    from openseg_r.runs.inspect import load_run
+
+    graph = _graph(db)
+    a, b = load_run(db, args.run_a, graph), load_run(db, args.run_b, graph)
+    print("\n".join(diff_runs(a, b)))
+    return EXIT_OK
+
+
+def _replay(db, args) -> int:
+    from openseg_r.cli import print_result_summary
+    from openseg_r.runs.events import TerminalProgress
+
+    record = db.get_run(args.run)
+    model = _model_for(record, args, db)
+    progress = TerminalProgress() if sys.stderr.isatty() else None
+    if args.action == "resume":
+        run = model.resume(record.run_id, on_event=progress)
+    else:
+        run = model.replay(record.run_id, args.from_node, on_event=progress, **_settings_overrides(args.set))
+    result = run.result
+    if result is None:
+        print(f"run {run.run_id} is waiting for answers to {len(run.questions)} self-check question(s)")
+        return EXIT_OK
+    print(f"run {run.run_id} ({'resumed' if args.action == 'resume' else f'replay of {record.run_id} from {args.from_node}'})")
+    print_result_summary(result, args.out)
+    return EXIT_OK
+
+
+def _model_for(record, args, db):
+    """The model recorded with the run, unless the options say otherwise."""
+    from openseg_r.facade import OpenSegR
+    from openseg_r.lmm.spec import backend_from_spec
+
+    options = record.options
+    spec = args.lmm or (options.get("lmm") if ":" in str(options.get("lmm") or "") else None) or "none"
+    pretrained = args.clip_pretrained or options.get("clip_pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() in ("none", "random"):
+        pretrained = None
+    config = dict(options.get("segmenter_config") or {})
+    if args.attention:
+        config["attention"] = args.attention
+    return OpenSegR(
+        args.clip_model or options.get("clip_model") or "ViT-B-16",
+        pretrained,
+        lmm=backend_from_spec(spec, record=args.lmm_record),
+        device=args.device or options.get("device"),
+        precision=args.precision or options.get("precision") or "auto",
+        runs_db=db,
+        redact=record.redact,
+        **config,
+    )
+
+
+def _settings_overrides(items: list[str]) -> dict:
+    """``a.b=value`` pairs -> a nested dict; values are JSON where they parse, else text."""
+    from openseg_r.errors import ConfigError
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = overrides
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return overrides
+
+
+def _report(db, args) -> int:
+    from openseg_r.result import _atomic_write
+    from openseg_r.runs.inspect import load_run
+    from openseg_r.runs.report import render_report
+
+    run = load_run(db, args.run, _graph(db))
+    text = render_report(run)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    missing = f" ({len(run.missing)} artifact(s) missing from the store)" if run.missing else ""
+    print(f"wrote {out}{missing}")
+    return EXIT_OK
