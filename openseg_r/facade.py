@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,9 @@ from openseg_r.segment.segmenter import CLIPSegmenter, SegmenterConfig
 from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
+
+if TYPE_CHECKING:
+    from openseg_r.runs.database import RunsDB
 
 ImageInput = str | Path | bytes | np.ndarray | Image.Image
 
@@ -184,16 +187,10 @@ class OpenSegR:
 
     def _recorded_graph_input(self, run_id: str):
         """(record, its store, its image) for a recorded run; clear errors when they are gone."""
-        from openseg_r.runs.files import MissingArtifactError
-
         record = self._require_runs_db().get_run(run_id)
+        self.runs_db.require_image(record)
         store = self.runs_db.artifacts(record.redact)
-        try:
-            rgb = store.get(record.image_key)
-        except MissingArtifactError:
-            why = "it was recorded with --redact" if record.redact else "its image is missing from the store"
-            raise ConfigError(f"run {record.run_id} cannot be continued: {why}") from None
-        return record, store, rgb
+        return record, store, store.get(record.image_key)
 
     def resume(self, run_id: str, *, on_event: Callable[[dict], None] | None = None) -> "SegmentationRun":
         """Continue a run that crashed or was stopped, from its last checkpoint."""

@@ -129,6 +129,7 @@ def _replay(db, args) -> int:
     from openseg_r.runs.events import TerminalProgress
 
     record = db.get_run(args.run)
+    db.require_image(record)  # before loading any model
     model = _model_for(record, args, db)
     progress = TerminalProgress() if sys.stderr.isatty() else None
     if args.action == "resume":

@@ -21,7 +21,7 @@ from openseg_r.nodes import (
     prompt_composition,
 )
 from openseg_r.state import ClassReasoning, ImageReasoning, OpenSegState
-from openseg_r.vocab import load_builtin, parse_class_list
+from openseg_r.vocab import parse_class_list
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"
 REASONING_NODES = ["generic_reasoning", "image_reasoning", "class_alignment"]

@@ -135,6 +135,12 @@ class RunsDB:
             (status, time.time(), error, stopped_at, run_id),
         )
 
+    def require_image(self, record: RunRecord) -> None:
+        """A run can be continued only while its image is in the store."""
+        if record.image_key not in self.artifacts(record.redact):
+            why = "it was recorded with --redact" if record.redact else "its image is missing from the store"
+            raise RunsDBError(f"run {record.run_id} cannot be continued: {why} ({self.artifacts_folder})")
+
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         rows = self._query("SELECT * FROM openseg_runs ORDER BY created DESC LIMIT ?", (limit,))
         return [self._record(row) for row in rows]
@@ -167,6 +173,8 @@ class RunsDB:
             try:
                 self._rows.execute(sql, params)
             except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise RunsDBError(f"the runs database {self.path} is locked by another process; try again") from None
                 raise RunsDBError(f"the runs database {self.path} could not be written: {exc}") from None
 
     def _query(self, sql: str, params) -> list[sqlite3.Row]:

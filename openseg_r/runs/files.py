@@ -74,7 +74,9 @@ class FileArtifactStore(ArtifactStore):
 
     def __contains__(self, key: str) -> bool:
         try:
-            return key in self._arrays or self.path_for(key).exists()
+            if key in self._arrays:
+                return True
+            return self.path_for(key).exists()
         except MissingArtifactError:
             return False
 
