@@ -312,17 +312,22 @@ class SegmentationRun:
         """Stream the graph (values, updates and custom events), feeding the step log."""
         from openseg_r.runs.events import events_from_stream_part
 
-        final, pending = None, []
+        final, pending, top = None, [], None
         try:
             for part in self.graph.stream(graph_input, config=self._config, context=self._context,
                                           stream_mode=["values", "updates", "custom"], version="v2"):
-                if part["type"] == "values" and not part.get("ns"):
+                depth = len(part.get("ns") or ())
+                top = depth if top is None else min(top, depth)  # inside a parent graph, ours is not the root
+                if part["type"] == "values" and depth == top:
                     final = part["data"]
-                elif part["type"] == "updates" and not part.get("ns") and "__interrupt__" in part["data"]:
-                    pending = list(part["data"]["__interrupt__"])
+                elif part["type"] == "updates" and depth == top and "__interrupt__" in part["data"]:
+                    pending.extend(part["data"]["__interrupt__"])
                 if self.on_event is not None:
                     for event in events_from_stream_part(part, self.run_id):
                         self.on_event(event)
+            if self.graph.checkpointer is not None and "checkpoint_ns" not in self._config.get("configurable", {}):
+                snapshot = self.graph.get_state(self._config)  # every pending question, answered or not before
+                final, pending = snapshot.values, list(snapshot.interrupts)
         except BaseException as exc:
             if self.recorded:
                 self.model.runs_db.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000],
