@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runs_parser(commands)
     add_graph_parser(commands)
+    from openseg_r.eval_cli import add_eval_parsers
+
+    add_eval_parsers(commands)
 
     serve = commands.add_parser("serve", help="serve openseg-r to agents")
     servers = serve.add_subparsers(dest="server", required=True, parser_class=_Parser)
@@ -166,6 +169,9 @@ def _lmm_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "merge"]:  # `openseg-r eval merge DIRS --out DIR`
+        argv = ["eval-merge", *argv[2:]]
     args = parser.parse_args(argv)
     # Libraries log to the root logger (open_clip logs a failed download as an ERROR
     # before raising); our own one-line message says the same, so keep them quiet.
@@ -181,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             from openseg_r.runs_cli import run_runs
 
             return run_runs(args)
+        if args.command == "eval":
+            from openseg_r.eval_cli import run_eval_command
+
+            return run_eval_command(args)
+        if args.command == "eval-merge":
+            from openseg_r.eval_cli import run_merge_command
+
+            return run_merge_command(args)
         if args.command == "graph":
             from openseg_r.runs_cli import run_graph
 

@@ -212,6 +212,7 @@ class Settings(BaseModel):
     soft_filter_weight: float = Field(0.3, gt=0, le=1)
     background_threshold: float = Field(0.1, ge=0, le=1)
     image_reasoning_mode: Literal["single", "chain"] = "single"
+    use_image_reasoning: bool = True  # False: generic reasoning only (no image call, no class filter)
     align_threshold: float = Field(0.85, ge=-1, le=2)  # cosine; above 1 turns embedding matching off
     self_check: SelfCheckSettings = Field(default_factory=SelfCheckSettings)
 

@@ -69,6 +69,8 @@ def image_cache_key(lmm, image: ImageRef, names: list[str], mode: str) -> dict:
 def image_reasoning(state: ImageReasoningInput, runtime: Runtime[OpenSegContext]) -> ImageReasoningOutput:
     """On an answer that never validates, image reasoning is None: no class filtering."""
     ctx = runtime.context
+    if not state.settings.use_image_reasoning:  # asked for: generic reasoning only
+        return ImageReasoningOutput(image_reasoning=None)
     names = [c.name for c in state.vocabulary.classes if not c.is_background]
     mode = state.settings.image_reasoning_mode
     key = image_cache_key(ctx.lmm, state.image, names, mode)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import hashlib
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,6 +67,9 @@ class CLIPSegmenter:
         self.config = config or SegmenterConfig()
         self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma)
         self.text = TextEmbedder(clip)
+        self._features: tuple[str, torch.Tensor] | None = None  # the last image's window features
+        self.encoded_images = 0  # how many images went through the vision tower
+        self._features_lock = threading.Lock()
         self._mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
         self._std = torch.tensor(clip.std, device=clip.device).view(1, 3, 1, 1)
 
@@ -103,17 +109,18 @@ class CLIPSegmenter:
         return ((pixels - self._mean) / self._std).to(self.clip.dtype)
 
     @torch.inference_mode()
-    def dense_logits(self, pixels: torch.Tensor, bank: QueryBank) -> torch.Tensor:
-        """Channel logits (K, h, w) at the inference size, overlapping windows averaged."""
+    def dense_logits(self, pixels: torch.Tensor, bank: QueryBank, image_key: str | None = None) -> torch.Tensor:
+        """Channel logits (K, h, w) at the inference size, overlapping windows averaged.
+
+        With ``image_key``, the window features of the last image are kept, so the same
+        image scored against other prompts (an ablation) is encoded once."""
         cfg = self.config
         _, _, height, width = pixels.shape
         if cfg.slide:
             boxes = window_boxes(height, width, cfg.crop, cfg.stride)
         else:
             boxes = [(0, height, 0, width)]
-        crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
-        batch = cfg.window_batch_size or len(boxes)
-        features = torch.cat([self.encoder(crops[i : i + batch]) for i in range(0, len(boxes), batch)])
+        features = self._window_features(pixels, boxes, image_key)
         scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
         canvas = torch.zeros((bank.num_channels, height, width), device=pixels.device, dtype=torch.float32)
         counts = torch.zeros((1, height, width), device=pixels.device, dtype=torch.float32)
@@ -122,6 +129,20 @@ class CLIPSegmenter:
             canvas[:, y1:y2, x1:x2] += window[0]
             counts[:, y1:y2, x1:x2] += 1
         return canvas / counts
+
+    def _window_features(self, pixels: torch.Tensor, boxes, image_key: str | None) -> torch.Tensor:
+        with self._features_lock:
+            if image_key is not None and self._features is not None and self._features[0] == image_key:
+                return self._features[1]
+        cfg = self.config
+        crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        batch = cfg.window_batch_size or len(boxes)
+        features = torch.cat([self.encoder(crops[i : i + batch]) for i in range(0, len(boxes), batch)])
+        self.encoded_images += 1
+        if image_key is not None:
+            with self._features_lock:
+                self._features = (image_key, features)
+        return features
 
     @torch.inference_mode()
     def segment(
@@ -135,7 +156,8 @@ class CLIPSegmenter:
         background_threshold: float = 0.0,
     ) -> SegmentationArrays:
         class_filter = class_filter or ClassFilter()
-        logits = self.dense_logits(self.preprocess(rgb), bank)
+        image_key = hashlib.sha256(rgb.tobytes()).hexdigest() + f"{rgb.shape}{self.config}"
+        logits = self.dense_logits(self.preprocess(rgb), bank, image_key=image_key)
         out_h, out_w = rgb.shape[:2]
         resampler = RowResampler(logits, out_h, out_w)
         labels = np.empty((out_h, out_w), np.int32)

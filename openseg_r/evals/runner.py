@@ -1,0 +1,255 @@
+"""``openseg-r eval``: evaluate settings over a dataset in one pass, resumably, in shards.
+
+Per image, every setting of the run is evaluated (the image is loaded once, and the
+segmenter encodes it once: its window features are reused across settings), and one
+JSON line with each setting's per-class counts is appended to ``images.jsonl``. A
+re-run reads that file back and skips the images already done; a line cut short by a
+crash is dropped and that image is done again. Shards write the same files, and
+``merge`` adds their counts exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openseg_r.errors import ConfigError
+from openseg_r.evals.datasets import DatasetSpec, Sample, select
+from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
+from openseg_r.images import load_image
+
+ABLATION: list[tuple[str, dict]] = [
+    ("bare names", {"reasoning": False}),
+    ("generic reasoning", {"reasoning": True, "use_image_reasoning": False, "class_filter": "none"}),
+    ("generic + image reasoning", {"reasoning": True, "class_filter": "none"}),
+    ("+ class filter", {"reasoning": True, "class_filter": "hard"}),
+    ("+ self-check", {"reasoning": True, "class_filter": "hard", "self_check": {"enabled": True}}),
+]
+RUN_FILE, IMAGES_FILE = "run.json", "images.jsonl"
+
+@dataclass
+class SettingTotals:
+    counts: AreaCounts
+    images: int = 0
+    seconds: float = 0.0
+    lmm_calls: int = 0
+    tokens: int = 0
+
+@dataclass
+class EvalState:
+    config: dict
+    class_names: list[str]
+    totals: dict[str, SettingTotals]
+    done: set[str] = field(default_factory=set)
+
+def settings_for(ablation: bool, reasoning: bool) -> list[tuple[str, dict]]:
+    if ablation:
+        return ABLATION
+    return [("default", {"reasoning": reasoning})]
+
+def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, split: str | None = None,
+             ablation: bool = False, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
+             progress: bool = True) -> EvalState:
+    from openseg_r.lmm.base import NoLMM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocabulary = dataset.load_vocabulary(root)
+    samples = select(dataset.samples(root, split), limit, seed, shard)
+    has_lmm = not isinstance(model.lmm, NoLMM)
+    if ablation and not has_lmm:
+        raise ConfigError("--ablation compares reasoning settings: give an LMM (--lmm), a replay file, or a scripted one")
+    settings = settings_for(ablation, has_lmm)
+    config = {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
+              "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
+              "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
+              "model": model.describe_segmenter(), "lmm": model.lmm.model_id}
+    state = _open_state(out, config, vocabulary.names)
+    todo = [s for s in samples if s.id not in state.done]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {dataset.name}", unit="img")
+    started = time.perf_counter()
+    with (out / IMAGES_FILE).open("a", encoding="utf-8") as log:
+        for number, sample in enumerate(todo, start=1):
+            record = _evaluate_image(model, dataset, vocabulary, sample, settings, state)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if bar is not None:
+                last = settings[-1][0]
+                miou = summarize(state.totals[last].counts)["mIoU"]
+                bar.set_postfix({"img/s": f"{number / (time.perf_counter() - started):.2f}",
+                                 "mIoU": "-" if miou is None else f"{miou:.1f}"})
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    write_reports(state, out)
+    return state
+
+def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings, state: EvalState) -> dict:
+    rgb = load_image(sample.image)
+    label = dataset.load_label(sample.label)
+    if label.shape != rgb.shape[:2]:
+        raise ConfigError(f"{sample.id}: label {label.shape[::-1]} and image {rgb.shape[1::-1]} differ in size")
+    record = {"id": sample.id, "settings": {}}
+    for name, overrides in settings:
+        started = time.perf_counter()
+        result = model.segment(rgb, vocabulary, **overrides)
+        seconds = time.perf_counter() - started
+        counts = image_counts(result.labels, label, len(vocabulary.classes), dataset.ignore_index)
+        calls = result.state.lmm_calls
+        tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
+        record["settings"][name] = {"counts": counts.to_sparse(), "seconds": round(seconds, 4),
+                                    "lmm_calls": len(calls), "tokens": tokens}
+        _add(state.totals[name], counts, seconds, len(calls), tokens)
+    state.done.add(sample.id)
+    return record
+
+def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, tokens: int) -> None:
+    totals.counts = totals.counts + counts
+    totals.images += 1
+    totals.seconds += seconds
+    totals.lmm_calls += calls
+    totals.tokens += tokens
+
+def _open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        keys = ("dataset", "split", "settings", "limit", "seed", "shard", "classes")
+        changed = [k for k in keys if previous.get(k) != config.get(k)]
+        if changed:
+            raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); "
+                              "use another --out folder, or the same options to resume")
+    else:
+        run_file.write_text(json.dumps(config, indent=2))
+    state = EvalState(config, class_names, {name: SettingTotals(AreaCounts.zeros(len(class_names)))
+                                            for name in config["settings"]})
+    load_records(out / IMAGES_FILE, state)
+    return state
+
+def load_records(path: Path, state: EvalState) -> None:
+    """Add the per-image lines of a (possibly interrupted) run; a cut-short last line is dropped."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    good = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            entries = record["settings"]
+            if set(entries) != set(state.totals) or record["id"] in state.done:
+                continue
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the line a crash cut short
+        for name, entry in entries.items():
+            _add(state.totals[name], AreaCounts.from_sparse(entry["counts"], len(state.class_names)),
+                 entry["seconds"], entry["lmm_calls"], entry["tokens"])
+        state.done.add(record["id"])
+        good.append(line)
+    if len(good) != len(lines):
+        path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
+
+def merge(folders: list[str | Path], out: str | Path) -> EvalState:
+    """Add the shards' per-image counts exactly (an image in two shards counts once)."""
+    if not folders:
+        raise ConfigError("give the shard folders to merge")
+    configs = []
+    for folder in folders:
+        path = Path(folder) / RUN_FILE
+        if not path.exists():
+            raise ConfigError(f"{folder} is not an evaluation folder ({RUN_FILE} is missing)")
+        configs.append(json.loads(path.read_text()))
+    keys = ("dataset", "split", "settings", "limit", "seed", "classes")
+    for other in configs[1:]:
+        changed = [k for k in keys if other.get(k) != configs[0].get(k)]
+        if changed:
+            raise ConfigError(f"the shards differ in {', '.join(changed)}; only shards of one evaluation merge")
+    from openseg_r.evals.datasets import get_dataset
+
+    names = get_dataset(configs[0]["dataset"]).load_vocabulary(configs[0]["root"]).names
+    config = dict(configs[0], shard=None, merged_from=[str(f) for f in folders])
+    state = EvalState(config, names, {n: SettingTotals(AreaCounts.zeros(len(names))) for n in config["settings"]})
+    for folder in folders:
+        load_records(Path(folder) / IMAGES_FILE, state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(config, indent=2))
+    write_reports(state, out)
+    return state
+
+def write_reports(state: EvalState, out: Path) -> dict:
+    """summary.json and summary.md: mIoU and deltas per setting, the largest per-class
+    changes, LMM calls and tokens per image, and seconds per image."""
+    names = list(state.totals)
+    results = {name: summarize(t.counts, state.class_names) for name, t in state.totals.items()}
+    base = results[names[0]]["mIoU"]
+    table = []
+    for name in names:
+        totals, metrics = state.totals[name], results[name]
+        images = max(1, totals.images)
+        table.append({"setting": name, "mIoU": metrics["mIoU"], "delta": _delta(metrics["mIoU"], base),
+                      "fwIoU": metrics["fwIoU"], "aAcc": metrics["aAcc"], "mAcc": metrics["mAcc"],
+                      "images": totals.images, "lmm_calls_per_image": round(totals.lmm_calls / images, 2),
+                      "tokens_per_image": round(totals.tokens / images, 1),
+                      "seconds_per_image": round(totals.seconds / images, 3)})
+    changes = _largest_changes(results[names[0]], results[names[-1]]) if len(names) > 1 else []
+    summary = {"config": state.config, "images": len(state.done), "table": table, "per_class": results,
+               "largest_class_changes": changes}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(_markdown(summary, names))
+    return summary
+
+def _delta(value, base):
+    return None if value is None or base is None else round(value - base, 4)
+
+def _largest_changes(first: dict, last: dict, count: int = 10) -> list[dict]:
+    rows = []
+    for name, before in first["per_class"].items():
+        after = last["per_class"][name]
+        if before["IoU"] is None and after["IoU"] is None:
+            continue
+        delta = (after["IoU"] or 0.0) - (before["IoU"] or 0.0)
+        rows.append({"class": name, "before": before["IoU"], "after": after["IoU"], "delta": round(delta, 4)})
+    return sorted(rows, key=lambda r: -abs(r["delta"]))[:count]
+
+def _fmt(value, sign=False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.2f}" if sign else f"{value:.2f}"
+
+def _markdown(summary: dict, names: list[str]) -> str:
+    config = summary["config"]
+    lines = [f"# openseg-r evaluation: {config['dataset']} ({config['split']})", "",
+             f"{summary['images']} image(s); LMM {config['lmm']}; CLIP {config['model'].get('clip_model')} "
+             f"({config['model'].get('attention')})", "",
+             "| setting | mIoU | Δ mIoU | fwIoU | aAcc | mAcc | LMM calls / image | tokens / image | s / image |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary["table"]:
+        lines.append(f"| {row['setting']} | {_fmt(row['mIoU'])} | {_fmt(row['delta'], True)} | {_fmt(row['fwIoU'])} | "
+                     f"{_fmt(row['aAcc'])} | {_fmt(row['mAcc'])} | {row['lmm_calls_per_image']} | "
+                     f"{row['tokens_per_image']} | {row['seconds_per_image']} |")
+    if summary["largest_class_changes"]:
+        lines += ["", f"Largest per-class IoU changes, {names[0]} → {names[-1]}:", "",
+                  "| class | IoU before | IoU after | Δ |", "| --- | ---: | ---: | ---: |"]
+        for row in summary["largest_class_changes"]:
+            lines.append(f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} | {_fmt(row['delta'], True)} |")
+    lines += ["", "LMM calls count only calls made: reasoning shared between settings (cached) is counted once."]
+    return "\n".join(lines) + "\n"
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard expects i/n, like 0/4, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+__all__ = ["ABLATION", "merge", "parse_shard", "run_eval", "write_reports"]
