@@ -18,7 +18,9 @@ def add_eval_parsers(commands) -> None:
                      help="bare names, generic, generic+image, +class filter, +self-check in one pass")
     run.add_argument("--limit", type=int, default=None, help="a deterministic subset of N images")
     run.add_argument("--seed", type=int, default=0, help="which subset --limit draws (default 0)")
-    run.add_argument("--shard", default=None, help="i/n: this process's share of the images")
+    run.add_argument("--shard", default=None,
+                     help="i/n: this process's share of the images; 'auto' takes RANK/WORLD_SIZE (torchrun) and "
+                          "writes to OUT/shard-i-of-n")
     run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it")
     run.add_argument("--no-progress", action="store_true")
     _model_options(run)
@@ -36,7 +38,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.lmm.spec import backend_from_spec, configured_spec
 
     dataset = get_dataset(args.dataset)
-    shard = parse_shard(args.shard)
+    out, device = args.out, args.device
+    if args.shard == "auto":
+        shard, local_rank = _launcher_shard()
+        out = f"{args.out}/shard-{shard[0]}-of-{shard[1]}"
+        if device is None and local_rank is not None:
+            import torch
+
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else None
+    else:
+        shard = parse_shard(args.shard)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
     spec = configured_spec(args.lmm)
     has_lmm = spec.strip() not in ("", "none")
@@ -45,11 +56,32 @@ def run_eval_command(args: argparse.Namespace) -> int:
     pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
     model = OpenSegR(args.clip_model, pretrained, lmm=backend_from_spec(spec, record=args.lmm_record),
                      reasoning_cache=open_cache(cache_path(args.cache)) if has_lmm else None,
-                     device=args.device, precision=args.precision, attention=args.attention)
-    state = run_eval(model, dataset, args.root, args.out, split=args.split, ablation=args.ablation,
+                     device=device, precision=args.precision, attention=args.attention)
+    state = run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation,
                      limit=args.limit, seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty())
-    _print(state, args.out)
+    _print(state, out)
     return 0
+
+
+def _launcher_shard() -> tuple[tuple[int, int], int | None]:
+    """(rank, world size) and the local rank, from the variables torchrun (or a Ray/Slurm
+    wrapper that sets them) gives each process."""
+    import os
+
+    from openseg_r.errors import ConfigError
+
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        raise ConfigError("--shard auto needs RANK and WORLD_SIZE in the environment (torchrun sets them)") from None
+    local = os.environ.get("LOCAL_RANK")
+    return parse_shard_pair(rank, world), int(local) if local and local.isdigit() else None
+
+
+def parse_shard_pair(rank: int, world: int) -> tuple[int, int]:
+    from openseg_r.evals.runner import parse_shard
+
+    return parse_shard(f"{rank}/{world}")
 
 
 def run_merge_command(args: argparse.Namespace) -> int:

@@ -327,3 +327,22 @@ def test_mini_benchmark_end_to_end_on_the_cli(tmp_path, tiny_model_files):
                             tmp_path / "mini" / "voc", "--out", tmp_path / "x"], capture_output=True, text=True,
                            env=ENV, timeout=120)
     assert wrong.returncode == 2 and "layout was not found" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_shard_auto_takes_the_launchers_rank(tmp_path, voc_tree, tiny_model_files):
+    config, weights = tiny_model_files
+    outs = []
+    for rank in range(2):  # what torchrun --nproc-per-node 2 would start
+        env = dict(ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        proc = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
+                               "--shard", "auto", "--out", tmp_path / "out", "--clip-model", config,
+                               "--clip-pretrained", weights, "--device", "cpu"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(tmp_path / "out" / f"shard-{rank}-of-2")
+    assert all((o / "summary.json").is_file() for o in outs)
+    merged = merge(outs, tmp_path / "merged")
+    assert len(merged.done) == 4
+    missing = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
+                              "--shard", "auto"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert missing.returncode == 2 and "RANK and WORLD_SIZE" in missing.stderr
