@@ -16,6 +16,7 @@ _EXPORTS = {
     "build_graph": "openseg_r.graph.builder",
     "SegmentationResult": "openseg_r.result",
     "Settings": "openseg_r.state",
+    "RunsDB": "openseg_r.runs.database",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
