@@ -305,3 +305,19 @@ def test_segment_cli_records_and_writes_the_step_log(tmp_path, tiny_model_files)
     assert run_id in proc.stdout and "done segmentation" in proc.stderr
     assert {json.loads(line)["run_id"] for line in log.read_text().splitlines()} == {run_id}
     assert RunsDB(db).get_run(run_id).options["clip_model"] == str(config)
+
+
+def test_cli_resume_of_a_crashed_run(tmp_path, tiny_clip, tiny_model_files, voc, lmm):
+    db = RunsDB(tmp_path / "runs.sqlite")
+    CrashingSegmenter.crashes_left = 1
+    with pytest.raises(RuntimeError):
+        OpenSegR(segmenter=CrashingSegmenter(tiny_clip), lmm=lmm, runs_db=db).segment(voc["rgb"], "voc21")
+    run_id = db.list_runs()[0].run_id
+    config, weights = tiny_model_files
+    proc = cli("runs", "--runs-db", db.path, "resume", run_id[:10], "--clip-model", config, "--clip-pretrained",
+               weights, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert f"run {run_id} (resumed)" in proc.stdout and db.get_run(run_id).status == "done"
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert saved["run_id"] == run_id and saved["reasoning"]["image"]["description"].startswith("People eating")
+    assert saved["lmm_usage"]["calls"] == 21  # the recorded calls; none was made again (no LMM was given)
