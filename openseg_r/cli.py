@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="openseg-r", description="Open-vocabulary segmentation guided by LMM reasoning.")
     parser.add_argument("--version", action="version", version=f"openseg-r {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="{segment,vocabularies,reason,runs,graph,eval,eval-merge,serve}")
 
     seg = commands.add_parser("segment", help="segment one image")
     seg.add_argument("image", help="path of the image file")

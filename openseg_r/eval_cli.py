@@ -25,7 +25,7 @@ def add_eval_parsers(commands) -> None:
     run.add_argument("--no-progress", action="store_true")
     _model_options(run)
     _lmm_options(run)
-    merge = commands.add_parser("eval-merge", help=argparse.SUPPRESS)
+    merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
     merge.add_argument("--out", required=True)
 
