@@ -7,11 +7,20 @@ error (one line; ``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+COMMANDS = {
+    "reason": ("openseg_r.reason_cli", "run_reason"),
+    "runs": ("openseg_r.runs_cli", "run_runs"),
+    "graph": ("openseg_r.runs_cli", "run_graph"),
+    "eval": ("openseg_r.eval_cli", "run_eval_command"),
+    "eval-merge": ("openseg_r.eval_cli", "run_merge_command"),
+    "serve": ("openseg_r.serve_cli", "run_serve"),
+}
 MAX_FALLBACK_LINES = 5
 
 
@@ -180,31 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "vocabularies":
             return _vocabularies()
-        if args.command == "reason":
-            from openseg_r.reason_cli import run_reason
-
-            return run_reason(args)
-        if args.command == "runs":
-            from openseg_r.runs_cli import run_runs
-
-            return run_runs(args)
-        if args.command == "eval":
-            from openseg_r.eval_cli import run_eval_command
-
-            return run_eval_command(args)
-        if args.command == "eval-merge":
-            from openseg_r.eval_cli import run_merge_command
-
-            return run_merge_command(args)
-        if args.command == "graph":
-            from openseg_r.runs_cli import run_graph
-
-            return run_graph(args)
-        if args.command == "serve":
-            from openseg_r.serve_cli import run_serve
-
-            return run_serve(args)
-        return _segment(args)
+        if args.command == "segment":
+            return _segment(args)
+        module, function = COMMANDS[args.command]  # imported only when used: --help stays fast
+        return getattr(importlib.import_module(module), function)(args)
     except KeyboardInterrupt:
         print("openseg-r: interrupted", file=sys.stderr)
         return 130
@@ -275,7 +263,9 @@ def _segment(args: argparse.Namespace) -> int:
     uses_lmm = reasoning or asks_lmm
     lmm = backend_from_spec(spec if uses_lmm else "none", record=args.lmm_record if uses_lmm else None)
     cache = open_cache(cache_path(args.cache)) if reasoning else None
-    pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    from openseg_r.segment.loading import pretrained_option
+
+    pretrained = pretrained_option(args.clip_pretrained)
     if pretrained is None and not args.clip_model.startswith(("hf-hub:", "local-dir:")):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     from openseg_r.facade import OpenSegR  # imports torch: only once the input has been checked

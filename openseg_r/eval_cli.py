@@ -53,7 +53,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     has_lmm = spec.strip() not in ("", "none")
     from openseg_r.facade import OpenSegR
 
-    pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    from openseg_r.segment.loading import pretrained_option
+
+    pretrained = pretrained_option(args.clip_pretrained)
     model = OpenSegR(args.clip_model, pretrained, lmm=backend_from_spec(spec, record=args.lmm_record),
                      reasoning_cache=open_cache(cache_path(args.cache)) if has_lmm else None,
                      device=device, precision=args.precision, attention=args.attention)

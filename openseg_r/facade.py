@@ -30,7 +30,7 @@ from openseg_r.nodes.class_alignment import sentence_embedder
 from openseg_r.nodes.finalize import final_output
 from openseg_r.result import SegmentationResult
 from openseg_r.segment.segmenter import CLIPSegmenter, SegmenterConfig
-from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary
+from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, region_order
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
 
@@ -334,7 +334,7 @@ class SegmentationRun:
                                               stopped_at=self._stopped_at())
             raise
         questions = [dict(item.value, interrupt_id=item.id) for item in pending]
-        self.questions = sorted(questions, key=lambda q: (q["round"], int(q["region_id"].rsplit(".", 1)[-1])))
+        self.questions = sorted(questions, key=lambda q: region_order(q["round"], q["region_id"]))
         if self.recorded:
             self.model.runs_db.finish_run(self.run_id, "waiting" if pending else "done")
         if not pending:

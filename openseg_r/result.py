@@ -13,7 +13,7 @@ from PIL import Image
 
 from openseg_r import __version__
 from openseg_r.render import label_image, overlay_image
-from openseg_r.state import UNKNOWN_LABEL, ClassSummary, OpenSegState
+from openseg_r.state import UNKNOWN_LABEL, ClassSummary, OpenSegState, region_order
 
 
 @dataclass
@@ -97,7 +97,7 @@ class SegmentationResult:
             "rounds": [r.model_dump() for r in check.rounds],
             "answers": [
                 a.model_dump() | {"crop_file": f"self_check/{a.region_id}.png"}
-                for a in sorted(self.state.region_answers, key=_question_order)
+                for a in sorted(self.state.region_answers, key=lambda a: region_order(a.round, a.region_id))
             ],
             "changes": [c.model_dump() for c in check.changes],
         }
@@ -119,11 +119,6 @@ class SegmentationResult:
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
         _atomic_write(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths
-
-
-def _question_order(answer) -> tuple[int, int]:
-    """Answers arrive in completion order; list them by round, then rank ("r2.3" -> (2, 3))."""
-    return answer.round, int(answer.region_id.rsplit(".", 1)[-1])
 
 
 def _atomic_write(path: Path, write) -> None:

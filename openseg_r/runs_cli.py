@@ -152,9 +152,9 @@ def _model_for(record, args, db):
 
     options = record.options
     spec = args.lmm or (options.get("lmm") if ":" in str(options.get("lmm") or "") else None) or "none"
-    pretrained = args.clip_pretrained or options.get("clip_pretrained")
-    if isinstance(pretrained, str) and pretrained.lower() in ("none", "random"):
-        pretrained = None
+    from openseg_r.segment.loading import pretrained_option
+
+    pretrained = pretrained_option(args.clip_pretrained or options.get("clip_pretrained"))
     config = dict(options.get("segmenter_config") or {})
     if args.attention:
         config["attention"] = args.attention

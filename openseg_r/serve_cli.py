@@ -44,7 +44,9 @@ def build_service(args: argparse.Namespace, limits):
 
     spec = configured_spec(args.lmm)
     lmm = backend_from_spec(spec, record=args.lmm_record)
-    pretrained = None if args.clip_pretrained.lower() in ("none", "random") else args.clip_pretrained
+    from openseg_r.segment.loading import pretrained_option
+
+    pretrained = pretrained_option(args.clip_pretrained)
     model = OpenSegR(
         args.clip_model,
         pretrained,

@@ -326,6 +326,11 @@ class AmbiguousRegion(BaseModel):
     competing: list[RegionEvidence]
 
 
+def region_order(round_: int, region_id: str) -> tuple[int, int]:
+    """Questions arrive in completion order; list them by round, then rank ("r2.3" -> (2, 3))."""
+    return round_, int(region_id.rsplit(".", 1)[-1])
+
+
 class RegionVerdict(BaseModel):
     """What the LMM (or a person) answers about one region. Untrusted: cleaned on the way in."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openseg_r.errors import ConfigError
-from openseg_r.evals.datasets import DatasetSpec, Sample, select
+from openseg_r.evals.datasets import DatasetError, DatasetSpec, Sample, select
 from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
 from openseg_r.images import load_image
 
@@ -100,7 +100,10 @@ def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings, state:
         started = time.perf_counter()
         result = model.segment(rgb, vocabulary, **overrides)
         seconds = time.perf_counter() - started
-        counts = image_counts(result.labels, label, len(vocabulary.classes), dataset.ignore_index)
+        try:
+            counts = image_counts(result.labels, label, len(vocabulary.classes), dataset.ignore_index)
+        except ValueError as exc:  # a label value outside the vocabulary: the dataset or --dataset is wrong
+            raise DatasetError(f"{sample.id} ({sample.label}): {exc}") from None
         calls = result.state.lmm_calls
         tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
         record["settings"][name] = {"counts": counts.to_sparse(), "seconds": round(seconds, 4),

@@ -45,6 +45,7 @@ def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> 
         logit_scale=settings.logit_scale,
         background_index=background,
         background_threshold=settings.background_threshold if background is not None else 0.0,
+        image_key=state.image.key,
     )
     output = SegmentationOutput(
         labels_key=ctx.store.put(arrays.labels),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from openseg_r.render import class_colors, overlay_image
 from openseg_r.runs.inspect import RecordedRun
-from openseg_r.state import OpenSegState
+from openseg_r.state import OpenSegState, region_order
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -198,7 +198,7 @@ def _self_check(run: RecordedRun) -> str:
     regions = {r.id: r for rnd in check.rounds for r in rnd.regions}
     items = [f"<p>Stopped: {_e(check.stopped or 'still running')} · {check.calls_used} LMM call(s)"
              f"{' · the call budget ran out' if check.budget_exhausted else ''}</p>"]
-    for answer in sorted(state.region_answers, key=lambda a: (a.round, int(a.region_id.rsplit('.', 1)[-1]))):
+    for answer in sorted(state.region_answers, key=lambda a: region_order(a.round, a.region_id)):
         region, change = regions.get(answer.region_id), changes.get(answer.region_id)
         crop = "<p>Crop redacted.</p>" if run.record.redact else _img(run.array(answer.crop_key), f"crop {answer.region_id}")
         views = ""

@@ -59,6 +59,13 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def pretrained_option(value: str | None) -> str | None:
+    """A ``--clip-pretrained`` value: ``none`` or ``random`` (any case) means random weights."""
+    if value is None or value.strip().lower() in ("none", "random"):
+        return None
+    return value
+
+
 def load_clip(
     model: str = "ViT-B-16",
     pretrained: str | None = "openai",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import hashlib
 import threading
 
 import numpy as np
@@ -154,10 +153,13 @@ class CLIPSegmenter:
         logit_scale: float = 40.0,
         background_index: int | None = None,
         background_threshold: float = 0.0,
+        image_key: str | None = None,
     ) -> SegmentationArrays:
+        """``image_key`` (the image's content hash, e.g. its artifact-store key) lets the
+        same image scored again reuse its window features."""
         class_filter = class_filter or ClassFilter()
-        image_key = hashlib.sha256(rgb.tobytes()).hexdigest() + f"{rgb.shape}{self.config}"
-        logits = self.dense_logits(self.preprocess(rgb), bank, image_key=image_key)
+        cache_key = None if image_key is None else f"{image_key}{self.config}"
+        logits = self.dense_logits(self.preprocess(rgb), bank, image_key=cache_key)
         out_h, out_w = rgb.shape[:2]
         resampler = RowResampler(logits, out_h, out_w)
         labels = np.empty((out_h, out_w), np.int32)

@@ -58,10 +58,11 @@ def service_from_environment() -> SegmentationService:
     """Load the model once per server process (the server may ask for the graph per run)."""
     from openseg_r.facade import OpenSegR
 
-    pretrained = os.environ.get("OPENSEG_R_CLIP_PRETRAINED", "openai")
+    from openseg_r.segment.loading import pretrained_option
+
     model = OpenSegR(
         os.environ.get("OPENSEG_R_CLIP_MODEL", "ViT-B-16"),
-        None if pretrained.lower() in ("none", "random") else pretrained,
+        pretrained_option(os.environ.get("OPENSEG_R_CLIP_PRETRAINED", "openai")),
         device=os.environ.get("OPENSEG_R_DEVICE") or None,
     )
     return SegmentationService(model, SafetyLimits.from_config())
