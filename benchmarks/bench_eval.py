@@ -48,7 +48,10 @@ def main() -> None:
                 model.segment(rgb, "voc21", **overrides)
             times[name].append(time.perf_counter() - started)
     one, five = (statistics.median(t) for t in times.values())
-    print(f"image=voc 500x375 vocabulary=voc21 model=ViT-B-16 (random weights) settings={len(ABLATION)} repeats={args.repeats}")
+    print(
+        "image=voc 500x375 vocabulary=voc21 model=ViT-B-16 (random weights) "
+        f"settings={len(ABLATION)} repeats={args.repeats}"
+    )
     for name, values in times.items():
         print(f"{name:32s} median {statistics.median(values):.3f} s per image")
     print(f"one pass is {five / one:.2f}x faster")

@@ -67,10 +67,14 @@ async def main(args) -> None:
             t = time.perf_counter()
             await client.call_tool("list_vocabularies", {})
             cheap_mcp.append(time.perf_counter() - t)
-    payload = len(json.dumps(result.structured_content)) + sum(len(getattr(c, "data", "") or "") for c in result.content)
+    payload = len(json.dumps(result.structured_content)) + sum(
+        len(getattr(c, "data", "") or "") for c in result.content
+    )
     d, m = statistics.median(direct), statistics.median(over_mcp)
-    print(f"model=ViT-B-16 weights={'random' if args.pretrained is None else args.pretrained} image=voc.jpg 500x375 "
-          f"vocabulary=voc21 repeats={args.repeats}")
+    print(
+        f"model=ViT-B-16 weights={'random' if args.pretrained is None else args.pretrained} image=voc.jpg 500x375 "
+        f"vocabulary=voc21 repeats={args.repeats}"
+    )
     print(f"cold start-up (spawn -> tools listed, model loaded): {cold:.2f} s")
     print(f"median s/call: direct {d:.3f}, MCP stdio {m:.3f}; overhead {1000 * (m - d):+.0f} ms ({m / d:.2f}x)")
     cd, cm = statistics.median(cheap_direct), statistics.median(cheap_mcp)

@@ -57,7 +57,10 @@ def main() -> None:
     later = (disk_bytes(folder) - before - first) / args.repeats
     off, on = statistics.median(times["without"]), statistics.median(times["with"])
     print(f"image=voc.jpg 500x375 vocabulary=voc21 model=ViT-B-16 (random weights) repeats={args.repeats}")
-    print(f"median s/image: without recording {off:.3f}, with {on:.3f}; added {1000 * (on - off):+.0f} ms ({on / off:.3f}x)")
+    print(
+        f"median s/image: without recording {off:.3f}, with {on:.3f}; "
+        f"added {1000 * (on - off):+.0f} ms ({on / off:.3f}x)"
+    )
     print(f"on disk: first run {first / 1e6:.2f} MB; each later run of the same image {later / 1e6:.2f} MB")
 
 

@@ -67,8 +67,11 @@ def main() -> None:
 
     medians = {name: statistics.median(times) for name, times in seg_times.items()}
     windows = len(__import__("openseg_r.segment.sliding", fromlist=["window_boxes"]).window_boxes(336, 448, 224, 112))
-    print(f"device={clip.device} dtype={str(clip.dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
-          f"image={rgb.shape[1]}x{rgb.shape[0]} windows={windows} queries={sum(len(c.queries) for c in first.state.vocabulary.classes) * 3}")
+    print(
+        f"device={clip.device} dtype={str(clip.dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
+        f"image={rgb.shape[1]}x{rgb.shape[0]} windows={windows} "
+        f"queries={sum(len(c.queries) for c in first.state.vocabulary.classes) * 3}"
+    )
     print(f"first image (includes text embeddings): {cold:.3f} s")
     for name, times in seg_times.items():
         print(f"{name:22s} median {medians[name]:.3f} s/image  (runs: {', '.join(f'{t:.3f}' for t in times)})")

@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "OpenSegR": "openseg_r.facade",
-    "OpenSegContext": "openseg_r.graph.context",
+    "OpenSegContext": "openseg_r.context",
+    "ModelOptions": "openseg_r.options",
+    "Segmenter": "openseg_r.context",
     "build_graph": "openseg_r.graph.builder",
     "SegmentationResult": "openseg_r.result",
     "Settings": "openseg_r.state",

@@ -101,7 +101,9 @@ class SQLiteReasoningCache(MemoryReasoningCache):
         try:
             os.replace(self.path, aside)
         except OSError as move_error:
-            raise ConfigError(f"the reasoning cache {self.path} is unusable ({exc}) and cannot be moved aside: {move_error}") from None
+            raise ConfigError(
+                f"the reasoning cache {self.path} is unusable ({exc}) and cannot be moved aside: {move_error}"
+            ) from None
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self.events.append(f"cache file was unusable ({exc}); moved to {aside.name} and rebuilt")
@@ -125,9 +127,14 @@ class SQLiteReasoningCache(MemoryReasoningCache):
 
     def put(self, kind: str, key: dict, value: dict) -> None:
         row = (
-            cache_key(kind, key), kind, str(key.get("model", "")), str(key.get("prompt_version", "")),
-            str(key.get("subject", "")), json.dumps(key, sort_keys=True, ensure_ascii=False),
-            json.dumps(value, ensure_ascii=False), time.time(),
+            cache_key(kind, key),
+            kind,
+            str(key.get("model", "")),
+            str(key.get("prompt_version", "")),
+            str(key.get("subject", "")),
+            json.dumps(key, sort_keys=True, ensure_ascii=False),
+            json.dumps(value, ensure_ascii=False),
+            time.time(),
         )
         try:
             with self._closing() as db:
@@ -161,6 +168,18 @@ def open_cache(path: str | Path | None):
     if path is None or str(path) in ("", "none", ":memory:"):
         return MemoryReasoningCache()
     return SQLiteReasoningCache(path)
+
+
+def open_reasoning_cache(choice: "str | Path | MemoryReasoningCache | None", *, has_lmm: bool):
+    """The one rule every entry point follows. Without an LMM nothing is ever asked, so
+    reasoning stays in memory; otherwise ``None`` (or ``none``) keeps it in memory, ``user``
+    is the user cache file (:func:`default_cache_path`), a path is that SQLite file, and a
+    cache object is used as it is."""
+    if choice is not None and not isinstance(choice, (str, Path)):
+        return choice
+    if not has_lmm:
+        return MemoryReasoningCache()
+    return open_cache(default_cache_path() if str(choice) == "user" else choice)
 
 
 def default_cache_path() -> Path:

@@ -11,26 +11,23 @@ and text embeddings and generic reasoning are reused between calls.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
-from pydantic import ValidationError
 
-from openseg_r.cache import MemoryReasoningCache, open_cache
-from openseg_r.errors import ConfigError, describe_validation_error
-from openseg_r.graph import OpenSegContext, build_graph
-from openseg_r.graph.builder import recursion_limit
+from openseg_r.aligners import resolve_aligner
+from openseg_r.cache import open_reasoning_cache
+from openseg_r.context import LMMBackend, OpenSegContext, ReasoningCache, Segmenter
+from openseg_r.errors import ConfigError
+from openseg_r.graph import build_graph, recursion_limit
 from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
-from openseg_r.lmm.base import LMMBackend, NoLMM
+from openseg_r.lmm.base import NoLMM
 from openseg_r.lmm.spec import backend_from_spec, configured_spec
-from openseg_r.nodes.class_alignment import sentence_embedder
-from openseg_r.nodes.finalize import final_output
+from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ModelOptions, SegmenterConfig
 from openseg_r.result import SegmentationResult
-from openseg_r.segment.segmenter import CLIPSegmenter, SegmenterConfig
-from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, region_order
+from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, final_output, merged_settings, region_order
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
 
@@ -43,15 +40,15 @@ ImageInput = str | Path | bytes | np.ndarray | Image.Image
 class OpenSegR:
     def __init__(
         self,
-        clip_model: str = "ViT-B-16",
-        clip_pretrained: str | None = "openai",
+        clip_model: str = DEFAULT_CLIP_MODEL,
+        clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
         *,
         lmm: str | LMMBackend | None = None,
         lmm_record: str | Path | None = None,
-        reasoning_cache: str | Path | MemoryReasoningCache | None = None,
+        reasoning_cache: str | Path | ReasoningCache | None = None,
         aligner: str | Callable | None = None,
         settings: Settings | None = None,
-        segmenter: CLIPSegmenter | None = None,
+        segmenter: Segmenter | None = None,
         device: str | None = None,
         precision: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -63,20 +60,35 @@ class OpenSegR:
         ``OPENSEG_R_LMM`` or the config file. Reasoning is on by default when there is an
         LMM and off otherwise; ``settings`` overrides that. ``lmm_record`` appends every
         LMM call to a JSONL file (replay it with ``replay:FILE``). ``reasoning_cache`` is
-        an SQLite path (or a cache object); None keeps reasoning in memory. ``aligner``
-        is ``clip`` (default), ``minilm``, a sentence-transformers model, or a callable.
+        an SQLite path, ``"user"`` for the user cache file, or a cache object; None keeps
+        reasoning in memory. ``aligner`` is ``clip`` (default), ``minilm``, a
+        sentence-transformers model, or a callable. ``segmenter`` is any
+        :class:`~openseg_r.context.Segmenter` (default: a dense-CLIP one built from the
+        CLIP options and ``segmenter_config``, see :class:`SegmenterConfig`).
         ``runs_db`` (a path or a :class:`~openseg_r.runs.RunsDB`) records every run:
         checkpoints, arrays and a row per run, for ``openseg-r runs``; with ``redact``
-        images are kept out of it (only their hashes)."""
-        self.segmenter = segmenter or CLIPSegmenter.from_pretrained(
-            clip_model, clip_pretrained, device=device, precision=precision, **segmenter_config
-        )
-        self.lmm = backend_from_spec(lmm if isinstance(lmm, LMMBackend) else configured_spec(lmm), record=lmm_record)
-        self.reasoning_cache = (
-            reasoning_cache if isinstance(reasoning_cache, MemoryReasoningCache) else open_cache(reasoning_cache)
-        )
-        self.aligner = _aligner(aligner)
-        self.settings = settings or Settings(reasoning=not isinstance(self.lmm, NoLMM))
+        images are kept out of it (only their hashes).
+
+        Applications that read their configuration from a file, flags or the
+        environment build through :meth:`from_options` instead."""
+        if segmenter is not None and not isinstance(segmenter, Segmenter):
+            raise ConfigError(f"{type(segmenter).__name__} is not a segmenter: it needs query_bank(), segment() "
+                              "and describe() (see openseg_r.context.Segmenter)")
+        # The LMM first: a bad spec fails at once, before weights load.
+        spec = None if isinstance(lmm, LMMBackend) else configured_spec(lmm)
+        self.lmm = backend_from_spec(lmm if spec is None else spec, record=lmm_record)
+        built_here = segmenter is None
+        if built_here:
+            from openseg_r.segment.segmenter import CLIPSegmenter
+
+            segmenter = CLIPSegmenter.from_pretrained(
+                clip_model, clip_pretrained, device=device, precision=precision, **segmenter_config
+            )
+        self.segmenter = segmenter
+        has_lmm = not isinstance(self.lmm, NoLMM)
+        self.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=has_lmm)
+        self.aligner = resolve_aligner(aligner)
+        self.settings = settings or Settings(reasoning=has_lmm)
         self.max_pixels = max_pixels
         self.redact = redact
         self.runs_db = None
@@ -84,17 +96,54 @@ class OpenSegR:
             from openseg_r.runs.database import RunsDB
 
             self.runs_db = runs_db if isinstance(runs_db, RunsDB) else RunsDB(runs_db)
-        # How to build this model again (recorded with each run, for `runs resume/replay`).
-        self.options = {
-            "clip_model": clip_model if segmenter is None else self.segmenter.clip.model_name,
-            "clip_pretrained": clip_pretrained if segmenter is None else self.segmenter.clip.pretrained,
-            "device": device,
-            "precision": precision,
-            "lmm": lmm if isinstance(lmm, str) else getattr(self.lmm, "spec", None) or self.lmm.name,
-            "segmenter_config": {k: v for k, v in asdict(self.segmenter.config).items()},
-        }
+        # How to build this model again: recorded with each run, for `runs resume/replay`.
+        described = {} if built_here else self.segmenter.describe()
+        self.options = ModelOptions.build(
+            clip_model=described.get("clip_model", clip_model),
+            clip_pretrained=described.get("clip_pretrained", clip_pretrained) or "none",
+            device=device,
+            precision=precision,
+            segmenter=segmenter_config if built_here else {
+                k: v for k, v in described.items() if k in SegmenterConfig.model_fields},
+            lmm=spec or getattr(self.lmm, "spec", None) or "none",
+            reasoning_cache=_cache_choice(reasoning_cache, self.reasoning_cache),
+            aligner=aligner if isinstance(aligner, str) else None,
+            max_pixels=max_pixels,
+            redact=redact,
+        )
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
+
+    @classmethod
+    def from_options(
+        cls,
+        options: ModelOptions | None = None,
+        *,
+        settings: Settings | None = None,
+        segmenter: Segmenter | None = None,
+        lmm: LMMBackend | None = None,
+        runs_db: "RunsDB | None" = None,
+    ) -> "OpenSegR":
+        """The one builder every entry point ends at: the command line, the servers, the
+        LangGraph app, ``runs replay/resume`` and applications. ``segmenter``, ``lmm`` and
+        ``runs_db`` are objects already built, used instead of what the options name."""
+        options = options or ModelOptions()
+        return cls(
+            options.clip_model,
+            options.clip_pretrained,
+            lmm=lmm if lmm is not None else options.lmm,
+            lmm_record=options.lmm_record,
+            reasoning_cache=options.reasoning_cache,
+            aligner=options.aligner,
+            settings=settings,
+            segmenter=segmenter,
+            device=options.device,
+            precision=options.precision,
+            max_pixels=options.max_pixels,
+            runs_db=runs_db if runs_db is not None else options.runs_db,
+            redact=options.redact,
+            **(options.segmenter.model_dump() if segmenter is None else {}),
+        )
 
     def context(self, store: ArtifactStore | None = None) -> OpenSegContext:
         return OpenSegContext(
@@ -113,11 +162,13 @@ class OpenSegR:
         on_question: Callable[[dict, np.ndarray], Any] | None = None,
         on_event: Callable[[dict], None] | None = None,
         graph_config: dict | None = None,
+        image_name: str | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
         e.g. ``reasoning=False`` for the bare-name baseline, or
-        ``self_check={"enabled": True}``.
+        ``self_check={"enabled": True}`` (nested dicts merge into the model's settings:
+        the other self-check fields stay as they were).
 
         In the self-check's ``human`` mode, ``on_question(question, crop)`` answers each
         region question (a class name, "none of these", or a dict with ``choice``,
@@ -125,7 +176,8 @@ class OpenSegR:
         ``graph_config`` is merged into the graph's run config (callbacks, or a parent
         graph's config when this is called from inside a node). ``on_event`` receives the
         step log's events (see :mod:`openseg_r.runs.events`)."""
-        run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, **settings_overrides)
+        run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, image_name=image_name,
+                         **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -136,19 +188,18 @@ class OpenSegR:
 
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
-        on_event: Callable[[dict], None] | None = None, **settings_overrides,
+        on_event: Callable[[dict], None] | None = None, image_name: str | None = None, **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
-        with questions: then answer them with :meth:`SegmentationRun.answer`."""
-        try:
-            settings = Settings.model_validate(self.settings.model_dump() | settings_overrides)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+        with questions: then answer them with :meth:`SegmentationRun.answer`.
+        ``image_name`` names an image given as pixels (its path, for the trace and the
+        runs database), so a caller that decoded the file need not decode it again."""
+        settings = merged_settings(self.settings, settings_overrides)
         vocab = resolve_vocabulary(vocabulary)
         rgb = load_image(image, max_pixels=self.max_pixels)
         recorded = self.runs_db is not None and graph_config is None
         store = self.runs_db.artifacts(self.redact) if recorded else ArtifactStore()
-        source = str(image) if isinstance(image, (str, Path)) else None
+        source = image_name if image_name is not None else str(image) if isinstance(image, (str, Path)) else None
         ref = ImageRef(key=store.put(rgb, kind="image"), width=rgb.shape[1], height=rgb.shape[0], source=source)
         state = OpenSegState(image=ref, vocabulary=vocab, settings=settings)
         interactive = settings.self_check.enabled and settings.self_check.mode == "human"
@@ -175,7 +226,7 @@ class OpenSegR:
             classes=len(vocab.classes),
             backend=self.lmm.model_id if settings.reasoning or settings.self_check.enabled else "none",
             settings=settings.model_dump(mode="json"),
-            options=self.options,
+            options=self.options.recorded(),
             redact=int(self.redact),
             **extra,
         )
@@ -212,10 +263,7 @@ class OpenSegR:
 
         record, store, rgb = self._recorded_graph_input(run_id)
         values, as_node = replay_start(self.graph, record, from_node)
-        try:
-            settings = Settings.model_validate(_merged(values["settings"].model_dump(), settings_overrides))
-        except ValidationError as exc:
-            raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+        settings = merged_settings(values["settings"], settings_overrides)
         values["settings"] = settings
         run = SegmentationRun(self, self.graph, store, rgb, settings, on_event=on_event)
         run.recorded = True
@@ -252,14 +300,7 @@ class OpenSegR:
         )
 
     def describe_segmenter(self) -> dict:
-        clip = self.segmenter.clip
-        return {
-            "clip_model": clip.model_name,
-            "clip_pretrained": clip.pretrained,
-            "device": str(clip.device),
-            "dtype": str(clip.dtype).replace("torch.", ""),
-            **asdict(self.segmenter.config),
-        }
+        return self.segmenter.describe()
 
 
 class SegmentationRun:
@@ -296,7 +337,9 @@ class SegmentationRun:
         by_region = {q["region_id"]: q for q in self.questions}
         unknown = sorted(set(answers) - set(by_region))
         if unknown:
-            raise ConfigError(f"no pending question for region(s) {', '.join(unknown)}; pending: {', '.join(by_region)}")
+            raise ConfigError(
+                f"no pending question for region(s) {', '.join(unknown)}; pending: {', '.join(by_region)}"
+            )
         if not answers:
             raise ConfigError("give at least one answer")
         from langgraph.types import Command
@@ -314,8 +357,13 @@ class SegmentationRun:
 
         final, pending, top = None, [], None
         try:
-            for part in self.graph.stream(graph_input, config=self._config, context=self._context,
-                                          stream_mode=["values", "updates", "custom"], version="v2"):
+            for part in self.graph.stream(
+                graph_input,
+                config=self._config,
+                context=self._context,
+                stream_mode=["values", "updates", "custom"],
+                version="v2",
+            ):
                 depth = len(part.get("ns") or ())
                 top = depth if top is None else min(top, depth)  # inside a parent graph, ours is not the root
                 if part["type"] == "values" and depth == top:
@@ -330,16 +378,18 @@ class SegmentationRun:
                 final, pending = snapshot.values, list(snapshot.interrupts)
         except BaseException as exc:
             if self.recorded:
-                self.model.runs_db.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                                              stopped_at=self._stopped_at())
+                self.model.runs_db.finish_run(
+                    self.run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], stopped_at=self._stopped_at()
+                )
             raise
         questions = [dict(item.value, interrupt_id=item.id) for item in pending]
         self.questions = sorted(questions, key=lambda q: region_order(q["round"], q["region_id"]))
         if self.recorded:
             self.model.runs_db.finish_run(self.run_id, "waiting" if pending else "done")
         if not pending:
-            self.result = self.model._result(final, self.store, self.rgb, self._cache_before,
-                                             run_id=self.run_id if self.recorded else None)
+            self.result = self.model._result(
+                final, self.store, self.rgb, self._cache_before, run_id=self.run_id if self.recorded else None
+            )
 
     def _stopped_at(self) -> str | None:
         """The node(s) a failed run would run next: where it stopped."""
@@ -349,30 +399,27 @@ class SegmentationRun:
             return None
 
 
-def _merged(base: dict, overrides: dict) -> dict:
-    """``overrides`` over ``base``, nested dicts merged key by key (``self_check={"top_k": 5}``)."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
-
-
 def _row_fields(record) -> dict:
     """A run's row again, for a resumed run (status back to running)."""
     return {
-        "image": record.image, "image_key": record.image_key, "vocabulary": record.vocabulary,
-        "classes": record.classes, "backend": record.backend, "settings": record.settings,
-        "options": record.options, "redact": int(record.redact), "parent_run": record.parent_run,
+        "image": record.image,
+        "image_key": record.image_key,
+        "vocabulary": record.vocabulary,
+        "classes": record.classes,
+        "backend": record.backend,
+        "settings": record.settings,
+        "options": record.options,
+        "redact": int(record.redact),
+        "parent_run": record.parent_run,
         "replay_from": record.replay_from,
     }
 
 
-def _aligner(choice: str | Callable | None) -> Callable | None:
-    if choice is None or choice == "clip":
-        return None
-    if callable(choice):
-        return choice
-    return sentence_embedder(choice)
+def _cache_choice(given, cache) -> str | None:
+    """How the reasoning cache was chosen, for the recorded options: a file's path, else memory."""
+    if isinstance(given, str) and given == "user":
+        return "user"
+    return str(cache.path) if getattr(cache, "path", None) else None
 
 
 __all__ = ["OpenSegR", "SegmentationRun", "SegmenterConfig"]

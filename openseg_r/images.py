@@ -24,7 +24,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 
 
-def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return an ``H x W x 3`` uint8 RGB array from a path, bytes, PIL image or array."""
     if isinstance(source, np.ndarray):
         return _check_size(_array_to_rgb(source), max_pixels)
@@ -59,7 +60,8 @@ def _decode(handle, label: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"not an image file, or a format PIL cannot read: {label}") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(f"image is too large to decode safely (its header claims over {limit:,} pixels): {label}") from None
+        raise ImageError(f"image is too large to decode safely (its header claims over {limit:,} pixels): "
+                         f"{label}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image is corrupt or truncated: {label} ({exc})") from None
     return _check_size(_pil_to_rgb(image), max_pixels)

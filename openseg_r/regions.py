@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from openseg_r.segmenter_io import SegmentationArrays
 from openseg_r.state import UNKNOWN_LABEL, Box, SelfCheckSettings
 
 OUTLINE_COLOUR = (255, 0, 255)  # magenta: rare in photos, so the marked region stands out
@@ -21,17 +22,6 @@ CROP_MAX_SIDE = 448
 CROP_MIN_SIDE = 224  # small crops are enlarged so a vision encoder sees more than a few patches
 CONTEXT_MAX_SIDE = 768
 EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
-@dataclass
-class SegmentationArraysView:
-    """The arrays the self-check reads and rewrites (see ``SegmentationOutput``)."""
-
-    labels: np.ndarray  # (H, W) int32; UNKNOWN_LABEL for "none of these"
-    confidence: np.ndarray  # (H, W) float32, probability of the label
-    runner_up: np.ndarray  # (H, W) int32, -1 when there is none
-    runner_up_confidence: np.ndarray  # (H, W) float32
-    margin: np.ndarray  # (H, W) float32
 
 
 @dataclass
@@ -49,7 +39,7 @@ MAX_PAIRS = 64  # the most class pairs examined per round (the largest first)
 
 
 def find_ambiguous_regions(
-    arrays: SegmentationArraysView, settings: SelfCheckSettings, asked: np.ndarray | None = None
+    arrays: SegmentationArrays, settings: SelfCheckSettings, asked: np.ndarray | None = None
 ) -> list[FoundRegion]:
     """Regions where two classes compete: 8-connected pixels whose top two classes are
     the same pair and whose top-2 margin is under the threshold, of at least the
@@ -105,7 +95,7 @@ def find_ambiguous_regions(
     return found
 
 
-def _evidence(arrays: SegmentationArraysView, slices, mask, pair: tuple[int, int]):
+def _evidence(arrays: SegmentationArrays, slices, mask, pair: tuple[int, int]):
     """(class, mean probability, top-1 share) of the two competing classes, most probable first."""
     top1 = arrays.labels[slices][mask]
     top2 = arrays.runner_up[slices][mask]
@@ -189,7 +179,7 @@ def context_image(rgb: np.ndarray, box: Box) -> np.ndarray:
 # --------------------------------------------------------------------------- decisions
 
 
-def relabel(arrays: SegmentationArraysView, mask: np.ndarray, cls: int) -> np.ndarray:
+def relabel(arrays: SegmentationArrays, mask: np.ndarray, cls: int) -> np.ndarray:
     """Every region pixel becomes ``cls``. Returns the pixels that changed.
 
     ``confidence`` becomes the segmenter's probability of ``cls`` where it was in a
@@ -204,7 +194,7 @@ def relabel(arrays: SegmentationArraysView, mask: np.ndarray, cls: int) -> np.nd
     return changed
 
 
-def reweight(arrays: SegmentationArraysView, mask: np.ndarray, cls: int, factor: float) -> np.ndarray:
+def reweight(arrays: SegmentationArrays, mask: np.ndarray, cls: int, factor: float) -> np.ndarray:
     """Inside the region, multiply ``cls``'s probability by ``factor`` and re-pick the
     label among each pixel's top two. Pixels where ``cls`` is not in the top two keep
     their label. Returns the pixels that changed."""
@@ -215,7 +205,7 @@ def reweight(arrays: SegmentationArraysView, mask: np.ndarray, cls: int, factor:
     return changed
 
 
-def mark_unknown(arrays: SegmentationArraysView, mask: np.ndarray) -> np.ndarray:
+def mark_unknown(arrays: SegmentationArrays, mask: np.ndarray) -> np.ndarray:
     changed = mask & (arrays.labels != UNKNOWN_LABEL)
     arrays.labels[changed] = UNKNOWN_LABEL
     arrays.confidence[changed] = 0.0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from openseg_r import __version__
+from openseg_r.files import write_atomically
 from openseg_r.render import label_image, overlay_image
 from openseg_r.state import UNKNOWN_LABEL, ClassSummary, OpenSegState, region_order
 
@@ -107,26 +106,16 @@ class SegmentationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
-        _atomic_write(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
-        _atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        write_atomically(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
+        write_atomically(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
         if self.state.region_answers:
             (out / "self_check").mkdir(exist_ok=True)
         for answer in self.state.region_answers:
             for key, suffix in ((answer.crop_key, ""), (answer.context_key, "-context")):
                 if key in self.self_check_images:
                     picture = Image.fromarray(self.self_check_images[key])
-                    _atomic_write(out / "self_check" / f"{answer.region_id}{suffix}.png", lambda f: picture.save(f, format="PNG"))
+                    write_atomically(out / "self_check" / f"{answer.region_id}{suffix}.png",
+                                     lambda f: picture.save(f, format="PNG"))
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
-        _atomic_write(paths["result"], lambda f: f.write(text.encode("utf-8")))
+        write_atomically(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths
-
-
-def _atomic_write(path: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

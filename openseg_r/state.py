@@ -11,7 +11,9 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from openseg_r.errors import ConfigError, describe_validation_error
 
 MAX_ATTRIBUTES = 10
 MAX_CANDIDATES = 200
@@ -30,7 +32,7 @@ def _clean_text(value: object, limit: int = MAX_TEXT) -> str:
 
 
 class ClassReasoning(BaseModel):
-    """Coarse-to-fine reasoning about one class (DESIGN §2.1).
+    """Coarse-to-fine reasoning about one class (docs/design.md §1.1).
 
     Fields are cleaned on the way in because they come from an LMM: whitespace is
     collapsed, lengths are bounded, empty attributes are dropped.
@@ -74,7 +76,7 @@ class ClassReasoning(BaseModel):
 
 
 class ImageReasoning(BaseModel):
-    """Image-specific reasoning (DESIGN §2.2): a description and the classes seen."""
+    """Image-specific reasoning (docs/design.md §1.2): a description and the classes seen."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -217,6 +219,24 @@ class Settings(BaseModel):
     self_check: SelfCheckSettings = Field(default_factory=SelfCheckSettings)
 
 
+def merged_settings(base: Settings, overrides: dict) -> Settings:
+    """``overrides`` over ``base``, the one merge rule everywhere: a dict merges into a
+    nested model key by key (``self_check={"enabled": True}`` keeps the ``top_k`` that
+    ``base`` had); any other value replaces. A bad value is a one-line ConfigError."""
+    try:
+        return Settings.model_validate(_deep_merge(base.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+
+
+def _deep_merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _deep_merge(base[key], value) if nested else value
+    return merged
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -255,7 +275,7 @@ class ClassPrompts(BaseModel):
 
 
 def compose_phrase(query: str, attribute: str | None) -> str:
-    """DESIGN §2.4: ``f"{s} that has {a}"``; the bare slot is the synonym alone."""
+    """docs/design.md §1.4: ``f"{s} that has {a}"``; the bare slot is the synonym alone."""
     return query if attribute is None else f"{query} that has {attribute}"
 
 
@@ -410,6 +430,11 @@ class SelfCheckRound(BaseModel):
     call_allowance: dict[str, int] = Field(default_factory=dict)  # LMM calls each region may use
     left_over_k: int = 0  # found but not asked: beyond the top K
     left_over_budget: int = 0  # found but not asked: the call budget did not cover them
+
+
+def final_output(segmentation: SegmentationOutput, self_check: "SelfCheckState | None") -> SegmentationOutput:
+    """The arrays after the self-check when it ran, else the segmenter's."""
+    return self_check.output if self_check is not None else segmentation
 
 
 class SelfCheckState(BaseModel):

@@ -1,6 +1,6 @@
 """Shared fixtures. No test touches the network: the CLIP model is a tiny random
 open_clip ViT built from a config, saved to disk, and loaded back through the same
-code path a user's weights file takes (DESIGN §5)."""
+code path a user's weights file takes (docs/design.md §8)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,26 @@ os.environ["XDG_DATA_HOME"] = os.path.join(_SANDBOX, "data")
 os.environ.pop("OPENSEG_R_LMM", None)
 os.environ.pop("OPENSEG_R_CONFIG", None)
 
-import numpy as np
-import open_clip
-import pytest
-import torch
+import numpy as np  # noqa: E402 (after the environment is set)
+import open_clip  # noqa: E402 (after the environment is set)
+import pytest  # noqa: E402 (after the environment is set)
+import torch  # noqa: E402 (after the environment is set)
 
 TINY_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+
+
+@pytest.fixture(autouse=True)
+def own_user_dirs(tmp_path_factory, monkeypatch):
+    """Each test gets its own user cache and data folders (the reasoning cache, the runs
+    database), so one test's cached reasoning never answers another's LMM calls; servers
+    and CLIs a test starts inherit them."""
+    folder = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +102,9 @@ def smollm_hf_dir(smollm_gguf, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("smollm2_hf")
     tokenizer = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.float32
+    )
     plain = AutoModelForCausalLM.from_config(quantized.config)  # GGUF-loaded models refuse to save; copy the weights
     plain.load_state_dict(quantized.state_dict())
     plain.save_pretrained(folder)

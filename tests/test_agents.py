@@ -46,7 +46,8 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def limits(image_root):
 
 @pytest.fixture(scope="module")
 def service(tiny_segmenter, limits):
-    return SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))), limits)
+    return SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))),
+                               limits)
 
 
 # --------------------------------------------------------------------------- safety rules
@@ -276,7 +278,8 @@ def test_langchain_agent_loop_drives_the_tool(service):
     tool = segment_tool(service)
     model = GenericFakeChatModel(messages=iter([
         AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "id": "call-1",
-                                           "args": {"image_path": "voc.jpg", "vocabulary": ["person", "chair", "table"]}}]),
+                                           "args": {"image_path": "voc.jpg",
+                                                    "vocabulary": ["person", "chair", "table"]}}]),
         AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "id": "call-2",
                                            "args": {"image_path": "../secret.png", "vocabulary": ["cat"]}}]),
         AIMessage(content="There are people at a table."),
@@ -302,7 +305,8 @@ def test_langchain_tool_async_variant(service):
 
     tool = segment_tool(service)
     call = {"type": "tool_call", "name": tool.name, "id": "a1",
-            "args": {"image_base64": base64.b64encode(PHOTO.read_bytes()).decode(), "vocabulary": "voc21", "masks": "none"}}
+            "args": {"image_base64": base64.b64encode(PHOTO.read_bytes()).decode(), "vocabulary": "voc21",
+                     "masks": "none"}}
     message = asyncio.run(tool.ainvoke(call))
     assert message.artifact["masks"] is None and message.artifact["classes"]
     bad = asyncio.run(tool.ainvoke({**call, "args": {"vocabulary": "voc21"}}))
@@ -443,7 +447,8 @@ def test_mcp_ten_concurrent_calls_at_a_limit_of_two(http_server):
 
     async def one(index: int):
         async with Client(url) as client:
-            return await client.call_tool("segment", {"image_path": "voc.jpg", "vocabulary": ["person", "chair", "table"],
+            return await client.call_tool("segment", {"image_path": "voc.jpg",
+                                                      "vocabulary": ["person", "chair", "table"],
                                                       "masks": "none"})
 
     async def main():
@@ -454,7 +459,8 @@ def test_mcp_ten_concurrent_calls_at_a_limit_of_two(http_server):
     for result in results:
         assert not result.is_error or "busy" in result.content[0].text
     assert sum(not r.is_error for r in results) >= 2 and process.poll() is None
-    assert len({r.structured_content["trace_id"] for r in results if not r.is_error}) == sum(not r.is_error for r in results)
+    assert (len({r.structured_content["trace_id"] for r in results if not r.is_error})
+            == sum(not r.is_error for r in results))
 
 
 def test_serve_refuses_a_bad_safety_config(tmp_path, tiny_model_files, image_root):

@@ -24,7 +24,7 @@ def plain_gaussian(grid_h, grid_w, sigma):
 
 
 def plain_last_block(block, x, variant, grid, sigma=5.0):
-    """Straightforward per-head loops of the formulas in DESIGN §3."""
+    """Straightforward per-head loops of the formulas in docs/design.md §2."""
     attn = block.attn
     width = x.shape[-1]
     heads = attn.num_heads

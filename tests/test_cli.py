@@ -22,7 +22,12 @@ SCRIPT = ROOT / "examples" / "voc_reasoning.json"
 def run(*args, cwd=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -63,11 +68,23 @@ def test_no_reasoning_baseline(tmp_path, tiny_args):
 def test_invalid_lmm_answer_is_a_recorded_fallback(tmp_path, tiny_args):
     script = tmp_path / "bad.json"
     script.write_text(json.dumps({"generic_reasoning": {"person": "<<<not json>>>"}, "image_reasoning": ""}))
-    proc = run("segment", PHOTO, "--classes", "person, chair", "--lmm", f"scripted:{script}", *tiny_args, "--out", tmp_path / "o")
+    proc = run(
+        "segment",
+        PHOTO,
+        "--classes",
+        "person, chair",
+        "--lmm",
+        f"scripted:{script}",
+        *tiny_args,
+        "--out",
+        tmp_path / "o",
+    )
     assert proc.returncode == 0, proc.stderr
     fallbacks = json.loads((tmp_path / "o" / "result.json").read_text())["fallbacks"]
     assert {(f["step"], f["subject"]) for f in fallbacks} == {
-        ("generic_reasoning", "person"), ("generic_reasoning", "chair"), ("image_reasoning", "image-single-v1")
+        ("generic_reasoning", "person"),
+        ("generic_reasoning", "chair"),
+        ("image_reasoning", "image-single-v1"),
     }
     assert "fallback in" in proc.stderr
 
@@ -120,10 +137,21 @@ def test_vocabularies_lists_the_builtins():
 
 def test_reason_generic_is_resumable_and_exports_and_imports(tmp_path):
     script = tmp_path / "answers.json"
-    script.write_text(json.dumps({"generic_reasoning": {
-        "cat": {"name": "cat", "general_category": "animal", "sub_category": "pet", "attributes": ["whiskers", "fur"]},
-        "sofa": "garbage",
-    }}))
+    script.write_text(
+        json.dumps(
+            {
+                "generic_reasoning": {
+                    "cat": {
+                        "name": "cat",
+                        "general_category": "animal",
+                        "sub_category": "pet",
+                        "attributes": ["whiskers", "fur"],
+                    },
+                    "sofa": "garbage",
+                }
+            }
+        )
+    )
     cache = tmp_path / "r.sqlite"
     first = run("reason", "generic", "--classes", "cat, sofa, lamp", "--lmm", f"scripted:{script}", "--cache", cache)
     assert first.returncode == 0, first.stderr
@@ -158,8 +186,21 @@ def test_segment_with_chain_mode_record_and_cache(tmp_path, tiny_args):
     chain_script = tmp_path / "chain.json"
     chain_script.write_text(json.dumps(script))
     log, cache = tmp_path / "calls.jsonl", tmp_path / "cache.sqlite"
-    args = ["segment", PHOTO, "--vocab", "voc21", "--lmm", f"scripted:{chain_script}", "--image-reasoning", "chain",
-            "--lmm-record", log, "--cache", cache, *tiny_args]
+    args = [
+        "segment",
+        PHOTO,
+        "--vocab",
+        "voc21",
+        "--lmm",
+        f"scripted:{chain_script}",
+        "--image-reasoning",
+        "chain",
+        "--lmm-record",
+        log,
+        "--cache",
+        cache,
+        *tiny_args,
+    ]
     proc = run(*args, "--out", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "a" / "result.json").read_text())
@@ -178,9 +219,25 @@ def test_segment_with_self_check(tmp_path, tiny_args):
     script = json.loads(SCRIPT.read_text()) | {"self_check": {"choice": "chair", "confidence": 0.9, "reason": "legs"}}
     path = tmp_path / "script.json"
     path.write_text(json.dumps(script))
-    proc = run("segment", PHOTO, "--classes", "person, chair, table, bottle", "--lmm", f"scripted:{path}",
-               "--no-reasoning", "--self-check", "--self-check-margin", "0.5", "--self-check-k", "2",
-               "--self-check-max-calls", "3", *tiny_args, "--out", tmp_path / "o")
+    proc = run(
+        "segment",
+        PHOTO,
+        "--classes",
+        "person, chair, table, bottle",
+        "--lmm",
+        f"scripted:{path}",
+        "--no-reasoning",
+        "--self-check",
+        "--self-check-margin",
+        "0.5",
+        "--self-check-k",
+        "2",
+        "--self-check-max-calls",
+        "3",
+        *tiny_args,
+        "--out",
+        tmp_path / "o",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     trace = result["self_check"]
@@ -197,11 +254,33 @@ def test_self_check_needs_an_lmm_or_a_human(tmp_path, tiny_args):
 
 def test_self_check_human_mode_reads_answers_from_the_terminal(tmp_path, tiny_args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    args = ["segment", PHOTO, "--classes", "person, chair, table", "--no-reasoning", "--self-check",
-            "--self-check-mode", "human", "--self-check-margin", "0.5", "--self-check-rounds", "1",
-            "--self-check-k", "2", *tiny_args, "--out", tmp_path]
-    proc = subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], input="2\n\n",
-                          capture_output=True, text=True, env=env, timeout=300)
+    args = [
+        "segment",
+        PHOTO,
+        "--classes",
+        "person, chair, table",
+        "--no-reasoning",
+        "--self-check",
+        "--self-check-mode",
+        "human",
+        "--self-check-margin",
+        "0.5",
+        "--self-check-rounds",
+        "1",
+        "--self-check-k",
+        "2",
+        *tiny_args,
+        "--out",
+        tmp_path,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)],
+        input="2\n\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("your choice") == 2
     answers = json.loads((tmp_path / "result.json").read_text())["self_check"]["answers"]

@@ -10,7 +10,7 @@ import pytest
 from langgraph.runtime import Runtime
 
 from openseg_r import OpenSegR, Settings, build_graph
-from openseg_r.graph import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.nodes import (
     ClassAlignmentInput,
@@ -86,7 +86,9 @@ def test_generic_reasoning_is_cached_across_images(tiny_segmenter, voc, example_
 
 
 def test_invalid_lmm_answers_fall_back_and_are_recorded(tiny_segmenter, voc):
-    lmm = ScriptedLMM({"generic_reasoning": {"person": "I think a person is a human."}, "image_reasoning": "```json\n{broken"})
+    lmm = ScriptedLMM(
+        {"generic_reasoning": {"person": "I think a person is a human."}, "image_reasoning": "```json\n{broken"}
+    )
     result = OpenSegR(segmenter=tiny_segmenter, lmm=lmm).segment(voc["rgb"], "cat, person, sofa")
     fallbacks = {(f.step, f.subject): f for f in result.state.fallbacks}
     assert fallbacks[("generic_reasoning", "person")].used == "bare class name"

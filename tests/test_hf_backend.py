@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from langgraph.runtime import Runtime
 
-from openseg_r.graph import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm import LMMRequest
 from openseg_r.lmm.hf_local import HuggingFaceLMM
 from openseg_r.nodes import GenericReasoningInput, ImageReasoningInput, generic_reasoning, image_reasoning
@@ -40,14 +40,16 @@ def test_smollm2_generic_reasoning_is_valid_or_a_recorded_fallback(smollm):
 
 
 def test_generation_is_deterministic(smollm):
-    request = LMMRequest(step="generic_reasoning", subject="cat", prompt="Name a colour.", prompt_version="t", schema=ClassReasoning)
+    request = LMMRequest(step="generic_reasoning", subject="cat", prompt="Name a colour.", prompt_version="t",
+                         schema=ClassReasoning)
     assert smollm.complete(request) == smollm.complete(request)
 
 
 def test_text_model_refuses_images_and_the_node_falls_back(smollm):
     store = ArtifactStore()
     rgb = np.zeros((32, 32, 3), np.uint8)
-    state = ImageReasoningInput(image=ImageRef(key=store.put(rgb), width=32, height=32), vocabulary=parse_class_list("cat"))
+    state = ImageReasoningInput(image=ImageRef(key=store.put(rgb), width=32, height=32),
+                                vocabulary=parse_class_list("cat"))
     out = image_reasoning(state, Runtime(context=OpenSegContext(lmm=smollm, store=store)))
     assert out.image_reasoning is None
     assert "cannot look at images" in out.fallbacks[0].reason
@@ -57,7 +59,8 @@ def test_vision_language_model_code_path(tiny_vlm_dir):
     vlm = HuggingFaceLMM(str(tiny_vlm_dir), max_new_tokens=12)
     assert vlm.supports_images is True
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    with_image = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning, images=[rgb])
+    with_image = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning,
+                            images=[rgb])
     text_only = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning)
     answer, usage = vlm.complete(with_image)
     _, text_usage = vlm.complete(text_only)

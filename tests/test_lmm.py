@@ -42,7 +42,8 @@ def test_bad_answers_say_why(text, message):
 
 
 def test_hostile_values_are_bounded():
-    value = parse_structured('{"name": "' + "x" * 5000 + '", "attributes": ' + str(["a"] * 50).replace("'", '"') + "}", ClassReasoning)
+    value = parse_structured('{"name": "' + "x" * 5000 + '", "attributes": ' + str(["a"] * 50).replace("'", '"') + "}",
+                             ClassReasoning)
     assert len(value.name) <= 120 and len(value.attributes) <= 10
     image = ImageReasoning.model_validate({"description": None, "candidates": None})
     assert image.candidates == []

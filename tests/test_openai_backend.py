@@ -19,7 +19,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
-from openseg_r.graph import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm import LMMRequest
 from openseg_r.lmm.openai_compat import OpenAICompatibleLMM, _is_rejected_request, image_block
 from openseg_r.nodes import GenericReasoningInput, generic_reasoning
@@ -105,7 +105,8 @@ class SilentServer:
 
 
 def request():
-    return LMMRequest(step="generic_reasoning", subject="cat", prompt="Reason about cat.", prompt_version="t", schema=ClassReasoning)
+    return LMMRequest(step="generic_reasoning", subject="cat", prompt="Reason about cat.", prompt_version="t",
+                      schema=ClassReasoning)
 
 
 def test_a_server_that_times_out_is_a_bounded_recorded_failure():
@@ -149,6 +150,7 @@ def test_rejected_response_format_is_recognised():
     response = httpx.Response(400, request=httpx.Request("POST", "http://x/v1/chat/completions"))
     rejected = openai.BadRequestError("response_format is not supported", response=response, body=None)
     assert _is_rejected_request(rejected)
-    unauthorised = openai.AuthenticationError("bad key", response=httpx.Response(401, request=response.request), body=None)
+    unauthorised = openai.AuthenticationError("bad key", response=httpx.Response(401, request=response.request),
+                                              body=None)
     assert not _is_rejected_request(unauthorised)
     assert not _is_rejected_request(openai.APIConnectionError(request=response.request))

@@ -57,14 +57,16 @@ def test_record_then_replay_reproduces_the_run_exactly(tmp_path, tiny_segmenter,
     script = json.loads(EXAMPLE.read_text())
     script["generic_reasoning"]["cat"] = "not json at first"  # a re-ask is recorded and replayed too
     log = tmp_path / "calls.jsonl"
-    recorded = OpenSegR(segmenter=tiny_segmenter, lmm=RecordingLMM(ScriptedLMM(script), log)).segment(voc["rgb"], "voc21")
+    recorded = OpenSegR(segmenter=tiny_segmenter,
+                        lmm=RecordingLMM(ScriptedLMM(script), log)).segment(voc["rgb"], "voc21")
     assert len(log.read_text().splitlines()) == len(recorded.state.lmm_calls)
     replayed = OpenSegR(segmenter=tiny_segmenter, lmm=ReplayLMM(log)).segment(voc["rgb"], "voc21")
     assert replayed.state.prompts == recorded.state.prompts
     assert replayed.state.alignment == recorded.state.alignment
     assert [f.subject for f in replayed.state.fallbacks] == [f.subject for f in recorded.state.fallbacks] == ["cat"]
     assert np.array_equal(replayed.labels, recorded.labels)
-    assert replayed.state.lmm_calls[0].backend == f"replay:{recorded.state.lmm_calls[0].backend.split(':', 1)[1]}"  # the recorded model id is kept
+    # the recorded model id is kept
+    assert replayed.state.lmm_calls[0].backend == f"replay:{recorded.state.lmm_calls[0].backend.split(':', 1)[1]}"
 
 
 def test_replay_of_an_unrecorded_request_is_a_recorded_fallback(tmp_path, tiny_segmenter, voc):

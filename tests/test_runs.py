@@ -87,7 +87,9 @@ def test_runs_show_lists_every_node_in_order(recorded):
     assert "present: bottle, chair, diningtable, person" in text and "20 classes reasoned" in text
     assert "16 class(es) suppressed" in text
     step = cli("runs", "--runs-db", db.path, "show", result.run_id, "--step", "class_alignment")
-    assert json.loads(step.stdout[step.stdout.index("{"):])["alignment"] == result.state.alignment.model_dump(mode="json")
+    assert json.loads(step.stdout[step.stdout.index("{") :])["alignment"] == result.state.alignment.model_dump(
+        mode="json"
+    )
     listing = cli("runs", "--runs-db", db.path, "list")
     assert result.run_id[:12] in listing.stdout and "done" in listing.stdout and "voc" not in listing.stderr
 
@@ -109,8 +111,9 @@ def test_replay_from_self_check_with_new_settings(recorded, lmm):
     model, _, result = recorded
     lmm.script["self_check"] = {"choice": "none of these", "confidence": 0.9}
     calls = len(lmm.requests)
-    replay = model.replay(result.run_id, "self_check", self_check={"enabled": True, "margin_threshold": 0.5,
-                                                                    "max_calls": 3}).result
+    replay = model.replay(
+        result.run_id, "self_check", self_check={"enabled": True, "margin_threshold": 0.5, "max_calls": 3}
+    ).result
     new = lmm.requests[calls:]
     assert new and all(r.step == "self_check" for r in new) and len(new) <= 3
     assert replay.state.self_check is not None and replay.state.settings.self_check.max_calls == 3
@@ -122,9 +125,27 @@ def test_cli_replay_records_no_lmm_call(recorded, tmp_path, tiny_model_files):
     _, db, result = recorded
     config, weights = tiny_model_files
     calls = tmp_path / "calls.jsonl"
-    proc = cli("runs", "--runs-db", db.path, "replay", result.run_id, "--from", "segmentation",
-               "--set", "class_filter=soft", "--clip-model", config, "--clip-pretrained", weights,
-               "--lmm", f"scripted:{SCRIPT}", "--lmm-record", calls, "--out", tmp_path / "out")
+    proc = cli(
+        "runs",
+        "--runs-db",
+        db.path,
+        "replay",
+        result.run_id,
+        "--from",
+        "segmentation",
+        "--set",
+        "class_filter=soft",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--lmm-record",
+        calls,
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     assert not calls.exists() or calls.read_text() == ""
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -157,8 +178,9 @@ def test_a_crashed_run_resumes_to_the_same_result(tmp_path, tiny_clip, voc, lmm)
     resumed = model.resume(crashed.run_id).result
     assert len(lmm.requests) == calls  # reasoning came from the checkpoint
     assert db.get_run(crashed.run_id).status == "done" and resumed.run_id == crashed.run_id
-    uninterrupted = OpenSegR(segmenter=CLIPSegmenter(tiny_clip), lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))
-                             ).segment(voc["rgb"], "voc21")
+    uninterrupted = OpenSegR(
+        segmenter=CLIPSegmenter(tiny_clip), lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))
+    ).segment(voc["rgb"], "voc21")
     assert np.array_equal(resumed.labels, uninterrupted.labels)
     assert resumed.state.report == uninterrupted.state.report
     assert [t.node for t in resumed.state.timings] == [t.node for t in uninterrupted.state.timings]
@@ -183,8 +205,16 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed")
@@ -199,14 +229,30 @@ def test_html_report_in_headless_chromium(recorded, tmp_path, lmm):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     profile = tmp_path / "profile"
     base = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,3000"]
-    dom = subprocess.run([*base, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
-                          report.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*base, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for section in ("status", "input", "reasoning", "generic", "alignment", "prompts", "result", "confidence",
-                    "self-check", "timeline"):
-        assert f"id=\"{section}\"" in dom.stdout, section
+    for section in (
+        "status",
+        "input",
+        "reasoning",
+        "generic",
+        "alignment",
+        "prompts",
+        "result",
+        "confidence",
+        "self-check",
+        "timeline",
+    ):
+        assert f'id="{section}"' in dom.stdout, section
     images = int(dom.stdout.split('data-images="')[1].split('"')[0])
-    assert 'data-images-ok="yes"' in dom.stdout and images == 2 + 3 * len(replay.state.region_answers)  # input, overlay; crop, before, after per question
+    assert 'data-images-ok="yes"' in dom.stdout and images == 2 + 3 * len(
+        replay.state.region_answers
+    )  # input, overlay; crop, before, after per question
     assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
     shot = tmp_path / "shot.png"
     subprocess.run([*base, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
@@ -237,8 +283,12 @@ def test_redacted_runs_keep_images_out(tmp_path, tiny_segmenter, voc, lmm):
 def test_human_mode_run_waits_then_completes(tmp_path, tiny_segmenter, voc):
     db = RunsDB(tmp_path / "runs.sqlite")
     model = OpenSegR(segmenter=tiny_segmenter, runs_db=db)
-    run = model.start(voc["rgb"], "person, chair, table", reasoning=False,
-                      self_check={"enabled": True, "mode": "human", "margin_threshold": 0.5, "rounds": 1, "top_k": 1})
+    run = model.start(
+        voc["rgb"],
+        "person, chair, table",
+        reasoning=False,
+        self_check={"enabled": True, "mode": "human", "margin_threshold": 0.5, "rounds": 1, "top_k": 1},
+    )
     assert run.questions and db.get_run(run.run_id).status == "waiting"
     run.answer({run.questions[0]["region_id"]: "none of these"})
     assert run.result.run_id == run.run_id and db.get_run(run.run_id).status == "done"
@@ -297,9 +347,24 @@ def test_graph_mermaid_is_drawn_locally():
 def test_segment_cli_records_and_writes_the_step_log(tmp_path, tiny_model_files):
     config, weights = tiny_model_files
     db, log = tmp_path / "runs.sqlite", tmp_path / "steps.jsonl"
-    proc = cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "person, chair", "--no-reasoning",
-               "--clip-model", config, "--clip-pretrained", weights, "--out", tmp_path / "o", "--runs-db", db,
-               "--trace-jsonl", log, "--progress")
+    proc = cli(
+        "segment",
+        ROOT / "examples" / "voc.jpg",
+        "--classes",
+        "person, chair",
+        "--no-reasoning",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--out",
+        tmp_path / "o",
+        "--runs-db",
+        db,
+        "--trace-jsonl",
+        log,
+        "--progress",
+    )
     assert proc.returncode == 0, proc.stderr
     run_id = json.loads((tmp_path / "o" / "result.json").read_text())["run_id"]
     assert run_id in proc.stdout and "done segmentation" in proc.stderr
@@ -314,8 +379,19 @@ def test_cli_resume_of_a_crashed_run(tmp_path, tiny_clip, tiny_model_files, voc,
         OpenSegR(segmenter=CrashingSegmenter(tiny_clip), lmm=lmm, runs_db=db).segment(voc["rgb"], "voc21")
     run_id = db.list_runs()[0].run_id
     config, weights = tiny_model_files
-    proc = cli("runs", "--runs-db", db.path, "resume", run_id[:10], "--clip-model", config, "--clip-pretrained",
-               weights, "--out", tmp_path / "out")
+    proc = cli(
+        "runs",
+        "--runs-db",
+        db.path,
+        "resume",
+        run_id[:10],
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"run {run_id} (resumed)" in proc.stdout and db.get_run(run_id).status == "done"
     saved = json.loads((tmp_path / "out" / "result.json").read_text())

@@ -1,4 +1,4 @@
-"""Prompt composition and scoring against hand computations (DESIGN §2.4-2.5)."""
+"""Prompt composition and scoring against hand computations (docs/design.md §1.4-1.5)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.scoring import ClassFilter, build_query_bank
+from openseg_r.segment.scoring import apply_class_filter, build_query_bank
 from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
+from openseg_r.segmenter_io import ClassFilter
 from openseg_r.state import ClassPrompts, PromptSet
 
 
@@ -80,7 +81,8 @@ def test_softmax_over_all_names_then_max_is_the_reference_order():
     probs = bank.class_probabilities(scores[:, None], logit_scale=40.0)[:, 0].numpy()
     cos = {p: float(v @ feature) for p, v in TABLE.items()}
     expected = np.zeros(2)
-    for slot_names in (["sofa that has cushions", "couch that has cushions", "chair that has legs"], ["sofa", "couch", "chair"]):
+    for slot_names in (["sofa that has cushions", "couch that has cushions", "chair that has legs"],
+                       ["sofa", "couch", "chair"]):
         p = softmax([cos[n] for n in slot_names], 40)
         expected += [max(p[0], p[1]), p[2]]
     assert np.allclose(probs, expected / 2, atol=1e-5)
@@ -88,18 +90,18 @@ def test_softmax_over_all_names_then_max_is_the_reference_order():
 
 def test_hard_and_soft_filters_and_the_background_exemption():
     probs = torch.tensor([[0.2], [0.5], [0.3]])
-    hard = ClassFilter(present=[2], mode="hard", keep=(0,)).apply(probs)
+    hard = apply_class_filter(ClassFilter(present=[2], mode="hard", keep=(0,)), probs)
     assert hard[:, 0].tolist() == pytest.approx([0.2, 0.0, 0.3])
-    soft = ClassFilter(present=[2], mode="soft", soft_weight=0.5, keep=(0,)).apply(probs)
+    soft = apply_class_filter(ClassFilter(present=[2], mode="soft", soft_weight=0.5, keep=(0,)), probs)
     assert soft[:, 0].tolist() == pytest.approx([0.2, 0.25, 0.3])
-    assert torch.equal(ClassFilter(present=None).apply(probs), probs)
+    assert torch.equal(apply_class_filter(ClassFilter(present=None), probs), probs)
     assert ClassFilter(present=[2], mode="none").suppressed(3) == []
 
 
 def test_soft_filter_keeps_a_class_clip_is_sure_of():
     probs = torch.tensor([[0.95], [0.05]])
-    assert ClassFilter(present=[1], mode="soft", soft_weight=0.3).apply(probs).argmax() == 0
-    assert ClassFilter(present=[1], mode="hard").apply(probs).argmax() == 1
+    assert apply_class_filter(ClassFilter(present=[1], mode="soft", soft_weight=0.3), probs).argmax() == 0
+    assert apply_class_filter(ClassFilter(present=[1], mode="hard"), probs).argmax() == 1
 
 
 @pytest.mark.parametrize("shape,out", [((7, 9), (31, 20)), ((20, 33), (5, 8)), ((4, 4), (4, 4)), ((3, 50), (100, 17))])

@@ -17,18 +17,17 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from openseg_r import OpenSegR, build_graph
+from openseg_r.context import OpenSegContext
 from openseg_r.errors import ConfigError
-from openseg_r.graph import OpenSegContext
 from openseg_r.lmm import ScriptedLMM
-from openseg_r.lmm.base import LMMBackend
+from openseg_r.lmm.base import BaseLMMBackend
 from openseg_r.regions import (
     OUTLINE_COLOUR,
-    SegmentationArraysView,
     crop_box,
     find_ambiguous_regions,
     marked_crop,
 )
-from openseg_r.segment.segmenter import SegmentationArrays
+from openseg_r.segmenter_io import SegmentationArrays
 from openseg_r.state import UNKNOWN_LABEL, ImageRef, OpenSegState, RegionVerdict, SelfCheckSettings, Settings, Usage
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import parse_class_list
@@ -61,13 +60,11 @@ def synthetic_case():
     return arrays, truth
 
 
-class HashTextEmbedder:
+def hash_embeddings(names):
     """Text embeddings for the aligner: a fixed random unit vector per name (unrelated names
     are far apart)."""
-
-    def embed(self, names, templates):
-        rows = [np.random.default_rng(zlib.crc32(n.encode())).standard_normal(64) for n in names]
-        return torch.nn.functional.normalize(torch.tensor(np.array(rows), dtype=torch.float32), dim=-1)
+    rows = [np.random.default_rng(zlib.crc32(n.encode())).standard_normal(64) for n in names]
+    return torch.nn.functional.normalize(torch.tensor(np.array(rows), dtype=torch.float32), dim=-1)
 
 
 class InjectedSegmenter:
@@ -75,10 +72,15 @@ class InjectedSegmenter:
 
     def __init__(self, arrays: SegmentationArrays) -> None:
         self.arrays = arrays
-        self.text = HashTextEmbedder()
 
     def query_bank(self, prompts):
         return None
+
+    def embed_names(self, names):
+        return hash_embeddings(names)
+
+    def describe(self):
+        return {"segmenter": "injected arrays"}
 
     def segment(self, rgb, bank, **kwargs):
         a = self.arrays
@@ -86,7 +88,7 @@ class InjectedSegmenter:
                                   a.runner_up_confidence.copy())
 
 
-class TruthLMM(LMMBackend):
+class TruthLMM(BaseLMMBackend):
     """Knows the true label map: answers the majority true class inside the region's box,
     which the question states in image coordinates."""
 
@@ -135,8 +137,7 @@ def region_mask(box):
 
 def test_detection_finds_the_two_contested_boxes_ranked_by_area_times_doubt():
     arrays, _ = synthetic_case()
-    view = SegmentationArraysView(arrays.labels, arrays.confidence, arrays.runner_up,
-                                  arrays.runner_up_confidence, arrays.margin)
+    view = arrays
     regions = find_ambiguous_regions(view, SelfCheckSettings(enabled=True))
     assert [r.box for r in regions] == [WRONG_BOX, RIGHT_BOX]  # 50x40 before 36x20
     wrong = regions[0]
@@ -146,7 +147,8 @@ def test_detection_finds_the_two_contested_boxes_ranked_by_area_times_doubt():
     assert wrong.competing[0][2] == 1.0 and wrong.competing[1][2] == 0.0  # top-1 shares
     assert wrong.score == pytest.approx(2000 * 0.95)
     # asked pixels are never part of a new region; small regions are ignored
-    assert [r.box for r in find_ambiguous_regions(view, SelfCheckSettings(), asked=region_mask(WRONG_BOX))] == [RIGHT_BOX]
+    unasked = find_ambiguous_regions(view, SelfCheckSettings(), asked=region_mask(WRONG_BOX))
+    assert [r.box for r in unasked] == [RIGHT_BOX]
     assert [r.box for r in find_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=721))] == [WRONG_BOX]
     assert find_ambiguous_regions(view, SelfCheckSettings(margin_threshold=0.04)) == []
 
@@ -156,17 +158,26 @@ def test_detection_splits_a_blob_by_the_pair_of_classes_that_compete():
     runner_up = np.ones((40, 40), np.int32)
     runner_up[:, 20:] = 2  # left half: 0 vs 1; right half: 0 vs 2; one connected blob of doubt
     probs = np.full((40, 40), 0.4, np.float32)
-    view = SegmentationArraysView(labels, probs, runner_up, probs - 0.05, np.full((40, 40), 0.05, np.float32))
+    view = SegmentationArrays(
+        labels, probs, runner_up, margin=np.full((40, 40), 0.05, np.float32), runner_up_confidence=probs - 0.05
+    )
     regions = find_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=10))
     assert sorted((r.box, tuple(c for c, _, _ in r.competing)) for r in regions) == [
-        ((0, 0, 20, 40), (0, 1)), ((20, 0, 40, 40), (0, 2))]
+        ((0, 0, 20, 40), (0, 1)),
+        ((20, 0, 40, 40), (0, 2)),
+    ]
     assert all(r.at_border for r in regions)
 
 
 def test_one_class_has_no_runner_up_and_so_nothing_is_ambiguous():
     labels = np.zeros((32, 32), np.int32)
-    view = SegmentationArraysView(labels, np.ones((32, 32), np.float32), np.full((32, 32), -1, np.int32),
-                                  np.zeros((32, 32), np.float32), np.ones((32, 32), np.float32))
+    view = SegmentationArrays(
+        labels,
+        np.ones((32, 32), np.float32),
+        np.full((32, 32), -1, np.int32),
+        margin=np.ones((32, 32), np.float32),
+        runner_up_confidence=np.zeros((32, 32), np.float32),
+    )
     assert find_ambiguous_regions(view, SelfCheckSettings(margin_threshold=1.0)) == []
 
 
@@ -222,8 +233,16 @@ def test_a_truthful_lmm_fixes_exactly_the_wrong_region_and_nothing_else():
     areas = {c.name: c.pixels for c in state.report.classes}
     assert areas["armchair"] == 2000
     nodes = [t.node for t in state.timings]
-    assert nodes == ["prompt_composition", "segmentation", "find_ambiguous_regions", "check_region", "check_region",
-                     "apply_decisions", "find_ambiguous_regions", "finalize"]
+    assert nodes == [
+        "prompt_composition",
+        "segmentation",
+        "find_ambiguous_regions",
+        "check_region",
+        "check_region",
+        "apply_decisions",
+        "find_ambiguous_regions",
+        "finalize",
+    ]
 
 
 def test_each_region_is_asked_once_over_rounds_and_rounds_are_bounded():
@@ -306,7 +325,7 @@ def test_a_name_outside_the_competing_set_is_aligned_by_embeddings():
 def test_reweight_changes_only_pixels_where_the_boosted_class_wins():
     arrays, _ = synthetic_case()
     x0, y0, x1, y1 = WRONG_BOX
-    arrays.runner_up_confidence[y0:y1, x0:x0 + 10] = 0.2  # 0.2 x 2 < 0.45: stays sofa
+    arrays.runner_up_confidence[y0:y1, x0 : x0 + 10] = 0.2  # 0.2 x 2 < 0.45: stays sofa
     arrays.margin = arrays.confidence - arrays.runner_up_confidence
     lmm = ScriptedLMM({"self_check": {"r1.1": {"choice": "armchair", "confidence": 0.9}, "*": "none"}})
     output, store = run_graph(lmm, {"apply": "reweight", "margin_threshold": 0.3}, arrays=arrays)
@@ -416,8 +435,10 @@ def test_human_mode_pauses_resumes_with_command_and_completes():
 
 def test_facade_human_mode_with_a_callback_and_step_by_step(tiny_segmenter, voc):
     seg = OpenSegR(segmenter=tiny_segmenter)
-    settings = {"reasoning": False, "self_check": {"enabled": True, "mode": "human", "margin_threshold": 0.5,
-                                                   "rounds": 1, "top_k": 2}}
+    settings = {
+        "reasoning": False,
+        "self_check": {"enabled": True, "mode": "human", "margin_threshold": 0.5, "rounds": 1, "top_k": 2},
+    }
     with pytest.raises(ConfigError, match="human mode"):
         seg.segment(voc["rgb"], "person, chair, sofa, bottle", **settings)
     seen = []
@@ -448,8 +469,12 @@ def test_real_segmenter_trace_and_files(tiny_segmenter, voc, tmp_path):
     seg = OpenSegR(segmenter=tiny_segmenter, lmm=lmm)
     vocabulary = "person, chair, sofa, bottle"
     plain = seg.segment(voc["rgb"], vocabulary, reasoning=False)
-    result = seg.segment(voc["rgb"], vocabulary, reasoning=False,
-                         self_check={"enabled": True, "margin_threshold": 0.5, "none_policy": "unknown"})
+    result = seg.segment(
+        voc["rgb"],
+        vocabulary,
+        reasoning=False,
+        self_check={"enabled": True, "margin_threshold": 0.5, "none_policy": "unknown"},
+    )
     check = result.state.self_check
     assert check.calls_used == len(lmm.requests) <= 8
     assert np.array_equal(result.segmenter_labels, plain.labels)
@@ -469,7 +494,8 @@ def test_real_segmenter_trace_and_files(tiny_segmenter, voc, tmp_path):
 def test_one_class_vocabulary_asks_nothing(tiny_segmenter, voc):
     lmm = ScriptedLMM({"self_check": {"choice": "person", "confidence": 1}})
     result = OpenSegR(segmenter=tiny_segmenter, lmm=lmm).segment(
-        voc["rgb"], "person", reasoning=False, self_check={"enabled": True, "margin_threshold": 1.0})
+        voc["rgb"], "person", reasoning=False, self_check={"enabled": True, "margin_threshold": 1.0}
+    )
     assert result.state.self_check.stopped == "no ambiguous region found" and lmm.requests == []
 
 
@@ -494,7 +520,8 @@ def test_questions_carry_the_reasoning_already_held(tiny_segmenter, voc):
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}
     lmm = ScriptedLMM(script)
     result = OpenSegR(segmenter=tiny_segmenter, lmm=lmm).segment(
-        voc["rgb"], "voc21", class_filter="none", self_check={"enabled": True, "margin_threshold": 0.5})
+        voc["rgb"], "voc21", class_filter="none", self_check={"enabled": True, "margin_threshold": 0.5}
+    )
     regions = [r for rnd in result.state.self_check.rounds for r in rnd.regions]
     assert regions
     image_attributes = result.state.alignment.image_attributes

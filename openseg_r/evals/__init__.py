@@ -1,1 +1,2 @@
-"""Evaluation on standard benchmarks: datasets, metrics, runner (not built yet)."""
+"""Evaluation on the standard benchmarks: dataset readers, streaming metrics, and the
+resumable, shardable runner behind ``openseg-r eval`` (docs/design.md §6)."""

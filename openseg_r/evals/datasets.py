@@ -85,12 +85,14 @@ def _first_existing(root: Path, candidates: list[str], required: list[str], name
     raise DatasetError(f"{name}: the {layout} layout was not found. Looked in:\n  " + "\n  ".join(tried))
 
 
-def _from_list(base: Path, list_file: str, image_dir: str, image_ext: str, label_dir: str, label_ext: str) -> list[Sample]:
+def _from_list(base: Path, list_file: str, image_dir: str, image_ext: str, label_dir: str,
+               label_ext: str) -> list[Sample]:
     ids = [line.strip() for line in (base / list_file).read_text().splitlines() if line.strip()]
     return [Sample(i, base / image_dir / f"{i}{image_ext}", base / label_dir / f"{i}{label_ext}") for i in ids]
 
 
-def _from_folder(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str, recursive=False) -> list[Sample]:
+def _from_folder(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str,
+                 recursive=False) -> list[Sample]:
     pattern = f"**/*{image_suffix}" if recursive else f"*{image_suffix}"
     samples = []
     for image in sorted(image_dir.glob(pattern)):
@@ -105,7 +107,8 @@ def _from_folder(image_dir: Path, label_dir: Path, image_suffix: str, label_suff
 
 def _voc(root: Path, split: str) -> list[Sample]:
     base = _first_existing(root, ["", "VOC2012", "VOCdevkit/VOC2012"],
-                           ["JPEGImages", "SegmentationClass", f"ImageSets/Segmentation/{split}.txt"], "VOC", "mmseg VOC2012")
+                           ["JPEGImages", "SegmentationClass", f"ImageSets/Segmentation/{split}.txt"], "VOC",
+                           "mmseg VOC2012")
     return _from_list(base, f"ImageSets/Segmentation/{split}.txt", "JPEGImages", ".jpg", "SegmentationClass", ".png")
 
 
@@ -180,10 +183,12 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("voc20", "voc20", "val", "mmseg VOC2012 (background ignored)", _voc, reduce_zero_label),
         DatasetSpec("pc60", "pc60", "val", "mmseg VOC2010 context", _context, _keep),
         DatasetSpec("pc59", "pc59", "val", "mmseg VOC2010 context (background ignored)", _context, reduce_zero_label),
-        DatasetSpec("pc459", "pc459", "validation", "detectron2 pascal_ctx_d2", _context459, _sixteen_bit, IGNORE_16BIT),
+        DatasetSpec("pc459", "pc459", "validation", "detectron2 pascal_ctx_d2", _context459, _sixteen_bit,
+                    IGNORE_16BIT),
         DatasetSpec("ade150", "ade150", "validation", "mmseg ADEChallengeData2016 (reduce-zero-label)", _ade150,
                     reduce_zero_label),
-        DatasetSpec("ade847", "ade847", "validation", "detectron2 ADE20K_2021_17_01", _ade847, _sixteen_bit, IGNORE_16BIT),
+        DatasetSpec("ade847", "ade847", "validation", "detectron2 ADE20K_2021_17_01", _ade847, _sixteen_bit,
+                    IGNORE_16BIT),
         DatasetSpec("coco_stuff171", "coco_stuff171", "val2017", "mmseg coco_stuff164k", _coco_stuff, _keep),
         DatasetSpec("coco_object", "coco_object", "val2017", "coco_object", _coco_object, _keep),
         DatasetSpec("cityscapes", "cityscapes", "val", "cityscapes", _cityscapes, _keep),
@@ -199,7 +204,8 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[key]
 
 
-def select(samples: list[Sample], limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None) -> list[Sample]:
+def select(samples: list[Sample], limit: int | None = None, seed: int = 0,
+           shard: tuple[int, int] | None = None) -> list[Sample]:
     """A deterministic subset: sorted by id, ``limit`` drawn with ``seed``, then shard i of n
     (every n-th image from i), so shards never overlap and together cover the subset."""
     ordered = sorted(samples, key=lambda s: s.id)

@@ -62,7 +62,8 @@ def image_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_i
     label_values = label[valid].astype(np.int64)
     if label_values.size and (label_values.min() < 0 or label_values.max() >= num_classes):
         bad = label_values[(label_values < 0) | (label_values >= num_classes)][0]
-        raise ValueError(f"label value {bad} is outside 0..{num_classes - 1} and is not the ignore index {ignore_index}")
+        raise ValueError(f"label value {bad} is outside 0..{num_classes - 1} "
+                         f"and is not the ignore index {ignore_index}")
     pred_values = pred[valid].astype(np.int64)
     known = (pred_values >= 0) & (pred_values < num_classes)
     hit = known & (pred_values == label_values)

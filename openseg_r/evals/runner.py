@@ -60,7 +60,8 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     samples = select(dataset.samples(root, split), limit, seed, shard)
     has_lmm = not isinstance(model.lmm, NoLMM)
     if ablation and not has_lmm:
-        raise ConfigError("--ablation compares reasoning settings: give an LMM (--lmm), a replay file, or a scripted one")
+        raise ConfigError("--ablation compares reasoning settings: "
+                          "give an LMM (--lmm), a replay file, or a scripted one")
     settings = settings_for(ablation, has_lmm)
     config = {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
               "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
@@ -240,7 +241,8 @@ def _markdown(summary: dict, names: list[str]) -> str:
         lines += ["", f"Largest per-class IoU changes, {names[0]} → {names[-1]}:", "",
                   "| class | IoU before | IoU after | Δ |", "| --- | ---: | ---: | ---: |"]
         for row in summary["largest_class_changes"]:
-            lines.append(f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} | {_fmt(row['delta'], True)} |")
+            lines.append(f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} "
+                         f"| {_fmt(row['delta'], True)} |")
     lines += ["", "LMM calls count only calls made: reasoning shared between settings (cached) is counted once."]
     return "\n".join(lines) + "\n"
 

@@ -25,13 +25,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from pydantic import BaseModel
 
-from openseg_r.graph.context import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.nodes import (
     ApplyDecisionsInput,
     CheckRegionInput,
     ClassAlignmentInput,
-    FindRegionsInput,
     FinalizeInput,
+    FindRegionsInput,
     GenericReasoningInput,
     ImageReasoningInput,
     PromptCompositionInput,
@@ -39,8 +39,8 @@ from openseg_r.nodes import (
     apply_decisions,
     check_region,
     class_alignment,
-    find_ambiguous_regions,
     finalize,
+    find_ambiguous_regions,
     generic_reasoning,
     image_reasoning,
     prompt_composition,
@@ -102,7 +102,9 @@ def build_graph(*, checkpointer: Any = None, cache: Any = None):
     builder = StateGraph(OpenSegState, context_schema=OpenSegContext)
     for name, function, input_model in NODES:
         builder.add_node(name, _timed(name, function), input_schema=input_model)
-    builder.add_conditional_edges(START, route_after_start, ["generic_reasoning", "image_reasoning", "prompt_composition"])
+    builder.add_conditional_edges(
+        START, route_after_start, ["generic_reasoning", "image_reasoning", "prompt_composition"]
+    )
     builder.add_edge(["generic_reasoning", "image_reasoning"], "class_alignment")
     builder.add_edge("class_alignment", "prompt_composition")
     builder.add_edge("prompt_composition", "segmentation")

@@ -3,7 +3,7 @@
 A node builds an :class:`LMMRequest` (prompt, images, pydantic schema) and calls
 ``backend.ask(request)``. It gets an :class:`LMMReply`: the validated object or
 ``None``, the raw text, token usage, and a trace record of every attempt. A
-backend only has to implement :meth:`LMMBackend.complete` (text in, text out);
+backend only has to implement :meth:`BaseLMMBackend.complete` (text in, text out);
 parsing, validation and the bounded re-ask live here, once.
 """
 
@@ -46,7 +46,7 @@ class LMMReply(Generic[T]):
     error: str | None = None
 
 
-class LMMBackend(ABC):
+class BaseLMMBackend(ABC):
     """Base class: subclasses implement :meth:`complete`; :meth:`ask` does the rest.
 
     ``name`` is the backend kind; ``model_id`` names the model (cache keys use it,
@@ -122,7 +122,7 @@ class LMMBackend(ABC):
         )
 
 
-class NoLMM(LMMBackend):
+class NoLMM(BaseLMMBackend):
     """``none``: there is no LMM. Reasoning nodes fall back to bare class names."""
 
     name = "none"

@@ -19,11 +19,11 @@ from threading import Lock
 from PIL import Image
 
 from openseg_r.errors import ConfigError
-from openseg_r.lmm.base import LMMBackend, LMMRequest, reask_text
+from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
 from openseg_r.state import Usage
 
 
-class HuggingFaceLMM(LMMBackend):
+class HuggingFaceLMM(BaseLMMBackend):
     name = "hf"
 
     def __init__(
@@ -59,7 +59,8 @@ class HuggingFaceLMM(LMMBackend):
             self.supports_images = hasattr(config, "vision_config") and not gguf_file
             self._load(model, kwargs)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load Hugging Face model {self.model_id!r}: {str(exc).splitlines()[0][:300]}") from None
+            raise ConfigError(f"cannot load Hugging Face model {self.model_id!r}: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
 
     def _load(self, model: str, kwargs: dict) -> None:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer

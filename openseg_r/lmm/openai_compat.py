@@ -21,14 +21,14 @@ from threading import Lock
 import numpy as np
 from PIL import Image
 
-from openseg_r.lmm.base import LMMBackend, LMMRequest, reask_text
+from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
 from openseg_r.state import Usage
 
 DEFAULT_API_KEY_ENVS = ("OPENSEG_R_API_KEY", "OPENAI_API_KEY")
 OLLAMA_URL = "http://127.0.0.1:11434/v1"
 
 
-class OpenAICompatibleLMM(LMMBackend):
+class OpenAICompatibleLMM(BaseLMMBackend):
     name = "openai"
 
     def __init__(

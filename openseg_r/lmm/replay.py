@@ -20,7 +20,7 @@ from threading import Lock
 import numpy as np
 
 from openseg_r.errors import ConfigError
-from openseg_r.lmm.base import LMMBackend, LMMRequest
+from openseg_r.lmm.base import BaseLMMBackend, LMMRequest
 from openseg_r.lmm.upstream import load_generic_file, load_image_file
 from openseg_r.state import Usage
 
@@ -39,10 +39,10 @@ def image_hash(image: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
 
 
-class RecordingLMM(LMMBackend):
+class RecordingLMM(BaseLMMBackend):
     """Wraps a backend and appends every call (successful or not) to a JSONL file."""
 
-    def __init__(self, inner: LMMBackend, path: str | Path) -> None:
+    def __init__(self, inner: BaseLMMBackend, path: str | Path) -> None:
         self.inner = inner
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ class RecordingLMM(LMMBackend):
             handle.write(line + "\n")
 
 
-class ReplayLMM(LMMBackend):
+class ReplayLMM(BaseLMMBackend):
     name = "replay"
 
     def __init__(self, source: str | Path, max_attempts: int = 2) -> None:
@@ -121,7 +121,8 @@ class ReplayLMM(LMMBackend):
             with self._lock:
                 answers = self._answers.get(key)
                 if not answers:
-                    raise LookupError(f"no recorded answer for this {request.step} request ({request.subject or 'image'})")
+                    raise LookupError(f"no recorded answer for this {request.step} request "
+                                      f"({request.subject or 'image'})")
                 position = self._positions[key]
                 self._positions[key] = position + 1
             return answers[min(position, len(answers) - 1)]

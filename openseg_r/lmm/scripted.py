@@ -24,13 +24,13 @@ from pathlib import Path
 from threading import Lock
 
 from openseg_r.errors import ConfigError
-from openseg_r.lmm.base import LMMBackend, LMMRequest
+from openseg_r.lmm.base import BaseLMMBackend, LMMRequest
 from openseg_r.state import Usage
 
 SUBJECT_KEYED_STEPS = {"generic_reasoning"}
 
 
-class ScriptedLMM(LMMBackend):
+class ScriptedLMM(BaseLMMBackend):
     name = "scripted"
     model_id = "scripted"
 

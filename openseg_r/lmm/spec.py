@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 
 from openseg_r.errors import ConfigError
-from openseg_r.lmm.base import LMMBackend, NoLMM
+from openseg_r.lmm.base import BaseLMMBackend, NoLMM
 
 KINDS = ("none", "scripted", "replay", "openai", "ollama", "hf")
 
@@ -64,9 +64,9 @@ def configured_spec(explicit: str | None = None) -> str:
     return value
 
 
-def backend_from_spec(spec: str | LMMBackend | None, record: str | Path | None = None) -> LMMBackend:
+def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None) -> BaseLMMBackend:
     """Build the backend; with ``record``, every call is appended to that JSONL file."""
-    backend = spec if isinstance(spec, LMMBackend) else _build(spec)
+    backend = spec if isinstance(spec, BaseLMMBackend) else _build(spec)
     if isinstance(spec, str):
         backend.spec = spec.strip()  # recorded with runs, to build the same backend again
     if record is not None:
@@ -76,7 +76,7 @@ def backend_from_spec(spec: str | LMMBackend | None, record: str | Path | None =
     return backend
 
 
-def _build(spec: str | None) -> LMMBackend:
+def _build(spec: str | None) -> BaseLMMBackend:
     spec = (spec or "none").strip()
     if spec == "none":
         return NoLMM()

@@ -6,8 +6,15 @@ import numpy as np
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
-from openseg_r.graph.context import OpenSegContext
-from openseg_r.state import ClassSummary, SegmentationOutput, SegmentationReport, SelfCheckState, Vocabulary
+from openseg_r.context import OpenSegContext
+from openseg_r.state import (
+    ClassSummary,
+    SegmentationOutput,
+    SegmentationReport,
+    SelfCheckState,
+    Vocabulary,
+    final_output,
+)
 
 
 class FinalizeInput(BaseModel):
@@ -48,8 +55,3 @@ def finalize(state: FinalizeInput, runtime: Runtime[OpenSegContext]) -> Finalize
     present = [s.name for s in sorted(summaries, key=lambda s: -s.pixels) if s.pixels > 0]
     unknown = int(flat.size - known.sum())
     return FinalizeOutput(report=SegmentationReport(classes=summaries, present_classes=present, unknown_pixels=unknown))
-
-
-def final_output(segmentation: SegmentationOutput, self_check: SelfCheckState | None) -> SegmentationOutput:
-    """The arrays after the self-check when it ran, else the segmenter's."""
-    return self_check.output if self_check is not None else segmentation

@@ -1,4 +1,4 @@
-"""Generic reasoning (DESIGN §2.1): a coarse-to-fine chain per class, image-independent, cached."""
+"""Generic reasoning (docs/design.md §1.1): a coarse-to-fine chain per class, image-independent, cached."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.graph.context import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm.base import LMMRequest
 from openseg_r.prompts.reasoning import GENERIC_REASONING
 from openseg_r.state import ClassReasoning, Fallback, LMMCall, Settings, Vocabulary
@@ -65,7 +65,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
             runtime.stream_writer({"event": "progress", "node": STEP, "done": done, "total": len(to_ask)})
             calls.extend(reply.calls)
             if reply.value is None:
-                fallbacks.append(Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name"))
+                fallbacks.append(
+                    Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name")
+                )
                 reasoning[name] = ClassReasoning(name=name)
                 continue
             reasoning[name] = reply.value.model_copy(update={"name": name})

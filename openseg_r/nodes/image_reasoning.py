@@ -1,4 +1,4 @@
-"""Image reasoning (DESIGN §2.2): describe the image, find the classes present, and
+"""Image reasoning (docs/design.md §1.2): describe the image, find the classes present, and
 reason about each one as it looks here.
 
 ``single`` (default): one structured LMM call returns everything.
@@ -16,9 +16,9 @@ import json
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.graph.context import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm.base import LMMRequest
-from openseg_r.nodes.class_alignment import normalise_name
+from openseg_r.matching import NameMatcher, normalise_name
 from openseg_r.prompts.reasoning import (
     CANDIDATE_REASONING,
     CANDIDATE_SEARCH,
@@ -63,7 +63,13 @@ def image_cache_key(lmm, image: ImageRef, names: list[str], mode: str) -> dict:
         else "+".join(p.version for p in (IMAGE_DESCRIPTION, CANDIDATE_SEARCH, CANDIDATE_REASONING))
     )
     classes = hashlib.sha256(json.dumps(names, ensure_ascii=False).encode()).hexdigest()[:16]
-    return {"model": lmm.cache_identity, "prompt_version": versions, "subject": image.key, "classes": classes, "mode": mode}
+    return {
+        "model": lmm.cache_identity,
+        "prompt_version": versions,
+        "subject": image.key,
+        "classes": classes,
+        "mode": mode,
+    }
 
 
 def image_reasoning(state: ImageReasoningInput, runtime: Runtime[OpenSegContext]) -> ImageReasoningOutput:
@@ -123,26 +129,13 @@ def _chain(ask: _Asker, vocabulary: Vocabulary, names: list[str]) -> ImageReason
     found = ask(CANDIDATE_SEARCH, CandidateSearch, search_text, NO_FILTER)
     if found is None:
         return None
-    present = _known_names(found.present, vocabulary)
+    present = NameMatcher(c for c in vocabulary.classes if not c.is_background).known_names(found.present)
     if not present:
         return ImageReasoning(description=description, candidates=[ClassReasoning(name=n) for n in found.present])
     reasons_text = CANDIDATE_REASONING.render(class_list=class_list_text(present))
     reasons = ask(CANDIDATE_REASONING, CandidateReasons, reasons_text, "candidates without image attributes")
     by_name = {normalise_name(c.name): c for c in (reasons.candidates if reasons else [])}
     candidates = [by_name.get(normalise_name(name)) or ClassReasoning(name=name) for name in present]
-    return ImageReasoning(description=description, candidates=[c.model_copy(update={"name": n}) for c, n in zip(candidates, present)])
-
-
-def _known_names(raw_names: list[str], vocabulary: Vocabulary) -> list[str]:
-    """Vocabulary display names for the raw names that match a class (exactly or normalised)."""
-    lookup = {}
-    for cls in vocabulary.classes:
-        if not cls.is_background:
-            for query in [cls.name, *cls.queries]:
-                lookup.setdefault(normalise_name(query), cls.name)
-    present: list[str] = []
-    for raw in raw_names:
-        name = lookup.get(normalise_name(raw))
-        if name and name not in present:
-            present.append(name)
-    return present
+    return ImageReasoning(
+        description=description, candidates=[c.model_copy(update={"name": n}) for c, n in zip(candidates, present)]
+    )

@@ -1,4 +1,4 @@
-"""Prompt composition (DESIGN §2.4): choose each class's attribute slots.
+"""Prompt composition (docs/design.md §1.4): choose each class's attribute slots.
 
 Image attributes if image reasoning found the class, else its generic attributes,
 else none. The first ``n_attributes`` fill the slots; a class with fewer

@@ -1,12 +1,12 @@
-"""Segmentation (DESIGN §2.5): dense CLIP against the composed prompts, with the class filter."""
+"""Segmentation (docs/design.md §1.5): dense CLIP against the composed prompts, with the class filter."""
 
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.graph.context import OpenSegContext
-from openseg_r.segment.scoring import ClassFilter
+from openseg_r.context import OpenSegContext
+from openseg_r.segmenter_io import ClassFilter
 from openseg_r.state import ClassAlignment, ImageRef, PromptSet, SegmentationOutput, Settings, Vocabulary
 
 

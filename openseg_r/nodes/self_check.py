@@ -22,21 +22,23 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, ValidationError
 
-from openseg_r.graph.context import OpenSegContext
+from openseg_r.context import OpenSegContext
 from openseg_r.lmm.base import LMMRequest
-from openseg_r.nodes.class_alignment import name_embedder, normalise_name
+from openseg_r.matching import NameMatcher, normalise_name
 from openseg_r.prompts.reasoning import CROP_AND_CONTEXT_NOTE, CROP_NOTE, SELF_CHECK, class_list_text, quoted
 from openseg_r.regions import (
-    SegmentationArraysView,
     context_image,
     crop_box,
-    find_ambiguous_regions as find_regions,
     full_mask,
     mark_unknown,
     marked_crop,
     relabel,
     reweight,
 )
+from openseg_r.regions import (
+    find_ambiguous_regions as find_regions,
+)
+from openseg_r.segmenter_io import SegmentationArrays
 from openseg_r.state import (
     AmbiguousRegion,
     ClassAlignment,
@@ -44,7 +46,6 @@ from openseg_r.state import (
     Fallback,
     ImageRef,
     LMMCall,
-    NameAlignment,
     RegionAnswer,
     RegionChange,
     RegionEvidence,
@@ -54,6 +55,7 @@ from openseg_r.state import (
     SelfCheckState,
     Settings,
     Vocabulary,
+    VocabularyClass,
 )
 from openseg_r.store import ArtifactStore
 
@@ -160,7 +162,7 @@ def _attributes_held(name: str, state: FindRegionsInput) -> list[str]:
     return generic.attributes if generic else []
 
 
-def load_arrays(store: ArtifactStore, output: SegmentationOutput) -> SegmentationArraysView:
+def load_arrays(store: ArtifactStore, output: SegmentationOutput) -> SegmentationArrays:
     """Writable copies of the arrays (the store's are read-only)."""
     labels = store.get(output.labels_key)
     runner_up_confidence = (
@@ -168,7 +170,7 @@ def load_arrays(store: ArtifactStore, output: SegmentationOutput) -> Segmentatio
         if output.runner_up_confidence_key
         else np.zeros(labels.shape, np.float32)
     )
-    return SegmentationArraysView(
+    return SegmentationArrays(
         labels=labels.copy(),
         confidence=store.get(output.confidence_key).copy(),
         runner_up=store.get(output.runner_up_key),
@@ -200,7 +202,8 @@ def check_region(state: CheckRegionInput, runtime: Runtime[OpenSegContext]) -> C
     ctx, cfg, region = runtime.context, state.settings.self_check, state.region
     rgb = ctx.store.get(state.image.key)
     mask = full_mask(rgb.shape[:2], region.box, ctx.store.get(region.mask_key))
-    crop = marked_crop(rgb, mask, crop_box(region.box, state.image.width, state.image.height, cfg.context, cfg.min_crop))
+    box = crop_box(region.box, state.image.width, state.image.height, cfg.context, cfg.min_crop)
+    crop = marked_crop(rgb, mask, box)
     images = [crop]
     crop_key = ctx.store.put(crop, kind="image")
     context_key = None
@@ -209,24 +212,35 @@ def check_region(state: CheckRegionInput, runtime: Runtime[OpenSegContext]) -> C
         context_key = ctx.store.put(overview, kind="image")
         images.append(overview)
     question = region_question(state.image, region, with_context=cfg.full_image)
-    base = {"region_id": region.id, "round": region.round, "question": question, "crop_key": crop_key,
-            "context_key": context_key}
+    base = {
+        "region_id": region.id,
+        "round": region.round,
+        "question": question,
+        "crop_key": crop_key,
+        "context_key": context_key,
+    }
     if cfg.mode == "human":
         reply = interrupt(human_question_payload(region, question, crop_key, context_key))
         answer = _human_answer(reply, base, state, runtime)
         return CheckRegionOutput(region_answers=[answer])
     request = LMMRequest(
-        step=STEP, prompt=question, prompt_version=SELF_CHECK.version, schema=RegionVerdict, images=images,
+        step=STEP,
+        prompt=question,
+        prompt_version=SELF_CHECK.version,
+        schema=RegionVerdict,
+        images=images,
         subject=region.id,
     )
     with ctx.lmm_slots:
         reply = ctx.lmm.ask(request, max_attempts=state.call_allowance)
     fallbacks = []
     if reply.value is None:
-        answer = RegionAnswer(**base, source="lmm", verdict="no_answer", lmm_calls=len(reply.calls),
-                              note=reply.error or "no answer")
-        fallbacks.append(Fallback(step=STEP, subject=region.id, reason=reply.error or "no answer",
-                                  used="region left as segmented"))
+        answer = RegionAnswer(
+            **base, source="lmm", verdict="no_answer", lmm_calls=len(reply.calls), note=reply.error or "no answer"
+        )
+        fallbacks.append(
+            Fallback(step=STEP, subject=region.id, reason=reply.error or "no answer", used="region left as segmented")
+        )
     else:
         answer = resolve_verdict(reply.value, region, state.vocabulary, state.settings, ctx, base, "lmm")
         answer.lmm_calls = len(reply.calls)
@@ -243,7 +257,12 @@ def region_question(image: ImageRef, region: AmbiguousRegion, with_context: bool
     return SELF_CHECK.render(
         images_note=CROP_AND_CONTEXT_NOTE if with_context else CROP_NOTE,
         class_list=class_list_text([e.name for e in region.competing]),
-        width=image.width, height=image.height, x0=x0, x1=x1, y0=y0, y1=y1,
+        width=image.width,
+        height=image.height,
+        x0=x0,
+        x1=x1,
+        y0=y0,
+        y1=y1,
         evidence=evidence,
     )
 
@@ -278,49 +297,43 @@ def _human_answer(reply: object, base: dict, state: CheckRegionInput, runtime) -
 
 
 def resolve_verdict(
-    verdict: RegionVerdict, region: AmbiguousRegion, vocabulary: Vocabulary, settings: Settings,
-    ctx: OpenSegContext, base: dict, source: str,
+    verdict: RegionVerdict,
+    region: AmbiguousRegion,
+    vocabulary: Vocabulary,
+    settings: Settings,
+    ctx: OpenSegContext,
+    base: dict,
+    source: str,
 ) -> RegionAnswer:
     """Map the answer's choice onto the competing classes, "none of these", or a rejection."""
-    common = dict(**base, source=source, raw_choice=verdict.choice, confidence=verdict.confidence,
-                  reason=verdict.reason)
+    common = dict(
+        **base, source=source, raw_choice=verdict.choice, confidence=verdict.confidence, reason=verdict.reason
+    )
     raw = verdict.choice
-    key = normalise_name(raw)
-    if key in _NONE_ANSWERS:
+    if normalise_name(raw) in _NONE_ANSWERS:
         return RegionAnswer(**common, verdict="none_of_these")
-    competing = [e.name for e in region.competing]
-    synonyms = {c.name: [c.name, *c.queries] for c in vocabulary.classes}
-    for name in competing:
-        for query in synonyms.get(name, [name]):
-            if raw == query:
-                return RegionAnswer(**common, verdict="class", choice=name,
-                                    alignment=NameAlignment(raw=raw, matched=name, method="exact"))
-            if key == normalise_name(query):
-                return RegionAnswer(**common, verdict="class", choice=name,
-                                    alignment=NameAlignment(raw=raw, matched=name, method="normalised"))
-    for cls in vocabulary.classes:
-        if any(key == normalise_name(q) for q in [cls.name, *cls.queries]):
-            return RegionAnswer(**common, verdict="rejected", alignment=NameAlignment(raw=raw, matched=None,
-                                method="dropped"), note=f"names {cls.name!r}, which does not compete here")
-    aligned = _align_to_competing(raw, competing, synonyms, settings.align_threshold, ctx)
+    by_name = {c.name: c for c in vocabulary.classes}
+    competing = [by_name.get(e.name) or VocabularyClass(name=e.name, queries=[e.name]) for e in region.competing]
+    matcher = NameMatcher(competing)
+    aligned = matcher.match_text(raw)
+    if aligned.matched is None:
+        elsewhere = NameMatcher(vocabulary.classes).match_text(raw).matched
+        if elsewhere is not None:
+            return RegionAnswer(
+                **common,
+                verdict="rejected",
+                alignment=aligned,
+                note=f"names {elsewhere!r}, which does not compete here",
+            )
+        embed = ctx.name_embedder()
+        if embed is not None:
+            aligned = matcher.match_embeddings([raw], embed, settings.align_threshold)[0]
     if aligned.matched is not None:
         return RegionAnswer(**common, verdict="class", choice=aligned.matched, alignment=aligned)
     score = f" (best similarity {aligned.score:.2f})" if aligned.score is not None else ""
-    return RegionAnswer(**common, verdict="rejected", alignment=aligned,
-                        note=f"the choice matches none of the competing classes{score}")
-
-
-def _align_to_competing(raw: str, competing: list[str], synonyms: dict, threshold: float, ctx) -> NameAlignment:
-    embed = name_embedder(ctx)
-    if embed is None:
-        return NameAlignment(raw=raw, matched=None, method="dropped")
-    queries = [(name, q) for name in competing for q in synonyms.get(name, [name])]
-    vectors = embed([q for _, q in queries])
-    similarity = (embed([raw]).to(vectors.device) @ vectors.T)[0]
-    score, index = (float(v) for v in similarity.max(dim=0))
-    if score >= threshold:
-        return NameAlignment(raw=raw, matched=queries[int(index)][0], method="embedding", score=round(score, 4))
-    return NameAlignment(raw=raw, matched=None, method="dropped", score=round(score, 4))
+    return RegionAnswer(
+        **common, verdict="rejected", alignment=aligned, note=f"the choice matches none of the competing classes{score}"
+    )
 
 
 # --------------------------------------------------------------------------- apply
@@ -356,7 +369,11 @@ def apply_decisions(state: ApplyDecisionsInput, runtime: Runtime[OpenSegContext]
         action, why, to_class, changed = _decide(answer, cfg, arrays, mask, index)
         check.changes.append(
             RegionChange(
-                region_id=region.id, round=region.round, action=action, why=why, to_class=to_class,
+                region_id=region.id,
+                round=region.round,
+                action=action,
+                why=why,
+                to_class=to_class,
                 pixels_changed=int(changed.sum()) if changed is not None else 0,
                 from_classes=_from_classes(before, changed, names) if changed is not None else {},
             )
@@ -383,8 +400,18 @@ def _decide(answer: RegionAnswer | None, cfg, arrays, mask, index):
     cls = index[answer.choice]
     if cfg.apply == "reweight":
         changed = reweight(arrays, mask, cls, cfg.reweight_factor)
-        return "reweight", f"{answer.choice!r} weighted x{cfg.reweight_factor} inside the region", answer.choice, changed
-    return "relabel", f"{answer.choice!r} chosen with confidence {answer.confidence:.2f}", answer.choice, relabel(arrays, mask, cls)
+        return (
+            "reweight",
+            f"{answer.choice!r} weighted x{cfg.reweight_factor} inside the region",
+            answer.choice,
+            changed,
+        )
+    return (
+        "relabel",
+        f"{answer.choice!r} chosen with confidence {answer.confidence:.2f}",
+        answer.choice,
+        relabel(arrays, mask, cls),
+    )
 
 
 def _from_classes(before: np.ndarray, changed: np.ndarray, names: list[str]) -> dict[str, int]:

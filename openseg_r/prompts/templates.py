@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from functools import cache
 
 from openseg_r.errors import ConfigError
 
@@ -24,14 +24,21 @@ VILD_TEMPLATES: tuple[str, ...] = (
     "There is a large {} in the scene.",
 )
 
-# The 80 OpenAI ImageNet templates, taken from open_clip so they match it exactly.
-IMAGENET_TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
+TEMPLATE_SET_NAMES = ("vild", "imagenet")
 
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"vild": VILD_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
+
+@cache
+def imagenet_templates() -> tuple[str, ...]:
+    """The 80 OpenAI ImageNet templates, taken from open_clip so they match it exactly
+    (read on first use: importing open_clip imports torch)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 
 def templates_for(name: str) -> tuple[str, ...]:
-    try:
-        return TEMPLATE_SETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown template set {name!r}; choose from {', '.join(TEMPLATE_SETS)}") from None
+    if name == "vild":
+        return VILD_TEMPLATES
+    if name == "imagenet":
+        return imagenet_templates()
+    raise ConfigError(f"unknown template set {name!r}; choose from {', '.join(TEMPLATE_SET_NAMES)}")

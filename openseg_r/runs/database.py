@@ -125,7 +125,9 @@ class RunsDB:
         columns = ["run_id", "created", "status", *fields]
         values = [run_id, time.time(), "running", *fields.values()]
         self._execute(
-            f"INSERT OR REPLACE INTO openseg_runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", values
+            f"INSERT OR REPLACE INTO openseg_runs ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})",
+            values,
         )
 
     def finish_run(self, run_id: str, status: str, error: str | None = None, stopped_at: str | None = None) -> None:
@@ -174,7 +176,9 @@ class RunsDB:
                 self._rows.execute(sql, params)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
-                    raise RunsDBError(f"the runs database {self.path} is locked by another process; try again") from None
+                    raise RunsDBError(
+                        f"the runs database {self.path} is locked by another process; try again"
+                    ) from None
                 raise RunsDBError(f"the runs database {self.path} could not be written: {exc}") from None
 
     def _query(self, sql: str, params) -> list[sqlite3.Row]:

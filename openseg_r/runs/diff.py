@@ -114,5 +114,6 @@ def _self_check(sa, sb) -> list[str]:
     def text(check):
         if check is None:
             return "did not run"
-        return f"{check.calls_used} call(s), {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; {check.stopped}"
+        return (f"{check.calls_used} call(s), {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; "
+                f"{check.stopped}")
     return [f"A: {text(ca)}", f"B: {text(cb)}"] if text(ca) != text(cb) else []

@@ -8,12 +8,11 @@ stored once however many runs use it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from openseg_r.files import write_atomically
 from openseg_r.store import ArtifactStore
 
 
@@ -46,14 +45,7 @@ class FileArtifactStore(ArtifactStore):
         path = self.path_for(key)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npy", delete=False)
-            try:
-                with handle:
-                    np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-                os.replace(handle.name, path)
-            except BaseException:
-                Path(handle.name).unlink(missing_ok=True)
-                raise
+            write_atomically(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), ".npy")
         return key
 
     def get(self, key: str) -> np.ndarray:

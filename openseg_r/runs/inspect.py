@@ -49,7 +49,8 @@ def load_run(db: RunsDB, run_id: str, graph) -> RecordedRun:
         for task in snapshot.tasks:
             if task.name == "__start__" or task.result is None:
                 continue
-            steps.append(Step(len(steps) + 1, int(snapshot.metadata.get("step", -1)) + 1, task.name, to_json(task.result)))
+            steps.append(Step(len(steps) + 1, int(snapshot.metadata.get("step", -1)) + 1, task.name,
+                              to_json(task.result)))
     state = None
     next_nodes: list[str] = []
     if history:

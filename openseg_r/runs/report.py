@@ -23,10 +23,12 @@ from openseg_r.state import OpenSegState, region_order
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
 h1{font-size:1.5rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;vertical-align:top;text-align:left}
+table{border-collapse:collapse;margin:.5rem 0}\
+td,th{border:1px solid #ddd;padding:.25rem .5rem;vertical-align:top;text-align:left}
 img{max-width:100%;border:1px solid #ccc}.banner{padding:.6rem 1rem;border-radius:4px;margin:1rem 0}
 .failed{background:#fde2e2}.done{background:#e3f4e3}.waiting{background:#fff4d6}.running{background:#e8eefc}
-.bar{display:inline-block;height:.8rem;background:#4a7bd0}.muted{color:#777}.swatch{display:inline-block;width:1rem;height:1rem;border:1px solid #000;vertical-align:middle}
+.bar{display:inline-block;height:.8rem;background:#4a7bd0}.muted{color:#777}\
+.swatch{display:inline-block;width:1rem;height:1rem;border:1px solid #000;vertical-align:middle}
 .pair{display:flex;gap:1rem;flex-wrap:wrap}.pair figure{margin:0}
 """
 SCRIPT = """
@@ -56,9 +58,11 @@ def render_report(run: RecordedRun) -> str:
     else:
         parts.append("<p>No state was checkpointed for this run.</p>")
     if run.missing:
-        parts.append(_section("missing", "Missing artifacts", "<ul>" + "".join(f"<li>{_e(m)}</li>" for m in run.missing) + "</ul>"))
+        parts.append(_section("missing", "Missing artifacts",
+                              "<ul>" + "".join(f"<li>{_e(m)}</li>" for m in run.missing) + "</ul>"))
     body = "\n".join(parts)
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>openseg-r run {_e(record.run_id[:12])}</title>"
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>openseg-r run {_e(record.run_id[:12])}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{body}"
             f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by openseg-r.</p></body></html>")
 
@@ -103,14 +107,16 @@ def _image_reasoning(state: OpenSegState) -> str:
         f"<tr><td>{_e(c.name)}</td><td>{_e(c.general_category)}</td><td>{_e(c.sub_category)}</td>"
         f"<td>{_e(', '.join(c.attributes))}</td></tr>" for c in image.candidates)
     return (f"<p><b>Description:</b> {_e(image.description)}</p>"
-            f"<table><tr><th>candidate</th><th>general category</th><th>sub-category</th><th>attributes in this image</th></tr>{rows}</table>")
+            "<table><tr><th>candidate</th><th>general category</th><th>sub-category</th>"
+            f"<th>attributes in this image</th></tr>{rows}</table>")
 
 
 def _generic(state: OpenSegState) -> str:
     if not state.generic_reasoning:
         return "<p>None.</p>"
     rows = "".join(
-        f"<tr><td>{_e(name)}</td><td>{_e(r.general_category)}</td><td>{_e(r.sub_category)}</td><td>{_e(', '.join(r.attributes))}</td></tr>"
+        f"<tr><td>{_e(name)}</td><td>{_e(r.general_category)}</td><td>{_e(r.sub_category)}</td>"
+        f"<td>{_e(', '.join(r.attributes))}</td></tr>"
         for name, r in state.generic_reasoning.items())
     return f"<table><tr><th>class</th><th>general</th><th>sub</th><th>attributes</th></tr>{rows}</table>"
 
@@ -119,11 +125,13 @@ def _alignment(state: OpenSegState) -> str:
     alignment = state.alignment
     if alignment is None:
         return "<p>None.</p>"
-    rows = "".join(f"<tr><td>{_e(d.raw)}</td><td>{_e(d.matched or '—')}</td><td>{_e(d.method)}</td><td>{'' if d.score is None else d.score}</td></tr>"
+    rows = "".join(f"<tr><td>{_e(d.raw)}</td><td>{_e(d.matched or '—')}</td><td>{_e(d.method)}</td>"
+                   f"<td>{'' if d.score is None else d.score}</td></tr>"
                    for d in alignment.decisions)
     present = ", ".join(alignment.present) if alignment.present else "no class filtering"
     suppressed = ", ".join(state.segmentation.suppressed_classes) if state.segmentation else ""
-    return (f"<p>Present: {_e(present)}</p><p class=muted>Suppressed by the class filter: {_e(suppressed or 'none')}</p>"
+    return (f"<p>Present: {_e(present)}</p>"
+            f"<p class=muted>Suppressed by the class filter: {_e(suppressed or 'none')}</p>"
             f"<table><tr><th>LMM said</th><th>vocabulary class</th><th>how</th><th>score</th></tr>{rows}</table>")
 
 
@@ -131,7 +139,8 @@ def _prompts(state: OpenSegState) -> str:
     if state.prompts is None:
         return "<p>Not composed.</p>"
     rows = "".join(
-        f"<tr><td>{_e(c.name)}</td><td>{_e(c.source)}</td><td>{'<br>'.join(_e(p) for p in dict.fromkeys(sum(c.phrases(), [])))}</td></tr>"
+        f"<tr><td>{_e(c.name)}</td><td>{_e(c.source)}</td>"
+        f"<td>{'<br>'.join(_e(p) for p in dict.fromkeys(sum(c.phrases(), [])))}</td></tr>"
         for c in state.prompts.classes)
     return f"<p class=muted>templates: {_e(state.prompts.templates)}; order: {_e(state.prompts.score_order)}</p>" \
            f"<table><tr><th>class</th><th>source</th><th>phrases</th></tr>{rows}</table>"
@@ -182,8 +191,10 @@ def _confidence(state: OpenSegState) -> str:
         colour = "#%02x%02x%02x" % tuple(int(v) for v in colours[c.index])
         confidence = c.mean_confidence or 0.0
         rows.append(f"<tr><td><span class=swatch style='background:{colour}'></span> {_e(c.name)}</td>"
-                    f"<td>{100 * c.area_fraction:.2f}%</td><td><span class=bar style='width:{int(200 * confidence)}px'></span> {confidence:.3f}</td></tr>")
-    unknown = f"<p>Unknown pixels (self-check): {state.report.unknown_pixels}</p>" if state.report.unknown_pixels else ""
+                    f"<td>{100 * c.area_fraction:.2f}%</td>"
+                    f"<td><span class=bar style='width:{int(200 * confidence)}px'></span> {confidence:.3f}</td></tr>")
+    unknown = (f"<p>Unknown pixels (self-check): {state.report.unknown_pixels}</p>"
+               if state.report.unknown_pixels else "")
     return f"<table><tr><th>class</th><th>area</th><th>mean confidence</th></tr>{''.join(rows)}</table>{unknown}"
 
 
@@ -200,19 +211,25 @@ def _self_check(run: RecordedRun) -> str:
              f"{' · the call budget ran out' if check.budget_exhausted else ''}</p>"]
     for answer in sorted(state.region_answers, key=lambda a: region_order(a.round, a.region_id)):
         region, change = regions.get(answer.region_id), changes.get(answer.region_id)
-        crop = "<p>Crop redacted.</p>" if run.record.redact else _img(run.array(answer.crop_key), f"crop {answer.region_id}")
+        crop = ("<p>Crop redacted.</p>" if run.record.redact
+                else _img(run.array(answer.crop_key), f"crop {answer.region_id}"))
         views = ""
         if region is not None and before_labels is not None and after_labels is not None:
             x0, y0, x1, y1 = region.box
-            views = (f"<figure>{_img(_picture(run, before_labels, (x0, y0, x1, y1)), 'before')}<figcaption>before</figcaption></figure>"
-                     f"<figure>{_img(_picture(run, after_labels, (x0, y0, x1, y1)), 'after')}<figcaption>after</figcaption></figure>")
+            views = (f"<figure>{_img(_picture(run, before_labels, (x0, y0, x1, y1)), 'before')}"
+                     "<figcaption>before</figcaption></figure>"
+                     f"<figure>{_img(_picture(run, after_labels, (x0, y0, x1, y1)), 'after')}"
+                     "<figcaption>after</figcaption></figure>")
         competing = " vs ".join(e.name for e in region.competing) if region else ""
-        outcome = f"{change.action}: {change.why}; {change.pixels_changed} pixel(s) from {change.from_classes}" if change else "no change recorded"
+        outcome = (f"{change.action}: {change.why}; {change.pixels_changed} pixel(s) from {change.from_classes}"
+                   if change else "no change recorded")
         items.append(
             f"<div class=question><h3>{_e(answer.region_id)}: {_e(competing)}</h3>"
-            f"<div class=pair><figure>{crop}<figcaption>what the {_e(answer.source)} saw</figcaption></figure>{views}</div>"
+            f"<div class=pair><figure>{crop}<figcaption>what the {_e(answer.source)} saw</figcaption></figure>"
+            f"{views}</div>"
             f"<p><b>Answer:</b> {_e(answer.verdict)} {_e(answer.choice or answer.raw_choice or '')} "
-            f"(confidence {answer.confidence}); {_e(answer.reason)} {_e(answer.note)}</p><p><b>Change:</b> {_e(outcome)}</p>"
+            f"(confidence {answer.confidence}); {_e(answer.reason)} {_e(answer.note)}</p>"
+            f"<p><b>Change:</b> {_e(outcome)}</p>"
             f"<details><summary>question</summary><pre>{_e(answer.question)}</pre></details></div>")
     return "".join(items)
 
@@ -226,10 +243,12 @@ def _timeline(state: OpenSegState) -> str:
     for timing in state.timings:
         calls = by_step.get(timing.node, [])
         tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
-        rows.append(f"<tr><td>{_e(timing.node)}</td><td><span class=bar style='width:{max(1, int(300 * timing.seconds / total))}px'></span> "
+        rows.append(f"<tr><td>{_e(timing.node)}</td>"
+                    f"<td><span class=bar style='width:{max(1, int(300 * timing.seconds / total))}px'></span> "
                     f"{timing.seconds:.3f} s</td><td>{len(calls) if calls else ''}</td><td>{tokens or ''}</td></tr>")
         by_step.pop(timing.node, None)  # count a step's calls once, on its first line
-    fallbacks = "".join(f"<li>{_e(f.step)} {_e(f.subject or '')}: {_e(f.reason)} → {_e(f.used)}</li>" for f in state.fallbacks)
+    fallbacks = "".join(f"<li>{_e(f.step)} {_e(f.subject or '')}: {_e(f.reason)} → {_e(f.used)}</li>"
+                        for f in state.fallbacks)
     return (f"<table><tr><th>node</th><th>wall time</th><th>LMM calls</th><th>tokens</th></tr>{''.join(rows)}</table>"
             + (f"<p>Fallbacks:</p><ul>{fallbacks}</ul>" if fallbacks else "<p>No fallbacks.</p>"))
 

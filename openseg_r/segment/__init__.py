@@ -2,8 +2,9 @@
 
 from openseg_r.segment.attention import ATTENTION_VARIANTS
 from openseg_r.segment.loading import LoadedCLIP, load_clip
-from openseg_r.segment.scoring import ClassFilter, QueryBank, build_query_bank
-from openseg_r.segment.segmenter import CLIPSegmenter, SegmentationArrays, SegmenterConfig
+from openseg_r.segment.scoring import QueryBank, build_query_bank
+from openseg_r.segment.segmenter import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
 
 __all__ = [
     "ATTENTION_VARIANTS", "CLIPSegmenter", "ClassFilter", "LoadedCLIP", "QueryBank",

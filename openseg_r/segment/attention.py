@@ -1,4 +1,4 @@
-"""Training-free replacements for the last vision block of CLIP (DESIGN §3).
+"""Training-free replacements for the last vision block of CLIP (docs/design.md §2).
 
 With ``y = ln_1(x)`` and per-head ``q, k, v`` from the block's own in-projection,
 ``s = head_dim ** -0.5`` and ``A(z) = softmax(z, dim=-1)``:

@@ -18,6 +18,7 @@ import open_clip
 import torch
 
 from openseg_r.errors import ConfigError, WeightsError
+from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, RANDOM_WEIGHTS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -61,14 +62,14 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def pretrained_option(value: str | None) -> str | None:
     """A ``--clip-pretrained`` value: ``none`` or ``random`` (any case) means random weights."""
-    if value is None or value.strip().lower() in ("none", "random"):
+    if value is None or value.strip().lower() in RANDOM_WEIGHTS:
         return None
     return value
 
 
 def load_clip(
-    model: str = "ViT-B-16",
-    pretrained: str | None = "openai",
+    model: str = DEFAULT_CLIP_MODEL,
+    pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
     *,
     device: str | torch.device | None = None,
     precision: str = "auto",
@@ -98,15 +99,20 @@ def load_clip(
                 f"the weights {pretrained or model_name!r} do not match the architecture {model_name!r}: "
                 f"{_first_line(text)}"
             ) from None
-        hint = " (no network here? pass a local weights file with --clip-pretrained FILE)" if "download" in text.lower() else ""
-        raise WeightsError(f"cannot load CLIP weights {pretrained or model_name!r}{hint}: {_first_line(text)}") from None
+        hint = (" (no network here? pass a local weights file with --clip-pretrained FILE)"
+                if "download" in text.lower() else "")
+        raise WeightsError(
+            f"cannot load CLIP weights {pretrained or model_name!r}{hint}: {_first_line(text)}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise WeightsError(
             f"cannot load CLIP weights {pretrained or model_name!r} (no network to download them here?): "
             f"{_first_line(str(exc))}"
         ) from None
     except Exception as exc:  # unpickling errors and the like from a corrupt file
-        raise WeightsError(f"cannot read CLIP weights {pretrained or model_name!r}: {type(exc).__name__}: {exc}") from None
+        raise WeightsError(
+            f"cannot read CLIP weights {pretrained or model_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     clip_model.eval().requires_grad_(False)
     clip_model.to(device=torch_device, dtype=dtype)
     visual = clip_model.visual

@@ -1,4 +1,4 @@
-"""From text queries and dense similarities to class probabilities (DESIGN §2.4–2.5).
+"""From text queries and dense similarities to class probabilities (docs/design.md §1.4–1.5).
 
 Every prompt phrase is a *query*. Queries are reduced into *channels* at patch
 level, and channels are turned into class probabilities per pixel:
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from openseg_r.segmenter_io import ClassFilter
 from openseg_r.state import PromptSet
 
 
@@ -52,7 +53,8 @@ class QueryBank:
             channels = (self.channel_slot == slot).nonzero().flatten().to(logits.device)
             probs = torch.softmax(logit_scale * logits[channels].float(), dim=0)
             classes = self.channel_class.to(logits.device)[channels]
-            if classes.numel() == self.num_classes and bool((classes == torch.arange(self.num_classes, device=classes.device)).all()):
+            if classes.numel() == self.num_classes and bool(
+                    (classes == torch.arange(self.num_classes, device=classes.device)).all()):
                 total += probs
             else:
                 per_class = torch.zeros_like(total)
@@ -96,27 +98,12 @@ def build_query_bank(prompts: PromptSet, embed) -> QueryBank:
     )
 
 
-@dataclass
-class ClassFilter:
-    """Which classes image reasoning found, and how to treat the others."""
-
-    present: list[int] | None = None  # None: no filtering
-    mode: str = "hard"  # hard | soft | none
-    soft_weight: float = 0.3
-    keep: tuple[int, ...] = ()  # never filtered (the background class)
-
-    def suppressed(self, num_classes: int) -> list[int]:
-        if self.present is None or self.mode == "none":
-            return []
-        kept = set(self.present) | set(self.keep)
-        return [c for c in range(num_classes) if c not in kept]
-
-    def apply(self, probs: torch.Tensor) -> torch.Tensor:
-        """Hard: absent classes get probability 0. Soft: they are multiplied by ``soft_weight``,
-        so a class CLIP is very sure of can still win."""
-        absent = self.suppressed(probs.shape[0])
-        if not absent or len(absent) == probs.shape[0]:
-            return probs
-        probs = probs.clone()
-        probs[absent] = 0.0 if self.mode == "hard" else probs[absent] * self.soft_weight
+def apply_class_filter(class_filter: ClassFilter, probs: torch.Tensor) -> torch.Tensor:
+    """Hard: absent classes get probability 0. Soft: they are multiplied by ``soft_weight``,
+    so a class CLIP is very sure of can still win."""
+    absent = class_filter.suppressed(probs.shape[0])
+    if not absent or len(absent) == probs.shape[0]:
         return probs
+    probs = probs.clone()
+    probs[absent] = 0.0 if class_filter.mode == "hard" else probs[absent] * class_filter.soft_weight
+    return probs

@@ -7,57 +7,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
-from openseg_r.errors import ConfigError
+from openseg_r.errors import ConfigError, describe_validation_error
+from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SegmenterConfig
 from openseg_r.segment.dense import DenseCLIPEncoder
 from openseg_r.segment.loading import LoadedCLIP, load_clip
-from openseg_r.segment.scoring import ClassFilter, QueryBank, build_query_bank
+from openseg_r.segment.scoring import QueryBank, apply_class_filter, build_query_bank
 from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
 from openseg_r.segment.text import TextEmbedder
+from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
 from openseg_r.state import PromptSet
 
 BAND_ELEMENTS = 32_000_000  # values held per band of output rows
-
-
-@dataclass
-class SegmenterConfig:
-    """Inference settings (DESIGN §3). ``slide=False`` runs the whole resized image at once."""
-
-    attention: str = "naclip"
-    short_side: int = 336
-    max_long_side: int = 2048
-    crop: int = 224
-    stride: int = 112
-    slide: bool = True
-    window_batch_size: int | None = None  # None: all windows in one forward
-    gaussian_sigma: float = 5.0
-
-    def __post_init__(self) -> None:
-        for name in ("short_side", "max_long_side", "crop", "stride"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive number of pixels")
-        if self.window_batch_size is not None and self.window_batch_size < 1:
-            raise ConfigError("window_batch_size must be positive or None")
-
-
-@dataclass
-class SegmentationArrays:
-    """Per-pixel outputs at the input image's size."""
-
-    labels: np.ndarray  # (H, W) int32 index into the vocabulary
-    confidence: np.ndarray  # (H, W) float32 probability of the chosen class
-    runner_up: np.ndarray  # (H, W) int32 second-best class, -1 when there is none
-    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability (before the background threshold)
-    runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
-    suppressed: list[int] = field(default_factory=list)
-    background_pixels: int = 0
 
 
 class CLIPSegmenter:
@@ -75,19 +42,38 @@ class CLIPSegmenter:
     @classmethod
     def from_pretrained(
         cls,
-        model: str = "ViT-B-16",
-        pretrained: str | None = "openai",
+        model: str = DEFAULT_CLIP_MODEL,
+        pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
         *,
         device: str | None = None,
         precision: str = "auto",
         **config,
     ) -> "CLIPSegmenter":
-        return cls(load_clip(model, pretrained, device=device, precision=precision), SegmenterConfig(**config))
+        try:
+            segmenter_config = SegmenterConfig(**config)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid segmenter setting: {describe_validation_error(exc)}") from None
+        return cls(load_clip(model, pretrained, device=device, precision=precision), segmenter_config)
+
+    def describe(self) -> dict:
+        """What this segmenter is: recorded with results and evaluation runs."""
+        return {
+            "clip_model": self.clip.model_name,
+            "clip_pretrained": self.clip.pretrained,
+            "device": str(self.clip.device),
+            "dtype": str(self.clip.dtype).replace("torch.", ""),
+            **self.config.model_dump(),
+        }
 
     # ------------------------------------------------------------------ text side
 
     def query_bank(self, prompts: PromptSet) -> QueryBank:
         return build_query_bank(prompts, self.text.embed)
+
+    def embed_names(self, names: list[str]) -> torch.Tensor:
+        """Bare names through the text tower (template-averaged, normalised): the class
+        aligner's default embeddings."""
+        return self.text.embed(names, "vild")
 
     # ----------------------------------------------------------------- image side
 
@@ -170,7 +156,7 @@ class CLIPSegmenter:
         band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
         for start in range(0, out_h, band_rows):
             stop = min(out_h, start + band_rows)
-            probs = class_filter.apply(bank.class_probabilities(resampler.band(start, stop), logit_scale))
+            probs = apply_class_filter(class_filter, bank.class_probabilities(resampler.band(start, stop), logit_scale))
             top = probs.topk(min(2, probs.shape[0]), dim=0)
             best_prob, best = top.values[0], top.indices[0]
             if probs.shape[0] > 1:

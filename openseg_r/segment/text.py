@@ -1,7 +1,7 @@
 """CLIP text embeddings of class phrases, averaged over templates and cached.
 
 A phrase's embedding is ``normalise(mean_t normalise(encode(t.format(phrase))))``
-(DESIGN §2.4). The cache is keyed by (template set, phrase) for one model, so a
+(docs/design.md §1.4). The cache is keyed by (template set, phrase) for one model, so a
 vocabulary's embeddings are computed once and reused for every image.
 """
 

@@ -1,1 +1,2 @@
-"""Tools that LLM agents call: the LangChain tool and the MCP server (not built yet)."""
+"""What agents call: the segmentation service behind the safety limits, the LangChain
+tool, the MCP server and the LangGraph server app (docs/design.md §4.3)."""

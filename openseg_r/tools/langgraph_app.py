@@ -5,23 +5,24 @@ A run's input is the same as the agent tools' (:class:`SegmentRequest`), under t
 same safety limits. The ``segment`` node runs the OpenSeg-R graph as a subgraph, so
 Studio shows each of its steps; the output is the tools' structured result.
 
-The server process builds the model once, from the environment:
-
-- ``OPENSEG_R_CLIP_MODEL`` (default ``ViT-B-16``), ``OPENSEG_R_CLIP_PRETRAINED``
-  (default ``openai``; ``none`` for random weights), ``OPENSEG_R_DEVICE``;
-- ``OPENSEG_R_LMM`` (or the config file) for the LMM backend;
-- the ``[safety]`` table of the config file for the limits (image roots and so on).
+The server process builds the model once, from the environment
+(:meth:`ModelOptions.from_environment <openseg_r.options.ModelOptions.from_environment>`:
+``OPENSEG_R_CLIP_MODEL``, ``OPENSEG_R_CLIP_PRETRAINED`` (``none`` for random weights),
+``OPENSEG_R_DEVICE``, ``OPENSEG_R_PRECISION``, ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``,
+``OPENSEG_R_RUNS_DB``; ``OPENSEG_R_LMM`` or the config file for the LMM backend), and
+takes its limits (image roots and so on) from the ``[safety]`` table of the config file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import os
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
+from openseg_r.facade import OpenSegR
+from openseg_r.options import ModelOptions
 from openseg_r.tools.output import SegmentOutput
 from openseg_r.tools.safety import SafetyLimits, ToolInputError
 from openseg_r.tools.service import SegmentationService, SegmentRequest
@@ -56,16 +57,9 @@ def build_server_graph(service: SegmentationService):
 @functools.lru_cache(maxsize=1)
 def service_from_environment() -> SegmentationService:
     """Load the model once per server process (the server may ask for the graph per run)."""
-    from openseg_r.facade import OpenSegR
-
-    from openseg_r.segment.loading import pretrained_option
-
-    model = OpenSegR(
-        os.environ.get("OPENSEG_R_CLIP_MODEL", "ViT-B-16"),
-        pretrained_option(os.environ.get("OPENSEG_R_CLIP_PRETRAINED", "openai")),
-        device=os.environ.get("OPENSEG_R_DEVICE") or None,
-    )
-    return SegmentationService(model, SafetyLimits.from_config())
+    limits = SafetyLimits.from_config()
+    options = ModelOptions.from_environment().with_overrides(max_pixels=limits.max_pixels)
+    return SegmentationService(OpenSegR.from_options(options), limits)
 
 
 async def make_graph():

@@ -92,7 +92,8 @@ def _json_result(data: dict) -> CallToolResult:
                           structured_content=data)
 
 
-def run_mcp_server(service: SegmentationService, *, http: bool = False, host: str = "127.0.0.1", port: int = 8765) -> None:
+def run_mcp_server(service: SegmentationService, *, http: bool = False, host: str = "127.0.0.1",
+                   port: int = 8765) -> None:
     server = build_mcp_server(service)
     if http:
         server.run("streamable-http", host=host, port=port, max_request_body_size=service.limits.max_request_bytes)

@@ -84,14 +84,16 @@ def summary_text(classes: list[ClassFound], width: int, height: int, trace_id: s
     settings = result.state.settings
     lines = [
         f"Segmented a {width}x{height} image into {len(classes)} class(es) "
-        f"(reasoning {'on' if settings.reasoning else 'off'}, self-check {'on' if settings.self_check.enabled else 'off'})."
+        f"(reasoning {'on' if settings.reasoning else 'off'}, "
+        f"self-check {'on' if settings.self_check.enabled else 'off'})."
     ]
     for c in classes[:SUMMARY_CLASSES]:
         lines.append(f"- {c.name}: {100 * c.area_fraction:.1f}% of the image; {c.reason}")
     if len(classes) > SUMMARY_CLASSES:
         lines.append(f"- ... and {len(classes) - SUMMARY_CLASSES} smaller classes (see `classes`)")
     if result.state.report and result.state.report.unknown_pixels:
-        lines.append(f"- unknown (none of the classes, per the self-check): {result.state.report.unknown_pixels} pixels")
+        lines.append("- unknown (none of the classes, per the self-check): "
+                     f"{result.state.report.unknown_pixels} pixels")
     lines.append(f"Trace id: {trace_id} (call `explain` with it to see the reasoning steps).")
     return "\n".join(lines)
 

@@ -44,7 +44,9 @@ class SegmentRequest(BaseModel):
     """The arguments of ``segment``: exactly one image source, and a vocabulary."""
 
     image_path: str | None = Field(
-        None, description="path of an image file under the server's allowed folders (relative to the first one, or absolute)"
+        None,
+        description="path of an image file under the server's allowed folders "
+        "(relative to the first one, or absolute)",
     )
     image_base64: str | None = Field(None, description="the image file's bytes, base64-encoded (a data: URL is fine)")
     image_url: str | None = Field(None, description="an http(s) URL of the image, if the server allows URLs")
@@ -52,9 +54,13 @@ class SegmentRequest(BaseModel):
         description='the class names to look for, e.g. ["cat", "sofa|couch"] ("|" joins synonyms), '
         'or a built-in vocabulary name such as "voc21", "ade150", "coco_stuff171"'
     )
-    reasoning: bool = Field(True, description="let the LMM reason about the classes and the image first (slower, better)")
+    reasoning: bool = Field(
+        True, description="let the LMM reason about the classes and the image first (slower, better)"
+    )
     self_check: bool = Field(False, description="ask the LMM again about regions where the segmenter is unsure")
-    masks: MaskFormat = Field("rle", description="rle: a COCO RLE mask per class; png: one label-map PNG; none: summary only")
+    masks: MaskFormat = Field(
+        "rle", description="rle: a COCO RLE mask per class; png: one label-map PNG; none: summary only"
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> "SegmentRequest":
@@ -89,8 +95,7 @@ class SegmentationService:
             notes.append("no LMM is configured on this server: reasoning and self-check were turned off")
         settings = {
             "reasoning": request.reasoning and has_lmm,
-            "self_check": {**self.model.settings.self_check.model_dump(), "enabled": request.self_check and has_lmm,
-                           "mode": "lmm"},
+            "self_check": {"enabled": request.self_check and has_lmm, "mode": "lmm"},
         }
         if not self._slots.acquire(timeout=self.limits.queue_timeout_s):
             raise ToolBusyError(

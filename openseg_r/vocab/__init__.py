@@ -141,7 +141,8 @@ def _clean_name(raw: str) -> str:
     text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     text = " ".join(text.split())
     if len(text) > MAX_NAME_CHARS:
-        raise VocabularyError(f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: {text[:40]!r}…")
+        raise VocabularyError(f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: "
+                              f"{text[:40]!r}…")
     return text
 
 

@@ -8,15 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK = 0
+from openseg_r.cli.options import EXIT_OK, Parser, add_lmm_options, add_model_options, model_option_values
 
 
-def add_runs_parser(commands) -> None:
-    from openseg_r.cli import _Parser, _lmm_options, _model_options
-
+def add_parsers(commands) -> None:
     runs = commands.add_parser("runs", help="inspect, compare, replay and report recorded runs")
     runs.add_argument("--runs-db", default=None, help="the runs database (default: the user data dir)")
-    actions = runs.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    runs.set_defaults(handler=run_runs)
+    actions = runs.add_subparsers(dest="action", required=True, parser_class=Parser)
     listing = actions.add_parser("list", help="recorded runs, newest first")
     listing.add_argument("--limit", type=int, default=50)
     show = actions.add_parser("show", help="each step of a run, in order")
@@ -36,19 +35,18 @@ def add_runs_parser(commands) -> None:
             action.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                                 help="change a setting, e.g. self_check.enabled=true or class_filter=soft")
         action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here")
-        _model_options(action, defaults_from_run=True)
-        _lmm_options(action)
+        add_model_options(action, defaults_from_run=True)
+        add_lmm_options(action)
     report = actions.add_parser("report", help="one self-contained HTML file")
     report.add_argument("run")
     report.add_argument("-o", "--out", required=True)
 
-
-def add_graph_parser(commands) -> None:
     graph = commands.add_parser("graph", help="print the graph's picture")
     graph.add_argument("--mermaid", action="store_true", help="Mermaid text (drawn locally, no web service)")
+    graph.set_defaults(handler=run_graph)
 
 
-def run_graph(args) -> int:
+def run_graph(args: argparse.Namespace) -> int:
     from openseg_r.graph import build_graph
 
     print(build_graph().get_graph().draw_mermaid())
@@ -83,7 +81,8 @@ def _list(db, args) -> int:
         seconds = f"{r.seconds:7.2f}" if r.seconds is not None else "      -"
         image = r.image or "(data)"
         extra = f"  [replay of {r.parent_run[:12]} from {r.replay_from}]" if r.parent_run else ""
-        print(f"{r.run_id[:12]}  {when}  {r.status:7s}  {seconds}  {r.classes or 0:7d}  {(r.backend or 'none')[:22]:22s}  {image}{extra}")
+        print(f"{r.run_id[:12]}  {when}  {r.status:7s}  {seconds}  {r.classes or 0:7d}  "
+              f"{(r.backend or 'none')[:22]:22s}  {image}{extra}")
     return EXIT_OK
 
 
@@ -96,14 +95,17 @@ def _show(db, args) -> int:
           f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}")
     print(f"image {r.image or '(data)'}  vocabulary {r.vocabulary} ({r.classes} classes)  backend {r.backend}")
     if r.status != "done":
-        print(f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}" + (f"  error: {r.error}" if r.error else ""))
+        print(f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}"
+              + (f"  error: {r.error}" if r.error else ""))
     if args.step:
         chosen = [s for s in run.steps if s.node == args.step]
         if not chosen:
             from openseg_r.errors import ConfigError
 
-            raise ConfigError(f"run {r.run_id} has no step {args.step!r}; it has: {', '.join(dict.fromkeys(s.node for s in run.steps))}")
-        print(json.dumps([s.output for s in chosen] if len(chosen) > 1 else chosen[0].output, indent=2, ensure_ascii=False))
+            nodes = ", ".join(dict.fromkeys(s.node for s in run.steps))
+            raise ConfigError(f"run {r.run_id} has no step {args.step!r}; it has: {nodes}")
+        print(json.dumps([s.output for s in chosen] if len(chosen) > 1 else chosen[0].output, indent=2,
+                         ensure_ascii=False))
         return EXIT_OK
     for step in run.steps:
         seconds = next((t["seconds"] for t in step.output.get("timings", [])), None)
@@ -125,7 +127,7 @@ def _diff(db, args) -> int:
 
 
 def _replay(db, args) -> int:
-    from openseg_r.cli import print_result_summary
+    from openseg_r.cli.summary import print_result_summary
     from openseg_r.runs.events import TerminalProgress
 
     record = db.get_run(args.run)
@@ -140,34 +142,19 @@ def _replay(db, args) -> int:
     if result is None:
         print(f"run {run.run_id} is waiting for answers to {len(run.questions)} self-check question(s)")
         return EXIT_OK
-    print(f"run {run.run_id} ({'resumed' if args.action == 'resume' else f'replay of {record.run_id} from {args.from_node}'})")
+    how = "resumed" if args.action == "resume" else f"replay of {record.run_id} from {args.from_node}"
+    print(f"run {run.run_id} ({how})")
     print_result_summary(result, args.out)
     return EXIT_OK
 
 
 def _model_for(record, args, db):
-    """The model recorded with the run, unless the options say otherwise."""
+    """The model recorded with the run (its ModelOptions), with the options given here on top."""
     from openseg_r.facade import OpenSegR
-    from openseg_r.lmm.spec import backend_from_spec
+    from openseg_r.options import ModelOptions
 
-    options = record.options
-    spec = args.lmm or (options.get("lmm") if ":" in str(options.get("lmm") or "") else None) or "none"
-    from openseg_r.segment.loading import pretrained_option
-
-    pretrained = pretrained_option(args.clip_pretrained or options.get("clip_pretrained"))
-    config = dict(options.get("segmenter_config") or {})
-    if args.attention:
-        config["attention"] = args.attention
-    return OpenSegR(
-        args.clip_model or options.get("clip_model") or "ViT-B-16",
-        pretrained,
-        lmm=backend_from_spec(spec, record=args.lmm_record),
-        device=args.device or options.get("device"),
-        precision=args.precision or options.get("precision") or "auto",
-        runs_db=db,
-        redact=record.redact,
-        **config,
-    )
+    options = ModelOptions.from_recorded(record.options).with_overrides(**model_option_values(args))
+    return OpenSegR.from_options(options.model_copy(update={"redact": bool(record.redact)}), runs_db=db)
 
 
 def _settings_overrides(items: list[str]) -> dict:
@@ -192,7 +179,7 @@ def _settings_overrides(items: list[str]) -> dict:
 
 
 def _report(db, args) -> int:
-    from openseg_r.result import _atomic_write
+    from openseg_r.files import write_atomically
     from openseg_r.runs.inspect import load_run
     from openseg_r.runs.report import render_report
 
@@ -200,7 +187,7 @@ def _report(db, args) -> int:
     text = render_report(run)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    write_atomically(out, lambda f: f.write(text.encode("utf-8")))
     missing = f" ({len(run.missing)} artifact(s) missing from the store)" if run.missing else ""
     print(f"wrote {out}{missing}")
     return EXIT_OK

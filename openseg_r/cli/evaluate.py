@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from openseg_r.cli.options import EXIT_OK, add_lmm_options, add_model_options, model_options
 
-def add_eval_parsers(commands) -> None:
-    from openseg_r.cli import _lmm_options, _model_options
+
+def add_parsers(commands) -> None:
     from openseg_r.evals.datasets import DATASETS
 
     run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
@@ -23,78 +24,67 @@ def add_eval_parsers(commands) -> None:
                           "writes to OUT/shard-i-of-n")
     run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it")
     run.add_argument("--no-progress", action="store_true")
-    _model_options(run)
-    _lmm_options(run)
+    add_model_options(run)
+    add_lmm_options(run)
+    run.set_defaults(handler=run_eval_command)
     merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
     merge.add_argument("--out", required=True)
+    merge.set_defaults(handler=run_merge_command)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from openseg_r.cache import open_cache
-    from openseg_r.cli import cache_path
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.runner import parse_shard, run_eval
-    from openseg_r.lmm.spec import backend_from_spec, configured_spec
 
     dataset = get_dataset(args.dataset)
-    out, device = args.out, args.device
+    options = model_options(args)
+    out = args.out
     if args.shard == "auto":
-        shard, local_rank = _launcher_shard()
+        shard, local_rank = launcher_shard()
         out = f"{args.out}/shard-{shard[0]}-of-{shard[1]}"
-        if device is None and local_rank is not None:
+        if options.device is None and local_rank is not None:
             import torch
 
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else None
+            if torch.cuda.is_available():
+                options = options.with_overrides(device=f"cuda:{local_rank}")
     else:
         shard = parse_shard(args.shard)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
-    spec = configured_spec(args.lmm)
-    has_lmm = spec.strip() not in ("", "none")
     from openseg_r.facade import OpenSegR
 
-    from openseg_r.segment.loading import pretrained_option
-
-    pretrained = pretrained_option(args.clip_pretrained)
-    model = OpenSegR(args.clip_model, pretrained, lmm=backend_from_spec(spec, record=args.lmm_record),
-                     reasoning_cache=open_cache(cache_path(args.cache)) if has_lmm else None,
-                     device=device, precision=args.precision, attention=args.attention)
-    state = run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation,
-                     limit=args.limit, seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty())
-    _print(state, out)
-    return 0
+    model = OpenSegR.from_options(options)
+    run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation, limit=args.limit,
+             seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty())
+    _print_summary(out)
+    return EXIT_OK
 
 
-def _launcher_shard() -> tuple[tuple[int, int], int | None]:
+def launcher_shard() -> tuple[tuple[int, int], int | None]:
     """(rank, world size) and the local rank, from the variables torchrun (or a Ray/Slurm
     wrapper that sets them) gives each process."""
     import os
 
     from openseg_r.errors import ConfigError
+    from openseg_r.evals.runner import parse_shard
 
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
         raise ConfigError("--shard auto needs RANK and WORLD_SIZE in the environment (torchrun sets them)") from None
     local = os.environ.get("LOCAL_RANK")
-    return parse_shard_pair(rank, world), int(local) if local and local.isdigit() else None
-
-
-def parse_shard_pair(rank: int, world: int) -> tuple[int, int]:
-    from openseg_r.evals.runner import parse_shard
-
-    return parse_shard(f"{rank}/{world}")
+    return parse_shard(f"{rank}/{world}"), int(local) if local and local.isdigit() else None
 
 
 def run_merge_command(args: argparse.Namespace) -> int:
     from openseg_r.evals.runner import merge
 
-    state = merge(args.folders, args.out)
-    _print(state, args.out)
-    return 0
+    merge(args.folders, args.out)
+    _print_summary(args.out)
+    return EXIT_OK
 
 
-def _print(state, out) -> None:
+def _print_summary(out) -> None:
     from pathlib import Path
 
     print((Path(out) / "summary.md").read_text(), end="")

@@ -3,54 +3,65 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from openseg_r.errors import ConfigError
-from openseg_r.state import ClassReasoning, Vocabulary
-
-EXIT_OK = 0
+from openseg_r.cli.options import EXIT_OK, Parser, add_lmm_options
 
 
-def run_reason(args: argparse.Namespace) -> int:
-    if args.action == "generic":
-        return _generic(args)
-    if args.action == "export":
-        return _export(args)
-    return _import(args)
+def add_parsers(commands) -> None:
+    reason = commands.add_parser("reason", help="precompute, export or import reasoning")
+    actions = reason.add_subparsers(dest="action", required=True, parser_class=Parser)
+    generic = actions.add_parser("generic", help="generic reasoning for a vocabulary into the cache (resumable)")
+    which = generic.add_mutually_exclusive_group(required=True)
+    which.add_argument("--classes")
+    which.add_argument("--vocab")
+    add_lmm_options(generic)
+    generic.set_defaults(handler=run_generic)
+    export = actions.add_parser("export", help="write cached generic reasoning in the upstream JSON format")
+    export.add_argument("--cache", default=None, help="the SQLite reasoning cache (default: the user cache)")
+    export.add_argument("--model", default=None, help="which model's reasoning, when the cache holds several")
+    export.add_argument("-o", "--out", required=True)
+    export.set_defaults(handler=run_export)
+    imported = actions.add_parser("import", help="load an upstream generic-reasoning JSON into the cache")
+    imported.add_argument("file")
+    add_lmm_options(imported)
+    imported.set_defaults(handler=run_import)
 
 
 def _backend(args: argparse.Namespace):
+    from openseg_r.errors import ConfigError
     from openseg_r.lmm.spec import backend_from_spec, configured_spec
 
     spec = configured_spec(args.lmm)
     if spec.strip() == "none":
         raise ConfigError("give an LMM with --lmm (or OPENSEG_R_LMM / the config file)")
-    return backend_from_spec(spec, record=args.lmm_record)
+    return backend_from_spec(spec, record=getattr(args, "lmm_record", None))
 
 
-def _cache(value: str | None):
-    from openseg_r.cache import SQLiteReasoningCache
-    from openseg_r.cli import cache_path
+def _cache_file(args: argparse.Namespace):
+    """The SQLite cache that --cache names (the user cache by default), by the same rule as every model."""
+    from openseg_r.cache import SQLiteReasoningCache, open_reasoning_cache
+    from openseg_r.cli.options import model_options
+    from openseg_r.errors import ConfigError
 
-    path = cache_path(value)
-    if path is None:
+    cache = open_reasoning_cache(model_options(args).reasoning_cache, has_lmm=True)
+    if not isinstance(cache, SQLiteReasoningCache):
         raise ConfigError("this command needs a cache file: give --cache PATH")
-    return SQLiteReasoningCache(path)
+    return cache
 
 
-def _generic(args: argparse.Namespace) -> int:
+def run_generic(args: argparse.Namespace) -> int:
     """Ask about every class not yet cached, a few at a time; an interrupted run resumes."""
     from langgraph.runtime import Runtime
     from tqdm import tqdm
 
-    from openseg_r.graph.context import OpenSegContext
+    from openseg_r.context import OpenSegContext
     from openseg_r.nodes.generic_reasoning import GenericReasoningInput, generic_reasoning
+    from openseg_r.state import Vocabulary
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
     lmm = _backend(args)
-    cache = _cache(args.cache)
+    cache = _cache_file(args)
     context = OpenSegContext(lmm=lmm, reasoning_cache=cache)
     classes = [c for c in vocabulary.classes if not c.is_background]
     failed: list[str] = []
@@ -62,22 +73,30 @@ def _generic(args: argparse.Namespace) -> int:
             failed += [f.subject for f in out.fallbacks]
             progress.update(len(part.classes))
     asked = cache.misses
-    print(f"{len(classes)} classes: {cache.hits} already cached, {asked - len(failed)} reasoned now, {len(failed)} failed")
+    print(
+        f"{len(classes)} classes: {cache.hits} already cached, {asked - len(failed)} reasoned now, {len(failed)} failed"
+    )
     if failed:
         print("failed (bare names will be used; run again to retry): " + ", ".join(failed[:20]))
     print(f"cache: {cache.path}")
     return EXIT_OK
 
 
-def _export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from openseg_r.errors import ConfigError
     from openseg_r.lmm.upstream import to_generic_file
 
-    cache = _cache(args.cache)
+    cache = _cache_file(args)
     models = cache.models("generic")
     model = args.model
     if model is None:
         if len(models) > 1:
-            raise ConfigError("the cache holds reasoning of several models; pick one with --model: " + " | ".join(models))
+            raise ConfigError(
+                "the cache holds reasoning of several models; pick one with --model: " + " | ".join(models)
+            )
         model = models[0] if models else None
     entries = cache.entries("generic", model) if model is not None else []
     if not entries:
@@ -88,12 +107,13 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> int:
     from openseg_r.lmm.upstream import load_generic_file
     from openseg_r.nodes.generic_reasoning import generic_cache_key
+    from openseg_r.state import ClassReasoning
 
     lmm = _backend(args)
-    cache = _cache(args.cache)
+    cache = _cache_file(args)
     entries = load_generic_file(args.file)
     for name, fields in entries.items():
         value = ClassReasoning.model_validate(fields | {"name": name})

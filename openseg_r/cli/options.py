@@ -1,0 +1,242 @@
+"""What the commands share: the parser class, exit codes, option groups, and the one
+way their values become :class:`ModelOptions` and :class:`Settings`.
+
+Every option defaults to None, meaning "not given": the defaults live in
+:class:`~openseg_r.options.ModelOptions`, :class:`~openseg_r.options.SegmenterConfig`
+and :class:`~openseg_r.state.Settings`, and help texts read them from there. Only
+pydantic and the standard library are imported here, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+
+from pydantic import BaseModel
+
+from openseg_r.options import ModelOptions, SegmenterConfig, field_default
+from openseg_r.state import SelfCheckSettings, Settings
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage is one line and exit 2, like every other bad-input path."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"openseg-r: error: {message}\n")
+
+
+def described(model: type[BaseModel], name: str, text: str | None = None) -> str:
+    """A help text: ``text`` (else the field's description) and the model's default."""
+    field = model.model_fields[name]
+    default = field_default(model, name)
+    shown = "none" if default is None else default
+    if isinstance(default, bool):
+        return text or field.description or ""
+    return f"{text or field.description or ''} (default {shown})"
+
+
+def choices_of(model: type[BaseModel], name: str) -> tuple:
+    """A Literal field's values, for argparse ``choices``."""
+    annotation = model.model_fields[name].annotation
+    return typing.get_args(annotation)
+
+
+# --------------------------------------------------------------------------- option groups
+
+
+def add_model_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
+    """Which CLIP model, weights, last block, device and precision."""
+    recorded = " (default: as recorded with the run)"
+
+    def text(model, name, words=None):
+        return (words or model.model_fields[name].description) + recorded if defaults_from_run else described(
+            model, name, words
+        )
+
+    parser.add_argument("--clip-model", default=None, help=text(ModelOptions, "clip_model"))
+    parser.add_argument("--clip-pretrained", default=None, help=text(ModelOptions, "clip_pretrained"))
+    parser.add_argument("--attention", default=None, choices=choices_of(SegmenterConfig, "attention"),
+                        help=text(SegmenterConfig, "attention"))
+    parser.add_argument("--device", default=None, help=text(ModelOptions, "device"))
+    parser.add_argument("--precision", default=None, choices=choices_of(ModelOptions, "precision"),
+                        help=text(ModelOptions, "precision"))
+
+
+def add_lmm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lmm", default=None, help=described(ModelOptions, "lmm") + "; see README")
+    parser.add_argument("--lmm-record", default=None, help=described(ModelOptions, "lmm_record"))
+    parser.add_argument("--cache", default=None, help=described(ModelOptions, "reasoning_cache"))
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """The per-run settings ``segment`` takes (fields of :class:`Settings`)."""
+    parser.add_argument("--no-reasoning", action="store_true", default=None,
+                        help="baseline: bare class names, no LMM")
+    parser.add_argument("--image-reasoning", default=None, choices=choices_of(Settings, "image_reasoning_mode"),
+                        help=described(Settings, "image_reasoning_mode",
+                                       "one structured LMM call per image, or the paper's three-call chain"))
+    parser.add_argument("--align-model", default=None, help=described(ModelOptions, "aligner"))
+    parser.add_argument("--templates", default=None, choices=choices_of(Settings, "templates"),
+                        help=described(Settings, "templates", "CLIP prompt templates"))
+    parser.add_argument("--n-attributes", type=int, default=None,
+                        help=described(Settings, "n_attributes", "attribute slots per class"))
+    parser.add_argument("--score-order", default=None, choices=choices_of(Settings, "score_order"),
+                        help=described(Settings, "score_order", "max over synonyms before or after the softmax"))
+    parser.add_argument(
+        "--class-filter",
+        default=None,
+        choices=choices_of(Settings, "class_filter"),
+        help=described(Settings, "class_filter", "what happens to classes image reasoning did not find"),
+    )
+    parser.add_argument(
+        "--background-threshold",
+        type=float,
+        default=None,
+        help=described(
+            Settings, "background_threshold", "pixels less sure than this become background (vocabularies with one)"
+        ),
+    )
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """Dense-CLIP inference settings (fields of :class:`SegmenterConfig`)."""
+    parser.add_argument("--short-side", type=int, default=None, help=described(SegmenterConfig, "short_side"))
+    parser.add_argument("--crop", type=int, default=None, help=described(SegmenterConfig, "crop"))
+    parser.add_argument("--stride", type=int, default=None, help=described(SegmenterConfig, "stride"))
+    parser.add_argument("--no-slide", action="store_true", default=None, help="run the whole resized image at once")
+    parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
+
+
+SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
+    "self_check_mode": ("mode", "who answers: the LMM, or you at this terminal"),
+    "self_check_k": ("top_k", "regions asked about per round"),
+    "self_check_rounds": ("rounds", "at most this many rounds"),
+    "self_check_max_calls": ("max_calls", "hard budget of LMM calls per image, re-asks included"),
+    "self_check_margin": ("margin_threshold", "a pixel is ambiguous when its top-2 probability margin is under this"),
+    "self_check_min_area": ("min_area_pixels", "smallest region in pixels"),
+    "self_check_min_confidence": ("min_confidence", "answers less confident than this change nothing"),
+    "self_check_apply": ("apply", "a confident choice relabels the region or re-weights its top-2 probabilities"),
+    "self_check_none": ("none_policy", '"none of these" keeps the region as segmented or marks it unknown'),
+}
+
+
+def add_self_check_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("self-check", "re-ask the LMM about regions where the segmenter is unsure")
+    group.add_argument(
+        "--self-check", action="store_true", default=None, help="turn the self-check on (off by default)"
+    )
+    for dest, (field, text) in SELF_CHECK_FLAGS.items():
+        flag = "--" + dest.replace("_", "-")
+        annotation = SelfCheckSettings.model_fields[field].annotation
+        if typing.get_args(annotation):
+            group.add_argument(
+                flag, default=None, choices=typing.get_args(annotation), help=described(SelfCheckSettings, field, text)
+            )
+        else:
+            group.add_argument(flag, type=annotation, default=None, help=described(SelfCheckSettings, field, text))
+    group.add_argument(
+        "--self-check-full-image", action="store_true", default=None, help="also show the LMM the whole image"
+    )
+
+
+def add_recording_options(parser: argparse.ArgumentParser) -> None:
+    record = parser.add_argument_group("recording", "keep the run to inspect, replay or report later (openseg-r runs)")
+    record.add_argument("--record", action="store_true", default=None, help="record the run in the runs database")
+    record.add_argument("--runs-db", default=None, help="the runs database (implies --record; default: user data dir)")
+    record.add_argument(
+        "--redact", action="store_true", default=None, help="keep images out of the runs database (hashes only)"
+    )
+    record.add_argument(
+        "--trace-jsonl", default=None, help="write the step log (every node's input and output) as JSONL"
+    )
+    record.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="live progress per node (default when stderr is a terminal)",
+    )
+
+
+def add_safety_options(parser: argparse.ArgumentParser) -> None:
+    from openseg_r.tools.safety import SafetyLimits
+
+    group = parser.add_argument_group("safety", "limits on what callers may ask (also the [safety] config table)")
+    group.add_argument(
+        "--root",
+        action="append",
+        default=None,
+        dest="roots",
+        help="a folder image paths may come from (repeat for several; default: none, base64 only)",
+    )
+    group.add_argument("--allow-urls", action="store_true", default=None, help="allow public http(s) image URLs")
+    group.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help=described(SafetyLimits, "max_concurrent", "segmentations at once"),
+    )
+    group.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=None,
+        help=described(SafetyLimits, "queue_timeout_s", "seconds a call may wait for a free slot before it is refused"),
+    )
+    group.add_argument(
+        "--call-timeout",
+        type=float,
+        default=None,
+        help=described(SafetyLimits, "call_timeout_s", "seconds per segmentation"),
+    )
+    group.add_argument(
+        "--max-pixels", type=int, default=None, help=described(SafetyLimits, "max_pixels", "largest decoded image")
+    )
+    group.add_argument("--safety-config", default=None, help="a TOML file with a [safety] table")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def model_options(args: argparse.Namespace, **overrides) -> ModelOptions:
+    """The options the flags give; a flag not given (None) takes the model's default."""
+    return ModelOptions.build(**(model_option_values(args) | overrides))
+
+
+def model_option_values(args: argparse.Namespace) -> dict:
+    """Flag values by ModelOptions field, None where a flag was not given (or not offered)."""
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    return {
+        "clip_model": flag("clip_model"),
+        "clip_pretrained": flag("clip_pretrained"),
+        "device": flag("device"),
+        "precision": flag("precision"),
+        "lmm": flag("lmm"),
+        "lmm_record": flag("lmm_record"),
+        "reasoning_cache": flag("cache"),
+        "aligner": flag("align_model"),
+        "max_pixels": flag("max_pixels"),
+        "segmenter": {
+            "attention": flag("attention"),
+            "short_side": flag("short_side"),
+            "crop": flag("crop"),
+            "stride": flag("stride"),
+            "slide": False if flag("no_slide") else None,
+        },
+    }
+
+
+def settings_overrides(args: argparse.Namespace) -> dict:
+    """The Settings fields the flags give (merged over the defaults by the one merge rule)."""
+    values = {
+        "image_reasoning_mode": args.image_reasoning,
+        "templates": args.templates,
+        "n_attributes": args.n_attributes,
+        "score_order": args.score_order,
+        "class_filter": args.class_filter,
+        "background_threshold": args.background_threshold,
+    }
+    self_check = {field: getattr(args, dest) for dest, (field, _) in SELF_CHECK_FLAGS.items()}
+    self_check |= {"enabled": args.self_check, "full_image": args.self_check_full_image}
+    values["self_check"] = {k: v for k, v in self_check.items() if v is not None} or None
+    return {k: v for k, v in values.items() if v is not None}

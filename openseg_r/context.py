@@ -1,0 +1,130 @@
+"""The runtime context, and the small protocols that say what the nodes need of it.
+
+Heavy, shared objects (a segmenter, an LMM backend, the artifact store, the
+reasoning cache) reach the nodes through LangGraph's runtime context, never through
+state or globals. Nodes depend on the protocols below, not on concrete classes:
+:class:`~openseg_r.segment.CLIPSegmenter`, the backends in :mod:`openseg_r.lmm` and
+the caches in :mod:`openseg_r.cache` are implementations, and anything with the same
+methods plugs in without subclassing (docs/design.md §3.4). The ``Segmenter``
+protocol is the door for trained segmenters.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from openseg_r.cache import MemoryReasoningCache
+from openseg_r.lmm.base import LMMReply, LMMRequest, NoLMM
+from openseg_r.matching import NameEmbedder
+from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
+from openseg_r.state import PromptSet
+from openseg_r.store import ArtifactStore
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Scores every pixel of an image against composed prompts.
+
+    ``query_bank`` is the text side: it turns the prompts into whatever the image side
+    needs (embeddings, a classifier) and may cache by phrase. ``segment`` is the image
+    side: uint8 RGB (H, W, 3) in, :class:`SegmentationArrays` at the image's size out,
+    with ``class_filter`` applied (see :class:`ClassFilter`) and, when
+    ``background_index`` is set, pixels under ``background_threshold`` set to it.
+    ``image_key`` is the image's content hash: a segmenter may reuse work for the same
+    image scored again. ``describe`` says what the segmenter is (recorded with results).
+
+    A segmenter that also has ``embed_names(names) -> (N, D)`` normalised vectors gives
+    the class aligner its default embeddings (:class:`EmbedsNames`)."""
+
+    def query_bank(self, prompts: PromptSet) -> Any: ...
+
+    def segment(
+        self,
+        rgb: np.ndarray,
+        bank: Any,
+        *,
+        class_filter: ClassFilter | None = None,
+        logit_scale: float = 40.0,
+        background_index: int | None = None,
+        background_threshold: float = 0.0,
+        image_key: str | None = None,
+    ) -> SegmentationArrays: ...
+
+    def describe(self) -> dict: ...
+
+
+@runtime_checkable
+class EmbedsNames(Protocol):
+    """Optional: a segmenter whose text side can embed bare names for the class aligner."""
+
+    def embed_names(self, names: list[str]) -> Any: ...
+
+
+@runtime_checkable
+class LMMBackend(Protocol):
+    """Answers a structured question about text and images.
+
+    ``ask`` returns the validated object (or None), the raw text, usage and a trace
+    record of every attempt; ``max_attempts`` lowers the backend's own bound on
+    re-asks for one request. ``cache_identity`` names the model and the generation
+    parameters that change answers (cache keys use it). Subclassing
+    :class:`openseg_r.lmm.base.BaseLMMBackend` gives all of this for one ``complete``
+    method."""
+
+    name: str
+    model_id: str
+    max_attempts: int
+
+    @property
+    def cache_identity(self) -> str: ...
+
+    def ask(self, request: LMMRequest, max_attempts: int | None = None) -> LMMReply: ...
+
+
+@runtime_checkable
+class ReasoningCache(Protocol):
+    """Generic and image reasoning keyed by what the answer depends on (a dict).
+
+    ``get`` returns None on a miss; ``hits``, ``misses`` and ``events`` (notes such as
+    a locked or rebuilt database) are reported with each result; ``path`` is the file,
+    or None in memory."""
+
+    path: Any
+    hits: int
+    misses: int
+    events: list[str]
+
+    def get(self, kind: str, key: dict) -> dict | None: ...
+
+    def put(self, kind: str, key: dict, value: dict) -> None: ...
+
+
+@dataclass
+class OpenSegContext:
+    """Passed as ``context=`` to ``graph.invoke``; nodes read it from ``runtime.context``."""
+
+    segmenter: Segmenter | None = None  # only the segmentation node needs it (and the aligner's default)
+    lmm: LMMBackend = field(default_factory=NoLMM)
+    store: ArtifactStore = field(default_factory=ArtifactStore)
+    reasoning_cache: ReasoningCache = field(default_factory=MemoryReasoningCache)
+    # Embeds names for the class aligner: (names) -> (N, D) normalised. None: the segmenter's.
+    aligner: NameEmbedder | None = None
+    max_concurrent_lmm_calls: int = 4
+    lmm_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Bounds the LMM calls that parallel branches (the self-check's Send fan-out) make at once.
+        self.lmm_slots = threading.BoundedSemaphore(max(1, self.max_concurrent_lmm_calls))
+
+    def name_embedder(self) -> NameEmbedder | None:
+        """The aligner's embeddings: the context's aligner, else the segmenter's text side;
+        None when there is neither (names then match only exactly or normalised)."""
+        if self.aligner is not None:
+            return self.aligner
+        if isinstance(self.segmenter, EmbedsNames):
+            return self.segmenter.embed_names
+        return None

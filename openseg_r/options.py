@@ -1,0 +1,196 @@
+"""How to build an :class:`~openseg_r.facade.OpenSegR`: one typed recipe for every entry point.
+
+``ModelOptions`` says which CLIP weights, segmenter settings, LMM backend, reasoning
+cache and limits a model is built with; :meth:`OpenSegR.from_options
+<openseg_r.facade.OpenSegR.from_options>` builds it. The command line, the servers,
+the LangGraph app (from environment variables), ``runs replay/resume`` and the Python
+API all end there, and every recorded run stores the options it was built with.
+
+The defaults written here, in :class:`SegmenterConfig` and in
+:class:`~openseg_r.state.Settings` are the only ones: command-line help reads them
+from these models (docs/design.md §3.6).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from openseg_r.errors import ConfigError, describe_validation_error
+from openseg_r.images import DEFAULT_MAX_PIXELS
+from openseg_r.state import ATTENTION_VARIANTS
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Attention = Literal[ATTENTION_VARIANTS]  # type: ignore[valid-type]
+RANDOM_WEIGHTS = ("none", "random")
+MEMORY_CACHE = ("none", "memory", ":memory:", "")
+USER_CACHE = "user"
+DEFAULT_CLIP_MODEL = "ViT-B-16"
+DEFAULT_CLIP_PRETRAINED = "openai"
+
+
+class SegmenterConfig(BaseModel):
+    """Dense-CLIP inference settings (docs/design.md §2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attention: Attention = Field("naclip", description="the training-free last block")
+    short_side: int = Field(336, ge=1, description="the image's short side is resized to this")
+    max_long_side: int = Field(2048, ge=1, description="the long side after resizing is capped at this")
+    crop: int = Field(224, ge=1, description="sliding-window size")
+    stride: int = Field(112, ge=1, description="sliding-window stride")
+    slide: bool = Field(True, description="False runs the whole resized image at once")
+    window_batch_size: int | None = Field(None, ge=1, description="windows per forward pass (None: all at once)")
+    gaussian_sigma: float = Field(5.0, gt=0, description="NACLIP's neighbourhood bias")
+
+
+class ModelOptions(BaseModel):
+    """Everything a model is built from, except per-run :class:`~openseg_r.state.Settings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clip_model: str = Field(
+        DEFAULT_CLIP_MODEL, description="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON"
+    )
+    clip_pretrained: str | None = Field(
+        DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
+    )
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 (None: the GPU if there is one)")
+    precision: Precision = Field("auto", description="auto: fp16 on a GPU, fp32 on the CPU")
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    lmm: str | None = Field(None, description="LMM backend spec (None: $OPENSEG_R_LMM, the config file, else none)")
+    lmm_record: str | None = Field(None, description="append every LMM call to this JSONL file")
+    reasoning_cache: str | None = Field(
+        USER_CACHE,
+        description="SQLite reasoning cache: 'user' for the user cache dir, a file path, or 'none' for memory only",
+    )
+    aligner: str = Field(
+        "clip", description="embeddings for the class aligner: clip, minilm, or a sentence-transformers model"
+    )
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images")
+    runs_db: str | None = Field(None, description="record every run in this runs database (None: no recording)")
+    redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
+
+    @field_validator("clip_pretrained", mode="before")
+    @classmethod
+    def _random_weights(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in RANDOM_WEIGHTS:
+            return None
+        return value
+
+    @field_validator("reasoning_cache", mode="before")
+    @classmethod
+    def _memory_cache(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() in MEMORY_CACHE):
+            return None
+        return str(value)
+
+    @classmethod
+    def build(cls, **values) -> "ModelOptions":
+        """Validated options from keyword values where None means "the default" (as an
+        unset command-line flag), with a one-line :class:`ConfigError` on a bad value."""
+        return cls.validated(_given(values))
+
+    @classmethod
+    def validated(cls, data: dict) -> "ModelOptions":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid model option: {describe_validation_error(exc)}") from None
+
+    @classmethod
+    def from_environment(cls, environ: dict | None = None) -> "ModelOptions":
+        """For servers started without a command line (``langgraph dev``): ``OPENSEG_R_CLIP_MODEL``,
+        ``OPENSEG_R_CLIP_PRETRAINED``, ``OPENSEG_R_DEVICE``, ``OPENSEG_R_PRECISION``,
+        ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``, ``OPENSEG_R_RUNS_DB``; the LMM comes
+        from ``OPENSEG_R_LMM`` or the config file as everywhere else."""
+        env = os.environ if environ is None else environ
+        read = lambda name: env.get(f"OPENSEG_R_{name}") or None  # noqa: E731
+        return cls.build(
+            clip_model=read("CLIP_MODEL"),
+            clip_pretrained=read("CLIP_PRETRAINED"),
+            device=read("DEVICE"),
+            precision=read("PRECISION"),
+            reasoning_cache=read("CACHE"),
+            runs_db=read("RUNS_DB"),
+            segmenter={"attention": read("ATTENTION")},
+        )
+
+    def recorded(self) -> dict:
+        """What a recorded run keeps: how to compute the same thing again (not where it wrote)."""
+        return {"format": RECORD_FORMAT, **self.model_dump(mode="json", exclude={"lmm_record", "runs_db"})}
+
+    @classmethod
+    def from_recorded(cls, stored: dict) -> "ModelOptions":
+        """The options a run was recorded with, from this format or the one before it (an
+        untyped dict with ``segmenter_config``); a clear error for anything else."""
+        stored = dict(stored or {})
+        if not stored:
+            raise ConfigError(
+                "this run was recorded without its model options; give --clip-model and --clip-pretrained"
+            )
+        version = stored.pop("format", 1)
+        if version == 1:
+            stored = _from_first_format(stored)
+        elif version != RECORD_FORMAT:
+            raise ConfigError(
+                f"this run's model options are in format {version!r}, newer than this openseg-r reads "
+                f"({RECORD_FORMAT}); upgrade openseg-r"
+            )
+        try:
+            return cls.model_validate(stored)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"cannot read this run's recorded model options: {describe_validation_error(exc)}"
+            ) from None
+
+    def with_overrides(self, **values) -> "ModelOptions":
+        """These options with the non-None ``values`` (and ``segmenter`` fields) replaced."""
+        given = _given(values)
+        segmenter = self.segmenter.model_dump() | given.pop("segmenter", {})
+        return self.validated(self.model_dump() | given | {"segmenter": segmenter})
+
+
+RECORD_FORMAT = 2
+
+
+def _given(values: dict) -> dict:
+    """The values that were given (not None), the segmenter's fields included."""
+    segmenter = values.get("segmenter") or {}
+    if isinstance(segmenter, BaseModel):
+        segmenter = segmenter.model_dump()
+    given = {k: v for k, v in values.items() if v is not None and k != "segmenter"}
+    segmenter = {k: v for k, v in segmenter.items() if v is not None}
+    return given | ({"segmenter": segmenter} if segmenter else {})
+
+
+def _from_first_format(stored: dict) -> dict:
+    """Runs recorded before ModelOptions kept ``clip_model``, ``clip_pretrained``, ``device``,
+    ``precision``, ``lmm`` (a spec, or only a backend's name) and ``segmenter_config``."""
+    known = {"clip_model", "clip_pretrained", "device", "precision", "lmm", "segmenter_config"}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ConfigError(f"cannot read this run's recorded model options (unknown fields: {', '.join(unknown)})")
+    lmm = stored.get("lmm")
+    # That format kept a backend's bare name ("scripted") when it was given as an object;
+    # a name is no spec, so such a run replays without an LMM unless --lmm says otherwise.
+    spec = lmm if isinstance(lmm, str) and (lmm.strip() == "none" or ":" in lmm) else None
+    optional = {
+        "clip_model": stored.get("clip_model"),
+        "device": stored.get("device"),
+        "precision": stored.get("precision"),
+    }
+    return {k: v for k, v in optional.items() if v is not None} | {
+        "clip_pretrained": stored.get("clip_pretrained"),  # None here meant random weights, as it does now
+        "lmm": spec or "none",
+        "segmenter": stored.get("segmenter_config") or {},
+        "reasoning_cache": None,  # such runs were replayed with reasoning in memory
+    }
+
+
+def field_default(model: type[BaseModel], name: str) -> object:
+    """A field's default as help texts show it."""
+    field = model.model_fields[name]
+    return field.get_default(call_default_factory=True)

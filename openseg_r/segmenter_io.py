@@ -1,0 +1,46 @@
+"""What a segmenter is asked and what it answers, as plain data (numpy, no torch).
+
+The segmentation node hands a segmenter a :class:`ClassFilter` and gets back
+:class:`SegmentationArrays`. Both live here, below the segmenters and the nodes, so
+that any segmenter (the dense-CLIP one, or a trained one later) and the self-check's
+array code share them without importing each other (docs/design.md §3.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+FilterMode = Literal["hard", "soft", "none"]
+
+
+@dataclass
+class ClassFilter:
+    """Which classes image reasoning found, and how to treat the others."""
+
+    present: list[int] | None = None  # None: no filtering
+    mode: FilterMode = "hard"
+    soft_weight: float = 0.3  # soft: absent classes' probabilities are multiplied by this
+    keep: tuple[int, ...] = ()  # never filtered (the background class)
+
+    def suppressed(self, num_classes: int) -> list[int]:
+        """Indices of the classes this filter removes or down-weights."""
+        if self.present is None or self.mode == "none":
+            return []
+        kept = set(self.present) | set(self.keep)
+        return [c for c in range(num_classes) if c not in kept]
+
+
+@dataclass
+class SegmentationArrays:
+    """Per-pixel outputs at the input image's size."""
+
+    labels: np.ndarray  # (H, W) int32 index into the vocabulary; UNKNOWN_LABEL for "none of these"
+    confidence: np.ndarray  # (H, W) float32 probability of the chosen class
+    runner_up: np.ndarray  # (H, W) int32 second-best class, -1 when there is none
+    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability (before the background threshold)
+    runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
+    suppressed: list[int] = field(default_factory=list)
+    background_pixels: int = 0
