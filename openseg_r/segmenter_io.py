@@ -13,12 +13,17 @@ from typing import Literal
 
 import numpy as np
 
-FilterMode = Literal["hard", "soft", "none"]
+FilterMode = Literal["hard", "zero", "soft", "none"]
 
 
 @dataclass
 class ClassFilter:
-    """Which classes image reasoning found, and how to treat the others."""
+    """Which classes image reasoning found, and how to treat the others.
+
+    ``hard`` (OpenSeg-R's rule): the softmax runs over the present classes (and ``keep``)
+    only; the others get 0. ``zero``: the softmax runs over every class, then the absent
+    ones are set to 0 without renormalising. ``soft``: absent classes' probabilities are
+    multiplied by ``soft_weight``. ``none``: no filtering."""
 
     present: list[int] | None = None  # None: no filtering
     mode: FilterMode = "hard"

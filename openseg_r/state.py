@@ -172,7 +172,7 @@ class ImageRef(BaseModel):
 
 ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
 ScoreOrder = Literal["max_then_softmax", "softmax_then_max"]
-ClassFilter = Literal["hard", "soft", "none"]
+ClassFilter = Literal["hard", "zero", "soft", "none"]
 UNKNOWN_LABEL = -1  # label-map value of pixels the self-check marked "none of these"
 
 

@@ -127,3 +127,59 @@ def test_window_boxes_cover_the_image_with_equal_windows():
 def test_resize_keeps_aspect_and_caps_the_long_side():
     assert resize_shape(375, 500, 336, 2048) == (336, 448)
     assert resize_shape(100, 10000, 336, 2048) == (20, 2048)
+
+
+# --------------------------------------------------------------------------- the hard filter is OpenSeg-R's
+
+
+def _random_bank(score_order: str, num_classes=6, synonyms=2, slots=3, dim=16, seed=0):
+    """A bank over random unit vectors: class c has `synonyms` synonyms x `slots` attribute slots."""
+    rng = np.random.default_rng(seed)
+    classes = [ClassPrompts(name=f"c{c}", queries=[f"c{c}s{s}" for s in range(synonyms)],
+                            slots=[f"a{j}" for j in range(slots)], source="generic") for c in range(num_classes)]
+    prompts = PromptSet(templates="vild", score_order=score_order, classes=classes)
+    table = {p: torch.tensor(rng.standard_normal(dim), dtype=torch.float32) for c in classes for row in c.phrases()
+             for p in row}
+    table = {p: v / v.norm() for p, v in table.items()}
+    embed = lambda phrases, templates: torch.stack([table[p] for p in phrases])  # noqa: E731
+    return prompts, embed
+
+
+@pytest.mark.parametrize("score_order", ["max_then_softmax", "softmax_then_max"])
+def test_hard_filter_equals_a_classifier_built_from_the_present_classes_only(score_order):
+    """OpenSeg-R (MAFT+ `_Reason`) builds its text classifier from the present classes (plus
+    background): computed here directly, on a bank of those classes alone."""
+    prompts, embed = _random_bank(score_order)
+    bank = build_query_bank(prompts, embed)
+    features = torch.nn.functional.normalize(torch.randn(100, 200, 16, generator=torch.Generator().manual_seed(1)),
+                                             dim=-1)
+    present, background = [2, 4], 0
+    hard = ClassFilter(present=present, mode="hard", keep=(background,))
+    logits = bank.channel_scores(features).permute(2, 0, 1)
+    filtered = apply_class_filter(hard, bank.class_probabilities(logits, 40.0, hard))
+
+    kept = [background, *present]
+    restricted = PromptSet(templates="vild", score_order=score_order, classes=[prompts.classes[c] for c in kept])
+    small = build_query_bank(restricted, embed)
+    direct = small.class_probabilities(small.channel_scores(features).permute(2, 0, 1), 40.0)
+    expected = torch.zeros_like(filtered)
+    expected[kept] = direct
+    assert torch.allclose(filtered, expected, atol=1e-6)
+    if score_order == "max_then_softmax":  # each slot is a distribution over the kept classes alone
+        assert torch.allclose(filtered.sum(0), torch.ones(100, 200), atol=1e-5)
+
+    # `zero` is the other rule: softmax over every class, absent ones set to 0, no renormalising
+    zero = ClassFilter(present=present, mode="zero", keep=(background,))
+    zeroed = apply_class_filter(zero, bank.class_probabilities(logits, 40.0, zero))
+    everything = bank.class_probabilities(logits, 40.0)
+    assert torch.equal(zeroed[kept], everything[kept]) and not zeroed[[1, 3, 5]].any()
+    changed = int((zeroed.argmax(0) != filtered.argmax(0)).sum())
+    assert changed > 0  # the two rules pick different classes on some pixels
+
+
+def test_a_hard_filter_that_would_remove_every_class_removes_none():
+    prompts, embed = _random_bank("max_then_softmax", num_classes=3)
+    bank = build_query_bank(prompts, embed)
+    logits = torch.randn(bank.num_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    nothing = ClassFilter(present=[], mode="hard")
+    assert torch.equal(bank.class_probabilities(logits, 40.0, nothing), bank.class_probabilities(logits, 40.0))

@@ -35,6 +35,8 @@ class LMMRequest(Generic[T]):
     images: list[np.ndarray] = field(default_factory=list)
     subject: str | None = None
     image_id: str | None = None  # the image file's stem, for replaying upstream per-image files
+    # The subject class's synonyms: a replayed upstream file keyed by any of them still answers.
+    subject_synonyms: tuple[str, ...] = ()
 
 
 @dataclass

@@ -127,7 +127,8 @@ class ReplayLMM(BaseLMMBackend):
                 self._positions[key] = position + 1
             return answers[min(position, len(answers) - 1)]
         if request.step == "generic_reasoning" and self._generic:
-            entry = self._generic.get(request.subject or "")
+            keys = [request.subject or "", *request.subject_synonyms]
+            entry = next((self._generic[key] for key in keys if key in self._generic), None)
             if entry is None:
                 raise LookupError(f"the upstream file has no reasoning for {request.subject!r}")
             return json.dumps({k: v for k, v in entry.items() if k != "raw_response"}), Usage()

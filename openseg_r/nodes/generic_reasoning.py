@@ -48,10 +48,13 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
         else:
             to_ask.append(name)
 
+    synonyms = {c.name: tuple(q for q in c.queries if q != c.name) for c in state.vocabulary.classes}
+
     def ask(name: str):
         request = LMMRequest(
             step=STEP,
             subject=name,
+            subject_synonyms=synonyms.get(name, ()),
             prompt=GENERIC_REASONING.render(class_name=name),
             prompt_version=GENERIC_REASONING.version,
             schema=ClassReasoning,

@@ -45,14 +45,26 @@ class QueryBank:
         out = torch.full((*sims.shape[:-1], self.num_channels), float("-inf"), device=sims.device, dtype=sims.dtype)
         return out.scatter_reduce(-1, index, sims, reduce="amax", include_self=True)
 
-    def class_probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
-        """Channel logits (K, ...) -> class probabilities (C, ...), the mean over slots."""
+    def class_probabilities(
+        self, logits: torch.Tensor, logit_scale: float, class_filter: ClassFilter | None = None
+    ) -> torch.Tensor:
+        """Channel logits (K, ...) -> class probabilities (C, ...), the mean over slots.
+
+        With a ``hard`` class filter, each slot's softmax runs over the channels of the
+        classes it keeps (present plus background) only, and the other classes get 0: the
+        OpenSeg-R rule, where the text classifier holds only the classes image reasoning
+        found (docs/design.md §1.5)."""
         spatial = logits.shape[1:]
         total = torch.zeros((self.num_classes, *spatial), device=logits.device, dtype=torch.float32)
+        kept = kept_classes(class_filter, self.num_classes)
         for slot in range(self.num_slots):
             channels = (self.channel_slot == slot).nonzero().flatten().to(logits.device)
-            probs = torch.softmax(logit_scale * logits[channels].float(), dim=0)
             classes = self.channel_class.to(logits.device)[channels]
+            slot_logits = logit_scale * logits[channels].float()
+            if kept is not None:
+                absent = ~kept.to(logits.device)[classes]
+                slot_logits = slot_logits.masked_fill(absent.view(-1, *([1] * len(spatial))), float("-inf"))
+            probs = torch.softmax(slot_logits, dim=0)
             if classes.numel() == self.num_classes and bool(
                     (classes == torch.arange(self.num_classes, device=classes.device)).all()):
                 total += probs
@@ -61,6 +73,19 @@ class QueryBank:
                 index = classes.view(-1, *([1] * len(spatial))).expand(probs.shape)
                 total += per_class.scatter_reduce(0, index, probs, reduce="amax", include_self=True)
         return total / self.num_slots
+
+
+def kept_classes(class_filter: ClassFilter | None, num_classes: int) -> torch.Tensor | None:
+    """For a ``hard`` filter that removes some but not all classes: a bool mask of the
+    classes its softmax runs over; else None (the softmax runs over every class)."""
+    if class_filter is None or class_filter.mode != "hard":
+        return None
+    absent = class_filter.suppressed(num_classes)
+    if not absent or len(absent) == num_classes:
+        return None
+    kept = torch.ones(num_classes, dtype=torch.bool)
+    kept[absent] = False
+    return kept
 
 
 def build_query_bank(prompts: PromptSet, embed) -> QueryBank:
@@ -99,11 +124,14 @@ def build_query_bank(prompts: PromptSet, embed) -> QueryBank:
 
 
 def apply_class_filter(class_filter: ClassFilter, probs: torch.Tensor) -> torch.Tensor:
-    """Hard: absent classes get probability 0. Soft: they are multiplied by ``soft_weight``,
-    so a class CLIP is very sure of can still win."""
+    """The filter's effect on probabilities already computed over every class. ``zero``:
+    absent classes get 0 (no renormalisation). ``soft``: they are multiplied by
+    ``soft_weight``, so a class CLIP is very sure of can still win. ``hard`` acts inside the
+    softmax (:meth:`QueryBank.class_probabilities`); here it only makes sure absent classes
+    are 0. A filter that would remove every class removes none."""
     absent = class_filter.suppressed(probs.shape[0])
-    if not absent or len(absent) == probs.shape[0]:
+    if not absent or len(absent) == probs.shape[0] or class_filter.mode == "none":
         return probs
     probs = probs.clone()
-    probs[absent] = 0.0 if class_filter.mode == "hard" else probs[absent] * class_filter.soft_weight
+    probs[absent] = probs[absent] * class_filter.soft_weight if class_filter.mode == "soft" else 0.0
     return probs

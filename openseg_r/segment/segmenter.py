@@ -156,7 +156,7 @@ class CLIPSegmenter:
         band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
         for start in range(0, out_h, band_rows):
             stop = min(out_h, start + band_rows)
-            probs = apply_class_filter(class_filter, bank.class_probabilities(resampler.band(start, stop), logit_scale))
+            probs = apply_class_filter(class_filter, bank.class_probabilities(resampler.band(start, stop), logit_scale, class_filter))
             top = probs.topk(min(2, probs.shape[0]), dim=0)
             best_prob, best = top.values[0], top.indices[0]
             if probs.shape[0] > 1:

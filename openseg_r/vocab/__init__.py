@@ -38,6 +38,14 @@ BUILTIN_FILES = {
     "coco_stuff171": "coco_stuff171.txt",
     "coco_object": "coco_object.txt",
     "cityscapes": "cityscapes.txt",
+    # OpenSeg-R's (MAFT+) synonym lists: the vocabularies its published numbers use
+    "voc21_syn": "voc21_syn.txt",
+    "pc59_syn": "pc59_syn.txt",
+    "pc459_syn": "pc459_syn.txt",
+    "ade150_syn": "ade150_syn.txt",
+    "ade847_syn": "ade847_syn.txt",
+    "coco_stuff171_syn": "coco_stuff171_syn.txt",
+    "cityscapes_syn": "cityscapes_syn.txt",
 }
 ALIASES = {
     "voc": "voc21",
