@@ -8,10 +8,13 @@ to by content key.
 
 from __future__ import annotations
 
+import json
 import operator
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from openseg_r.errors import ConfigError, describe_validation_error
 
@@ -20,12 +23,29 @@ MAX_CANDIDATES = 200
 MAX_TEXT = 300
 
 
+# Control characters, format characters (bidi overrides and isolates, zero-width ones) and
+# lone surrogates: never wanted in a prompt, a trace or a terminal.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
 def _clean_text(value: object, limit: int = MAX_TEXT) -> str:
-    """Untrusted LMM text: coerce to a single trimmed line of bounded length."""
+    """Untrusted LMM text: one trimmed line of bounded length, with control, bidi and
+    zero-width characters and lone surrogates removed."""
     if value is None:
         return ""
-    text = " ".join(str(value).split())
-    return text[:limit]
+    text = "".join(" " if ch.isspace() else ch for ch in str(value)
+                   if ch.isspace() or unicodedata.category(ch) not in _UNSAFE_CATEGORIES)
+    return " ".join(text.split())[:limit]
+
+
+def _describe_dropped(position: int, item: object) -> str:
+    kind = {dict: "an object", list: "a list", tuple: "a list", bool: "a true/false value"}.get(
+        type(item), "a number" if isinstance(item, (int, float)) else type(item).__name__)
+    try:
+        shown = json.dumps(item, ensure_ascii=True, default=str)
+    except (TypeError, ValueError):
+        shown = "?"
+    return f"item {position} is {kind}, not text: {_clean_text(shown, 60)}"
 
 
 # --------------------------------------------------------------------------- reasoning
@@ -35,7 +55,11 @@ class ClassReasoning(BaseModel):
     """Coarse-to-fine reasoning about one class (docs/design.md §1.1).
 
     Fields are cleaned on the way in because they come from an LMM: whitespace is
-    collapsed, lengths are bounded, empty attributes are dropped.
+    collapsed, control and bidi characters are removed, lengths are bounded, empty
+    attributes are dropped, and attributes that are not text (objects, lists, numbers)
+    are dropped rather than turned into prompt text. ``dropped`` says what was dropped
+    (the nodes record it as a fallback); it is never part of the schema an LMM sees, nor
+    of what is stored.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -44,10 +68,27 @@ class ClassReasoning(BaseModel):
     general_category: str = ""
     sub_category: str = ""
     attributes: list[str] = Field(default_factory=list)
+    dropped: SkipJsonSchema[list[str]] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_text_attributes(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        data["dropped"] = []  # never taken from the answer itself
+        items = data.get("attributes")
+        if isinstance(items, (list, tuple)):
+            data["attributes"] = [item for item in items if isinstance(item, str)]
+            data["dropped"] = [_describe_dropped(i, item) for i, item in enumerate(items, start=1)
+                               if not isinstance(item, str)][:MAX_ATTRIBUTES]
+        return data
 
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError("name must be text")
         text = _clean_text(value, 120)
         if not text:
             raise ValueError("name must not be empty")
@@ -56,7 +97,7 @@ class ClassReasoning(BaseModel):
     @field_validator("general_category", "sub_category", mode="before")
     @classmethod
     def _category(cls, value: object) -> str:
-        return _clean_text(value, 120)
+        return _clean_text(value, 120) if isinstance(value, str) else ""
 
     @field_validator("attributes", mode="before")
     @classmethod
@@ -123,7 +164,8 @@ class CandidateSearch(BaseModel):
             value = value.split(",")
         if not isinstance(value, (list, tuple)):
             raise ValueError("present must be a list of class names")
-        return [text for text in (_clean_text(v, 120) for v in value) if text][:MAX_CANDIDATES]
+        names = (_clean_text(v, 120) for v in value if isinstance(v, str))
+        return [text for text in names if text][:MAX_CANDIDATES]
 
 
 class CandidateReasons(BaseModel):
@@ -480,6 +522,15 @@ class Fallback(BaseModel):
     subject: str | None = None
     reason: str
     used: str
+
+
+def dropped_attribute_fallbacks(step: str, reasoning: ClassReasoning, subject: str | None = None) -> list[Fallback]:
+    """One recorded fallback when an answer's attribute list held items that are not text."""
+    if not reasoning.dropped:
+        return []
+    return [Fallback(step=step, subject=subject or reasoning.name,
+                     reason=f"{len(reasoning.dropped)} attribute(s) were not text: " + "; ".join(reasoning.dropped),
+                     used="the text attributes only")]
 
 
 class NodeTiming(BaseModel):

@@ -77,3 +77,24 @@ def test_unknown_model_and_bad_settings():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+def test_openai_weights_run_with_quick_gelu(monkeypatch):
+    """open_clip only warns when OpenAI's QuickGELU weights meet a GELU config; the loader
+    asks for QuickGELU from the tag's own config, and leaves other weights alone."""
+    import open_clip
+
+    from openseg_r.errors import WeightsError
+    from openseg_r.segment.loading import load_clip
+
+    seen = []
+
+    def create_model(name, pretrained=None, device="cpu", force_quick_gelu=False):
+        seen.append((name, pretrained, force_quick_gelu))
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    for pretrained in ("openai", "laion2b_s34b_b88k"):
+        with pytest.raises(WeightsError):
+            load_clip("ViT-B-16", pretrained, device="cpu")
+    assert seen == [("ViT-B-16", "openai", True), ("ViT-B-16", "laion2b_s34b_b88k", False)]

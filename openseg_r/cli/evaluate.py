@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from openseg_r.cli.options import EXIT_OK, add_lmm_options, add_model_options, model_options
+from openseg_r.cli.options import (
+    EXIT_OK,
+    add_lmm_options,
+    add_model_options,
+    add_protocol_option,
+    add_scoring_options,
+    add_segmenter_options,
+    options_and_settings,
+)
 
 
 def add_parsers(commands) -> None:
@@ -24,8 +32,14 @@ def add_parsers(commands) -> None:
                           "writes to OUT/shard-i-of-n")
     run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--vocab", default=None,
+                     help="a built-in vocabulary or file with the dataset's classes in label order, e.g. "
+                          "pc59-syn for OpenSeg-R's synonyms (default: the dataset's own class names)")
+    add_protocol_option(run, default="auto")
     add_model_options(run)
     add_lmm_options(run)
+    add_segmenter_options(run, with_max_pixels=False)
+    add_scoring_options(run)
     run.set_defaults(handler=run_eval_command)
     merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
@@ -36,9 +50,18 @@ def add_parsers(commands) -> None:
 def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.runner import parse_shard, run_eval
+    from openseg_r.lmm.spec import configured_spec
+    from openseg_r.state import Settings
 
     dataset = get_dataset(args.dataset)
-    options = model_options(args)
+    protocol = dataset_protocol(args.dataset, args.protocol)
+    has_lmm = configured_spec(args.lmm).strip() not in ("", "none")
+    options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
+    vocabulary = None
+    if args.vocab:
+        from openseg_r.vocab import load_named_vocabulary
+
+        vocabulary = load_named_vocabulary(args.vocab)
     out = args.out
     if args.shard == "auto":
         shard, local_rank = launcher_shard()
@@ -53,11 +76,22 @@ def run_eval_command(args: argparse.Namespace) -> int:
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
     from openseg_r.facade import OpenSegR
 
-    model = OpenSegR.from_options(options)
+    model = OpenSegR.from_options(options, settings=settings)
     run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation, limit=args.limit,
-             seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty())
+             seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty(),
+             vocabulary=vocabulary, protocol=protocol.describe() if protocol else None)
     _print_summary(out)
     return EXIT_OK
+
+
+def dataset_protocol(dataset: str, choice: str | None):
+    """--protocol: auto (the default) is the dataset's published protocol, when it has one."""
+    from openseg_r.presets import NONE, PROTOCOLS, protocol_for
+
+    choice = (choice or "auto").strip().lower()
+    if choice == "auto":
+        return protocol_for(dataset) if dataset in PROTOCOLS else None
+    return protocol_for(choice or NONE)
 
 
 def launcher_shard() -> tuple[tuple[int, int], int | None]:

@@ -15,7 +15,7 @@ import typing
 from pydantic import BaseModel
 
 from openseg_r.options import ModelOptions, SegmenterConfig, field_default
-from openseg_r.state import SelfCheckSettings, Settings
+from openseg_r.state import SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -78,6 +78,11 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
                         help=described(Settings, "image_reasoning_mode",
                                        "one structured LMM call per image, or the paper's three-call chain"))
     parser.add_argument("--align-model", default=None, help=described(ModelOptions, "aligner"))
+    add_scoring_options(parser)
+
+
+def add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """How pixels are scored against the prompts (fields of :class:`Settings`)."""
     parser.add_argument("--templates", default=None, choices=choices_of(Settings, "templates"),
                         help=described(Settings, "templates", "CLIP prompt templates"))
     parser.add_argument("--n-attributes", type=int, default=None,
@@ -100,13 +105,23 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+def add_segmenter_options(parser: argparse.ArgumentParser, with_max_pixels: bool = True) -> None:
     """Dense-CLIP inference settings (fields of :class:`SegmenterConfig`)."""
     parser.add_argument("--short-side", type=int, default=None, help=described(SegmenterConfig, "short_side"))
     parser.add_argument("--crop", type=int, default=None, help=described(SegmenterConfig, "crop"))
     parser.add_argument("--stride", type=int, default=None, help=described(SegmenterConfig, "stride"))
-    parser.add_argument("--no-slide", action="store_true", default=None, help="run the whole resized image at once")
-    parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
+    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
+                        help="sliding windows, or (--no-slide) the whole resized image at once (default: slide)")
+    parser.add_argument("--pamr-steps", type=int, default=None, help=described(SegmenterConfig, "pamr_steps"))
+    if with_max_pixels:
+        parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
+
+
+def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--protocol", default=None,
+                        help="the settings behind a published table: a benchmark name (voc21, pc60, ade150, ...; "
+                             f"see openseg_r.presets), auto (the dataset's, for eval) or none (default {default}); "
+                             "single options given here override single fields")
 
 
 SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
@@ -221,22 +236,36 @@ def model_option_values(args: argparse.Namespace) -> dict:
             "short_side": flag("short_side"),
             "crop": flag("crop"),
             "stride": flag("stride"),
-            "slide": False if flag("no_slide") else None,
+            "slide": flag("slide"),
+            "pamr_steps": flag("pamr_steps"),
         },
     }
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:
     """The Settings fields the flags give (merged over the defaults by the one merge rule)."""
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
     values = {
-        "image_reasoning_mode": args.image_reasoning,
-        "templates": args.templates,
-        "n_attributes": args.n_attributes,
-        "score_order": args.score_order,
-        "class_filter": args.class_filter,
-        "background_threshold": args.background_threshold,
+        "image_reasoning_mode": flag("image_reasoning"),
+        "templates": flag("templates"),
+        "n_attributes": flag("n_attributes"),
+        "score_order": flag("score_order"),
+        "class_filter": flag("class_filter"),
+        "background_threshold": flag("background_threshold"),
     }
-    self_check = {field: getattr(args, dest) for dest, (field, _) in SELF_CHECK_FLAGS.items()}
-    self_check |= {"enabled": args.self_check, "full_image": args.self_check_full_image}
+    self_check = {field: flag(dest) for dest, (field, _) in SELF_CHECK_FLAGS.items()}
+    self_check |= {"enabled": flag("self_check"), "full_image": flag("self_check_full_image")}
     values["self_check"] = {k: v for k, v in self_check.items() if v is not None} or None
     return {k: v for k, v in values.items() if v is not None}
+
+
+def options_and_settings(args: argparse.Namespace, protocol, base: Settings, **overrides) -> tuple:
+    """(ModelOptions, Settings) in layers: the models' defaults, then the protocol (a
+    :class:`~openseg_r.presets.Protocol` or None), then each option given on the command line."""
+    values = model_option_values(args) | overrides
+    segmenter = values.pop("segmenter")
+    options = ModelOptions.build(**values)
+    settings = base
+    if protocol is not None:
+        options, settings = protocol.apply(options, base)
+    return options.with_overrides(segmenter=segmenter), merged_settings(settings, settings_overrides(args))

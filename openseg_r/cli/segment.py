@@ -9,12 +9,12 @@ from openseg_r.cli.options import (
     EXIT_OK,
     add_lmm_options,
     add_model_options,
+    add_protocol_option,
     add_recording_options,
     add_segmenter_options,
     add_self_check_options,
     add_settings_options,
-    model_options,
-    settings_overrides,
+    options_and_settings,
 )
 
 
@@ -29,6 +29,7 @@ def add_parsers(commands) -> None:
     add_lmm_options(seg)
     add_settings_options(seg)
     add_segmenter_options(seg)
+    add_protocol_option(seg, default="none")
     add_self_check_options(seg)
     add_recording_options(seg)
     seg.set_defaults(handler=run_segment)
@@ -49,19 +50,21 @@ def run_segment(args: argparse.Namespace) -> int:
     from openseg_r.errors import ConfigError
     from openseg_r.images import load_image
     from openseg_r.lmm.spec import configured_spec
-    from openseg_r.state import Settings, merged_settings
+    from openseg_r.presets import NONE, protocol_for
+    from openseg_r.state import Settings
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     # Cheap checks first, so bad input fails before any model loads; the image is decoded once.
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
-    options = model_options(args, runs_db=_runs_db(args), redact=args.redact)
-    rgb = load_image(args.image, max_pixels=options.max_pixels)
-    spec = configured_spec(options.lmm)
+    protocol = protocol_for(args.protocol or NONE)
+    spec = configured_spec(args.lmm)
     has_lmm = spec.strip() not in ("", "none")
     reasoning = not args.no_reasoning and has_lmm
+    options, settings = options_and_settings(args, protocol, Settings(reasoning=reasoning),
+                                             runs_db=_runs_db(args), redact=args.redact)
+    rgb = load_image(args.image, max_pixels=options.max_pixels)
     if not args.no_reasoning and not reasoning:
         print("note: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
-    settings = merged_settings(Settings(reasoning=reasoning), settings_overrides(args))
     check = settings.self_check
     asks_lmm = check.enabled and check.mode == "lmm"
     if asks_lmm and not has_lmm:

@@ -51,12 +51,18 @@ def settings_for(ablation: bool, reasoning: bool) -> list[tuple[str, dict]]:
 
 def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, split: str | None = None,
              ablation: bool = False, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
-             progress: bool = True) -> EvalState:
+             progress: bool = True, vocabulary=None, protocol: dict | None = None) -> EvalState:
+    """``vocabulary`` replaces the dataset's class names (same classes in label order, e.g.
+    with synonyms); ``protocol`` describes the protocol applied to ``model``, for the reports."""
     from openseg_r.lmm.base import NoLMM
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    vocabulary = dataset.load_vocabulary(root)
+    own = dataset.load_vocabulary(root)
+    if vocabulary is not None and len(vocabulary.classes) != len(own.classes):
+        raise ConfigError(f"the vocabulary has {len(vocabulary.classes)} classes but {dataset.name} has "
+                          f"{len(own.classes)}: give one class per label, in label order")
+    vocabulary = vocabulary or own
     samples = select(dataset.samples(root, split), limit, seed, shard)
     has_lmm = not isinstance(model.lmm, NoLMM)
     if ablation and not has_lmm:
@@ -66,7 +72,10 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     config = {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
               "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
               "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
-              "model": model.describe_segmenter(), "lmm": model.lmm.model_id}
+              "vocabulary": vocabulary.name, "class_names": vocabulary.names,
+              "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
+              "base_settings": model.settings.model_dump(mode="json"),
+              "setting_overrides": {name: overrides for name, overrides in settings}}
     state = _open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
     bar = None
@@ -120,12 +129,24 @@ def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, 
     totals.lmm_calls += calls
     totals.tokens += tokens
 
+def _segmenter_settings(model: dict | None) -> dict | None:
+    """What the segmenter computes with; where it ran (device, dtype) may change on resume."""
+    return None if model is None else {k: v for k, v in model.items() if k not in ("device", "dtype")}
+
+
 def _open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
     run_file = out / RUN_FILE
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         keys = ("dataset", "split", "settings", "limit", "seed", "shard", "classes")
-        changed = [k for k in keys if previous.get(k) != config.get(k)]
+        # Recorded since protocols: checked when the folder has them, so older folders still resume.
+        later = ("vocabulary", "class_names", "protocol", "base_settings", "setting_overrides", "segmenter")
+        current = json.loads(json.dumps(config))  # as it would be read back
+        changed = [k for k in keys if previous.get(k) != current.get(k)]
+        if "protocol" in previous:
+            previous["segmenter"] = _segmenter_settings(previous.get("model"))
+            current["segmenter"] = _segmenter_settings(current.get("model"))
+            changed += [k for k in later if previous.get(k) != current.get(k)]
         if changed:
             raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); "
                               "use another --out folder, or the same options to resume")
@@ -175,7 +196,8 @@ def merge(folders: list[str | Path], out: str | Path) -> EvalState:
             raise ConfigError(f"the shards differ in {', '.join(changed)}; only shards of one evaluation merge")
     from openseg_r.evals.datasets import get_dataset
 
-    names = get_dataset(configs[0]["dataset"]).load_vocabulary(configs[0]["root"]).names
+    names = configs[0].get("class_names") or get_dataset(configs[0]["dataset"]).load_vocabulary(
+        configs[0]["root"]).names
     config = dict(configs[0], shard=None, merged_from=[str(f) for f in folders])
     state = EvalState(config, names, {n: SettingTotals(AreaCounts.zeros(len(names))) for n in config["settings"]})
     for folder in folders:
@@ -230,7 +252,8 @@ def _markdown(summary: dict, names: list[str]) -> str:
     config = summary["config"]
     lines = [f"# openseg-r evaluation: {config['dataset']} ({config['split']})", "",
              f"{summary['images']} image(s); LMM {config['lmm']}; CLIP {config['model'].get('clip_model')} "
-             f"({config['model'].get('attention')})", "",
+             f"({config['model'].get('attention')}); vocabulary {config.get('vocabulary')}", "",
+             *_protocol_lines(config), "",
              "| setting | mIoU | Δ mIoU | fwIoU | aAcc | mAcc | LMM calls / image | tokens / image | s / image |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary["table"]:
@@ -245,6 +268,21 @@ def _markdown(summary: dict, names: list[str]) -> str:
                          f"| {_fmt(row['delta'], True)} |")
     lines += ["", "LMM calls count only calls made: reasoning shared between settings (cached) is counted once."]
     return "\n".join(lines) + "\n"
+
+def _protocol_lines(config: dict) -> list[str]:
+    """The protocol, and every segmenter and scoring setting the evaluation used."""
+    protocol = config.get("protocol")
+    lines = [f"Protocol: {protocol['name']} ({protocol['source']})" if protocol else
+             "Protocol: none (the model's own settings)", ""]
+    segmenter = {k: v for k, v in config["model"].items()}
+    lines.append("Segmenter: " + ", ".join(f"{k}={v}" for k, v in segmenter.items()))
+    base = config.get("base_settings") or {}
+    scoring = {k: v for k, v in base.items() if k != "self_check"}
+    lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in scoring.items()))
+    for name, overrides in (config.get("setting_overrides") or {}).items():
+        lines.append(f"Setting {name!r}: " + (json.dumps(overrides) if overrides else "as above"))
+    return lines
+
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from openseg_r.context import OpenSegContext
 from openseg_r.lmm.base import LMMRequest
 from openseg_r.prompts.reasoning import GENERIC_REASONING
-from openseg_r.state import ClassReasoning, Fallback, LMMCall, Settings, Vocabulary
+from openseg_r.state import ClassReasoning, Fallback, LMMCall, Settings, Vocabulary, dropped_attribute_fallbacks
 
 STEP = "generic_reasoning"
 
@@ -74,6 +74,7 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
                 reasoning[name] = ClassReasoning(name=name)
                 continue
             reasoning[name] = reply.value.model_copy(update={"name": name})
+            fallbacks += dropped_attribute_fallbacks(STEP, reply.value, subject=name)
             ctx.reasoning_cache.put("generic", generic_cache_key(lmm, name), reasoning[name].model_dump())
     ordered = {name: reasoning[name] for name in names}
     return GenericReasoningOutput(generic_reasoning=ordered, lmm_calls=calls, fallbacks=fallbacks)

@@ -38,6 +38,7 @@ from openseg_r.state import (
     LMMCall,
     Settings,
     Vocabulary,
+    dropped_attribute_fallbacks,
 )
 
 STEP = "image_reasoning"
@@ -87,7 +88,8 @@ def image_reasoning(state: ImageReasoningInput, runtime: Runtime[OpenSegContext]
     result = _single(ask, names) if mode == "single" else _chain(ask, state.vocabulary, names)
     if result is not None and not any(f.step == STEP for f in ask.fallbacks):
         ctx.reasoning_cache.put("image", key, result.model_dump())
-    return ImageReasoningOutput(image_reasoning=result, lmm_calls=ask.calls, fallbacks=ask.fallbacks)
+    dropped = [f for c in (result.candidates if result else []) for f in dropped_attribute_fallbacks(STEP, c)]
+    return ImageReasoningOutput(image_reasoning=result, lmm_calls=ask.calls, fallbacks=ask.fallbacks + dropped)
 
 
 class _Asker:

@@ -13,8 +13,8 @@ from openseg_r.segment.attention import ATTENTION_VARIANTS, last_block
 class DenseCLIPEncoder:
     """Turns a batch of normalised images into L2-normalised patch embeddings.
 
-    Works at any input size: the positional embedding is interpolated (bicubic)
-    to the patch grid and cached per grid size.
+    Works at any input size: the positional embedding is interpolated (bicubic, as
+    NACLIP does) to the patch grid and cached per grid size.
     """
 
     def __init__(self, model: nn.Module, attention: str = "naclip", gaussian_sigma: float = 5.0) -> None:
@@ -36,16 +36,34 @@ class DenseCLIPEncoder:
         return height // self.patch_size[0], width // self.patch_size[1]
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The (1 + gh*gw, width) positional embedding for a patch grid, in float32.
+
+        Resized exactly as NACLIP's ``interpolate_pos_encoding`` does (``clip/model.py``): bicubic
+        with ``scale_factor=((gh + 0.1) / n, (gw + 0.1) / n)`` and ``recompute_scale_factor=False``,
+        so the sampling positions follow the scale ``(g + 0.1) / n`` rather than ``g / n``; computed
+        in float32 (NACLIP keeps this tensor in float32 even in half precision) and cast to the
+        tokens' dtype only when it is added. At the trained grid the embedding is used unchanged.
+        NACLIP skips the resize whenever the token count matches (so a 7x28 grid would get the
+        14x14 embedding read row by row); here only the trained grid itself skips it.
+        """
         cached = self._pos_cache.get(grid)
         if cached is not None:
             return cached
-        pos = self.visual.positional_embedding
+        pos = self.visual.positional_embedding.float()
         cls_pos, patch_pos = pos[:1], pos[1:]
         side = int(round(patch_pos.shape[0] ** 0.5))
         if (side, side) != grid:
-            patch = patch_pos.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-            patch = F.interpolate(patch, size=grid, mode="bicubic", align_corners=False)
-            patch_pos = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+            patch = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            patch = F.interpolate(
+                patch,
+                mode="bicubic",
+                scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
+                align_corners=False,
+                recompute_scale_factor=False,
+            )
+            if tuple(patch.shape[-2:]) != grid:  # floor(n * (g + 0.1) / n) is g for any sane grid
+                raise ValueError(f"positional embedding resized to {tuple(patch.shape[-2:])}, expected {grid}")
+            patch_pos = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
         result = torch.cat([cls_pos, patch_pos], dim=0)
         self._pos_cache[grid] = result
         return result

@@ -91,7 +91,8 @@ def load_clip(
     if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
         raise WeightsError(f"CLIP weights file not found: {pretrained}")
     try:
-        clip_model = open_clip.create_model(model_name, pretrained=pretrained or None, device="cpu")
+        clip_model = open_clip.create_model(model_name, pretrained=pretrained or None, device="cpu",
+                                            force_quick_gelu=needs_quick_gelu(model_name, pretrained))
     except RuntimeError as exc:
         text = str(exc)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
@@ -120,6 +121,17 @@ def load_clip(
     std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
     tokenizer = open_clip.get_tokenizer(model_name)
     return LoadedCLIP(clip_model, tokenizer, model_name, pretrained, torch_device, dtype, mean, std)
+
+
+def needs_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Weights trained with QuickGELU (OpenAI's CLIP: ``ViT-B-16`` + ``openai``) must run
+    with it; open_clip only warns when the model config says GELU, and the features then
+    drift from the trained model's. The tag's own config says which."""
+    if not pretrained or _looks_like_path(pretrained):
+        return False
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return bool(get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
 
 
 def _register_config_file(model: str) -> str:

@@ -18,6 +18,7 @@ from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SegmenterConfig
 from openseg_r.segment.dense import DenseCLIPEncoder
 from openseg_r.segment.loading import LoadedCLIP, load_clip
+from openseg_r.segment.pamr import BandRefiner
 from openseg_r.segment.scoring import QueryBank, apply_class_filter, build_query_bank
 from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
 from openseg_r.segment.text import TextEmbedder
@@ -77,8 +78,9 @@ class CLIPSegmenter:
 
     # ----------------------------------------------------------------- image side
 
-    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> normalised (1, 3, h, w) at the inference size, model dtype."""
+    def preprocess(self, rgb: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """uint8 (H, W, 3) -> normalised (1, 3, h, w) at the inference size, in ``dtype``
+        (default: the model's)."""
         cfg = self.config
         pixels = torch.tensor(rgb, dtype=torch.uint8, device=self.clip.device)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0
@@ -91,7 +93,7 @@ class CLIPSegmenter:
             )
         if size != tuple(rgb.shape[:2]):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-        return ((pixels - self._mean) / self._std).to(self.clip.dtype)
+        return ((pixels - self._mean) / self._std).to(dtype or self.clip.dtype)
 
     @torch.inference_mode()
     def dense_logits(self, pixels: torch.Tensor, bank: QueryBank, image_key: str | None = None) -> torch.Tensor:
@@ -129,6 +131,21 @@ class CLIPSegmenter:
                 self._features = (image_key, features)
         return features
 
+    def _full_size_logits(
+        self, logits: torch.Tensor, pixels: torch.Tensor, out_h: int, out_w: int, band_rows: int
+    ) -> RowResampler | BandRefiner:
+        """The channel logits at the image size, served ``band(start, stop)`` a band of rows at
+        a time: resized bilinearly, then, with ``pamr_steps``, refined by PAMR guided by the
+        float32 normalised inference-size image resized to the image size (NACLIP's
+        ``predict``; docs/design.md §2.2). PAMR works in blocks of whole bands, so its memory
+        is bounded by ``pamr.BLOCK_ELEMENTS`` and ``pamr.TILE_ELEMENTS`` as well."""
+        cfg = self.config
+        if cfg.pamr_steps == 0:
+            return RowResampler(logits, out_h, out_w)
+        return BandRefiner.from_inference(
+            logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations, row_multiple=band_rows
+        )
+
     @torch.inference_mode()
     def segment(
         self,
@@ -145,15 +162,16 @@ class CLIPSegmenter:
         same image scored again reuse its window features."""
         class_filter = class_filter or ClassFilter()
         cache_key = None if image_key is None else f"{image_key}{self.config}"
-        logits = self.dense_logits(self.preprocess(rgb), bank, image_key=cache_key)
+        pixels = self.preprocess(rgb, torch.float32)
+        logits = self.dense_logits(pixels.to(self.clip.dtype), bank, image_key=cache_key)
         out_h, out_w = rgb.shape[:2]
-        resampler = RowResampler(logits, out_h, out_w)
+        band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
+        resampler = self._full_size_logits(logits, pixels, out_h, out_w, band_rows)
         labels = np.empty((out_h, out_w), np.int32)
         confidence = np.empty((out_h, out_w), np.float32)
         runner_up = np.full((out_h, out_w), -1, np.int32)
         runner_up_confidence = np.zeros((out_h, out_w), np.float32)
         margin = np.empty((out_h, out_w), np.float32)
-        band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
         for start in range(0, out_h, band_rows):
             stop = min(out_h, start + band_rows)
             probs = apply_class_filter(class_filter, bank.class_probabilities(resampler.band(start, stop), logit_scale, class_filter))

@@ -30,20 +30,25 @@ def resize_shape(height: int, width: int, short_side: int, max_long_side: int) -
 
 
 def linear_weights(out_size: int, in_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of PyTorch's bilinear resize (``align_corners=False``)."""
-    src = (torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
+    """Source indices and weights of PyTorch's bilinear resize (``align_corners=False``),
+    rounded as its CPU and CUDA kernels round them: a float32 scale ``in / out`` and
+    ``src = scale * (i + 0.5) - 0.5`` as one fused multiply-add, rounded once to float32
+    (exact in float64 for any image size)."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / torch.tensor(float(out_size), dtype=torch.float32)
+    src = (scale.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).float()
     src = src.clamp(min=0)
     low = src.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    weight = (src - low).float()
-    return low, high, weight
+    weight = (src - low).clamp(0, 1)
+    return low.to(device), high.to(device), weight.to(device)
 
 
 class RowResampler:
     """Bilinear resize of a (K, h, w) map to (K, H, W), produced a band of rows at a time.
 
-    Matches ``F.interpolate(mode="bilinear", align_corners=False)`` while holding
-    only ``K x rows x W`` values, so large vocabularies on large images fit in memory.
+    Matches ``F.interpolate(mode="bilinear", align_corners=False)`` (same float32 weights,
+    width interpolated first, as PyTorch's kernels do) while holding only ``K x rows x W``
+    values, so large vocabularies on large images fit in memory.
     """
 
     def __init__(self, source: torch.Tensor, out_height: int, out_width: int) -> None:
@@ -52,10 +57,14 @@ class RowResampler:
         self.rows = linear_weights(out_height, source.shape[1], source.device)
         self.cols = linear_weights(out_width, source.shape[2], source.device)
 
-    def band(self, start: int, stop: int) -> torch.Tensor:
+    def band(self, start: int, stop: int, channels: slice | None = None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of the resized map, of all channels or of ``channels``."""
+        source = self.source if channels is None else self.source[channels]
         low, high, weight = (t[start:stop] for t in self.rows)
         weight = weight.to(self.source.dtype)[None, :, None]
-        band = self.source[:, low] * (1 - weight) + self.source[:, high] * weight
+        return self._columns(source[:, low]) * (1 - weight) + self._columns(source[:, high]) * weight
+
+    def _columns(self, rows: torch.Tensor) -> torch.Tensor:
         low, high, weight = self.cols
         weight = weight.to(self.source.dtype)[None, None, :]
-        return band[:, :, low] * (1 - weight) + band[:, :, high] * weight
+        return rows[:, :, low] * (1 - weight) + rows[:, :, high] * weight
