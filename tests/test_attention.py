@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.attention import ATTENTION_VARIANTS, gaussian_bias
+from openseg_r.segment.attention import ATTENTION_VARIANTS, gaussian_bias, last_block
 from openseg_r.segment.dense import DenseCLIPEncoder
 
 
@@ -75,7 +75,10 @@ def test_dense_features_match_plain_computation(tiny_clip, variant):
         pos = visual.positional_embedding
         side = int(math.sqrt(pos.shape[0] - 1))
         grid_pos = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos, size=(3, 5), mode="bicubic", align_corners=False)
+        grid_pos = F.interpolate(  # NACLIP's interpolate_pos_encoding: scale (g + 0.1) / n, not g / n
+            grid_pos, mode="bicubic", scale_factor=(3.1 / side, 5.1 / side), align_corners=False,
+            recompute_scale_factor=False,
+        )
         pos = torch.cat([pos[:1], grid_pos.permute(0, 2, 3, 1).reshape(15, -1)])
         x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], dim=1) + pos
         x = visual.ln_pre(x)
@@ -115,3 +118,75 @@ def test_unknown_variant_is_a_clear_error(tiny_clip):
 
     with pytest.raises(ConfigError, match="unknown attention variant"):
         DenseCLIPEncoder(tiny_clip.model, "magic")
+
+
+def clearclip_published(visual, pixels):
+    """ClearCLIP as its authors' code computes it (mc-lan/ClearCLIP ``open_clip/transformer.py``,
+    ``VisionTransformer.forward`` with ``ignore_residual=True`` and ``custom_attn`` with
+    ``model_type='ClearCLIP'``), in its (tokens, batch, width) layout: the last block's output
+    is ``out_proj(softmax(scale·q·qᵀ)·v)`` of ``ln_1(x)`` alone, no residual and no FFN, then
+    ``ln_post`` and ``proj`` on every token."""
+    batch = pixels.shape[0]
+    x = visual.conv1(pixels).reshape(batch, visual.conv1.out_channels, -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding.expand(batch, 1, -1), x], dim=1)
+    pos = visual.positional_embedding
+    side = int(math.sqrt(pos.shape[0] - 1))
+    grid = (pixels.shape[-2] // 16 + 0.1, pixels.shape[-1] // 16 + 0.1)  # its interpolate_pos_encoding
+    patch_pos = F.interpolate(pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
+                              scale_factor=(grid[0] / side, grid[1] / side), mode="bicubic")
+    x = x + torch.cat([pos[:1], patch_pos.permute(0, 2, 3, 1).reshape(-1, pos.shape[1])])
+    x = visual.ln_pre(x)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)
+    x = x.permute(1, 0, 2)  # NLD -> LND
+    attn = visual.transformer.resblocks[-1].attn
+    y = visual.transformer.resblocks[-1].ln_1(x)
+    num_heads = attn.num_heads
+    num_tokens, bsz, embed_dim = y.size()
+    head_dim = embed_dim // num_heads
+    scale = head_dim**-0.5
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q = q.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
+    v = v.contiguous().view(-1, bsz * num_heads, head_dim).transpose(0, 1)
+    attn_weights = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
+    out = torch.bmm(attn_weights, v).transpose(0, 1).contiguous().view(-1, bsz, embed_dim)
+    out = attn.out_proj(out).permute(1, 0, 2)  # LND -> NLD
+    tokens = visual.ln_post(out)[:, 1:] @ visual.proj
+    return F.normalize(tokens, dim=-1)
+
+
+def test_clearclip_matches_its_published_code(tiny_clip):
+    visual = tiny_clip.model.visual
+    torch.manual_seed(2)
+    pixels = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        expected = clearclip_published(visual, pixels).reshape(2, 3, 5, -1)
+    assert torch.allclose(DenseCLIPEncoder(tiny_clip.model, "clearclip")(pixels), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["clearclip", "naclip"])
+def test_reduced_variants_have_no_residual_and_no_ffn(tiny_clip, variant):
+    """The last block's output does not depend on its FFN, nor (for a fixed ``ln_1(x)``) on x."""
+    block = tiny_clip.model.visual.transformer.resblocks[-1]
+    torch.manual_seed(3)
+    x = torch.randn(2, 1 + 6, block.attn.embed_dim)
+    with torch.no_grad():
+        out = last_block(block, x, variant, (2, 3))
+        shifted = x + 7.0  # layer norm removes a constant shift: same ln_1(x), different residual
+        assert torch.allclose(last_block(block, shifted, variant, (2, 3)), out, atol=1e-4)
+        saved = [p.clone() for p in block.mlp.parameters()]
+        try:
+            for p in block.mlp.parameters():
+                p.mul_(3.0).add_(1.0)
+            assert torch.equal(last_block(block, x, variant, (2, 3)), out)
+        finally:
+            for p, value in zip(block.mlp.parameters(), saved):
+                p.copy_(value)
+        if variant == "clearclip":  # q-q attention: the keys' weights play no part
+            w_k = block.attn.in_proj_weight[block.attn.embed_dim : 2 * block.attn.embed_dim]
+            saved_k = w_k.clone()
+            try:
+                w_k.mul_(-2.0)
+                assert torch.equal(last_block(block, x, variant, (2, 3)), out)
+            finally:
+                w_k.copy_(saved_k)

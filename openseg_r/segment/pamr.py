@@ -12,24 +12,28 @@ replicated):
 - ``w_n(p) = softmax_n mean_c(-|I_c(p) - I_c(p + n)| / (1e-8 + 0.1·σ_c(p)))``;
 - then ``steps`` times, every logit channel alone: ``M(p) ← Σ_n w_n(p)·M(p + n)``.
 
-Memory. Done naively (the reference stacks all neighbours of all channels) ADE-847 with 3
-attribute slots (2,541 channels) on a 512x683 image needs ~57 GB. Here the refinement is
-linear and per channel given ``w``, and local: after ``t`` steps a pixel depends only on
-inputs within ``t·max(d)`` rows. So it runs on tiles of (a chunk of channels, a block of
-rows): a block of output rows ``[s, e)`` is computed from rows ``[s - halo, e + halo)``,
-``halo = steps·max(d)`` (160 rows for NACLIP's settings), whose edge rows go wrong by at
-most ``max(d)`` rows per step and are dropped; the result equals the whole-image
-refinement to float rounding. :class:`BandRefiner` keeps one refined block of
-``≤ BLOCK_ELEMENTS`` values (all channels, so the caller can score it) plus its
-neighbour weights, and works on ``≤ TILE_ELEMENTS`` values per channel chunk.
+Memory. Done naively (the reference stacks all 16 shifted copies of every channel), ADE-847
+with 3 attribute slots (2,541 channels) on a 512x683 image needs ~57 GB. Here the
+refinement is linear and per channel given ``w``, and local: after ``t`` steps a pixel
+depends only on inputs within ``t·max(d)`` rows. So it runs on tiles of (a chunk of
+channels, a block of rows): a block of output rows ``[s, e)`` is computed from rows
+``[s - halo, e + halo)``, ``halo = steps·max(d)`` (160 rows for NACLIP's settings), whose
+edge rows go wrong by at most ``max(d)`` rows per step and are dropped; the result equals
+the whole-image refinement to float rounding. :class:`BandRefiner` keeps one refined block
+(all channels, so the caller can score it) and its neighbour weights within
+``BLOCK_ELEMENTS`` values, and refines it channel chunk by channel chunk within
+``TILE_ELEMENTS`` values: PAMR adds at most ~``4·(BLOCK_ELEMENTS + TILE_ELEMENTS)`` bytes.
 
-Measured (CPU, ``ru_maxrss`` of a fresh process, fp32), ADE-847 x 3 slots = 2,541
-channels on a 512x683 image (inference size 336x448): the inference-size logits that
-``dense_logits`` already holds are 1.53 GB; refining them block by block adds a peak of
-0.62 GB (a naive whole-image PAMR would add ~57 GB; the refined full-size logits alone
-would be 3.55 GB). The price is recomputing the halo rows: 4.7x the arithmetic of
-one whole-image pass for that case (none when the whole image fits one block, as for
-VOC-21 or PASCAL-Context-60 at these sizes).
+Measured for that ADE-847 case (CPU, fp32, peak RSS of a fresh process refining one
+interior block, ``MALLOC_MMAP_THRESHOLD_=65536`` so that RSS follows live memory): the
+inference-size logits that ``dense_logits`` already holds are 1.53 GB; PAMR adds 0.60 GB
+(0.77 GB with glibc's default thresholds, which keep some freed memory), where refining
+the whole image at once would add ~57 GB and even its refined full-size logits alone would
+take 3.55 GB. The price is recomputing the halos: for that case blocks of 71 rows refine
+2,423 rows for 512, 4.7x the arithmetic of one whole-image pass (one block took 38 s on 2
+CPU cores). A larger ``BLOCK_ELEMENTS`` trades memory for less of it (256M values: 2.7x);
+when the whole image fits one block (VOC-21 or PASCAL-Context-60 at these sizes) nothing is
+recomputed.
 """
 
 from __future__ import annotations
@@ -59,9 +63,11 @@ class BandRefiner:
     the :class:`~openseg_r.segment.sliding.RowResampler` interface).
 
     ``logit_rows(c0, c1, a, b)`` gives channels ``[c0, c1)`` of the unrefined full-size
-    logits for rows ``[a, b)``; ``guide_rows(a, b)`` the guide image's rows. Bands are
-    computed in blocks of ``block_rows`` (a multiple of ``row_multiple``, so bands of that
-    many rows never straddle two blocks) and the last block is kept.
+    logits for rows ``[a, b)``; ``guide_rows(a, b)`` the guide image's rows. Everything runs
+    on the device of the guide (the segmenter's), in float32. Rows are refined
+    in consecutive blocks ``[0, R), [R, 2R), ...`` of ``R = block_rows`` rows (from the
+    ``block_elements`` budget unless given) and only the current block is kept, so bands are
+    best asked for in order; a band that straddles two blocks is put together from both.
     """
 
     def __init__(
@@ -74,8 +80,6 @@ class BandRefiner:
         steps: int = 10,
         dilations: Sequence[int] = (8, 16),
         *,
-        device: torch.device | str | None = None,
-        row_multiple: int = 1,
         block_elements: int | None = None,
         tile_elements: int | None = None,
         block_rows: int | None = None,
@@ -85,15 +89,13 @@ class BandRefiner:
         self.logit_rows, self.guide_rows = logit_rows, guide_rows
         self.num_channels, self.height, self.width = num_channels, height, width
         self.steps, self.dilations = steps, tuple(int(d) for d in dilations)
-        self.device = device
         self.reach = max(self.dilations)
         self.halo = steps * self.reach
         self.offsets = neighbour_offsets(self.dilations)
         self.tile_elements = TILE_ELEMENTS if tile_elements is None else tile_elements
         if block_rows is None:
             block_rows = self.rows_for_budget(BLOCK_ELEMENTS if block_elements is None else block_elements)
-        multiple = max(1, row_multiple)
-        self.block_rows = max(multiple, block_rows // multiple * multiple)
+        self.block_rows = max(1, block_rows)
         self._block: tuple[int, int, torch.Tensor] | None = None
         self.blocks_computed = 0
         self.rows_computed = 0  # rows refined, halos included: the arithmetic actually spent
@@ -128,7 +130,6 @@ class BandRefiner:
             out_width,
             steps,
             dilations,
-            device=logits.device,
             **options,
         )
 
@@ -142,13 +143,25 @@ class BandRefiner:
         """Refined logits (K, stop - start, W) of rows ``[start, stop)``."""
         if not 0 <= start < stop <= self.height:
             raise ValueError(f"rows [{start}, {stop}) are outside the image of {self.height} rows")
+        parts = []
+        while start < stop:
+            first, last, values = self._block_with(start)
+            end = min(stop, last)
+            part = values[:, start - first : end - first]
+            del values  # hold no reference to a block that is about to be replaced ...
+            parts.append(part if end == stop else part.clone())  # ... nor a view of it
+            start = end
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _block_with(self, row: int) -> tuple[int, int, torch.Tensor]:
+        """The block holding ``row``, refined now unless it is the current one."""
         block = self._block
-        if block is None or not (block[0] <= start and stop <= block[1]):
-            block_stop = min(self.height, max(stop, start + self.block_rows))
-            block = (start, block_stop, self.refine_rows(start, block_stop))
-            self._block = block
-        first, _, values = block
-        return values[:, start - first : stop - first]
+        if block is None or not block[0] <= row < block[1]:
+            self._block = None  # free the old block before refining the next
+            first = row // self.block_rows * self.block_rows
+            last = min(self.height, first + self.block_rows)
+            block = self._block = (first, last, self.refine_rows(first, last))
+        return block
 
     def refine_rows(self, start: int, stop: int) -> torch.Tensor:
         """Refined logits (K, stop - start, W) of rows ``[start, stop)``, computed from the rows
@@ -246,7 +259,6 @@ def pamr(
         width,
         steps,
         dilations,
-        device=flat.device,
         block_rows=block_rows or height,
         tile_elements=tile_elements,
     )

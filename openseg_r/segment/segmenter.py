@@ -132,18 +132,18 @@ class CLIPSegmenter:
         return features
 
     def _full_size_logits(
-        self, logits: torch.Tensor, pixels: torch.Tensor, out_h: int, out_w: int, band_rows: int
+        self, logits: torch.Tensor, pixels: torch.Tensor, out_h: int, out_w: int
     ) -> RowResampler | BandRefiner:
         """The channel logits at the image size, served ``band(start, stop)`` a band of rows at
         a time: resized bilinearly, then, with ``pamr_steps``, refined by PAMR guided by the
         float32 normalised inference-size image resized to the image size (NACLIP's
-        ``predict``; docs/design.md §2.2). PAMR works in blocks of whole bands, so its memory
-        is bounded by ``pamr.BLOCK_ELEMENTS`` and ``pamr.TILE_ELEMENTS`` as well."""
+        ``predict``; docs/design.md §2.2). PAMR refines blocks of rows, one at a time, so its
+        memory is bounded too: by ``pamr.BLOCK_ELEMENTS`` and ``pamr.TILE_ELEMENTS``."""
         cfg = self.config
         if cfg.pamr_steps == 0:
             return RowResampler(logits, out_h, out_w)
         return BandRefiner.from_inference(
-            logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations, row_multiple=band_rows
+            logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations
         )
 
     @torch.inference_mode()
@@ -165,16 +165,17 @@ class CLIPSegmenter:
         pixels = self.preprocess(rgb, torch.float32)
         logits = self.dense_logits(pixels.to(self.clip.dtype), bank, image_key=cache_key)
         out_h, out_w = rgb.shape[:2]
-        band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
-        resampler = self._full_size_logits(logits, pixels, out_h, out_w, band_rows)
+        resampler = self._full_size_logits(logits, pixels, out_h, out_w)
         labels = np.empty((out_h, out_w), np.int32)
         confidence = np.empty((out_h, out_w), np.float32)
         runner_up = np.full((out_h, out_w), -1, np.int32)
         runner_up_confidence = np.zeros((out_h, out_w), np.float32)
         margin = np.empty((out_h, out_w), np.float32)
+        band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
         for start in range(0, out_h, band_rows):
             stop = min(out_h, start + band_rows)
-            probs = apply_class_filter(class_filter, bank.class_probabilities(resampler.band(start, stop), logit_scale, class_filter))
+            scores = bank.class_probabilities(resampler.band(start, stop), logit_scale, class_filter)
+            probs = apply_class_filter(class_filter, scores)
             top = probs.topk(min(2, probs.shape[0]), dim=0)
             best_prob, best = top.values[0], top.indices[0]
             if probs.shape[0] > 1:

@@ -190,7 +190,8 @@ def forward_slide(net, queries: torch.Tensor, img: torch.Tensor, stride: int = 1
             x1 = max(x2 - w_crop, 0)
             crop_img = img[:, :, y1:y2, x1:x2]
             crop_seg_logit = forward_feature(net, queries, crop_img)
-            preds += nn.functional.pad(crop_seg_logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            preds += nn.functional.pad(crop_seg_logit,
+                                       (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
             count_mat[:, :, y1:y2, x1:x2] += 1
     assert (count_mat == 0).sum() == 0
     return preds / count_mat
@@ -274,7 +275,7 @@ def main() -> None:
                 f"{[round(float((labels == k).float().mean()), 3) for k in range(len(NAMES))]}"
             )
     for file in sorted(args.out.glob("naclip_golden*.npz")):
-        print(f"{file.relative_to(REPO)}: {file.stat().st_size / 1024:.0f} KiB")
+        print(f"{file}: {file.stat().st_size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":

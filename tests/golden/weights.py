@@ -78,7 +78,8 @@ def state_dict(seed: int = SEED) -> dict[str, torch.Tensor]:
     """The full OpenAI-layout state_dict (float32 tensors holding float16 values)."""
     arrays: dict[str, np.ndarray] = {}
     v = VISION_WIDTH
-    arrays["visual.conv1.weight"] = _normal(seed, "visual.conv1.weight", (v, 3, PATCH, PATCH), (3 * PATCH * PATCH) ** -0.5)
+    conv_std = (3 * PATCH * PATCH) ** -0.5
+    arrays["visual.conv1.weight"] = _normal(seed, "visual.conv1.weight", (v, 3, PATCH, PATCH), conv_std)
     arrays["visual.class_embedding"] = _normal(seed, "visual.class_embedding", (v,), v**-0.5)
     arrays["visual.positional_embedding"] = _smooth_positions(seed, "visual.positional_embedding", GRID, v, 0.5)
     arrays["visual.ln_pre.weight"] = _normal(seed, "visual.ln_pre.weight", (v,), 0.05, 1.0)
