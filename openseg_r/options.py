@@ -59,10 +59,10 @@ class ModelOptions(BaseModel):
     clip_pretrained: str | None = Field(
         DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
     )
-    device: str | None = Field(None, description="cpu, cuda, cuda:1 (None: the GPU if there is one)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 (unset: the GPU if there is one)")
     precision: Precision = Field("auto", description="auto: fp16 on a GPU, fp32 on the CPU")
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
-    lmm: str | None = Field(None, description="LMM backend spec (None: $OPENSEG_R_LMM, the config file, else none)")
+    lmm: str | None = Field(None, description="LMM backend spec (unset: $OPENSEG_R_LMM, the config file, else none)")
     lmm_record: str | None = Field(None, description="append every LMM call to this JSONL file")
     reasoning_cache: str | None = Field(
         USER_CACHE,
@@ -72,7 +72,7 @@ class ModelOptions(BaseModel):
         "clip", description="embeddings for the class aligner: clip, minilm, or a sentence-transformers model"
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images")
-    runs_db: str | None = Field(None, description="record every run in this runs database (None: no recording)")
+    runs_db: str | None = Field(None, description="record every run in this runs database (unset: no recording)")
     redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
 
     @field_validator("clip_pretrained", mode="before")

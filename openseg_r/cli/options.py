@@ -31,10 +31,9 @@ def described(model: type[BaseModel], name: str, text: str | None = None) -> str
     """A help text: ``text`` (else the field's description) and the model's default."""
     field = model.model_fields[name]
     default = field_default(model, name)
-    shown = "none" if default is None else default
-    if isinstance(default, bool):
+    if default is None or isinstance(default, bool):  # the description says what None or a switch means
         return text or field.description or ""
-    return f"{text or field.description or ''} (default {shown})"
+    return f"{text or field.description or ''} (default {default})"
 
 
 def choices_of(model: type[BaseModel], name: str) -> tuple:
