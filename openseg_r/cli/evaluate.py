@@ -50,12 +50,12 @@ def add_parsers(commands) -> None:
 def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.runner import parse_shard, run_eval
-    from openseg_r.lmm.spec import configured_spec
+    from openseg_r.lmm.spec import configured_spec, names_an_lmm
     from openseg_r.state import Settings
 
     dataset = get_dataset(args.dataset)
     protocol = dataset_protocol(args.dataset, args.protocol)
-    has_lmm = configured_spec(args.lmm).strip() not in ("", "none")
+    has_lmm = names_an_lmm(configured_spec(args.lmm))
     options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
     vocabulary = None
     if args.vocab:

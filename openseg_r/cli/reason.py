@@ -29,10 +29,10 @@ def add_parsers(commands) -> None:
 
 def _backend(args: argparse.Namespace):
     from openseg_r.errors import ConfigError
-    from openseg_r.lmm.spec import backend_from_spec, configured_spec
+    from openseg_r.lmm.spec import backend_from_spec, configured_spec, names_an_lmm
 
     spec = configured_spec(args.lmm)
-    if spec.strip() == "none":
+    if not names_an_lmm(spec):
         raise ConfigError("give an LMM with --lmm (or OPENSEG_R_LMM / the config file)")
     return backend_from_spec(spec, record=getattr(args, "lmm_record", None))
 

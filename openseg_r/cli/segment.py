@@ -49,7 +49,7 @@ def run_vocabularies(args: argparse.Namespace) -> int:
 def run_segment(args: argparse.Namespace) -> int:
     from openseg_r.errors import ConfigError
     from openseg_r.images import load_image
-    from openseg_r.lmm.spec import configured_spec
+    from openseg_r.lmm.spec import configured_spec, names_an_lmm
     from openseg_r.presets import NONE, protocol_for
     from openseg_r.state import Settings
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
@@ -58,7 +58,7 @@ def run_segment(args: argparse.Namespace) -> int:
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
     protocol = protocol_for(args.protocol or NONE)
     spec = configured_spec(args.lmm)
-    has_lmm = spec.strip() not in ("", "none")
+    has_lmm = names_an_lmm(spec)
     reasoning = not args.no_reasoning and has_lmm
     options, settings = options_and_settings(args, protocol, Settings(reasoning=reasoning),
                                              runs_db=_runs_db(args), redact=args.redact)

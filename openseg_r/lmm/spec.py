@@ -64,6 +64,11 @@ def configured_spec(explicit: str | None = None) -> str:
     return value
 
 
+def names_an_lmm(spec: str | None) -> bool:
+    """Whether a spec names a backend (anything but ``none`` or nothing)."""
+    return (spec or "none").strip() != "none"
+
+
 def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None) -> BaseLMMBackend:
     """Build the backend; with ``record``, every call is appended to that JSONL file."""
     backend = spec if isinstance(spec, BaseLMMBackend) else _build(spec)
@@ -77,9 +82,9 @@ def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | No
 
 
 def _build(spec: str | None) -> BaseLMMBackend:
-    spec = (spec or "none").strip()
-    if spec == "none":
+    if not names_an_lmm(spec):
         return NoLMM()
+    spec = spec.strip()
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ConfigError(f"bad LMM spec {spec!r}: expected KIND:VALUE with KIND one of {', '.join(KINDS)}")
