@@ -29,6 +29,7 @@ MEMORY_CACHE = ("none", "memory", ":memory:", "")
 USER_CACHE = "user"
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "openai"
+DEFAULT_CONCURRENCY = 4  # images in flight at once in `segment` on many images and in `eval`
 
 
 class SegmenterConfig(BaseModel):
@@ -46,6 +47,11 @@ class SegmenterConfig(BaseModel):
     gaussian_sigma: float = Field(5.0, gt=0, description="NACLIP's neighbourhood bias")
     pamr_steps: int = Field(0, ge=0, le=100, description="PAMR refinement iterations (0: off; NACLIP uses 10)")
     pamr_dilations: tuple[int, ...] = Field((8, 16), min_length=1, description="PAMR's neighbourhood dilations")
+    compile: bool = Field(False, description="run the vision tower through torch.compile (slow first call)")
+
+
+# SegmenterConfig fields that change how fast results come, never the results themselves.
+SPEED_ONLY_FIELDS = ("window_batch_size", "compile")
 
 
 class ModelOptions(BaseModel):
@@ -72,6 +78,17 @@ class ModelOptions(BaseModel):
         "clip", description="embeddings for the class aligner: clip, minilm, or a sentence-transformers model"
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images")
+    text_cache: str | None = Field(
+        USER_CACHE,
+        description="SQLite text-embedding cache: 'user' for the user cache dir, a file path, or 'none' for memory only",
+    )
+    batch_size: int = Field(
+        8, ge=1, le=1024, description="images per forward pass when several segmentations run at once (1: no batching)"
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=10_000, description="how long a forward pass waits for more images to fill its batch"
+    )
+    lmm_concurrency: int = Field(8, ge=1, le=256, description="LMM calls in flight at once, over all images")
     runs_db: str | None = Field(None, description="record every run in this runs database (unset: no recording)")
     redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
 
@@ -82,7 +99,7 @@ class ModelOptions(BaseModel):
             return None
         return value
 
-    @field_validator("reasoning_cache", mode="before")
+    @field_validator("reasoning_cache", "text_cache", mode="before")
     @classmethod
     def _memory_cache(cls, value: object) -> object:
         if value is None or (isinstance(value, str) and value.strip().lower() in MEMORY_CACHE):

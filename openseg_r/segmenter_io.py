@@ -9,7 +9,7 @@ array code share them without importing each other (docs/design.md §3.5).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,3 +49,17 @@ class SegmentationArrays:
     runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
     suppressed: list[int] = field(default_factory=list)
     background_pixels: int = 0
+
+
+@dataclass
+class SegmentJob:
+    """One image to segment, with everything :meth:`Segmenter.segment` takes: the unit of
+    ``segment_batch`` and of the micro-batcher's queue."""
+
+    rgb: np.ndarray  # uint8 (H, W, 3)
+    bank: Any  # the segmenter's query bank for this image's prompts
+    class_filter: ClassFilter | None = None
+    logit_scale: float = 40.0
+    background_index: int | None = None
+    background_threshold: float = 0.0
+    image_key: str | None = None  # content hash: the same image scored again may reuse work

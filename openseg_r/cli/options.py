@@ -14,7 +14,7 @@ import typing
 
 from pydantic import BaseModel
 
-from openseg_r.options import ModelOptions, SegmenterConfig, field_default
+from openseg_r.options import DEFAULT_CONCURRENCY, ModelOptions, SegmenterConfig, field_default
 from openseg_r.state import SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -114,6 +114,30 @@ def add_segmenter_options(parser: argparse.ArgumentParser, with_max_pixels: bool
     parser.add_argument("--pamr-steps", type=int, default=None, help=described(SegmenterConfig, "pamr_steps"))
     if with_max_pixels:
         parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
+
+
+def add_throughput_options(parser: argparse.ArgumentParser, concurrency: bool = True) -> None:
+    """How many images are in flight, how they share forward passes, and the text cache."""
+    group = parser.add_argument_group("throughput", "many images fast (see README, Throughput)")
+    if concurrency:
+        group.add_argument("--concurrency", type=int, default=None,
+                           help=f"images in flight at once: their LMM calls overlap (default {DEFAULT_CONCURRENCY})")
+    group.add_argument("--batch-size", type=int, default=None, help=described(ModelOptions, "batch_size"))
+    group.add_argument("--batch-wait-ms", type=float, default=None, help=described(ModelOptions, "batch_wait_ms"))
+    group.add_argument("--lmm-concurrency", type=int, default=None, help=described(ModelOptions, "lmm_concurrency"))
+    group.add_argument("--text-cache", default=None, help=described(ModelOptions, "text_cache"))
+    group.add_argument("--compile", action="store_true", default=None, help=described(SegmenterConfig, "compile"))
+
+
+def concurrency_option(args: argparse.Namespace) -> int:
+    """--concurrency, checked: a positive number of images in flight."""
+    from openseg_r.errors import ConfigError
+
+    value = getattr(args, "concurrency", None)
+    value = DEFAULT_CONCURRENCY if value is None else value
+    if not 1 <= value <= 1024:
+        raise ConfigError(f"--concurrency must be between 1 and 1024, got {value}")
+    return value
 
 
 def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:
@@ -230,6 +254,10 @@ def model_option_values(args: argparse.Namespace) -> dict:
         "reasoning_cache": flag("cache"),
         "aligner": flag("align_model"),
         "max_pixels": flag("max_pixels"),
+        "text_cache": flag("text_cache"),
+        "batch_size": flag("batch_size"),
+        "batch_wait_ms": flag("batch_wait_ms"),
+        "lmm_concurrency": flag("lmm_concurrency"),
         "segmenter": {
             "attention": flag("attention"),
             "short_side": flag("short_side"),
@@ -237,6 +265,7 @@ def model_option_values(args: argparse.Namespace) -> dict:
             "stride": flag("stride"),
             "slide": flag("slide"),
             "pamr_steps": flag("pamr_steps"),
+            "compile": flag("compile"),
         },
     }
 

@@ -29,11 +29,13 @@ BAND_ELEMENTS = 32_000_000  # values held per band of output rows
 
 
 class CLIPSegmenter:
-    def __init__(self, clip: LoadedCLIP, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, clip: LoadedCLIP, config: SegmenterConfig | None = None, *, text_store=None) -> None:
+        """``text_store`` keeps text embeddings between processes (see :mod:`openseg_r.embedding_cache`)."""
         self.clip = clip
         self.config = config or SegmenterConfig()
-        self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma)
-        self.text = TextEmbedder(clip)
+        self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma,
+                                        compile=self.config.compile)
+        self.text = TextEmbedder(clip, store=text_store)
         self._features: tuple[str, torch.Tensor] | None = None  # the last image's window features
         self.encoded_images = 0  # how many images went through the vision tower
         self._features_lock = threading.Lock()
@@ -48,13 +50,22 @@ class CLIPSegmenter:
         *,
         device: str | None = None,
         precision: str = "auto",
+        text_cache: str | None = None,
         **config,
     ) -> "CLIPSegmenter":
+        """``text_cache``: an SQLite file for text embeddings, ``"user"`` for the user cache
+        file, or None to keep them in memory only."""
         try:
             segmenter_config = SegmenterConfig(**config)
         except ValidationError as exc:
             raise ConfigError(f"invalid segmenter setting: {describe_validation_error(exc)}") from None
-        return cls(load_clip(model, pretrained, device=device, precision=precision), segmenter_config)
+        store = None
+        if text_cache is not None:
+            from openseg_r.embedding_cache import open_text_cache
+
+            store = open_text_cache(text_cache)
+        return cls(load_clip(model, pretrained, device=device, precision=precision), segmenter_config,
+                   text_store=store)
 
     def describe(self) -> dict:
         """What this segmenter is: recorded with results and evaluation runs."""
