@@ -17,7 +17,9 @@ class DenseCLIPEncoder:
     NACLIP does) to the patch grid and cached per grid size.
     """
 
-    def __init__(self, model: nn.Module, attention: str = "naclip", gaussian_sigma: float = 5.0) -> None:
+    def __init__(
+        self, model: nn.Module, attention: str = "naclip", gaussian_sigma: float = 5.0, *, compile: bool = False
+    ) -> None:
         if attention not in ATTENTION_VARIANTS:
             raise ConfigError(f"unknown attention variant {attention!r}; choose from {', '.join(ATTENTION_VARIANTS)}")
         visual = getattr(model, "visual", model)
@@ -25,6 +27,7 @@ class DenseCLIPEncoder:
         self.visual = visual
         self.attention = attention
         self.gaussian_sigma = gaussian_sigma
+        self.compile = compile
         self.patch_size = _pair(visual.conv1.kernel_size)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 

@@ -20,8 +20,9 @@ TEXT_BATCH = 256
 
 
 class TextEmbedder:
-    def __init__(self, clip: LoadedCLIP, max_cached: int = 200_000) -> None:
+    def __init__(self, clip: LoadedCLIP, max_cached: int = 200_000, *, store=None) -> None:
         self.clip = clip
+        self.store = store
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._lock = Lock()
