@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from openseg_r.cache import MemoryReasoningCache
+from openseg_r.flights import SingleFlight
 from openseg_r.lmm.base import LMMReply, LMMRequest, NoLMM
 from openseg_r.matching import NameEmbedder
 from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
@@ -113,12 +114,16 @@ class OpenSegContext:
     reasoning_cache: ReasoningCache = field(default_factory=MemoryReasoningCache)
     # Embeds names for the class aligner: (names) -> (N, D) normalised. None: the segmenter's.
     aligner: NameEmbedder | None = None
-    max_concurrent_lmm_calls: int = 4
-    lmm_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+    max_concurrent_lmm_calls: int = 8
+    # Bounds the LMM calls in flight at once: every node asks inside it. A model shares one
+    # between all its runs, so concurrent images together stay within the limit.
+    lmm_slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
+    # Concurrent runs asking for the same generic reasoning share one LMM call.
+    flights: SingleFlight = field(default_factory=SingleFlight, repr=False)
 
     def __post_init__(self) -> None:
-        # Bounds the LMM calls that parallel branches (the self-check's Send fan-out) make at once.
-        self.lmm_slots = threading.BoundedSemaphore(max(1, self.max_concurrent_lmm_calls))
+        if self.lmm_slots is None:
+            self.lmm_slots = threading.BoundedSemaphore(max(1, self.max_concurrent_lmm_calls))
 
     def name_embedder(self) -> NameEmbedder | None:
         """The aligner's embeddings: the context's aligner, else the segmenter's text side;

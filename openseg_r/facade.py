@@ -10,7 +10,11 @@ and text embeddings and generic reasoning are reused between calls.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -18,15 +22,23 @@ import numpy as np
 from PIL import Image
 
 from openseg_r.aligners import resolve_aligner
+from openseg_r.batching import MicroBatcher
 from openseg_r.cache import open_reasoning_cache
 from openseg_r.context import LMMBackend, OpenSegContext, ReasoningCache, Segmenter
-from openseg_r.errors import ConfigError
+from openseg_r.errors import ConfigError, OpenSegRError
+from openseg_r.flights import SingleFlight
 from openseg_r.graph import build_graph, recursion_limit
 from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
 from openseg_r.lmm.base import NoLMM
 from openseg_r.lmm.spec import backend_from_spec, configured_spec
-from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ModelOptions, SegmenterConfig
-from openseg_r.result import SegmentationResult
+from openseg_r.options import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_CONCURRENCY,
+    ModelOptions,
+    SegmenterConfig,
+)
+from openseg_r.result import ImageOutcome, SegmentationResult
 from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, final_output, merged_settings, region_order
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
@@ -54,6 +66,10 @@ class OpenSegR:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         runs_db: "str | Path | RunsDB | None" = None,
         redact: bool = False,
+        text_cache: str | Path | None = None,
+        batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        lmm_concurrency: int = 8,
         **segmenter_config,
     ) -> None:
         """``lmm`` is a backend or a spec string (see :mod:`openseg_r.lmm.spec`); None takes
@@ -69,6 +85,12 @@ class OpenSegR:
         checkpoints, arrays and a row per run, for ``openseg-r runs``; with ``redact``
         images are kept out of it (only their hashes).
 
+        Throughput (README, Throughput): ``text_cache`` keeps text embeddings in an SQLite
+        file (``"user"``: the user cache file; None: memory only). Runs in flight at once
+        (:meth:`segment_many`, threads, a server) share forward passes of up to
+        ``batch_size`` images, a pass waiting at most ``batch_wait_ms`` for more, and keep
+        at most ``lmm_concurrency`` LMM calls in flight between them.
+
         Applications that read their configuration from a file, flags or the
         environment build through :meth:`from_options` instead."""
         if segmenter is not None and not isinstance(segmenter, Segmenter):
@@ -82,9 +104,18 @@ class OpenSegR:
             from openseg_r.segment.segmenter import CLIPSegmenter
 
             segmenter = CLIPSegmenter.from_pretrained(
-                clip_model, clip_pretrained, device=device, precision=precision, **segmenter_config
+                clip_model, clip_pretrained, device=device, precision=precision,
+                text_cache=None if text_cache is None else str(text_cache), **segmenter_config
             )
         self.segmenter = segmenter
+        self._runs_in_flight = 0
+        self._runs_lock = threading.Lock()
+        self.batcher = None  # concurrent runs' images share forward passes through it
+        if batch_size > 1 and hasattr(segmenter, "segment_batch"):
+            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self.runs_in_flight)
+        self.lmm_concurrency = lmm_concurrency
+        self._lmm_slots = threading.BoundedSemaphore(max(1, lmm_concurrency))
+        self._flights = SingleFlight()
         has_lmm = not isinstance(self.lmm, NoLMM)
         self.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=has_lmm)
         self.aligner = resolve_aligner(aligner)
@@ -110,6 +141,10 @@ class OpenSegR:
             aligner=aligner if isinstance(aligner, str) else None,
             max_pixels=max_pixels,
             redact=redact,
+            text_cache=_cache_choice(text_cache, None),
+            batch_size=batch_size,
+            batch_wait_ms=batch_wait_ms,
+            lmm_concurrency=lmm_concurrency,
         )
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
@@ -142,17 +177,32 @@ class OpenSegR:
             max_pixels=options.max_pixels,
             runs_db=runs_db if runs_db is not None else options.runs_db,
             redact=options.redact,
+            text_cache=options.text_cache,
+            batch_size=options.batch_size,
+            batch_wait_ms=options.batch_wait_ms,
+            lmm_concurrency=options.lmm_concurrency,
             **(options.segmenter.model_dump() if segmenter is None else {}),
         )
 
     def context(self, store: ArtifactStore | None = None) -> OpenSegContext:
         return OpenSegContext(
-            segmenter=self.segmenter,
+            segmenter=self.batcher or self.segmenter,
             lmm=self.lmm,
             store=store or ArtifactStore(),
             reasoning_cache=self.reasoning_cache,
             aligner=self.aligner,
+            max_concurrent_lmm_calls=self.lmm_concurrency,
+            lmm_slots=self._lmm_slots,
+            flights=self._flights,
         )
+
+    def runs_in_flight(self) -> int:
+        """Runs of this model being advanced right now (the micro-batcher's hint)."""
+        return self._runs_in_flight
+
+    def _run_started(self, delta: int) -> None:
+        with self._runs_lock:
+            self._runs_in_flight += delta
 
     def segment(
         self,
@@ -185,6 +235,90 @@ class OpenSegR:
                 )
             run.answer({q["region_id"]: on_question(q, run.crop(q)) for q in run.questions})
         return run.result
+
+    def segment_many(
+        self,
+        images: Iterable[ImageInput],
+        vocabulary: str | list[str] | Vocabulary,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        names: Sequence[str | None] | None = None,
+        **settings_overrides,
+    ) -> list[ImageOutcome]:
+        """Segment many images, ``concurrency`` runs at once: their LMM calls overlap (within
+        the model's ``lmm_concurrency``) and their forward passes are shared (up to
+        ``batch_size`` images). Outcomes come back in input order; an image that fails
+        has its one-line error in its outcome and the others go on."""
+        outcomes = self.iter_segment_many(images, vocabulary, concurrency=concurrency, names=names,
+                                          **settings_overrides)
+        return sorted(outcomes, key=lambda outcome: outcome.index)
+
+    def iter_segment_many(
+        self,
+        images: Iterable[ImageInput],
+        vocabulary: str | list[str] | Vocabulary,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        names: Sequence[str | None] | None = None,
+        **settings_overrides,
+    ) -> Iterator[ImageOutcome]:
+        """:meth:`segment_many`, yielding each outcome as soon as its image is done (in any
+        order; ``outcome.index`` is its place in ``images``). Paths are decoded in the
+        worker threads, ahead of the images being segmented; at most ``2 x concurrency``
+        images are decoded or in flight at a time. ``names`` name images given as pixels."""
+        settings = merged_settings(self.settings, settings_overrides)
+        if settings.self_check.enabled and settings.self_check.mode == "human":
+            raise ConfigError("the human-mode self-check cannot ask you about many images at once: "
+                              "use the lmm self-check mode, or segment() one image at a time")
+        if not 1 <= concurrency <= 1024:
+            raise ConfigError(f"concurrency must be between 1 and 1024, got {concurrency}")
+        vocab = resolve_vocabulary(vocabulary)  # a bad vocabulary fails every image: say it once
+        items = iter(enumerate(images))
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openseg-r-image") as pool:
+            pending = set()
+            try:
+                for index, image in items:
+                    name = names[index] if names is not None else None
+                    pending.add(pool.submit(self._outcome, index, image, vocab, name, settings_overrides))
+                    if len(pending) >= 2 * concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        yield from (future.result() for future in done)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (future.result() for future in done)
+            finally:
+                for future in pending:  # the caller stopped early: drop what has not started
+                    future.cancel()
+
+    async def asegment_many(
+        self,
+        images: Iterable[ImageInput],
+        vocabulary: str | list[str] | Vocabulary,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        names: Sequence[str | None] | None = None,
+        **settings_overrides,
+    ) -> list[ImageOutcome]:
+        """:meth:`segment_many` for asyncio code: the runs go to worker threads, the event
+        loop stays free; outcomes in input order."""
+        import asyncio
+
+        return await asyncio.to_thread(self.segment_many, images, vocabulary, concurrency=concurrency,
+                                       names=names, **settings_overrides)
+
+    def _outcome(self, index: int, image: ImageInput, vocab: Vocabulary, name: str | None,
+                 settings_overrides: dict) -> ImageOutcome:
+        """One image of :meth:`iter_segment_many`, its failure caught as its own."""
+        source = name if name is not None else str(image) if isinstance(image, (str, Path)) else None
+        started = time.perf_counter()
+        try:
+            result = self.segment(image, vocab, image_name=source, **settings_overrides)
+        except OpenSegRError as exc:
+            return ImageOutcome(index, source, error=str(exc), seconds=time.perf_counter() - started)
+        except Exception as exc:  # a bug shows as this image's failure, named, not as everyone's
+            return ImageOutcome(index, source, error=f"internal error: {type(exc).__name__}: {exc}",
+                                seconds=time.perf_counter() - started)
+        return ImageOutcome(index, source, result=result, seconds=time.perf_counter() - started)
 
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
@@ -356,6 +490,7 @@ class SegmentationRun:
         from openseg_r.runs.events import events_from_stream_part
 
         final, pending, top = None, [], None
+        self.model._run_started(+1)
         try:
             for part in self.graph.stream(
                 graph_input,
@@ -382,6 +517,8 @@ class SegmentationRun:
                     self.run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], stopped_at=self._stopped_at()
                 )
             raise
+        finally:
+            self.model._run_started(-1)
         questions = [dict(item.value, interrupt_id=item.id) for item in pending]
         self.questions = sorted(questions, key=lambda q: region_order(q["round"], q["region_id"]))
         if self.recorded:
@@ -416,10 +553,12 @@ def _row_fields(record) -> dict:
 
 
 def _cache_choice(given, cache) -> str | None:
-    """How the reasoning cache was chosen, for the recorded options: a file's path, else memory."""
+    """How a cache was chosen, for the recorded options: ``user``, a file's path, else memory."""
     if isinstance(given, str) and given == "user":
         return "user"
+    if cache is None:  # the choice itself is all there is
+        return None if given is None or str(given) in ("", "none", "memory", ":memory:") else str(given)
     return str(cache.path) if getattr(cache, "path", None) else None
 
 
-__all__ = ["OpenSegR", "SegmentationRun", "SegmenterConfig"]
+__all__ = ["ImageOutcome", "OpenSegR", "SegmentationRun", "SegmenterConfig"]

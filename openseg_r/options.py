@@ -80,7 +80,7 @@ class ModelOptions(BaseModel):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse larger images")
     text_cache: str | None = Field(
         USER_CACHE,
-        description="SQLite text-embedding cache: 'user' for the user cache dir, a file path, or 'none' for memory only",
+        description="SQLite text-embedding cache: 'user' for the user cache dir, a file path, or 'none' (memory)",
     )
     batch_size: int = Field(
         8, ge=1, le=1024, description="images per forward pass when several segmentations run at once (1: no batching)"

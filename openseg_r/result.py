@@ -119,3 +119,19 @@ class SegmentationResult:
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
         write_atomically(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths
+
+
+@dataclass
+class ImageOutcome:
+    """One image of :meth:`OpenSegR.segment_many <openseg_r.facade.OpenSegR.segment_many>`:
+    its result, or the one-line reason it failed (that image only)."""
+
+    index: int  # its place in the input
+    source: str | None  # its path or given name; None for unnamed pixels
+    result: SegmentationResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None

@@ -114,3 +114,74 @@ def test_extremely_elongated_image_still_segments(tiny_segmenter, rng):
     rgb = rng.integers(0, 255, (40, 4000, 3), dtype=np.uint8)  # resizes to 20 x 2048: one row of windows
     bank = tiny_segmenter.query_bank(prompts(["sky", "road"]))
     assert tiny_segmenter.segment(rgb, bank).labels.shape == (40, 4000)
+
+
+# ----------------------------------------------------------------------- segment_batch
+
+
+def _assert_same_arrays(batched, single):
+    assert np.array_equal(batched.labels, single.labels)
+    assert np.array_equal(batched.runner_up, single.runner_up)
+    for name in ("confidence", "margin", "runner_up_confidence"):
+        assert np.allclose(getattr(batched, name), getattr(single, name), atol=1e-5), name
+    assert batched.suppressed == single.suppressed
+    assert batched.background_pixels == single.background_pixels
+    assert batched.labels.dtype == np.int32 and batched.confidence.dtype == np.float32
+
+
+@pytest.mark.parametrize("config", [
+    dict(short_side=96, crop=64, stride=32, window_batch_size=5),  # forward passes cut across images
+    dict(short_side=96, crop=64, stride=32),  # all windows of the batch in one pass
+    dict(short_side=80, slide=False),  # whole images, grouped by size
+    dict(short_side=96, crop=64, stride=32, pamr_steps=2, pamr_dilations=(1, 2)),
+])
+def test_segment_batch_equals_segment_image_by_image(tiny_clip, rng, config):
+    from openseg_r.segmenter_io import SegmentJob
+
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(**config))
+    banks = [seg.query_bank(prompts(["background", "cat", "dog", "tree"])),
+             seg.query_bank(prompts(["sky", "road"], slots=("red", "blue")))]
+    jobs = [
+        SegmentJob(rng.integers(0, 255, (120, 170, 3), dtype=np.uint8), banks[0]),
+        SegmentJob(rng.integers(0, 255, (90, 90, 3), dtype=np.uint8), banks[1], logit_scale=20.0),
+        SegmentJob(rng.integers(0, 255, (150, 100, 3), dtype=np.uint8), banks[0],
+                   class_filter=ClassFilter(present=[1], keep=(0,)), background_index=0, background_threshold=0.6),
+        SegmentJob(rng.integers(0, 255, (120, 170, 3), dtype=np.uint8), banks[0],
+                   class_filter=ClassFilter(present=[2], mode="soft")),
+    ]
+    batched = seg.segment_batch(jobs)
+    assert len(batched) == len(jobs)
+    for job, arrays in zip(jobs, batched):
+        single = CLIPSegmenter(tiny_clip, SegmenterConfig(**config)).segment(
+            job.rgb, job.bank, class_filter=job.class_filter, logit_scale=job.logit_scale,
+            background_index=job.background_index, background_threshold=job.background_threshold)
+        assert arrays.labels.shape == job.rgb.shape[:2]
+        _assert_same_arrays(arrays, single)
+    assert batched[2].background_pixels > 0  # the threshold did something: the test can tell
+    assert seg.segment_batch([]) == []
+
+
+def test_segment_batch_reuses_kept_window_features(tiny_clip, rng):
+    from openseg_r.segmenter_io import SegmentJob
+
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
+    bank = seg.query_bank(prompts(["cat", "dog"]))
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    first = seg.segment_batch([SegmentJob(rgb, bank, image_key=f"k{i}") for i, rgb in enumerate(images)])
+    assert seg.encoded_images == 3
+    again = seg.segment_batch([SegmentJob(images[1], bank, image_key="k1"),
+                               SegmentJob(images[2], bank, image_key="new")])
+    assert seg.encoded_images == 4  # k1 was kept, "new" was encoded
+    _assert_same_arrays(again[0], first[1])
+    _assert_same_arrays(again[1], first[2])
+
+
+def test_segment_batch_refuses_an_image_too_small_to_encode(tiny_clip, rng):
+    from openseg_r.errors import ConfigError
+    from openseg_r.segmenter_io import SegmentJob
+
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
+    bank = seg.query_bank(prompts(["cat", "dog"]))
+    with pytest.raises(ConfigError, match="smaller than one"):
+        seg.segment_batch([SegmentJob(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), bank),
+                           SegmentJob(rng.integers(0, 255, (2, 4000, 3), dtype=np.uint8), bank)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from langgraph.runtime import Runtime
@@ -51,6 +52,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
     synonyms = {c.name: tuple(q for q in c.queries if q != c.name) for c in state.vocabulary.classes}
 
     def ask(name: str):
+        """The LMM's answer for one class, asked once however many runs want it at the same
+        time (``ctx.flights``); a valid answer is cached before the waiting runs read it."""
+        key = generic_cache_key(lmm, name)
         request = LMMRequest(
             step=STEP,
             subject=name,
@@ -59,14 +63,26 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
             prompt_version=GENERIC_REASONING.version,
             schema=ClassReasoning,
         )
-        return name, lmm.ask(request)
+
+        def leader():
+            with ctx.lmm_slots:
+                reply = lmm.ask(request)
+            if reply.value is not None:
+                answer = reply.value.model_copy(update={"name": name})
+                ctx.reasoning_cache.put("generic", key, answer.model_dump())
+            return reply
+
+        reply, shared = ctx.flights.run(json.dumps(["generic", key], sort_keys=True), leader,
+                                        keep=lambda reply: reply.value is not None)
+        return name, reply, shared
 
     calls: list[LMMCall] = []
     fallbacks: list[Fallback] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.max_concurrent_lmm_calls)) as pool:
-        for done, (name, reply) in enumerate(pool.map(ask, to_ask), start=1):
+        for done, (name, reply, shared) in enumerate(pool.map(ask, to_ask), start=1):
             runtime.stream_writer({"event": "progress", "node": STEP, "done": done, "total": len(to_ask)})
-            calls.extend(reply.calls)
+            if not shared:  # a run that waited for another's call made none itself
+                calls.extend(reply.calls)
             if reply.value is None:
                 fallbacks.append(
                     Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name")
@@ -74,7 +90,7 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
                 reasoning[name] = ClassReasoning(name=name)
                 continue
             reasoning[name] = reply.value.model_copy(update={"name": name})
-            fallbacks += dropped_attribute_fallbacks(STEP, reply.value, subject=name)
-            ctx.reasoning_cache.put("generic", generic_cache_key(lmm, name), reasoning[name].model_dump())
+            if not shared:
+                fallbacks += dropped_attribute_fallbacks(STEP, reply.value, subject=name)
     ordered = {name: reasoning[name] for name in names}
     return GenericReasoningOutput(generic_reasoning=ordered, lmm_calls=calls, fallbacks=fallbacks)

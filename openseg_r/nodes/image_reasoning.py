@@ -110,7 +110,8 @@ class _Asker:
             images=[self.ctx.store.get(self.state.image.key)],
             image_id=source.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if source else None,
         )
-        reply = self.ctx.lmm.ask(request)
+        with self.ctx.lmm_slots:
+            reply = self.ctx.lmm.ask(request)
         self.calls.extend(reply.calls)
         if reply.value is None:
             self.fallbacks.append(

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +25,12 @@ from openseg_r.segment.pamr import BandRefiner
 from openseg_r.segment.scoring import QueryBank, apply_class_filter, build_query_bank
 from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
 from openseg_r.segment.text import TextEmbedder
-from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
+from openseg_r.segmenter_io import ClassFilter, SegmentationArrays, SegmentJob
 from openseg_r.state import PromptSet
 
 BAND_ELEMENTS = 32_000_000  # values held per band of output rows
+KEPT_FEATURES = 16  # images whose window features are kept for scoring again (an ablation's settings)
+KEPT_FEATURE_VALUES = 64_000_000  # and at most this many feature values in all
 
 
 class CLIPSegmenter:
@@ -36,7 +41,7 @@ class CLIPSegmenter:
         self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma,
                                         compile=self.config.compile)
         self.text = TextEmbedder(clip, store=text_store)
-        self._features: tuple[str, torch.Tensor] | None = None  # the last image's window features
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # recent images' window features
         self.encoded_images = 0  # how many images went through the vision tower
         self._features_lock = threading.Lock()
         self._mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
@@ -93,8 +98,6 @@ class CLIPSegmenter:
         """uint8 (H, W, 3) -> normalised (1, 3, h, w) at the inference size, in ``dtype``
         (default: the model's)."""
         cfg = self.config
-        pixels = torch.tensor(rgb, dtype=torch.uint8, device=self.clip.device)
-        pixels = pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         size = resize_shape(rgb.shape[0], rgb.shape[1], cfg.short_side, cfg.max_long_side)
         patch = max(self.encoder.patch_size)
         if min(size) < patch:
@@ -102,6 +105,10 @@ class CLIPSegmenter:
                 f"the image resizes to {size[1]}x{size[0]}, smaller than one {patch}-pixel patch; "
                 "raise short_side/max_long_side or use a less elongated image"
             )
+        pixels = torch.from_numpy(rgb if _shareable(rgb) else np.array(rgb, dtype=np.uint8))
+        if self.clip.device.type == "cuda":  # uploaded from pinned memory while the host goes on
+            pixels = pixels.pin_memory().to(self.clip.device, non_blocking=True)
+        pixels = pixels.to(self.clip.device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
         if size != tuple(rgb.shape[:2]):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         return ((pixels - self._mean) / self._std).to(dtype or self.clip.dtype)
@@ -110,37 +117,72 @@ class CLIPSegmenter:
     def dense_logits(self, pixels: torch.Tensor, bank: QueryBank, image_key: str | None = None) -> torch.Tensor:
         """Channel logits (K, h, w) at the inference size, overlapping windows averaged.
 
-        With ``image_key``, the window features of the last image are kept, so the same
+        With ``image_key``, the window features are kept (a small LRU), so the same
         image scored against other prompts (an ablation) is encoded once."""
+        boxes = self._boxes(pixels)
+        features = self._features_for([_Prepared(pixels, boxes, image_key)])[0]
+        return self._averaged_windows(features, boxes, bank, pixels.shape[-2:], pixels.device)
+
+    def _boxes(self, pixels: torch.Tensor) -> list[tuple[int, int, int, int]]:
         cfg = self.config
         _, _, height, width = pixels.shape
-        if cfg.slide:
-            boxes = window_boxes(height, width, cfg.crop, cfg.stride)
-        else:
-            boxes = [(0, height, 0, width)]
-        features = self._window_features(pixels, boxes, image_key)
+        return window_boxes(height, width, cfg.crop, cfg.stride) if cfg.slide else [(0, height, 0, width)]
+
+    def _averaged_windows(self, features: torch.Tensor, boxes, bank: QueryBank, size, device) -> torch.Tensor:
+        height, width = size
         scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
-        canvas = torch.zeros((bank.num_channels, height, width), device=pixels.device, dtype=torch.float32)
-        counts = torch.zeros((1, height, width), device=pixels.device, dtype=torch.float32)
+        canvas = torch.zeros((bank.num_channels, height, width), device=device, dtype=torch.float32)
+        counts = torch.zeros((1, height, width), device=device, dtype=torch.float32)
         for (y1, y2, x1, x2), window in zip(boxes, scores):
             window = F.interpolate(window[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
             canvas[:, y1:y2, x1:x2] += window[0]
             counts[:, y1:y2, x1:x2] += 1
         return canvas / counts
 
-    def _window_features(self, pixels: torch.Tensor, boxes, image_key: str | None) -> torch.Tensor:
+    def _features_for(self, images: "list[_Prepared]") -> list[torch.Tensor]:
+        """The window features of several images: those kept from before are reused, the
+        windows of all the others go through the vision tower together, grouped by window
+        shape (all crop x crop when sliding; whole images by size) in forward passes of
+        ``window_batch_size`` windows (None: one pass per shape)."""
+        found: list[torch.Tensor | None] = [self._kept_features(image.key) for image in images]
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}  # window shape -> (image, window) pairs
+        for index, image in enumerate(images):
+            if found[index] is None:
+                for number, (y1, y2, x1, x2) in enumerate(image.boxes):
+                    groups.setdefault((y2 - y1, x2 - x1), []).append((index, number))
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        for pairs in groups.values():
+            batch = self.config.window_batch_size or len(pairs)
+            for start in range(0, len(pairs), batch):
+                chunk = pairs[start : start + batch]
+                crops = torch.cat([_crop(images[i].pixels, images[i].boxes[n]) for i, n in chunk])
+                for pair, feature in zip(chunk, self.encoder(crops.to(self.clip.dtype))):
+                    outputs[pair] = feature
+        for index, image in enumerate(images):
+            if found[index] is None:
+                found[index] = torch.stack([outputs[(index, n)] for n in range(len(image.boxes))])
+                self.encoded_images += 1
+                self._keep_features(image.key, found[index])
+        return found
+
+    def _kept_features(self, key: str | None) -> torch.Tensor | None:
+        if key is None:
+            return None
         with self._features_lock:
-            if image_key is not None and self._features is not None and self._features[0] == image_key:
-                return self._features[1]
-        cfg = self.config
-        crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
-        batch = cfg.window_batch_size or len(boxes)
-        features = torch.cat([self.encoder(crops[i : i + batch]) for i in range(0, len(boxes), batch)])
-        self.encoded_images += 1
-        if image_key is not None:
-            with self._features_lock:
-                self._features = (image_key, features)
-        return features
+            features = self._features.get(key)
+            if features is not None:
+                self._features.move_to_end(key)
+            return features
+
+    def _keep_features(self, key: str | None, features: torch.Tensor) -> None:
+        if key is None:
+            return
+        with self._features_lock:
+            self._features[key] = features
+            while len(self._features) > KEPT_FEATURES or (
+                len(self._features) > 1 and sum(f.numel() for f in self._features.values()) > KEPT_FEATURE_VALUES
+            ):
+                self._features.popitem(last=False)
 
     def _full_size_logits(
         self, logits: torch.Tensor, pixels: torch.Tensor, out_h: int, out_w: int
@@ -157,7 +199,6 @@ class CLIPSegmenter:
             logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations
         )
 
-    @torch.inference_mode()
     def segment(
         self,
         rgb: np.ndarray,
@@ -171,43 +212,108 @@ class CLIPSegmenter:
     ) -> SegmentationArrays:
         """``image_key`` (the image's content hash, e.g. its artifact-store key) lets the
         same image scored again reuse its window features."""
-        class_filter = class_filter or ClassFilter()
-        cache_key = None if image_key is None else f"{image_key}{self.config}"
-        pixels = self.preprocess(rgb, torch.float32)
-        logits = self.dense_logits(pixels.to(self.clip.dtype), bank, image_key=cache_key)
-        out_h, out_w = rgb.shape[:2]
-        resampler = self._full_size_logits(logits, pixels, out_h, out_w)
-        labels = np.empty((out_h, out_w), np.int32)
-        confidence = np.empty((out_h, out_w), np.float32)
-        runner_up = np.full((out_h, out_w), -1, np.int32)
-        runner_up_confidence = np.zeros((out_h, out_w), np.float32)
-        margin = np.empty((out_h, out_w), np.float32)
+        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key)
+        return self.segment_batch([job])[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, jobs: Sequence[SegmentJob]) -> list[SegmentationArrays]:
+        """Several images (of any sizes, each with its own prompts and filter) at once.
+
+        Their windows go through the vision tower together (see :meth:`_features_for`);
+        each image's post-processing (window averaging, resize, PAMR, class probabilities,
+        filter, top-2, threshold) stays on the device, a band of rows at a time, and only
+        its final arrays cross to the host, once, after the whole batch is queued
+        (docs/design.md §2.4). Results equal :meth:`segment` image by image."""
+        jobs = list(jobs)
+        prepared = [self._prepare(job) for job in jobs]
+        features = self._features_for(prepared)
+        on_device = [self._finish_on_device(job, image, feats) for job, image, feats in zip(jobs, prepared, features)]
+        return [self._to_host(job, arrays) for job, arrays in zip(jobs, _fetch(on_device))]
+
+    def _prepare(self, job: SegmentJob) -> "_Prepared":
+        pixels = self.preprocess(job.rgb, torch.float32)
+        key = None if job.image_key is None else f"{job.image_key}{self.config}"
+        return _Prepared(pixels, self._boxes(pixels), key)
+
+    def _finish_on_device(self, job: SegmentJob, image: "_Prepared", features: torch.Tensor) -> dict:
+        """Labels, runner-up (int16 where the vocabulary fits, else int32) and confidence,
+        margin, runner-up confidence (float32) of one image, still on the device."""
+        bank = job.bank
+        class_filter = job.class_filter or ClassFilter()
+        logits = self._averaged_windows(features, image.boxes, bank, image.pixels.shape[-2:], image.pixels.device)
+        out_h, out_w = job.rgb.shape[:2]
+        resampler = self._full_size_logits(logits, image.pixels, out_h, out_w)
+        device = image.pixels.device
+        index_dtype = torch.int16 if bank.num_classes < 2**15 else torch.int32
+        indices = torch.full((2, out_h, out_w), -1, dtype=index_dtype, device=device)  # labels, runner-up
+        values = torch.zeros((3, out_h, out_w), dtype=torch.float32, device=device)  # confidence, margin, runner-up
         band_rows = max(1, BAND_ELEMENTS // max(1, bank.num_channels * out_w))
+        threshold = job.background_index is not None and job.background_threshold > 0
         for start in range(0, out_h, band_rows):
             stop = min(out_h, start + band_rows)
-            scores = bank.class_probabilities(resampler.band(start, stop), logit_scale, class_filter)
+            scores = bank.class_probabilities(resampler.band(start, stop), job.logit_scale, class_filter)
             probs = apply_class_filter(class_filter, scores)
             top = probs.topk(min(2, probs.shape[0]), dim=0)
             best_prob, best = top.values[0], top.indices[0]
             if probs.shape[0] > 1:
-                runner_up[start:stop] = top.indices[1].cpu().numpy()
-                runner_up_confidence[start:stop] = top.values[1].cpu().numpy()
-                margin[start:stop] = (top.values[0] - top.values[1]).cpu().numpy()
+                indices[1, start:stop] = top.indices[1].to(index_dtype)
+                values[2, start:stop] = top.values[1]
+                values[1, start:stop] = top.values[0] - top.values[1]
             else:
-                margin[start:stop] = best_prob.cpu().numpy()
-            if background_index is not None and background_threshold > 0:
-                low = best_prob < background_threshold
-                best = torch.where(low, torch.full_like(best, background_index), best)
-                best_prob = torch.where(low, probs[background_index], best_prob)
-            labels[start:stop] = best.cpu().numpy()
-            confidence[start:stop] = best_prob.cpu().numpy()
-        background_pixels = int((labels == background_index).sum()) if background_index is not None else 0
+                values[1, start:stop] = best_prob
+            if threshold:
+                low = best_prob < job.background_threshold
+                best = torch.where(low, torch.full_like(best, job.background_index), best)
+                best_prob = torch.where(low, probs[job.background_index], best_prob)
+            indices[0, start:stop] = best.to(index_dtype)
+            values[0, start:stop] = best_prob
+        return {"indices": indices, "values": values}
+
+    def _to_host(self, job: SegmentJob, arrays: dict) -> SegmentationArrays:
+        labels = arrays["indices"][0].astype(np.int32)
+        background = job.background_index
         return SegmentationArrays(
             labels=labels,
-            confidence=confidence,
-            runner_up=runner_up,
-            margin=margin,
-            runner_up_confidence=runner_up_confidence,
-            suppressed=class_filter.suppressed(bank.num_classes),
-            background_pixels=background_pixels,
+            confidence=arrays["values"][0],
+            runner_up=arrays["indices"][1].astype(np.int32),
+            margin=arrays["values"][1],
+            runner_up_confidence=arrays["values"][2],
+            suppressed=(job.class_filter or ClassFilter()).suppressed(job.bank.num_classes),
+            background_pixels=int((labels == background).sum()) if background is not None else 0,
         )
+
+
+@dataclass
+class _Prepared:
+    """One image at the inference size: normalised float32 pixels (1, 3, h, w), its windows,
+    and the key its window features are kept under (None: not kept)."""
+
+    pixels: torch.Tensor
+    boxes: list[tuple[int, int, int, int]]
+    key: str | None
+
+
+def _shareable(rgb: np.ndarray) -> bool:
+    """Whether torch may wrap the array as it is (else it is copied once)."""
+    return rgb.dtype == np.uint8 and rgb.flags.c_contiguous and rgb.flags.writeable
+
+
+def _crop(pixels: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    y1, y2, x1, x2 = box
+    return pixels[:, :, y1:y2, x1:x2]
+
+
+def _fetch(on_device: list[dict]) -> list[dict]:
+    """Every image's arrays to the host: on a GPU into pinned buffers without blocking,
+    then one synchronisation for the whole batch, so the device never waits mid-batch."""
+    if not on_device or on_device[0]["indices"].device.type != "cuda":
+        return [{name: tensor.numpy() for name, tensor in arrays.items()} for arrays in on_device]
+    host = []
+    for arrays in on_device:
+        pinned = {}
+        for name, tensor in arrays.items():
+            pinned[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            pinned[name].copy_(tensor, non_blocking=True)
+        host.append(pinned)
+    torch.cuda.current_stream(on_device[0]["indices"].device).synchronize()
+    return [{name: tensor.numpy() for name, tensor in arrays.items()} for arrays in host]

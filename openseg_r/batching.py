@@ -1,0 +1,157 @@
+"""The micro-batcher: concurrent ``segment`` calls share forward passes.
+
+Several graph runs at once (``segment_many``, a pipelined ``eval``, the MCP and LangGraph
+servers under concurrent calls) each reach the segmentation node with one image. A
+:class:`MicroBatcher` stands in the runtime context where the segmenter would: it is a
+:class:`~openseg_r.context.Segmenter` whose ``segment`` queues the image and waits, while
+one worker thread collects up to ``max_batch`` queued images (waiting at most
+``max_wait_ms`` for more, and not at all when no other run could add one) and runs them as
+one ``segment_batch`` (docs/design.md §3.9). One image's failure is that image's alone:
+a batch that fails is run again image by image, so each caller gets its own result or
+its own error.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from openseg_r.segmenter_io import ClassFilter, SegmentationArrays, SegmentJob
+
+_STOP = object()
+IDLE_EXIT_S = 2.0  # the worker thread ends after this long without work (and starts again on demand)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        segmenter,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        expected_callers: Callable[[], int] | None = None,
+    ) -> None:
+        """``segmenter`` needs ``segment_batch(jobs)``. ``expected_callers()`` says how many
+        runs could be about to queue an image (the model's runs in flight); the worker
+        waits for more only while a batch holds fewer images than that."""
+        if not hasattr(segmenter, "segment_batch"):
+            raise TypeError(f"{type(segmenter).__name__} has no segment_batch(): nothing to batch")
+        self.segmenter = segmenter
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self.expected_callers = expected_callers or (lambda: self.max_batch)
+        self.batch_sizes: Counter[int] = Counter()  # how many forward passes ran with each batch size
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # The Segmenter protocol: the text side and the description are the segmenter's own.
+    def query_bank(self, prompts):
+        return self.segmenter.query_bank(prompts)
+
+    def describe(self) -> dict:
+        return self.segmenter.describe()
+
+    def __getattr__(self, name: str):  # embed_names, config, text, ...: the segmenter's
+        if name == "segmenter":
+            raise AttributeError(name)
+        return getattr(self.segmenter, name)
+
+    def segment(
+        self,
+        rgb: np.ndarray,
+        bank,
+        *,
+        class_filter: ClassFilter | None = None,
+        logit_scale: float = 40.0,
+        background_index: int | None = None,
+        background_threshold: float = 0.0,
+        image_key: str | None = None,
+    ) -> SegmentationArrays:
+        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key)
+        return self.submit(job).result()
+
+    def submit(self, job: SegmentJob) -> Future:
+        """Queue one image; the future holds its arrays, or its own error."""
+        future: Future = Future()
+        with self._start_lock:  # the worker cannot retire between this check and the put
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="openseg-r-batcher", daemon=True)
+                self._worker.start()
+            self._queue.put((job, future))
+        return future
+
+    def close(self) -> None:
+        """Stop the worker once the images queued before are done."""
+        with self._start_lock:
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                self._queue.put(_STOP)
+        if worker is not None:
+            worker.join()
+
+    # ------------------------------------------------------------------ the worker
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._start_lock:
+                    if self._queue.empty():
+                        self._worker = None
+                        return
+                continue
+            if first is _STOP:
+                return
+            batch, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _gather(self, first) -> tuple[list, bool]:
+        """``first`` and what else is queued: up to ``max_batch`` images, waiting at most
+        ``max_wait_s`` and only while other runs could still add one."""
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or len(batch) >= self.expected_callers():
+                    break
+                try:
+                    item = self._queue.get(timeout=min(remaining, 0.001))
+                except queue.Empty:
+                    continue
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, batch: list) -> None:
+        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        self.batch_sizes[len(live)] += 1
+        try:
+            results = self.segmenter.segment_batch([job for job, _ in live])
+        except BaseException as exc:
+            if len(live) == 1 or not isinstance(exc, Exception):
+                for _, future in live:
+                    future.set_exception(exc)
+                return
+            for job, future in live:  # find whose image it was: each alone
+                try:
+                    future.set_result(self.segmenter.segment_batch([job])[0])
+                except Exception as single:
+                    future.set_exception(single)
+            return
+        for (_, future), arrays in zip(live, results):
+            future.set_result(arrays)
