@@ -123,7 +123,8 @@ class ModelOptions(BaseModel):
     def from_environment(cls, environ: dict | None = None) -> "ModelOptions":
         """For servers started without a command line (``langgraph dev``): ``OPENSEG_R_CLIP_MODEL``,
         ``OPENSEG_R_CLIP_PRETRAINED``, ``OPENSEG_R_DEVICE``, ``OPENSEG_R_PRECISION``,
-        ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``, ``OPENSEG_R_RUNS_DB``; the LMM comes
+        ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``, ``OPENSEG_R_RUNS_DB``, ``OPENSEG_R_TEXT_CACHE``,
+        ``OPENSEG_R_BATCH_SIZE``, ``OPENSEG_R_BATCH_WAIT_MS``, ``OPENSEG_R_LMM_CONCURRENCY``; the LMM comes
         from ``OPENSEG_R_LMM`` or the config file as everywhere else."""
         env = os.environ if environ is None else environ
         read = lambda name: env.get(f"OPENSEG_R_{name}") or None  # noqa: E731
@@ -134,6 +135,10 @@ class ModelOptions(BaseModel):
             precision=read("PRECISION"),
             reasoning_cache=read("CACHE"),
             runs_db=read("RUNS_DB"),
+            text_cache=read("TEXT_CACHE"),
+            batch_size=read("BATCH_SIZE"),
+            batch_wait_ms=read("BATCH_WAIT_MS"),
+            lmm_concurrency=read("LMM_CONCURRENCY"),
             segmenter={"attention": read("ATTENTION")},
         )
 

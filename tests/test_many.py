@@ -173,3 +173,30 @@ def test_single_flight_shares_one_computation_and_forgets_failures():
     assert flights.run("bad", lambda: "fine") == ("fine", False)  # an error is not remembered
     assert flights.run("none", lambda: None) == (None, False)
     assert flights.run("none", lambda: "later") == ("later", False)  # keep() said no: asked again
+
+
+def test_concurrent_service_calls_share_forward_passes(tiny_segmenter, tmp_path):
+    """The agents' service (behind the MCP and LangGraph servers) runs concurrent calls
+    through the model's micro-batcher."""
+    from PIL import Image
+
+    from openseg_r.tools.safety import SafetyLimits
+    from openseg_r.tools.service import SegmentationService
+
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    model = OpenSegR(segmenter=tiny_segmenter, lmm="none", batch_size=4, batch_wait_ms=5_000)
+    service = SegmentationService(model, SafetyLimits(allowed_roots=[tmp_path], max_concurrent=4))
+    outputs = [None] * 4
+
+    def call(i):
+        outputs[i] = service.segment({"image_path": f"{i}.png", "vocabulary": ["cat", "dog"], "reasoning": False})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(output is not None for output in outputs)
+    assert model.batcher.batch_sizes == {4: 1}  # one forward pass for the four calls

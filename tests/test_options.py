@@ -86,6 +86,17 @@ def test_options_from_the_environment():
     assert ModelOptions.from_environment({}) == ModelOptions()
 
 
+def test_throughput_options_from_the_environment():
+    options = ModelOptions.from_environment({
+        "OPENSEG_R_BATCH_SIZE": "16", "OPENSEG_R_BATCH_WAIT_MS": "2.5", "OPENSEG_R_LMM_CONCURRENCY": "32",
+        "OPENSEG_R_TEXT_CACHE": "none"})
+    assert (options.batch_size, options.batch_wait_ms, options.lmm_concurrency) == (16, 2.5, 32)
+    assert options.text_cache is None
+    with pytest.raises(ConfigError, match="batch_size") as caught:
+        ModelOptions.from_environment({"OPENSEG_R_BATCH_SIZE": "lots"})
+    assert "\n" not in str(caught.value)
+
+
 def test_recorded_options_round_trip_and_leave_out_where_files_go():
     options = ModelOptions.build(clip_pretrained="none", lmm="scripted:x.json", runs_db="runs.sqlite",
                                  lmm_record="calls.jsonl", segmenter={"slide": False})

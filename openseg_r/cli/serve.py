@@ -12,6 +12,7 @@ from openseg_r.cli.options import (
     add_lmm_options,
     add_model_options,
     add_safety_options,
+    add_throughput_options,
     model_options,
 )
 
@@ -26,6 +27,7 @@ def add_parsers(commands) -> None:
     add_model_options(mcp)
     add_lmm_options(mcp)
     add_safety_options(mcp)
+    add_throughput_options(mcp, concurrency=False)  # concurrent calls share forward passes
     mcp.set_defaults(handler=run_serve)
 
 

@@ -9,7 +9,9 @@ The server process builds the model once, from the environment
 (:meth:`ModelOptions.from_environment <openseg_r.options.ModelOptions.from_environment>`:
 ``OPENSEG_R_CLIP_MODEL``, ``OPENSEG_R_CLIP_PRETRAINED`` (``none`` for random weights),
 ``OPENSEG_R_DEVICE``, ``OPENSEG_R_PRECISION``, ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``,
-``OPENSEG_R_RUNS_DB``; ``OPENSEG_R_LMM`` or the config file for the LMM backend), and
+``OPENSEG_R_RUNS_DB``, ``OPENSEG_R_TEXT_CACHE``, ``OPENSEG_R_BATCH_SIZE``,
+``OPENSEG_R_BATCH_WAIT_MS``, ``OPENSEG_R_LMM_CONCURRENCY``; ``OPENSEG_R_LMM`` or the config
+file for the LMM backend), and
 takes its limits (image roots and so on) from the ``[safety]`` table of the config file.
 """
 
