@@ -43,6 +43,7 @@ class CLIPSegmenter:
         self.text = TextEmbedder(clip, store=text_store)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # recent images' window features
         self.encoded_images = 0  # how many images went through the vision tower
+        self._counts: dict[tuple, torch.Tensor] = {}  # window coverage per image geometry
         self._features_lock = threading.Lock()
         self._mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
         self._std = torch.tensor(clip.std, device=clip.device).view(1, 3, 1, 1)
@@ -131,13 +132,29 @@ class CLIPSegmenter:
     def _averaged_windows(self, features: torch.Tensor, boxes, bank: QueryBank, size, device) -> torch.Tensor:
         height, width = size
         scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
+        y1, y2, x1, x2 = boxes[0]
+        if all(b[1] - b[0] == y2 - y1 and b[3] - b[2] == x2 - x1 for b in boxes):  # one resize for all windows
+            windows = F.interpolate(scores, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        else:
+            windows = [F.interpolate(w[None], size=(b[1] - b[0], b[3] - b[2]), mode="bilinear",
+                                     align_corners=False)[0] for w, b in zip(scores, boxes)]
         canvas = torch.zeros((bank.num_channels, height, width), device=device, dtype=torch.float32)
-        counts = torch.zeros((1, height, width), device=device, dtype=torch.float32)
-        for (y1, y2, x1, x2), window in zip(boxes, scores):
-            window = F.interpolate(window[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
-            canvas[:, y1:y2, x1:x2] += window[0]
-            counts[:, y1:y2, x1:x2] += 1
-        return canvas / counts
+        for (y1, y2, x1, x2), window in zip(boxes, windows):
+            canvas[:, y1:y2, x1:x2] += window
+        return canvas / self._window_counts(height, width, boxes, device)
+
+    def _window_counts(self, height: int, width: int, boxes, device) -> torch.Tensor:
+        """How many windows cover each pixel (1, h, w); the same for every image of a size."""
+        key = (height, width, tuple(boxes), str(device))
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = torch.zeros((1, height, width), device=device, dtype=torch.float32)
+            for y1, y2, x1, x2 in boxes:
+                counts[:, y1:y2, x1:x2] += 1
+            if len(self._counts) >= 64:
+                self._counts.clear()
+            self._counts[key] = counts
+        return counts
 
     def _features_for(self, images: "list[_Prepared]") -> list[torch.Tensor]:
         """The window features of several images: those kept from before are reused, the
