@@ -65,13 +65,14 @@ class CLIPSegmenter:
             segmenter_config = SegmenterConfig(**config)
         except ValidationError as exc:
             raise ConfigError(f"invalid segmenter setting: {describe_validation_error(exc)}") from None
+        clip = load_clip(model, pretrained, device=device, precision=precision)
         store = None
-        if text_cache is not None:
+        random_weights = clip.pretrained is None and not clip.model_name.startswith(("hf-hub:", "local-dir:"))
+        if text_cache is not None and not random_weights:  # random weights never meet again: memory only
             from openseg_r.embedding_cache import open_text_cache
 
             store = open_text_cache(text_cache)
-        return cls(load_clip(model, pretrained, device=device, precision=precision), segmenter_config,
-                   text_store=store)
+        return cls(clip, segmenter_config, text_store=store)
 
     def describe(self) -> dict:
         """What this segmenter is: recorded with results and evaluation runs."""

@@ -1,15 +1,22 @@
 """CLIP text embeddings of class phrases, averaged over templates and cached.
 
 A phrase's embedding is ``normalise(mean_t normalise(encode(t.format(phrase))))``
-(docs/design.md §1.4). The cache is keyed by (template set, phrase) for one model, so a
-vocabulary's embeddings are computed once and reused for every image.
+(docs/design.md §1.4). Embeddings are cached in memory by (template set, phrase) for one
+model, so a vocabulary's embeddings are computed once and reused for every image; with a
+``store`` (:mod:`openseg_r.embedding_cache`) they are also kept between processes, keyed
+by a hash of the text tower's weights (:func:`text_tower_identity`), so a second process
+encodes nothing it has seen before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import OrderedDict
 from threading import Lock
 
+import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +24,12 @@ from openseg_r.prompts.templates import templates_for
 from openseg_r.segment.loading import LoadedCLIP
 
 TEXT_BATCH = 256
+# Bump when the embedding formula or encode_text changes: stored vectors then stop matching.
+EMBEDDING_VERSION = "text-embedding-v1"
+# What the text path reads in an open_clip CLIP (CustomTextCLIP keeps all of it under `text`).
+TEXT_PREFIXES = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection",
+                 "attn_mask", "text")
+TEXT_ATTRIBUTES = ("text_pool_type", "context_length", "vocab_size", "text_eos_id", "pad_id")
 
 
 class TextEmbedder:
@@ -26,22 +39,49 @@ class TextEmbedder:
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._lock = Lock()
+        self._identity: str | None = None  # computed on first use of the store
+        self._dim: int | None = text_output_dim(clip.model)
         self.encoded_sentences = 0  # how many sentences went through the text tower
 
+    @property
+    def identity(self) -> str:
+        """The store's model key: a hash of the text tower (computed once, lazily)."""
+        if self._identity is None:
+            self._identity = text_tower_identity(self.clip, self.store)
+        return self._identity
+
     def embed(self, phrases: list[str], template_set: str) -> torch.Tensor:
-        """Return (len(phrases), D) float32 embeddings on the model's device."""
+        """Return (len(phrases), D) float32 embeddings on the model's device: from memory,
+        else from the store, else encoded (and then stored)."""
         templates = templates_for(template_set)
-        with self._lock:
-            missing = list(dict.fromkeys(p for p in phrases if (template_set, p) not in self._cache))
-            if missing:
-                for phrase, vector in zip(missing, self._encode(missing, templates)):
-                    self._cache[(template_set, phrase)] = vector
-                while len(self._cache) > self.max_cached:
-                    self._cache.popitem(last=False)
-            vectors = [self._cache[(template_set, p)] for p in phrases]
-        if not vectors:
+        if not phrases:
             raise ValueError("no phrases to embed")
-        return torch.stack(vectors).to(self.clip.device)
+        with self._lock:
+            found: dict[str, torch.Tensor] = {}
+            missing = []
+            for phrase in dict.fromkeys(phrases):
+                vector = self._cache.get((template_set, phrase))
+                if vector is None:
+                    missing.append(phrase)
+                else:
+                    self._cache.move_to_end((template_set, phrase))
+                    found[phrase] = vector
+            if missing and self.store is not None:
+                stored = self.store.get_many(self.identity, template_key(template_set, templates), missing,
+                                             dim=self._dim)
+                found.update((phrase, torch.from_numpy(vector.copy())) for phrase, vector in stored.items())
+                missing = [phrase for phrase in missing if phrase not in stored]
+            if missing:
+                encoded = dict(zip(missing, self._encode(missing, templates)))
+                found.update(encoded)
+                if self.store is not None:
+                    self.store.put_many(self.identity, template_key(template_set, templates),
+                                        {phrase: vector.numpy() for phrase, vector in encoded.items()})
+            for phrase, vector in found.items():
+                self._cache[(template_set, phrase)] = vector
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return torch.stack([found[phrase] for phrase in phrases]).to(self.clip.device)
 
     @torch.inference_mode()
     def _encode(self, phrases: list[str], templates: tuple[str, ...]) -> list[torch.Tensor]:
@@ -53,7 +93,91 @@ class TextEmbedder:
         self.encoded_sentences += len(sentences)
         per_sentence = torch.cat(chunks).reshape(len(phrases), len(templates), -1)
         averaged = F.normalize(per_sentence.mean(dim=1), dim=-1)
-        return [row.cpu() for row in averaged]
+        return [row.clone() for row in averaged.cpu()]
+
+
+def template_key(name: str, templates: tuple[str, ...]) -> str:
+    """The store's template-set key: the name and a hash of the sentences, so edited
+    templates never meet vectors made with the old ones."""
+    return f"{name}:{hashlib.sha256(chr(10).join(templates).encode()).hexdigest()[:16]}"
+
+
+def text_output_dim(model: torch.nn.Module) -> int | None:
+    """The text embedding's size, to reject stored vectors of another size (None: unknown)."""
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):
+        return projection.out_features
+    if isinstance(projection, torch.Tensor) and projection.ndim == 2:
+        return int(projection.shape[1])
+    for owner in (getattr(model, "text", None), getattr(model, "visual", None)):
+        dim = getattr(owner, "output_dim", None)
+        if isinstance(dim, int):
+            return dim
+    return None
+
+
+def text_tower_identity(clip: LoadedCLIP, store=None) -> str:
+    """``sha256:...`` of everything a text embedding depends on: the bytes, names, dtypes
+    and shapes of every parameter and buffer on the text path, the tower's structure, the
+    tokenizer, the device type and the library versions. Two weights files with the same
+    name never share vectors; neither do two random initialisations.
+
+    Hashing ViT-B/16's text tower (250 MB in fp32) takes ~0.17 s on a 2-core CPU, so
+    with a store the result is remembered per weights file, by its real path, size and
+    mtime (and the loading context). Random weights (``pretrained`` None) are never
+    remembered."""
+    context = _identity_context(clip)
+    memo_key = _weights_file_key(clip.pretrained, context)
+    if memo_key is not None and store is not None:
+        known = store.recall_identity(memo_key)
+        if known:
+            return known
+    identity = hash_text_tower(clip.model, context)
+    if memo_key is not None and store is not None:
+        store.remember_identity(memo_key, identity)
+    return identity
+
+
+def hash_text_tower(model: torch.nn.Module, context: str = "") -> str:
+    digest = hashlib.sha256(context.encode())
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    text = {name: t for name, t in tensors.items() if name.split(".")[0] in TEXT_PREFIXES} or tensors
+    for name in sorted(text):
+        tensor = text[name].detach()
+        digest.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(memoryview(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return "sha256:" + digest.hexdigest()
+
+
+def _identity_context(clip: LoadedCLIP) -> str:
+    model, tokenizer = clip.model, clip.tokenizer
+    modules = [f"{name}={module!r}" for name, module in model.named_children() if name in TEXT_PREFIXES]
+    return json.dumps({
+        "version": EMBEDDING_VERSION,
+        "model_name": clip.model_name,
+        "tokenizer": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+        "context_length": getattr(tokenizer, "context_length", None),
+        "attributes": {a: repr(getattr(model, a)) for a in TEXT_ATTRIBUTES if hasattr(model, a)},
+        "modules": hashlib.sha256("\n".join(modules).encode()).hexdigest(),
+        "device": clip.device.type,
+        "dtype": str(clip.dtype),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+    }, sort_keys=True)
+
+
+def _weights_file_key(pretrained: str | None, context: str) -> str | None:
+    """Memo key for a local weights file; None for random weights and pretrained tags."""
+    if not pretrained or not os.path.isfile(pretrained):
+        return None
+    try:
+        real = os.path.realpath(pretrained)
+        stat = os.stat(real)
+    except OSError:
+        return None
+    return json.dumps({"path": real, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       "context": hashlib.sha256(context.encode()).hexdigest()}, sort_keys=True)
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,266 @@
+"""The persistent text-embedding cache: CLIP phrase embeddings kept between processes.
+
+Encoding a vocabulary's prompts is the slowest part of a cold start (116 distinct phrases
+x 14 templates for VOC-21 with reasoning), and the result only depends on the text tower's
+weights, the templates and the phrase. So vectors are stored in SQLite keyed by
+(model identity, template set, phrase); the identity is a hash of the text tower's
+weights computed by :mod:`openseg_r.segment.text`, which also memoises it here per weights
+file so a warm start need not hash 250 MB again.
+
+Robustness follows :class:`openseg_r.cache.SQLiteReasoningCache`: WAL journal, busy
+timeout, one short transaction per call; a corrupt file is moved aside and rebuilt; a
+database that stays locked turns reads into misses and skips writes; a stored vector of
+the wrong size or with non-finite values is a miss. Each case is noted in ``events`` and
+none ever stops a run. No torch here: this module sits in the support layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+
+from openseg_r.errors import ConfigError
+
+# About 13 rows of a 512-d vector (2 KB each, plus keys) share a 32 KB page; SQLite's default
+# 4 KB page holds only one, which nearly doubles the file. Set before the first table exists.
+PAGE_SIZE = 32768
+CHUNK = 500  # values per SQL IN (...) list, well under SQLite's variable limit
+MAX_EVENTS = 100
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS text_embeddings (
+    model TEXT NOT NULL,
+    template_set TEXT NOT NULL,
+    phrase TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, template_set, phrase)
+);
+CREATE TABLE IF NOT EXISTS weights_identity (
+    key TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class SQLiteTextCache:
+    """Float32 vectors by (model, template set, phrase) in one SQLite file, shared safely
+    by several processes and threads (a fresh connection per call)."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.hits = self.misses = 0
+        self.events: list[str] = []
+        self._lock = Lock()
+        self._ready = self._disabled = False
+        if self.path.is_dir():
+            raise ConfigError(f"the text-embedding cache {self.path} is a folder; give a file path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the text-embedding cache folder {self.path.parent}: {exc.strerror}"
+            ) from None
+        self._open()
+
+    # ------------------------------------------------------------------ the file
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                     check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
+        return connection
+
+    def _closing(self):
+        return contextlib.closing(self._connect())
+
+    def _open(self) -> None:
+        """Create the file or check that it is one. A lock that outlasts the timeout is
+        noted and the next call tries again (so does any other failure to open or write it);
+        a file that is not a valid database is moved aside and rebuilt.
+        No ``PRAGMA quick_check``: it reads the whole file, which may grow to hundreds of
+        MB; damage inside is found when a read or write meets it (:meth:`_failed`)."""
+        try:
+            with self._closing() as db:
+                self._create(db)
+                db.execute("SELECT COUNT(*) FROM weights_identity").fetchone()
+            self._ready = True
+        except sqlite3.OperationalError as exc:  # locked, read-only, disk full: try again on the next call
+            self._note(f"open deferred: {exc}")
+        except sqlite3.DatabaseError as exc:
+            self._rebuild(exc)
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        """A read or write failed: noted; a damaged file (SQLite's plain DatabaseError:
+        "malformed", "not a database") is also moved aside and rebuilt."""
+        self._note(f"{what} skipped: {exc}")
+        if type(exc) is sqlite3.DatabaseError:
+            self._rebuild(exc)
+
+    @staticmethod
+    def _create(db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # no effect on an existing file
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+
+    def _rebuild(self, exc: Exception) -> None:
+        """Move the damaged file aside and start an empty one. If that fails too, the run
+        goes on without the store (noted), since embeddings can always be computed."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            with self._closing() as db:
+                self._create(db)
+        except (OSError, sqlite3.Error) as rebuild_error:
+            self._disabled = True
+            self._note(f"cache file is unusable ({exc}) and could not be rebuilt ({rebuild_error}); "
+                       "text embeddings are kept in memory only")
+            return
+        self._note(f"cache file was unusable ({exc}); moved to {aside.name} and rebuilt")
+        self._ready = True
+
+    def _usable(self) -> bool:
+        if self._disabled:
+            return False
+        if not self._ready:
+            self._open()
+        return self._ready
+
+    # ---------------------------------------------------------------- vectors
+
+    def get_many(self, model: str, template_set: str, phrases: list[str], dim: int | None = None
+                 ) -> dict[str, np.ndarray]:
+        """The stored vectors among ``phrases`` (read-only float32 arrays). A vector whose
+        size is not ``dim`` (when given) or its own recorded dim, or that is not finite,
+        counts as a miss; the caller encodes it again and its write replaces the row."""
+        wanted = list(dict.fromkeys(phrases))
+        found: dict[str, np.ndarray] = {}
+        rejected = 0
+        try:
+            if self._usable():
+                with self._closing() as db:
+                    for start in range(0, len(wanted), CHUNK):
+                        chunk = wanted[start : start + CHUNK]
+                        rows = db.execute(
+                            "SELECT phrase, dim, vector FROM text_embeddings WHERE model = ? AND template_set = ? "
+                            f"AND phrase IN ({','.join('?' * len(chunk))})",
+                            [model, template_set, *chunk],
+                        ).fetchall()
+                        for phrase, row_dim, blob in rows:
+                            vector = _vector(row_dim, blob, dim)
+                            if vector is None:
+                                rejected += 1
+                            else:
+                                found[phrase] = vector
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            found = {}
+        if rejected:
+            self._note(f"{rejected} stored vector(s) of the wrong size or not finite were ignored")
+        with self._lock:
+            self.hits += len(found)
+            self.misses += len(wanted) - len(found)
+        return found
+
+    def put_many(self, model: str, template_set: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store (or replace) float32 vectors, in one transaction."""
+        now = time.time()
+        rows = []
+        for phrase, vector in vectors.items():
+            array = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+            if not np.isfinite(array).all():  # it would only be rejected when read
+                continue
+            rows.append((model, template_set, phrase, int(array.size), array.tobytes(), now))
+        if not rows or not self._usable():  # why it is not usable is already noted
+            return
+        try:
+            with self._closing() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), CHUNK):
+                        db.executemany("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?, ?, ?)",
+                                       rows[start : start + CHUNK])
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            self._failed(f"write of {len(rows)} vector(s)", exc)
+
+    # ------------------------------------------------- weights identity memo
+
+    def recall_identity(self, key: str) -> str | None:
+        """A model identity remembered for ``key`` (a weights file's path, size, mtime and
+        loading context), or None."""
+        try:
+            if not self._usable():
+                return None
+            with self._closing() as db:
+                row = db.execute("SELECT identity FROM weights_identity WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._failed("identity read", exc)
+            return None
+        return row[0] if row else None
+
+    def remember_identity(self, key: str, identity: str) -> None:
+        if not self._usable():
+            return
+        try:
+            with self._closing() as db:
+                db.execute("INSERT OR REPLACE INTO weights_identity VALUES (?, ?, ?)", (key, identity, time.time()))
+        except sqlite3.Error as exc:
+            self._failed("identity write", exc)
+
+    # ---------------------------------------------------------------- reporting
+
+    def count(self, model: str | None = None) -> int:
+        query, args = "SELECT COUNT(*) FROM text_embeddings", ()
+        if model is not None:
+            query, args = query + " WHERE model = ?", (model,)
+        with self._closing() as db:
+            return int(db.execute(query, args).fetchone()[0])
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"path": str(self.path), "hits": self.hits, "misses": self.misses, "events": list(self.events)}
+
+    def _note(self, message: str) -> None:
+        with self._lock:
+            if len(self.events) < MAX_EVENTS:
+                self.events.append(message)
+
+
+def _vector(row_dim: object, blob: object, dim: int | None) -> np.ndarray | None:
+    if not isinstance(blob, bytes) or not isinstance(row_dim, int) or row_dim <= 0:
+        return None
+    if len(blob) != 4 * row_dim or (dim is not None and row_dim != dim):
+        return None
+    vector = np.frombuffer(blob, dtype=np.float32)
+    return vector if np.isfinite(vector).all() else None
+
+
+def open_text_cache(choice: "str | Path | SQLiteTextCache | None") -> SQLiteTextCache | None:
+    """``None``, ``none`` or ``memory``: no store (embeddings live in memory only);
+    ``user``: the user cache file (:func:`default_text_cache_path`); a path: that SQLite
+    file; a store object is used as it is."""
+    if choice is not None and not isinstance(choice, (str, Path)):
+        return choice
+    if choice is None or str(choice).strip().lower() in ("", "none", "memory", ":memory:"):
+        return None
+    return SQLiteTextCache(default_text_cache_path() if str(choice) == "user" else choice)
+
+
+def default_text_cache_path() -> Path:
+    """Next to the reasoning cache (:func:`openseg_r.cache.default_cache_path`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "openseg-r" / "text_embeddings.sqlite"
