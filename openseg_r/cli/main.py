@@ -2,7 +2,8 @@
 group, and the one place that turns errors into exit codes.
 
 Exit codes: 0 success; 2 bad usage or bad input (one-line message); 1 internal
-error (one line; ``--debug`` shows the traceback); 130 interrupted.
+error (one line; ``--debug`` shows the traceback); 3 some images failed (``segment`` on
+many images; the others are done); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from openseg_r.options import DEFAULT_CONCURRENCY, ModelOptions, SegmenterConfig
 from openseg_r.state import SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SOME_FAILED = 3  # segment on many images: at least one image failed (listed in index.jsonl)
 
 
 class Parser(argparse.ArgumentParser):
