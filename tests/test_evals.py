@@ -284,11 +284,13 @@ def test_resume_after_an_interruption_gives_the_same_numbers(tmp_path, voc_tree,
         run_eval(model, voc21, voc_tree, tmp_path / "resumed", limit=2, progress=False)
 
 
-def test_ablation_is_one_pass_with_each_image_encoded_once(tmp_path, voc_tree, tiny_segmenter):
+def test_ablation_is_one_pass_with_each_image_encoded_once(tmp_path, voc_tree, tiny_clip):
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}
     from openseg_r.lmm import ScriptedLMM
+    from openseg_r.segment import CLIPSegmenter
 
+    tiny_segmenter = CLIPSegmenter(tiny_clip)  # its own: the shared one keeps other tests' features
     model = OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(script))
     before = tiny_segmenter.encoded_images
     state = run_eval(model, get_dataset("voc21"), voc_tree, tmp_path / "ablation", ablation=True, progress=False)

@@ -12,6 +12,8 @@ from openseg_r.cli.options import (
     add_protocol_option,
     add_scoring_options,
     add_segmenter_options,
+    add_throughput_options,
+    concurrency_option,
     options_and_settings,
 )
 
@@ -40,6 +42,7 @@ def add_parsers(commands) -> None:
     add_lmm_options(run)
     add_segmenter_options(run, with_max_pixels=False)
     add_scoring_options(run)
+    add_throughput_options(run)
     run.set_defaults(handler=run_eval_command)
     merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
@@ -54,6 +57,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.state import Settings
 
     dataset = get_dataset(args.dataset)
+    concurrency = concurrency_option(args)
     protocol = dataset_protocol(args.dataset, args.protocol)
     has_lmm = names_an_lmm(configured_spec(args.lmm))
     options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
@@ -79,7 +83,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     model = OpenSegR.from_options(options, settings=settings)
     run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation, limit=args.limit,
              seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty(),
-             vocabulary=vocabulary, protocol=protocol.describe() if protocol else None)
+             vocabulary=vocabulary, protocol=protocol.describe() if protocol else None, concurrency=concurrency)
     _print_summary(out)
     return EXIT_OK
 

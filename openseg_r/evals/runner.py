@@ -6,11 +6,19 @@ JSON line with each setting's per-class counts is appended to ``images.jsonl``. 
 re-run reads that file back and skips the images already done; a line cut short by a
 crash is dropped and that image is done again. Shards write the same files, and
 ``merge`` adds their counts exactly.
+
+With ``concurrency`` > 1, worker threads evaluate that many images at once (their LMM
+calls overlap, and the model may batch their forward passes); images finish out of
+order, and only the calling thread writes ``images.jsonl`` and adds the totals, one
+whole line per finished image, so the file stays resumable and the totals (integers)
+are those of one image at a time (docs/design.md §6.2).
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +26,9 @@ from pathlib import Path
 from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetError, DatasetSpec, Sample, select
 from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
+from openseg_r.files import write_atomically
 from openseg_r.images import load_image
+from openseg_r.options import SPEED_ONLY_FIELDS
 
 ABLATION: list[tuple[str, dict]] = [
     ("bare names", {"reasoning": False}),
@@ -28,6 +38,7 @@ ABLATION: list[tuple[str, dict]] = [
     ("+ self-check", {"reasoning": True, "class_filter": "hard", "self_check": {"enabled": True}}),
 ]
 RUN_FILE, IMAGES_FILE = "run.json", "images.jsonl"
+MAX_CONCURRENCY = 1024
 
 @dataclass
 class SettingTotals:
@@ -51,11 +62,15 @@ def settings_for(ablation: bool, reasoning: bool) -> list[tuple[str, dict]]:
 
 def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, split: str | None = None,
              ablation: bool = False, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
-             progress: bool = True, vocabulary=None, protocol: dict | None = None) -> EvalState:
+             progress: bool = True, vocabulary=None, protocol: dict | None = None,
+             concurrency: int = 1) -> EvalState:
     """``vocabulary`` replaces the dataset's class names (same classes in label order, e.g.
-    with synonyms); ``protocol`` describes the protocol applied to ``model``, for the reports."""
+    with synonyms); ``protocol`` describes the protocol applied to ``model``, for the reports.
+    ``concurrency`` images are evaluated at once, on worker threads sharing ``model``."""
     from openseg_r.lmm.base import NoLMM
 
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(f"concurrency must be between 1 and {MAX_CONCURRENCY} images, got {concurrency!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     own = dataset.load_vocabulary(root)
@@ -75,7 +90,8 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
               "vocabulary": vocabulary.name, "class_names": vocabulary.names,
               "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
               "base_settings": model.settings.model_dump(mode="json"),
-              "setting_overrides": {name: overrides for name, overrides in settings}}
+              "setting_overrides": {name: overrides for name, overrides in settings},
+              "throughput": _throughput(model, concurrency)}
     state = _open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
     bar = None
@@ -83,12 +99,18 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
         from tqdm import tqdm
 
         bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {dataset.name}", unit="img")
+
+    def evaluate(sample: Sample) -> tuple[dict, dict[str, AreaCounts]]:
+        return _evaluate_image(model, dataset, vocabulary, sample, settings)
+
     started = time.perf_counter()
-    with (out / IMAGES_FILE).open("a", encoding="utf-8") as log:
-        for number, sample in enumerate(todo, start=1):
-            record = _evaluate_image(model, dataset, vocabulary, sample, settings, state)
-            log.write(json.dumps(record) + "\n")
+    with (out / IMAGES_FILE).open("a", encoding="utf-8") as log, _Pipeline(evaluate, todo, concurrency) as finished:
+        for number, (record, counts) in enumerate(finished, start=1):
+            log.write(json.dumps(record) + "\n")  # one whole line per image, in the order they finish
             log.flush()
+            for name, entry in record["settings"].items():
+                _add(state.totals[name], counts[name], entry["seconds"], entry["lmm_calls"], entry["tokens"])
+            state.done.add(record["id"])
             if bar is not None:
                 last = settings[-1][0]
                 miou = summarize(state.totals[last].counts)["mIoU"]
@@ -100,12 +122,21 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     write_reports(state, out)
     return state
 
-def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings, state: EvalState) -> dict:
+def _throughput(model, concurrency: int) -> dict:
+    """How fast the run was set up to go: recorded for information, never compared on resume."""
+    options = getattr(model, "options", None)
+    return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
+            "lmm_concurrency": getattr(options, "lmm_concurrency", None)}
+
+def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings) -> tuple[dict, dict[str, AreaCounts]]:
+    """One image's line and its counts per setting. It runs on a worker thread, so it
+    touches no shared state: the caller's thread adds the counts."""
     rgb = load_image(sample.image)
     label = dataset.load_label(sample.label)
     if label.shape != rgb.shape[:2]:
         raise ConfigError(f"{sample.id}: label {label.shape[::-1]} and image {rgb.shape[1::-1]} differ in size")
-    record = {"id": sample.id, "settings": {}}
+    record: dict = {"id": sample.id, "settings": {}}
+    counts_by_setting: dict[str, AreaCounts] = {}
     for name, overrides in settings:
         started = time.perf_counter()
         result = model.segment(rgb, vocabulary, **overrides)
@@ -118,9 +149,84 @@ def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings, state:
         tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
         record["settings"][name] = {"counts": counts.to_sparse(), "seconds": round(seconds, 4),
                                     "lmm_calls": len(calls), "tokens": tokens}
-        _add(state.totals[name], counts, seconds, len(calls), tokens)
-    state.done.add(sample.id)
-    return record
+        counts_by_setting[name] = counts
+    return record, counts_by_setting
+
+class _Pipeline:
+    """Images evaluated ahead by ``workers`` threads; iterating yields each image's result
+    as it finishes, on the caller's thread.
+
+    Workers take the next image when they are free, so at most ``workers`` images are
+    decoded and in flight. The first failure (an exception, KeyboardInterrupt included)
+    stops them taking more: the results already finished are yielded, then it is raised.
+    In-flight images are abandoned: the threads are daemons, so an interrupted process
+    exits without waiting for them. With one worker, images run on the caller's thread."""
+
+    POLL_S = 0.2  # how often the caller's thread wakes to notice Ctrl-C while it waits
+
+    def __init__(self, evaluate, samples: list[Sample], workers: int) -> None:
+        self._evaluate = evaluate
+        self._samples = samples
+        self._pending = iter(samples)
+        self._workers = max(1, min(workers, len(samples)))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._results: queue.Queue = queue.Queue()
+
+    def __enter__(self) -> "_Pipeline":
+        if self._workers > 1:
+            for number in range(self._workers):
+                threading.Thread(target=self._work, name=f"openseg-r-eval-{number}", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()  # on an error in the caller too: workers take no further image
+
+    def __iter__(self):
+        if self._workers == 1:
+            for sample in self._samples:
+                yield self._evaluate(sample)
+            return
+        running = self._workers
+        while running:
+            try:
+                kind, value = self._results.get(timeout=self.POLL_S)
+            except queue.Empty:
+                continue
+            if kind == "exited":
+                running -= 1
+            elif kind == "failed":
+                self._stop.set()
+                yield from self._finished_so_far()
+                raise value
+            else:
+                yield value
+
+    def _finished_so_far(self):
+        while True:
+            try:
+                kind, value = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "done":
+                yield value
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    sample = next(self._pending, None)
+                if sample is None:
+                    return
+                try:
+                    result = self._evaluate(sample)
+                except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread, which raises it)
+                    self._stop.set()
+                    self._results.put(("failed", exc))
+                    return
+                self._results.put(("done", result))
+        finally:
+            self._results.put(("exited", None))
 
 def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, tokens: int) -> None:
     totals.counts = totals.counts + counts
@@ -130,8 +236,10 @@ def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, 
     totals.tokens += tokens
 
 def _segmenter_settings(model: dict | None) -> dict | None:
-    """What the segmenter computes with; where it ran (device, dtype) may change on resume."""
-    return None if model is None else {k: v for k, v in model.items() if k not in ("device", "dtype")}
+    """What the segmenter computes with; where and how fast it ran (device, dtype, window
+    batches, torch.compile) may change on resume."""
+    ignored = ("device", "dtype", *SPEED_ONLY_FIELDS)
+    return None if model is None else {k: v for k, v in model.items() if k not in ignored}
 
 
 def _open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
@@ -150,6 +258,9 @@ def _open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
         if changed:
             raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); "
                               "use another --out folder, or the same options to resume")
+        if previous.get("throughput") != current["throughput"]:  # information only: the latest run's
+            text = json.dumps(dict(previous, throughput=current["throughput"]), indent=2)
+            write_atomically(run_file, lambda handle: handle.write(text.encode()))
     else:
         run_file.write_text(json.dumps(config, indent=2))
     state = EvalState(config, class_names, {name: SettingTotals(AreaCounts.zeros(len(class_names)))
