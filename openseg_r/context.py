@@ -21,6 +21,7 @@ from openseg_r.cache import MemoryReasoningCache
 from openseg_r.flights import SingleFlight
 from openseg_r.lmm.base import LMMReply, LMMRequest, NoLMM
 from openseg_r.matching import NameEmbedder
+from openseg_r.options import DEFAULT_LMM_CONCURRENCY
 from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
 from openseg_r.state import PromptSet
 from openseg_r.store import ArtifactStore
@@ -114,7 +115,7 @@ class OpenSegContext:
     reasoning_cache: ReasoningCache = field(default_factory=MemoryReasoningCache)
     # Embeds names for the class aligner: (names) -> (N, D) normalised. None: the segmenter's.
     aligner: NameEmbedder | None = None
-    max_concurrent_lmm_calls: int = 8
+    max_concurrent_lmm_calls: int = DEFAULT_LMM_CONCURRENCY
     # Bounds the LMM calls in flight at once: every node asks inside it. A model shares one
     # between all its runs, so concurrent images together stay within the limit.
     lmm_slots: threading.BoundedSemaphore | None = field(default=None, repr=False)

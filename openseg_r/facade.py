@@ -35,10 +35,12 @@ from openseg_r.options import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
     DEFAULT_CONCURRENCY,
+    DEFAULT_LMM_CONCURRENCY,
     ModelOptions,
     SegmenterConfig,
 )
 from openseg_r.result import ImageOutcome, SegmentationResult
+from openseg_r.stages import ReasoningSlots
 from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, final_output, merged_settings, region_order
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
@@ -69,7 +71,7 @@ class OpenSegR:
         text_cache: str | Path | None = None,
         batch_size: int = 8,
         batch_wait_ms: float = 5.0,
-        lmm_concurrency: int = 8,
+        lmm_concurrency: int = DEFAULT_LMM_CONCURRENCY,
         **segmenter_config,
     ) -> None:
         """``lmm`` is a backend or a spec string (see :mod:`openseg_r.lmm.spec`); None takes
@@ -264,8 +266,10 @@ class OpenSegR:
     ) -> Iterator[ImageOutcome]:
         """:meth:`segment_many`, yielding each outcome as soon as its image is done (in any
         order; ``outcome.index`` is its place in ``images``). Paths are decoded in the
-        worker threads, ahead of the images being segmented; at most ``2 x concurrency``
-        images are decoded or in flight at a time. ``names`` name images given as pixels."""
+        worker threads. ``concurrency`` images reason at once; an image reaching
+        segmentation lets the next one start its reasoning (:mod:`openseg_r.stages`), so at
+        most ``2 x concurrency`` are in flight and ``3 x concurrency`` taken from ``images``.
+        ``names`` name images given as pixels."""
         settings = merged_settings(self.settings, settings_overrides)
         if settings.self_check.enabled and settings.self_check.mode == "human":
             raise ConfigError("the human-mode self-check cannot ask you about many images at once: "
@@ -274,13 +278,14 @@ class OpenSegR:
             raise ConfigError(f"concurrency must be between 1 and 1024, got {concurrency}")
         vocab = resolve_vocabulary(vocabulary)  # a bad vocabulary fails every image: say it once
         items = iter(enumerate(images))
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openseg-r-image") as pool:
+        slots = ReasoningSlots(concurrency)  # as many again may be segmenting while the next ones reason
+        with ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="openseg-r-image") as pool:
             pending = set()
             try:
                 for index, image in items:
                     name = names[index] if names is not None else None
-                    pending.add(pool.submit(self._outcome, index, image, vocab, name, settings_overrides))
-                    if len(pending) >= 2 * concurrency:
+                    pending.add(pool.submit(self._outcome, index, image, vocab, name, settings_overrides, slots))
+                    if len(pending) >= 3 * concurrency:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         yield from (future.result() for future in done)
                 while pending:
@@ -307,12 +312,13 @@ class OpenSegR:
                                        names=names, **settings_overrides)
 
     def _outcome(self, index: int, image: ImageInput, vocab: Vocabulary, name: str | None,
-                 settings_overrides: dict) -> ImageOutcome:
+                 settings_overrides: dict, slots: ReasoningSlots) -> ImageOutcome:
         """One image of :meth:`iter_segment_many`, its failure caught as its own."""
         source = name if name is not None else str(image) if isinstance(image, (str, Path)) else None
         started = time.perf_counter()
         try:
-            result = self.segment(image, vocab, image_name=source, **settings_overrides)
+            with slots.slot() as on_event:
+                result = self.segment(image, vocab, image_name=source, on_event=on_event, **settings_overrides)
         except OpenSegRError as exc:
             return ImageOutcome(index, source, error=str(exc), seconds=time.perf_counter() - started)
         except Exception as exc:  # a bug shows as this image's failure, named, not as everyone's

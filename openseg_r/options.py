@@ -30,6 +30,10 @@ USER_CACHE = "user"
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_CONCURRENCY = 4  # images in flight at once in `segment` on many images and in `eval`
+# LMM calls in flight at once for one model: OpenAI-compatible servers (vLLM) batch concurrent
+# requests, and ones that cannot (Ollama) queue them; concurrent images' generic and image
+# reasoning together need this many to overlap fully.
+DEFAULT_LMM_CONCURRENCY = 32
 
 
 class SegmenterConfig(BaseModel):
@@ -88,7 +92,9 @@ class ModelOptions(BaseModel):
     batch_wait_ms: float = Field(
         5.0, ge=0, le=10_000, description="how long a forward pass waits for more images to fill its batch"
     )
-    lmm_concurrency: int = Field(8, ge=1, le=256, description="LMM calls in flight at once, over all images")
+    lmm_concurrency: int = Field(
+        DEFAULT_LMM_CONCURRENCY, ge=1, le=256, description="LMM calls in flight at once, over all images"
+    )
     runs_db: str | None = Field(None, description="record every run in this runs database (unset: no recording)")
     redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
 

@@ -274,4 +274,6 @@ def test_row_resampler_matches_interpolate(outputs):
     logits = outputs["vanilla"]["slide_logits"]
     for size in [(375, 500), (93, 61), (700, 900)]:
         expected = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-        assert float((RowResampler(logits, *size).band(0, size[0]) - expected).abs().max()) <= 1e-6
+        resampler = RowResampler(logits, *size)  # in bands: the whole map is F.interpolate itself
+        bands = torch.cat([resampler.band(s, min(size[0], s + 97)) for s in range(0, size[0], 97)], dim=1)
+        assert float((bands - expected).abs().max()) <= 1e-6

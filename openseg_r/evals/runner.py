@@ -29,6 +29,7 @@ from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
 from openseg_r.files import write_atomically
 from openseg_r.images import load_image
 from openseg_r.options import SPEED_ONLY_FIELDS
+from openseg_r.stages import ReasoningSlots
 
 ABLATION: list[tuple[str, dict]] = [
     ("bare names", {"reasoning": False}),
@@ -100,11 +101,15 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
 
         bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {dataset.name}", unit="img")
 
+    slots = ReasoningSlots(concurrency)
+
     def evaluate(sample: Sample) -> tuple[dict, dict[str, AreaCounts]]:
-        return _evaluate_image(model, dataset, vocabulary, sample, settings)
+        with slots.slot() as on_event:  # given back when the image reaches segmentation
+            return _evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
 
     started = time.perf_counter()
-    with (out / IMAGES_FILE).open("a", encoding="utf-8") as log, _Pipeline(evaluate, todo, concurrency) as finished:
+    pipeline = _Pipeline(evaluate, todo, workers(concurrency))
+    with (out / IMAGES_FILE).open("a", encoding="utf-8") as log, pipeline as finished:
         for number, (record, counts) in enumerate(finished, start=1):
             log.write(json.dumps(record) + "\n")  # one whole line per image, in the order they finish
             log.flush()
@@ -128,7 +133,13 @@ def _throughput(model, concurrency: int) -> dict:
     return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
             "lmm_concurrency": getattr(options, "lmm_concurrency", None)}
 
-def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings) -> tuple[dict, dict[str, AreaCounts]]:
+def workers(concurrency: int) -> int:
+    """Threads for ``concurrency`` images reasoning at once: as many again may be segmenting
+    while the next ones reason (:mod:`openseg_r.stages`); one means one image at a time."""
+    return 1 if concurrency == 1 else 2 * concurrency
+
+def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
+                    on_event=None) -> tuple[dict, dict[str, AreaCounts]]:
     """One image's line and its counts per setting. It runs on a worker thread, so it
     touches no shared state: the caller's thread adds the counts."""
     rgb = load_image(sample.image)
@@ -139,7 +150,7 @@ def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings) -> tup
     counts_by_setting: dict[str, AreaCounts] = {}
     for name, overrides in settings:
         started = time.perf_counter()
-        result = model.segment(rgb, vocabulary, **overrides)
+        result = model.segment(rgb, vocabulary, on_event=on_event, **overrides)
         seconds = time.perf_counter() - started
         try:
             counts = image_counts(result.labels, label, len(vocabulary.classes), dataset.ignore_index)

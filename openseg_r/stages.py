@@ -1,0 +1,44 @@
+"""Reasoning slots: how many images may be in their LMM stage at once.
+
+``concurrency`` in ``eval`` and ``segment_many`` bounds the images whose reasoning is in
+flight. An image gives its slot back when its run reaches the segmentation node, so the
+next image's reasoning starts while this one is being segmented: LMM latency overlaps
+segmentation instead of waiting behind it (docs/design.md §3.9). The callers run twice as
+many worker threads as slots, so at most ``concurrency`` more images are being segmented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+SEGMENTATION_NODE = "segmentation"
+
+
+class ReasoningSlots:
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, int(slots))
+        self._free = threading.BoundedSemaphore(self.slots)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Callable[[dict], None]]:
+        """Hold a slot; yields an ``on_event`` handler for the run's step log that gives the
+        slot back when segmentation starts (or, at the latest, when the block ends)."""
+        self._free.acquire()
+        lock, held = threading.Lock(), [True]
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._free.release()
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "node_start" and event.get("node") == SEGMENTATION_NODE:
+                release()
+
+        try:
+            yield on_event
+        finally:
+            release()
