@@ -185,3 +185,26 @@ def test_segment_batch_refuses_an_image_too_small_to_encode(tiny_clip, rng):
     with pytest.raises(ConfigError, match="smaller than one"):
         seg.segment_batch([SegmentJob(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), bank),
                            SegmentJob(rng.integers(0, 255, (2, 4000, 3), dtype=np.uint8), bank)])
+
+
+def test_compiled_passes_are_padded_to_a_power_of_two(tiny_clip, rng):
+    """One compiled graph per shape: padding keeps the shapes few, and the padding windows
+    never reach the results."""
+    seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32, compile=True))
+    plain = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
+    encoder, shapes = plain.encoder, []
+
+    def recording(crops):
+        shapes.append(crops.shape[0])
+        return encoder(crops)
+
+    recording.patch_size = encoder.patch_size
+    seg.encoder = recording  # the eager tower: this test is about the padding, not the compiler
+    bank = seg.query_bank(prompts(["cat", "dog"]))
+    pixels = seg.preprocess(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))  # 2 x 3 windows
+    assert torch.allclose(seg.dense_logits(pixels, bank), plain.dense_logits(pixels, bank), atol=1e-6)
+    from openseg_r.segmenter_io import SegmentJob
+
+    images = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(3)]  # 2 x 2 windows each
+    seg.segment_batch([SegmentJob(image, bank) for image in images])
+    assert shapes == [8, 8, 4]  # 6 padded to 8; then 12 windows in passes of 8 (the CPU default): 8, 4

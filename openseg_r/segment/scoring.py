@@ -58,15 +58,17 @@ class QueryBank:
         total = torch.zeros((self.num_classes, *spatial), device=logits.device, dtype=torch.float32)
         kept = kept_classes(class_filter, self.num_classes)
         for slot in range(self.num_slots):
-            channels = (self.channel_slot == slot).nonzero().flatten().to(logits.device)
+            on_host = (self.channel_slot == slot).nonzero().flatten()  # the layout is decided on the host:
+            one_per_class = on_host.numel() == self.num_classes and bool(  # no device sync per image
+                (self.channel_class[on_host] == torch.arange(self.num_classes)).all())
+            channels = on_host.to(logits.device)
             classes = self.channel_class.to(logits.device)[channels]
             slot_logits = logit_scale * logits[channels].float()
             if kept is not None:
                 absent = ~kept.to(logits.device)[classes]
                 slot_logits = slot_logits.masked_fill(absent.view(-1, *([1] * len(spatial))), float("-inf"))
             probs = torch.softmax(slot_logits, dim=0)
-            if classes.numel() == self.num_classes and bool(
-                    (classes == torch.arange(self.num_classes, device=classes.device)).all()):
+            if one_per_class:
                 total += probs
             else:
                 per_class = torch.zeros_like(total)

@@ -29,6 +29,8 @@ from openseg_r.segmenter_io import ClassFilter, SegmentationArrays, SegmentJob
 from openseg_r.state import PromptSet
 
 BAND_ELEMENTS = 32_000_000  # values held per band of output rows
+AUTO_WINDOWS_CPU = 8  # windows per forward pass when not set: larger passes are slower per window on a CPU
+AUTO_WINDOWS_GPU = 256  # and on a GPU, where large passes are what fills the device
 KEPT_FEATURES = 16  # images whose window features are kept for scoring again (an ablation's settings)
 KEPT_FEATURE_VALUES = 64_000_000  # and at most this many feature values in all
 
@@ -169,12 +171,13 @@ class CLIPSegmenter:
                 for number, (y1, y2, x1, x2) in enumerate(image.boxes):
                     groups.setdefault((y2 - y1, x2 - x1), []).append((index, number))
         outputs: dict[tuple[int, int], torch.Tensor] = {}
+        batch = self.config.window_batch_size or (AUTO_WINDOWS_GPU if self.clip.device.type == "cuda"
+                                                  else AUTO_WINDOWS_CPU)
         for pairs in groups.values():
-            batch = self.config.window_batch_size or len(pairs)
             for start in range(0, len(pairs), batch):
                 chunk = pairs[start : start + batch]
                 crops = torch.cat([_crop(images[i].pixels, images[i].boxes[n]) for i, n in chunk])
-                for pair, feature in zip(chunk, self.encoder(crops.to(self.clip.dtype))):
+                for pair, feature in zip(chunk, self._encode(crops.to(self.clip.dtype))):
                     outputs[pair] = feature
         for index, image in enumerate(images):
             if found[index] is None:
@@ -182,6 +185,16 @@ class CLIPSegmenter:
                 self.encoded_images += 1
                 self._keep_features(image.key, found[index])
         return found
+
+    def _encode(self, crops: torch.Tensor) -> torch.Tensor:
+        """The vision tower on a pass of windows. Compiled, a pass is padded to the next
+        power of two, so a few graphs serve every batch size (one graph per shape)."""
+        count = crops.shape[0]
+        if not self.config.compile or count & (count - 1) == 0:
+            return self.encoder(crops)
+        padded = 1 << count.bit_length()
+        filler = crops.new_zeros((padded - count, *crops.shape[1:]))
+        return self.encoder(torch.cat([crops, filler]))[:count]
 
     def _kept_features(self, key: str | None) -> torch.Tensor | None:
         if key is None:
