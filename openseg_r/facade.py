@@ -266,8 +266,8 @@ class OpenSegR:
     ) -> Iterator[ImageOutcome]:
         """:meth:`segment_many`, yielding each outcome as soon as its image is done (in any
         order; ``outcome.index`` is its place in ``images``). Paths are decoded in the
-        worker threads. ``concurrency`` images reason at once; an image reaching
-        segmentation lets the next one start its reasoning (:mod:`openseg_r.stages`), so at
+        worker threads. ``concurrency`` images reason at once; an image done
+        reasoning lets the next one start its own (:mod:`openseg_r.stages`), so at
         most ``2 x concurrency`` are in flight and ``3 x concurrency`` taken from ``images``.
         ``names`` name images given as pixels."""
         settings = merged_settings(self.settings, settings_overrides)

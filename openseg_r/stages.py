@@ -1,10 +1,12 @@
 """Reasoning slots: how many images may be in their LMM stage at once.
 
 ``concurrency`` in ``eval`` and ``segment_many`` bounds the images whose reasoning is in
-flight. An image gives its slot back when its run reaches the segmentation node, so the
-next image's reasoning starts while this one is being segmented: LMM latency overlaps
-segmentation instead of waiting behind it (docs/design.md §3.9). The callers run twice as
-many worker threads as slots, so at most ``concurrency`` more images are being segmented.
+flight. An image gives its slot back when its reasoning is done (its run starts the class
+alignment, or, without reasoning, the prompt composition or the segmentation), so the
+next image's reasoning starts while this one is being aligned, composed and segmented:
+LMM latency overlaps that work instead of waiting behind it (docs/design.md §3.9). The
+callers run twice as many worker threads as slots, so at most ``concurrency`` more images
+are past their reasoning at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
-SEGMENTATION_NODE = "segmentation"
+AFTER_REASONING = ("class_alignment", "prompt_composition", "segmentation")  # the first to start ends it
 
 
 class ReasoningSlots:
@@ -24,7 +26,7 @@ class ReasoningSlots:
     @contextlib.contextmanager
     def slot(self) -> Iterator[Callable[[dict], None]]:
         """Hold a slot; yields an ``on_event`` handler for the run's step log that gives the
-        slot back when segmentation starts (or, at the latest, when the block ends)."""
+        slot back when the reasoning is done (or, at the latest, when the block ends)."""
         self._free.acquire()
         lock, held = threading.Lock(), [True]
 
@@ -35,7 +37,7 @@ class ReasoningSlots:
                     self._free.release()
 
         def on_event(event: dict) -> None:
-            if event.get("event") == "node_start" and event.get("node") == SEGMENTATION_NODE:
+            if event.get("event") == "node_start" and event.get("node") in AFTER_REASONING:
                 release()
 
         try:

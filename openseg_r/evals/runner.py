@@ -104,7 +104,7 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     slots = ReasoningSlots(concurrency)
 
     def evaluate(sample: Sample) -> tuple[dict, dict[str, AreaCounts]]:
-        with slots.slot() as on_event:  # given back when the image reaches segmentation
+        with slots.slot() as on_event:  # given back when its reasoning is done
             return _evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
 
     started = time.perf_counter()

@@ -52,7 +52,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Half precision on CUDA unless fp32 is asked for; fp32 on CPU (half is slow there)."""
+    """Half precision on CUDA unless fp32 is asked for; fp32 on CPU (half is slow there).
+
+    fp16 and bf16 cast the whole model (weights and activations), not ``torch.autocast``
+    over float32 weights: autocast re-casts every weight on every forward pass (its cast
+    cache only keeps weights that require grad), keeps the activations between the
+    matmuls in float32 (twice the memory traffic for the layer norms, residual adds and
+    GELU, a large share of a ViT-B's time at 197 tokens) and turns off PyTorch's fused
+    multi-head-attention path. The cast loses little: the kernels still reduce in float32
+    (matmul accumulation, layer-norm statistics, the attention softmax), the dense
+    features are normalised in float32, and OpenAI's CLIP weights are themselves fp16, the
+    precision NACLIP's reference runs them in on a GPU. ``benchmarks/bench_gpu.py --mode
+    both`` measures the two side by side."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
