@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.attention import ATTENTION_VARIANTS, gaussian_bias, last_block
+from openseg_r.segment.attention import (
+    ATTENTION_VARIANTS,
+    attention_bias,
+    cached_gaussian_bias,
+    gaussian_bias,
+    last_block,
+)
 from openseg_r.segment.dense import DenseCLIPEncoder
 
 
@@ -190,3 +196,66 @@ def test_reduced_variants_have_no_residual_and_no_ffn(tiny_clip, variant):
                 assert torch.equal(last_block(block, x, variant, (2, 3)), out)
             finally:
                 w_k.copy_(saved_k)
+
+
+def explicit_softmax_last_block(block, x, variant, grid, sigma=5.0):
+    """The batched softmax formulas of the module docstring, written out with the weights
+    materialised (the implementation before the fused ``scaled_dot_product_attention``)."""
+    attn = block.attn
+    batch, tokens, width = x.shape
+    heads = attn.num_heads
+    scale = (width // heads) ** -0.5
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = (t.reshape(batch, tokens, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    if variant == "maskclip":
+        mixed = v
+    elif variant == "clearclip":
+        mixed = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1) @ v
+    elif variant == "sclip":
+        weights = torch.softmax(scale * q @ q.transpose(-2, -1), dim=-1)
+        mixed = (weights + torch.softmax(scale * k @ k.transpose(-2, -1), dim=-1)) @ v
+    else:
+        mixed = torch.softmax(scale * k @ k.transpose(-2, -1) + gaussian_bias(*grid, sigma), dim=-1) @ v
+    out = block.ls_1(attn.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width)))
+    if variant in ("naclip", "clearclip"):
+        return out
+    x = x + out
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+@pytest.mark.parametrize("variant", [v for v in ATTENTION_VARIANTS if v != "vanilla"])
+def test_fused_attention_equals_explicit_softmax(variant):
+    """Fused SDPA changes how the softmax is computed, never what: float32, 1e-5, on a
+    block of ViT-B's head size (64) with layer scale, over a non-square grid."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(4)
+    block = ResidualAttentionBlock(256, 4, ls_init_value=0.5).eval()
+    grid = (7, 9)
+    x = torch.randn(3, 1 + grid[0] * grid[1], 256)
+    with torch.no_grad():
+        expected = explicit_softmax_last_block(block, x, variant, grid, sigma=2.5)
+        got = last_block(block, x, variant, grid, sigma=2.5)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+        if variant == "naclip":  # a precomputed bias (what a compiled encoder passes) is the same bias
+            bias = attention_bias(variant, grid, 2.5, x.device, x.dtype)
+            assert torch.equal(last_block(block, x, variant, grid, 2.5, bias=bias), got)
+            wrong = attention_bias(variant, grid, 1.0, x.device, x.dtype)
+            assert not torch.allclose(last_block(block, x, variant, grid, 2.5, bias=wrong), got, atol=1e-4)
+
+
+def test_gaussian_bias_is_cached_per_grid_sigma_device_and_dtype():
+    first = attention_bias("naclip", (3, 4), 5.0, "cpu", torch.float32)
+    assert attention_bias("naclip", (3, 4), 5.0, torch.device("cpu"), torch.float32) is first
+    assert torch.equal(first, gaussian_bias(3, 4, 5.0))
+    assert attention_bias("naclip", (4, 3), 5.0, "cpu", torch.float32).shape == first.shape
+    assert not torch.equal(attention_bias("naclip", (4, 3), 5.0, "cpu", torch.float32), first)
+    assert attention_bias("naclip", (3, 4), 2.0, "cpu", torch.float32) is not first
+    half = attention_bias("naclip", (3, 4), 5.0, "cpu", torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half is not first
+    others = [v for v in ATTENTION_VARIANTS if v != "naclip"]
+    assert all(attention_bias(v, (3, 4), 5.0, "cpu", torch.float32) is None for v in others)
+    with torch.inference_mode():  # built under inference mode, still usable outside it
+        cached_gaussian_bias.cache_clear()
+        inside = attention_bias("naclip", (2, 2), 5.0, "cpu", torch.float32)
+    assert not inside.is_inference()
