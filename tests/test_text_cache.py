@@ -262,6 +262,17 @@ def test_the_segmenter_uses_the_store(tiny_model_files, tmp_path):
     assert user.text.store.path == default_text_cache_path()
 
 
+def test_random_weights_keep_their_embeddings_in_memory(tiny_model_files, tmp_path):
+    """Random weights are new in every process: their vectors would never be read again."""
+    from openseg_r.segment import CLIPSegmenter
+
+    config, _ = tiny_model_files
+    path = tmp_path / "text.sqlite"
+    random = CLIPSegmenter.from_pretrained(str(config), None, device="cpu", text_cache=str(path))
+    random.embed_names(["cat"])
+    assert random.text.store is None and not path.exists()
+
+
 def test_the_memory_cache_is_an_lru_that_can_be_smaller_than_a_call(tiny_model_files):
     embedder = TextEmbedder(fresh_clip(tiny_model_files), max_cached=2)
     assert embedder.embed(["a", "b", "c"], "vild").shape == (3, 32)  # more phrases than the cache holds
