@@ -268,7 +268,8 @@ class OpenSegR:
         order; ``outcome.index`` is its place in ``images``). Paths are decoded in the
         worker threads. ``concurrency`` images reason at once; an image done
         reasoning lets the next one start its own (:mod:`openseg_r.stages`), so at
-        most ``2 x concurrency`` are in flight and ``3 x concurrency`` taken from ``images``.
+        most ``2 x concurrency`` are in flight and ``3 x concurrency`` taken from ``images``
+        (with ``concurrency=1``, strictly one image at a time).
         ``names`` name images given as pixels."""
         settings = merged_settings(self.settings, settings_overrides)
         if settings.self_check.enabled and settings.self_check.mode == "human":
@@ -279,7 +280,8 @@ class OpenSegR:
         vocab = resolve_vocabulary(vocabulary)  # a bad vocabulary fails every image: say it once
         items = iter(enumerate(images))
         slots = ReasoningSlots(concurrency)  # as many again may be segmenting while the next ones reason
-        with ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="openseg-r-image") as pool:
+        workers = 1 if concurrency == 1 else 2 * concurrency  # one: strictly one image at a time
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openseg-r-image") as pool:
             pending = set()
             try:
                 for index, image in items:
