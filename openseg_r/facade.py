@@ -282,19 +282,18 @@ class OpenSegR:
         slots = ReasoningSlots(concurrency)  # as many again may be segmenting while the next ones reason
         workers = 1 if concurrency == 1 else 2 * concurrency  # one: strictly one image at a time
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openseg-r-image") as pool:
-            pending = set()
+            pending: dict = {}  # future -> the image's index
             try:
                 for index, image in items:
                     name = names[index] if names is not None else None
-                    pending.add(pool.submit(self._outcome, index, image, vocab, name, settings_overrides, slots))
+                    future = pool.submit(self._outcome, index, image, vocab, name, settings_overrides, slots)
+                    pending[future] = index
                     if len(pending) >= 3 * concurrency:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        yield from (future.result() for future in done)
+                        yield from _landed(pending)
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (future.result() for future in done)
+                    yield from _landed(pending)
             finally:
-                for future in pending:  # the caller stopped early: drop what has not started
+                for future in list(pending):  # the caller stopped early: drop what has not started
                     future.cancel()
 
     async def asegment_many(
@@ -542,6 +541,24 @@ class SegmentationRun:
             return ", ".join(self.graph.get_state(self._config).next) or None
         except Exception:  # no checkpointer: nothing more to say
             return None
+
+
+def _landed(pending: dict) -> Iterator[ImageOutcome]:
+    """Wait for at least one of ``pending`` (future -> index) and yield what has finished, in
+    input order; an interrupt raised in one image is raised after the others are yielded,
+    so the outcomes that finished are never lost with it."""
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+    failure = None
+    for future in sorted(done, key=pending.get):
+        del pending[future]
+        try:
+            outcome = future.result()
+        except BaseException as exc:  # KeyboardInterrupt and the like: _outcome catches the rest
+            failure = failure or exc
+            continue
+        yield outcome
+    if failure is not None:
+        raise failure
 
 
 def _row_fields(record) -> dict:

@@ -160,11 +160,11 @@ class CrashingSegmenter(CLIPSegmenter):
 
     crashes_left = 1
 
-    def segment(self, *args, **kwargs):
+    def segment_batch(self, jobs):  # what segment() and the micro-batcher both call
         if CrashingSegmenter.crashes_left:
             CrashingSegmenter.crashes_left -= 1
             raise RuntimeError("injected crash in segmentation")
-        return super().segment(*args, **kwargs)
+        return super().segment_batch(jobs)
 
 
 def test_a_crashed_run_resumes_to_the_same_result(tmp_path, tiny_clip, voc, lmm):
