@@ -24,7 +24,6 @@ import numpy as np
 
 from openseg_r.segmenter_io import ClassFilter, SegmentationArrays, SegmentJob
 
-_STOP = object()
 IDLE_EXIT_S = 2.0  # the worker thread ends after this long without work (and starts again on demand)
 
 
@@ -86,15 +85,6 @@ class MicroBatcher:
             self._queue.put((job, future))
         return future
 
-    def close(self) -> None:
-        """Stop the worker once the images queued before are done."""
-        with self._start_lock:
-            worker, self._worker = self._worker, None
-            if worker is not None:
-                self._queue.put(_STOP)
-        if worker is not None:
-            worker.join()
-
     # ------------------------------------------------------------------ the worker
 
     def _serve(self) -> None:
@@ -107,14 +97,9 @@ class MicroBatcher:
                         self._worker = None
                         return
                 continue
-            if first is _STOP:
-                return
-            batch, stop = self._gather(first)
-            self._run(batch)
-            if stop:
-                return
+            self._run(self._gather(first))
 
-    def _gather(self, first) -> tuple[list, bool]:
+    def _gather(self, first) -> list:
         """``first`` and what else is queued: up to ``max_batch`` images, waiting at most
         ``max_wait_s`` and only while other runs could still add one."""
         batch = [first]
@@ -130,10 +115,8 @@ class MicroBatcher:
                     item = self._queue.get(timeout=min(remaining, 0.001))
                 except queue.Empty:
                     continue
-            if item is _STOP:
-                return batch, True
             batch.append(item)
-        return batch, False
+        return batch
 
     def _run(self, batch: list) -> None:
         live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]

@@ -275,13 +275,10 @@ class OpenSegR:
         if settings.self_check.enabled and settings.self_check.mode == "human":
             raise ConfigError("the human-mode self-check cannot ask you about many images at once: "
                               "use the lmm self-check mode, or segment() one image at a time")
-        if not 1 <= concurrency <= 1024:
-            raise ConfigError(f"concurrency must be between 1 and 1024, got {concurrency}")
+        slots = ReasoningSlots(concurrency)  # checks it; as many again may be past their reasoning
         vocab = resolve_vocabulary(vocabulary)  # a bad vocabulary fails every image: say it once
         items = iter(enumerate(images))
-        slots = ReasoningSlots(concurrency)  # as many again may be segmenting while the next ones reason
-        workers = 1 if concurrency == 1 else 2 * concurrency  # one: strictly one image at a time
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openseg-r-image") as pool:
+        with ThreadPoolExecutor(max_workers=slots.workers, thread_name_prefix="openseg-r-image") as pool:
             pending: dict = {}  # future -> the image's index
             try:
                 for index, image in items:

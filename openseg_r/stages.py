@@ -15,13 +15,29 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
+from openseg_r.errors import ConfigError
+
+MAX_CONCURRENCY = 1024
 AFTER_REASONING = ("class_alignment", "prompt_composition", "segmentation")  # the first to start ends it
 
 
+def checked_concurrency(value: object, name: str = "concurrency") -> int:
+    """A number of images in flight, or a one-line error naming ``name`` (an option or argument)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(f"{name} must be between 1 and {MAX_CONCURRENCY}, got {value!r}")
+    return value
+
+
 class ReasoningSlots:
-    def __init__(self, slots: int) -> None:
-        self.slots = max(1, int(slots))
-        self._free = threading.BoundedSemaphore(self.slots)
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = checked_concurrency(concurrency)
+        self._free = threading.BoundedSemaphore(self.concurrency)
+
+    @property
+    def workers(self) -> int:
+        """Threads to run images on: as many again as slots, so that many may be past their
+        reasoning; with one slot, one thread (strictly one image at a time)."""
+        return 1 if self.concurrency == 1 else 2 * self.concurrency
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[Callable[[dict], None]]:

@@ -132,13 +132,10 @@ def add_throughput_options(parser: argparse.ArgumentParser, concurrency: bool = 
 
 def concurrency_option(args: argparse.Namespace) -> int:
     """--concurrency, checked: a positive number of images in flight."""
-    from openseg_r.errors import ConfigError
+    from openseg_r.stages import checked_concurrency
 
     value = getattr(args, "concurrency", None)
-    value = DEFAULT_CONCURRENCY if value is None else value
-    if not 1 <= value <= 1024:
-        raise ConfigError(f"--concurrency must be between 1 and 1024, got {value}")
-    return value
+    return checked_concurrency(DEFAULT_CONCURRENCY if value is None else value, "--concurrency")
 
 
 def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:

@@ -39,7 +39,6 @@ ABLATION: list[tuple[str, dict]] = [
     ("+ self-check", {"reasoning": True, "class_filter": "hard", "self_check": {"enabled": True}}),
 ]
 RUN_FILE, IMAGES_FILE = "run.json", "images.jsonl"
-MAX_CONCURRENCY = 1024
 
 @dataclass
 class SettingTotals:
@@ -70,8 +69,7 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     ``concurrency`` images are evaluated at once, on worker threads sharing ``model``."""
     from openseg_r.lmm.base import NoLMM
 
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ConfigError(f"concurrency must be between 1 and {MAX_CONCURRENCY} images, got {concurrency!r}")
+    slots = ReasoningSlots(concurrency)  # a bad value fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     own = dataset.load_vocabulary(root)
@@ -101,14 +99,12 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
 
         bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {dataset.name}", unit="img")
 
-    slots = ReasoningSlots(concurrency)
-
     def evaluate(sample: Sample) -> tuple[dict, dict[str, AreaCounts]]:
         with slots.slot() as on_event:  # given back when its reasoning is done
             return _evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
 
     started = time.perf_counter()
-    pipeline = _Pipeline(evaluate, todo, workers(concurrency))
+    pipeline = _Pipeline(evaluate, todo, slots.workers)
     with (out / IMAGES_FILE).open("a", encoding="utf-8") as log, pipeline as finished:
         for number, (record, counts) in enumerate(finished, start=1):
             log.write(json.dumps(record) + "\n")  # one whole line per image, in the order they finish
@@ -132,11 +128,6 @@ def _throughput(model, concurrency: int) -> dict:
     options = getattr(model, "options", None)
     return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
             "lmm_concurrency": getattr(options, "lmm_concurrency", None)}
-
-def workers(concurrency: int) -> int:
-    """Threads for ``concurrency`` images reasoning at once: as many again may be segmenting
-    while the next ones reason (:mod:`openseg_r.stages`); one means one image at a time."""
-    return 1 if concurrency == 1 else 2 * concurrency
 
 def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
                     on_event=None) -> tuple[dict, dict[str, AreaCounts]]:
