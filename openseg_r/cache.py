@@ -3,8 +3,10 @@
 A key is a dict (backend model id and generation parameters, prompt version, class
 name or image content hash, ...); its canonical JSON is hashed into the row id.
 ``SQLiteReasoningCache`` is safe for several processes at once (WAL journal, busy
-timeout, one short transaction per call). A corrupt file is moved aside and
-rebuilt (stated in ``events``). A database that stays locked past the timeout is
+timeout, one short transaction per call). A corrupt SQLite file is moved aside and
+rebuilt (stated in ``events``); a path that is not an SQLite file at all (a folder, a
+text file, another program's database) is refused and never touched
+(:mod:`openseg_r.sqlite_files`). A database that stays locked past the timeout is
 treated as a miss, or the write is skipped, and that is recorded in ``events``.
 Neither ever stops a run.
 """
@@ -21,6 +23,9 @@ from pathlib import Path
 from threading import Lock
 
 from openseg_r.errors import ConfigError
+from openseg_r.sqlite_files import check_own_tables, check_sqlite_path, move_aside
+
+WHAT = "the reasoning cache"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reasoning (
@@ -71,6 +76,7 @@ class SQLiteReasoningCache(MemoryReasoningCache):
         super().__init__()
         self.path = Path(path)
         self.timeout = timeout
+        check_sqlite_path(self.path, WHAT)  # before anything is created next to it
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -83,8 +89,13 @@ class SQLiteReasoningCache(MemoryReasoningCache):
         return connection
 
     def _open(self) -> None:
+        """Create the file or check it. Damage SQLite reports (``DatabaseError``: "not a
+        database", "malformed", a failed quick check) rebuilds it; an ``OperationalError``
+        (locked, read-only, cannot open) is about access, not damage, so it is an error
+        and the file is left alone."""
         try:
             with self._closing() as db:
+                check_own_tables(db, self.path, WHAT)  # before WAL mode or the schema are written
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
                 if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -92,20 +103,19 @@ class SQLiteReasoningCache(MemoryReasoningCache):
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
                 raise ConfigError(f"the reasoning cache {self.path} is locked by another process") from None
-            self._rebuild(exc)
+            raise ConfigError(f"the reasoning cache {self.path} cannot be opened: {exc}") from None
         except sqlite3.DatabaseError as exc:
             self._rebuild(exc)
 
     def _rebuild(self, exc: Exception) -> None:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        """Move a damaged SQLite file aside and start an empty one. The path is checked
+        again first (:func:`move_aside`): only an SQLite database is ever moved."""
         try:
-            os.replace(self.path, aside)
+            aside = move_aside(self.path, WHAT)
         except OSError as move_error:
             raise ConfigError(
                 f"the reasoning cache {self.path} is unusable ({exc}) and cannot be moved aside: {move_error}"
             ) from None
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self.events.append(f"cache file was unusable ({exc}); moved to {aside.name} and rebuilt")
         with self._closing() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -174,10 +184,13 @@ def open_reasoning_cache(choice: "str | Path | MemoryReasoningCache | None", *, 
     """The one rule every entry point follows. Without an LMM nothing is ever asked, so
     reasoning stays in memory; otherwise ``None`` (or ``none``) keeps it in memory, ``user``
     is the user cache file (:func:`default_cache_path`), a path is that SQLite file, and a
-    cache object is used as it is."""
+    cache object is used as it is. A path given without an LMM is still checked (nothing
+    is created), so a wrong one is reported the first time, not on the first run with an LMM."""
     if choice is not None and not isinstance(choice, (str, Path)):
         return choice
     if not has_lmm:
+        if choice is not None and str(choice) not in ("", "none", ":memory:", "user"):
+            check_sqlite_path(choice, WHAT)
         return MemoryReasoningCache()
     return open_cache(default_cache_path() if str(choice) == "user" else choice)
 

@@ -20,6 +20,7 @@ import numpy as np
 from openseg_r.cache import MemoryReasoningCache
 from openseg_r.flights import SingleFlight
 from openseg_r.lmm.base import LMMReply, LMMRequest, NoLMM
+from openseg_r.lmm.health import RunBreaker
 from openseg_r.matching import NameEmbedder
 from openseg_r.options import DEFAULT_LMM_CONCURRENCY
 from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
@@ -121,6 +122,9 @@ class OpenSegContext:
     lmm_slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
     # Concurrent runs asking for the same generic reasoning share one LMM call.
     flights: SingleFlight = field(default_factory=SingleFlight, repr=False)
+    # This run's circuit breaker: once the backend is found unavailable, the run asks nothing more.
+    # It is per run: give each graph run its own context (OpenSegR.context() builds one).
+    lmm_breaker: RunBreaker = field(default_factory=RunBreaker, repr=False)
 
     def __post_init__(self) -> None:
         if self.lmm_slots is None:

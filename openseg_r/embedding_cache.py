@@ -8,7 +8,9 @@ weights computed by :mod:`openseg_r.segment.text`, which also memoises it here p
 file so a warm start need not hash 250 MB again.
 
 Robustness follows :class:`openseg_r.cache.SQLiteReasoningCache`: WAL journal, busy
-timeout, one short transaction per call; a corrupt file is moved aside and rebuilt; a
+timeout, one short transaction per call; a corrupt SQLite file is moved aside and rebuilt,
+while a path that is not an SQLite file (a folder, a text file, another program's database)
+is refused when the store is opened and never touched (:mod:`openseg_r.sqlite_files`); a
 database that stays locked turns reads into misses and skips writes; a stored vector of
 the wrong size or with non-finite values is a miss. Each case is noted in ``events`` and
 none ever stops a run. No torch here: this module sits in the support layer.
@@ -26,12 +28,14 @@ from threading import Lock
 import numpy as np
 
 from openseg_r.errors import ConfigError
+from openseg_r.sqlite_files import NotAnSQLiteFileError, check_own_tables, check_sqlite_path, move_aside
 
 # About 13 rows of a 512-d vector (2 KB each, plus keys) share a 32 KB page; SQLite's default
 # 4 KB page holds only one, which nearly doubles the file. Set before the first table exists.
 PAGE_SIZE = 32768
 CHUNK = 500  # values per SQL IN (...) list, well under SQLite's variable limit
 MAX_EVENTS = 100
+WHAT = "the text-embedding cache"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS text_embeddings (
     model TEXT NOT NULL,
@@ -61,15 +65,14 @@ class SQLiteTextCache:
         self.events: list[str] = []
         self._lock = Lock()
         self._ready = self._disabled = False
-        if self.path.is_dir():
-            raise ConfigError(f"the text-embedding cache {self.path} is a folder; give a file path")
+        check_sqlite_path(self.path, WHAT)  # before anything is created next to it
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create the text-embedding cache folder {self.path.parent}: {exc.strerror}"
             ) from None
-        self._open()
+        self._open(first=True)
 
     # ------------------------------------------------------------------ the file
 
@@ -82,14 +85,22 @@ class SQLiteTextCache:
     def _closing(self):
         return contextlib.closing(self._connect())
 
-    def _open(self) -> None:
+    def _open(self, first: bool = False) -> None:
         """Create the file or check that it is one. A lock that outlasts the timeout is
         noted and the next call tries again (so does any other failure to open or write it);
-        a file that is not a valid database is moved aside and rebuilt.
+        a damaged SQLite file is moved aside and rebuilt. Another program's database is
+        refused on the first open (later, during a run, the store is only switched off).
         No ``PRAGMA quick_check``: it reads the whole file, which may grow to hundreds of
         MB; damage inside is found when a read or write meets it (:meth:`_failed`)."""
         try:
             with self._closing() as db:
+                try:
+                    check_own_tables(db, self.path, WHAT)  # before WAL mode or the schema are written
+                except NotAnSQLiteFileError as refusal:
+                    if first:
+                        raise
+                    self._switch_off(str(refusal))
+                    return
                 self._create(db)
                 db.execute("SELECT COUNT(*) FROM weights_identity").fetchone()
             self._ready = True
@@ -113,21 +124,26 @@ class SQLiteTextCache:
 
     def _rebuild(self, exc: Exception) -> None:
         """Move the damaged file aside and start an empty one. If that fails too, the run
-        goes on without the store (noted), since embeddings can always be computed."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        goes on without the store (noted), since embeddings can always be computed. The
+        path is checked again first: only an SQLite database is ever moved; anything else
+        found there (replaced since the store was opened) is left alone."""
         try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            aside = move_aside(self.path, WHAT)
             with self._closing() as db:
                 self._create(db)
+        except NotAnSQLiteFileError as refusal:
+            self._switch_off(f"{refusal} ({exc})")
+            return
         except (OSError, sqlite3.Error) as rebuild_error:
-            self._disabled = True
-            self._note(f"cache file is unusable ({exc}) and could not be rebuilt ({rebuild_error}); "
-                       "text embeddings are kept in memory only")
+            self._switch_off(f"cache file is unusable ({exc}) and could not be rebuilt ({rebuild_error})")
             return
         self._note(f"cache file was unusable ({exc}); moved to {aside.name} and rebuilt")
         self._ready = True
+
+    def _switch_off(self, why: str) -> None:
+        """Go on without the store for the rest of this process (noted once)."""
+        self._disabled = True
+        self._note(f"{why}; text embeddings are kept in memory only")
 
     def _usable(self) -> bool:
         if self._disabled:

@@ -24,13 +24,15 @@ from PIL import Image
 from openseg_r.aligners import resolve_aligner
 from openseg_r.batching import MicroBatcher
 from openseg_r.cache import open_reasoning_cache
+from openseg_r.cancel import CancelToken, cancellable
 from openseg_r.context import LMMBackend, OpenSegContext, ReasoningCache, Segmenter
-from openseg_r.errors import ConfigError, OpenSegRError
+from openseg_r.errors import ConfigError, OpenSegRError, ReasoningUnavailableError
 from openseg_r.flights import SingleFlight
 from openseg_r.graph import build_graph, recursion_limit
 from openseg_r.images import DEFAULT_MAX_PIXELS, load_image
-from openseg_r.lmm.base import NoLMM
-from openseg_r.lmm.spec import backend_from_spec, configured_spec
+from openseg_r.lmm.base import NoLMM, backend_label
+from openseg_r.lmm.health import is_unavailable_fallback
+from openseg_r.lmm.spec import backend_from_spec, configured_options, configured_spec
 from openseg_r.options import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
@@ -41,7 +43,17 @@ from openseg_r.options import (
 )
 from openseg_r.result import ImageOutcome, SegmentationResult
 from openseg_r.stages import ReasoningSlots
-from openseg_r.state import ImageRef, OpenSegState, Settings, Vocabulary, final_output, merged_settings, region_order
+from openseg_r.state import (
+    DROPPED_ATTRIBUTES_USED,
+    ImageRef,
+    LMMOptions,
+    OpenSegState,
+    Settings,
+    Vocabulary,
+    final_output,
+    merged_settings,
+    region_order,
+)
 from openseg_r.store import ArtifactStore
 from openseg_r.vocab import resolve_vocabulary
 
@@ -71,7 +83,8 @@ class OpenSegR:
         text_cache: str | Path | None = None,
         batch_size: int = 8,
         batch_wait_ms: float = 5.0,
-        lmm_concurrency: int = DEFAULT_LMM_CONCURRENCY,
+        lmm_concurrency: int | None = None,
+        lmm_options: LMMOptions | dict | None = None,
         **segmenter_config,
     ) -> None:
         """``lmm`` is a backend or a spec string (see :mod:`openseg_r.lmm.spec`); None takes
@@ -91,7 +104,15 @@ class OpenSegR:
         file (``"user"``: the user cache file; None: memory only). Runs in flight at once
         (:meth:`segment_many`, threads, a server) share forward passes of up to
         ``batch_size`` images, a pass waiting at most ``batch_wait_ms`` for more, and keep
-        at most ``lmm_concurrency`` LMM calls in flight between them.
+        at most ``lmm_concurrency`` LMM calls in flight between them (None: the LMM option
+        ``concurrency``, else 32).
+
+        ``lmm_options`` (:class:`~openseg_r.state.LMMOptions` or a dict: ``max_tokens``,
+        ``timeout``, ``temperature``, ``max_attempts``, ``concurrency``) set how the LMM is
+        called, over the config file's ``[lmm]`` table; they are recorded with each result.
+        A run that asked for reasoning and got none at all (the LMM server unreachable, or
+        every answer unusable) raises :class:`~openseg_r.errors.ReasoningUnavailableError`,
+        unless the settings say ``allow_fallback=True``.
 
         Applications that read their configuration from a file, flags or the
         environment build through :meth:`from_options` instead."""
@@ -100,7 +121,17 @@ class OpenSegR:
                               "and describe() (see openseg_r.context.Segmenter)")
         # The LMM first: a bad spec fails at once, before weights load.
         spec = None if isinstance(lmm, LMMBackend) else configured_spec(lmm)
-        self.lmm = backend_from_spec(lmm if spec is None else spec, record=lmm_record)
+        explicit = LMMOptions.parse(lmm_options)
+        if lmm_concurrency is not None and explicit.concurrency not in (None, lmm_concurrency):
+            raise ConfigError(f"lmm_concurrency={lmm_concurrency} and the LMM option concurrency="
+                              f"{explicit.concurrency} disagree: give one of them")
+        # A backend object takes only the options given here; one built from a spec, the config's too.
+        lmm_options = explicit if spec is None else configured_options(explicit)
+        if lmm_concurrency is None:
+            lmm_concurrency = lmm_options.concurrency or DEFAULT_LMM_CONCURRENCY
+        calls = lmm_options.model_copy(update={"concurrency": None})  # how each call is made
+        self.lmm = backend_from_spec(lmm if spec is None else spec, record=lmm_record, options=calls)
+        lmm_options = lmm_options.model_copy(update={"concurrency": lmm_concurrency})
         built_here = segmenter is None
         if built_here:
             from openseg_r.segment.segmenter import CLIPSegmenter
@@ -147,6 +178,7 @@ class OpenSegR:
             batch_size=batch_size,
             batch_wait_ms=batch_wait_ms,
             lmm_concurrency=lmm_concurrency,
+            lmm_options=lmm_options,
         )
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
@@ -183,6 +215,7 @@ class OpenSegR:
             batch_size=options.batch_size,
             batch_wait_ms=options.batch_wait_ms,
             lmm_concurrency=options.lmm_concurrency,
+            lmm_options=options.lmm_options,
             **(options.segmenter.model_dump() if segmenter is None else {}),
         )
 
@@ -215,6 +248,7 @@ class OpenSegR:
         on_event: Callable[[dict], None] | None = None,
         graph_config: dict | None = None,
         image_name: str | None = None,
+        cancel: CancelToken | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
@@ -227,9 +261,11 @@ class OpenSegR:
         ``confidence`` and ``reason``); or use :meth:`start` to answer step by step.
         ``graph_config`` is merged into the graph's run config (callbacks, or a parent
         graph's config when this is called from inside a node). ``on_event`` receives the
-        step log's events (see :mod:`openseg_r.runs.events`)."""
+        step log's events (see :mod:`openseg_r.runs.events`). ``cancel`` (a
+        :class:`~openseg_r.cancel.CancelToken`) stops the run at its next text batch, window
+        pass or graph step once it is set, with :class:`~openseg_r.cancel.Cancelled`."""
         run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, image_name=image_name,
-                         **settings_overrides)
+                         cancel=cancel, **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -326,7 +362,8 @@ class OpenSegR:
 
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
-        on_event: Callable[[dict], None] | None = None, image_name: str | None = None, **settings_overrides,
+        on_event: Callable[[dict], None] | None = None, image_name: str | None = None,
+        cancel: CancelToken | None = None, **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
         with questions: then answer them with :meth:`SegmentationRun.answer`.
@@ -346,7 +383,7 @@ class OpenSegR:
 
             self._interactive_graph = build_graph(checkpointer=InMemorySaver())
         graph = self._interactive_graph if interactive else self.graph
-        run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event)
+        run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event, cancel=cancel)
         if recorded:
             self._record_start(run.thread_id, ref, vocab, settings)
             run.recorded = True
@@ -362,7 +399,7 @@ class OpenSegR:
             image_key=ref.key,
             vocabulary=vocab.name or ", ".join(vocab.names[:6]) + (" …" if len(vocab.names) > 6 else ""),
             classes=len(vocab.classes),
-            backend=self.lmm.model_id if settings.reasoning or settings.self_check.enabled else "none",
+            backend=backend_label(self.lmm) if settings.reasoning or settings.self_check.enabled else "none",
             settings=settings.model_dump(mode="json"),
             options=self.options.recorded(),
             redact=int(self.redact),
@@ -387,7 +424,7 @@ class OpenSegR:
         settings = Settings.model_validate(record.settings)
         run = SegmentationRun(self, self.graph, store, rgb, settings, on_event=on_event, thread_id=record.run_id)
         run.recorded = True
-        self.runs_db.start_run(record.run_id, **_row_fields(record))
+        self.runs_db.resume_run(record.run_id)  # keeps its start time; refused while its owner is alive
         run._advance(None)
         return run
 
@@ -431,6 +468,7 @@ class OpenSegR:
             image=rgb,
             state=state,
             segmenter=self.describe_segmenter(),
+            lmm=self.describe_lmm() if _uses_lmm(state.settings) else None,
             reasoning_cache=cache,
             self_check_images=images,
             segmenter_labels=store.get(state.segmentation.labels_key) if state.self_check else None,
@@ -440,6 +478,37 @@ class OpenSegR:
     def describe_segmenter(self) -> dict:
         return self.segmenter.describe()
 
+    def describe_lmm(self) -> dict:
+        """The backend, its generation parameters and the call options in force."""
+        described = self.lmm.describe() if hasattr(self.lmm, "describe") else {"backend": backend_label(self.lmm)}
+        options = dict(described.get("options") or {}) | {"concurrency": self.lmm_concurrency}
+        return described | {"options": options}
+
+    def reasoning_shortfall(self, state: OpenSegState) -> ReasoningUnavailableError | None:
+        """The error for a run that asked the LMM and got nothing at all from it: no class
+        reasoning, no image reasoning, no self-check answer, and at least one failure. None
+        with no LMM (``none``), or when anything came back (from the cache too)."""
+        if isinstance(getattr(self.lmm, "inner", self.lmm), NoLMM) or not _uses_lmm(state.settings):
+            return None
+        steps = ("generic_reasoning", "image_reasoning", "self_check")
+        failures = [f for f in state.fallbacks if f.step in steps and f.used != DROPPED_ATTRIBUTES_USED]
+        if not failures:
+            return None
+        if any(r.attributes or r.general_category or r.sub_category for r in (state.generic_reasoning or {}).values()):
+            return None
+        if state.image_reasoning is not None or any(
+            a.source == "lmm" and a.verdict != "no_answer" for a in state.region_answers
+        ):
+            return None
+        down = next((f for f in failures if is_unavailable_fallback(f)), None)
+        if down is not None:
+            cause = f"{down.reason}; all reasoning fell back to bare class names"
+        else:
+            cause = f"every LMM answer was unusable (first: {failures[0].reason[:200]})"
+        return ReasoningUnavailableError(
+            f"no LMM reasoning in this run: {cause} (--allow-fallback or allow_fallback=True keeps the "
+            "bare-name result)", unavailable=down is not None)
+
 
 class SegmentationRun:
     """One image's run. ``result`` is set when it is done; until then ``questions``
@@ -448,9 +517,10 @@ class SegmentationRun:
     def __init__(
         self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings,
         graph_config: dict | None = None, on_event: Callable[[dict], None] | None = None,
-        thread_id: str | None = None,
+        thread_id: str | None = None, cancel: CancelToken | None = None,
     ) -> None:
         self.model, self.graph, self.store, self.rgb = model, graph, store, rgb
+        self.cancel = cancel  # read at every text batch, window pass and graph step
         self.thread_id = thread_id or uuid.uuid4().hex
         self.on_event = on_event
         self.recorded = False  # set when the run has a row in the runs database
@@ -490,6 +560,11 @@ class SegmentationRun:
         return self.thread_id
 
     def _advance(self, graph_input) -> None:
+        """Stream the graph with the run's cancel token as the current one (its nodes' threads see it)."""
+        with cancellable(self.cancel):
+            self._stream(graph_input)
+
+    def _stream(self, graph_input) -> None:
         """Stream the graph (values, updates and custom events), feeding the step log."""
         from openseg_r.runs.events import events_from_stream_part
 
@@ -512,6 +587,8 @@ class SegmentationRun:
                 if self.on_event is not None:
                     for event in events_from_stream_part(part, self.run_id):
                         self.on_event(event)
+                if self.cancel is not None:  # between graph steps
+                    self.cancel.check()
             if self.graph.checkpointer is not None and "checkpoint_ns" not in self._config.get("configurable", {}):
                 snapshot = self.graph.get_state(self._config)  # every pending question, answered or not before
                 final, pending = snapshot.values, list(snapshot.interrupts)
@@ -531,6 +608,11 @@ class SegmentationRun:
             self.result = self.model._result(
                 final, self.store, self.rgb, self._cache_before, run_id=self.run_id if self.recorded else None
             )
+            state = self.result.state
+            shortfall = None if state.settings.allow_fallback else self.model.reasoning_shortfall(state)
+            if shortfall is not None:  # asked for reasoning, got none: no silent bare-name result
+                shortfall.result = self.result
+                raise shortfall
 
     def _stopped_at(self) -> str | None:
         """The node(s) a failed run would run next: where it stopped."""
@@ -538,6 +620,11 @@ class SegmentationRun:
             return ", ".join(self.graph.get_state(self._config).next) or None
         except Exception:  # no checkpointer: nothing more to say
             return None
+
+
+def _uses_lmm(settings: Settings) -> bool:
+    """Whether a run with these settings asks the LMM (reasoning, or the LMM self-check)."""
+    return settings.reasoning or (settings.self_check.enabled and settings.self_check.mode == "lmm")
 
 
 def _landed(pending: dict) -> Iterator[ImageOutcome]:
@@ -556,22 +643,6 @@ def _landed(pending: dict) -> Iterator[ImageOutcome]:
         yield outcome
     if failure is not None:
         raise failure
-
-
-def _row_fields(record) -> dict:
-    """A run's row again, for a resumed run (status back to running)."""
-    return {
-        "image": record.image,
-        "image_key": record.image_key,
-        "vocabulary": record.vocabulary,
-        "classes": record.classes,
-        "backend": record.backend,
-        "settings": record.settings,
-        "options": record.options,
-        "redact": int(record.redact),
-        "parent_run": record.parent_run,
-        "replay_from": record.replay_from,
-    }
 
 
 def _cache_choice(given, cache) -> str | None:

@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+NEW_FILE_MODE = 0o666  # what open() asks for; the process umask takes away the rest (0o644 under umask 022)
+NAME_TRIES = 16
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], object], suffix: str = "") -> None:
     """``write(handle)`` into a temporary file beside ``path``, then rename it into place:
-    readers see the old file or the whole new one, never a part."""
+    readers see the old file or the whole new one, never a part.
+
+    The file gets the mode a plain ``open(path, "wb")`` would give it: a new file
+    ``0o666`` less the umask (``tempfile`` would make it 0600), a replaced file keeps
+    its mode."""
     path = Path(path)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False)
+    handle, temporary = _create_beside(path, suffix)
     try:
         with handle:
             write(handle)
-        os.replace(handle.name, path)
+            _keep_mode(path, handle.fileno())
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(path: Path, suffix: str) -> tuple[BinaryIO, Path]:
+    """A new hidden file in ``path``'s folder, created with :data:`NEW_FILE_MODE` so that
+    the kernel applies the umask, as it does for ``open()`` (reading the umask would
+    need ``os.umask``, which changes it for every thread for a moment)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(NAME_TRIES):
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            descriptor = os.open(temporary, flags, NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        return os.fdopen(descriptor, "wb"), temporary
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _keep_mode(path: Path, descriptor: int) -> None:
+    """A file that is replaced keeps its permissions, as it would when rewritten in place."""
+    try:
+        existing = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(existing.st_mode) and hasattr(os, "fchmod"):
+        os.fchmod(descriptor, stat.S_IMODE(existing.st_mode))

@@ -1,7 +1,8 @@
 """Load any image a user may have into an RGB uint8 array, or say clearly why not.
 
 Rules (all stated, none silent):
-- the pixel count is checked from the header, before the pixels are decoded;
+- the pixel count, the short side and the aspect ratio are checked from the header,
+  before the pixels are decoded (a 24 KB PNG may claim 3,125,000 x 8 pixels);
 - EXIF orientation is applied, as photo viewers do;
 - 16-bit and 32-bit integer images are scaled to 8 bits by their bit depth
   (a 16-bit value v becomes v / 257); float images are scaled by their min/max;
@@ -22,6 +23,9 @@ from openseg_r.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
+# No photo is 100 times longer than it is wide; the segmenter could not resolve such a strip
+# anyway (at the default 2048-pixel long side, its short side would shrink under one patch).
+MAX_ASPECT_RATIO = 100
 
 
 def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *,
@@ -30,7 +34,7 @@ def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *,
     if isinstance(source, np.ndarray):
         return _check_size(_array_to_rgb(source), max_pixels)
     if isinstance(source, Image.Image):
-        _check_pixel_count(source.size, max_pixels)
+        _check_header_size(source.size, max_pixels)
         return _check_size(_pil_to_rgb(source), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(bytes(source)), "<bytes>", max_pixels)
@@ -51,8 +55,8 @@ def _decode(handle, label: str, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             # We do our own pixel limit; PIL's bomb warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle)
-            _check_pixel_count(image.size, max_pixels)
+            image = Image.open(handle)  # reads the header only
+            _check_header_size(image.size, max_pixels)
             image.load()
     except ImageError:
         raise
@@ -76,11 +80,21 @@ def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _check_size(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    _check_pixel_count((width, height), max_pixels)
+def _check_header_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Everything that can be refused from the width and height alone, so that no pixel
+    of an image that will be refused is ever decoded."""
+    width, height = size
+    _check_pixel_count(size, max_pixels)
     if min(height, width) < MIN_SIDE:
         raise ImageError(f"image is {width}x{height}; each side must be at least {MIN_SIDE} pixels")
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise ImageError(f"image is {width}x{height}: its long side is more than {MAX_ASPECT_RATIO} times its "
+                         "short side; crop it into pieces closer to square")
+
+
+def _check_size(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    _check_header_size((width, height), max_pixels)
     return rgb
 
 

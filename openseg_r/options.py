@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.images import DEFAULT_MAX_PIXELS
-from openseg_r.state import ATTENTION_VARIANTS
+from openseg_r.state import ATTENTION_VARIANTS, LMMOptions
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Attention = Literal[ATTENTION_VARIANTS]  # type: ignore[valid-type]
@@ -95,8 +95,13 @@ class ModelOptions(BaseModel):
     batch_wait_ms: float = Field(
         5.0, ge=0, le=10_000, description="how long a forward pass waits for more images to fill its batch"
     )
-    lmm_concurrency: int = Field(
-        DEFAULT_LMM_CONCURRENCY, ge=1, le=256, description="LMM calls in flight at once, over all images"
+    lmm_concurrency: int | None = Field(
+        None, ge=1, le=256, description="LMM calls in flight at once, over all images (unset: the LMM option "
+        f"concurrency, from --lmm-option or the config file's [lmm] table, else {DEFAULT_LMM_CONCURRENCY})"
+    )
+    lmm_options: LMMOptions | None = Field(
+        None, description="how the LMM is called: max_tokens, timeout, temperature, max_attempts, concurrency "
+        "(--lmm-option KEY=VALUE, repeatable; unset keys: the config file's [lmm] table, else the backend's)"
     )
     runs_db: str | None = Field(None, description="record every run in this runs database (unset: no recording)")
     redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
@@ -114,6 +119,28 @@ class ModelOptions(BaseModel):
         if value is None or (isinstance(value, str) and value.strip().lower() in MEMORY_CACHE):
             return None
         return str(value)
+
+    @field_validator("lmm_options", mode="before")
+    @classmethod
+    def _lmm_option_pairs(cls, value: object) -> object:
+        """``--lmm-option`` gives ``["key=value", ...]``; a bad key or value is a ConfigError
+        that names the valid keys (it passes through pydantic unchanged)."""
+        if value is None or isinstance(value, LMMOptions):
+            return value
+        if isinstance(value, (list, tuple)):
+            return LMMOptions.from_pairs(value)
+        return LMMOptions.parse(value)
+
+    @model_validator(mode="after")
+    def _one_lmm_concurrency(self) -> "ModelOptions":
+        """``lmm_concurrency`` and the LMM option ``concurrency`` are one setting."""
+        wanted = self.lmm_options.concurrency if self.lmm_options is not None else None
+        if wanted is not None:
+            if self.lmm_concurrency is not None and self.lmm_concurrency != wanted:
+                raise ConfigError(f"--lmm-concurrency {self.lmm_concurrency} and the LMM option concurrency={wanted} "
+                                  "disagree: give one of them")
+            self.lmm_concurrency = wanted
+        return self
 
     @classmethod
     def build(cls, **values) -> "ModelOptions":
@@ -180,10 +207,17 @@ class ModelOptions(BaseModel):
             ) from None
 
     def with_overrides(self, **values) -> "ModelOptions":
-        """These options with the non-None ``values`` (and ``segmenter`` fields) replaced."""
+        """These options with the non-None ``values`` (and ``segmenter`` fields, and LMM
+        options key by key) replaced."""
         given = _given(values)
         segmenter = self.segmenter.model_dump() | given.pop("segmenter", {})
-        return self.validated(self.model_dump() | given | {"segmenter": segmenter})
+        base = self.model_dump()
+        if "lmm_options" in given:
+            new = self.__class__._lmm_option_pairs(given["lmm_options"])
+            given["lmm_options"] = new.over(self.lmm_options)
+            if new.concurrency is not None and "lmm_concurrency" not in given:
+                base["lmm_concurrency"] = None  # the new concurrency replaces the old one
+        return self.validated(base | given | {"segmenter": segmenter})
 
 
 RECORD_FORMAT = 2

@@ -25,6 +25,20 @@ def class_colors(count: int) -> np.ndarray:
     return colors
 
 
+def format_share(fraction: float, decimals: int = 1, present: bool = False) -> str:
+    """A share of the image as a percentage, ``"12.3%"``. A class that is present never
+    reads as 0%, nor one that is not everything as 100%: shares that round to either
+    show as ``"<0.1%"`` and ``">99.9%"``. ``present`` says the class has pixels even
+    where its stored fraction (rounded to 6 decimals) is 0."""
+    percent, step = 100 * fraction, 10.0 ** -decimals
+    text = f"{percent:.{decimals}f}"
+    if (0 < percent or present) and float(text) == 0:
+        return f"<{step:.{decimals}f}%"
+    if percent < 100 and float(text) >= 100:
+        return f">{100 - step:.{decimals}f}%"
+    return f"{text}%"
+
+
 def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     """A palette PNG image when the vocabulary fits in 256 colours, else 16-bit grayscale.
 
@@ -52,10 +66,10 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: 
     font = _font(max(12, min(rgb.shape[:2]) // 30))
     row = font.size + 6 if hasattr(font, "size") else 18
     total = max(1, labels.size)
-    legend = [(tuple(int(c) for c in colors[i]), f"{names[i]} ({100 * present[i] / total:.1f}%)") for i in order]
+    legend = [(tuple(int(c) for c in colors[i]), f"{names[i]} ({format_share(present[i] / total)})") for i in order]
     unknown = int(flat.size - (flat >= 0).sum())
     if unknown:
-        legend.append((UNKNOWN_COLOUR, f"unknown ({100 * unknown / total:.1f}%)"))
+        legend.append((UNKNOWN_COLOUR, f"unknown ({format_share(unknown / total)})"))
     width = max([int(_text_width(font, text)) for _, text in legend] + [0]) + row + 16
     canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(legend) + 8)), "white")
     canvas.paste(Image.fromarray(blended), (0, 0))

@@ -26,6 +26,7 @@ class SegmentationResult:
     self_check_images: dict[str, np.ndarray] = field(default_factory=dict)  # crops by store key
     segmenter_labels: np.ndarray | None = None  # the label map before the self-check changed it
     run_id: str | None = None  # its id in the runs database, when it was recorded
+    lmm: dict | None = None  # the backend, its generation parameters and call options, when the run used one
 
     @property
     def names(self) -> list[str]:
@@ -59,6 +60,7 @@ class SegmentationResult:
             "vocabulary": state.vocabulary.model_dump(),
             "settings": state.settings.model_dump(),
             "segmenter": self.segmenter,
+            "lmm": self.lmm,
             "classes": [c.model_dump() for c in self.classes],
             "present_classes": self.present,
             "suppressed_classes": state.segmentation.suppressed_classes if state.segmentation else [],

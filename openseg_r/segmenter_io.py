@@ -63,3 +63,4 @@ class SegmentJob:
     background_index: int | None = None
     background_threshold: float = 0.0
     image_key: str | None = None  # content hash: the same image scored again may reuse work
+    cancel: Any = None  # the caller's CancelToken (openseg_r.cancel): once set, the image is dropped

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from openseg_r.errors import ConfigError, describe_validation_error
+from openseg_r.errors import ConfigError, clipped, describe_validation_error
 
 MAX_ATTRIBUTES = 10
 MAX_CANDIDATES = 200
@@ -259,6 +259,81 @@ class Settings(BaseModel):
     use_image_reasoning: bool = True  # False: generic reasoning only (no image call, no class filter)
     align_threshold: float = Field(0.85, ge=-1, le=2)  # cosine; above 1 turns embedding matching off
     self_check: SelfCheckSettings = Field(default_factory=SelfCheckSettings)
+    # What a run that asked for reasoning but got none at all (every LMM call failed) does:
+    # False raises ReasoningUnavailableError (the CLI exits 4); True keeps the bare-name result.
+    # It changes no pixel, so resume checks ignore it.
+    allow_fallback: bool = False
+
+
+# Settings fields that change no result: runs may resume with another value.
+POLICY_ONLY_SETTINGS = frozenset({"allow_fallback"})
+
+
+class LMMOptions(BaseModel):
+    """How an LMM backend is called (``--lmm-option key=value``, the config file's ``[lmm]``
+    table, ``lmm_options=`` in Python). None leaves the backend's own default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="the most tokens one answer may have (default: 1024 for servers, 512 for hf models)")
+    timeout: float | None = Field(
+        None, gt=0, le=86_400,
+        description="seconds one request may take (servers: the HTTP timeout, default 120; hf: generation time, "
+                    "default none)")
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="sampling temperature; 0 is greedy and deterministic (default: 0)")
+    max_attempts: int | None = Field(
+        None, ge=1, le=10, description="asks per question, re-asks after an unusable answer included (default: 2)")
+    concurrency: int | None = Field(
+        None, ge=1, le=256, description="LMM calls in flight at once, over all images (the same as "
+                                        "--lmm-concurrency; default: 32)")
+
+    def given(self) -> dict:
+        """The options that were set (not None)."""
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+    def over(self, base: "LMMOptions | None") -> "LMMOptions":
+        """These options, with ``base``'s where these leave one unset."""
+        return self if base is None else LMMOptions(**(base.given() | self.given()))
+
+    @classmethod
+    def keys(cls) -> str:
+        return ", ".join(cls.model_fields)
+
+    @classmethod
+    def from_pairs(cls, pairs: "list[str] | tuple[str, ...]") -> "LMMOptions":
+        """``["max_tokens=256", "timeout=30"]`` as ``--lmm-option`` gives them (a key given
+        twice: the last one wins)."""
+        values: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, value = str(pair).partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--lmm-option takes key=value, got {clipped(str(pair), 40)!r}; "
+                                  f"valid keys: {cls.keys()}")
+            values[key.strip()] = value.strip()
+        return cls.parse(values)
+
+    @classmethod
+    def parse(cls, value: "LMMOptions | dict | None", source: str | None = None) -> "LMMOptions":
+        """Validated options, with a one-line ConfigError that names the valid keys;
+        ``source`` says where they were written (the config file's ``[lmm]`` table)."""
+        where = f" in {source}" if source else ""
+        if value is None:
+            return cls()
+        if isinstance(value, LMMOptions):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"LMM options{where} must be key = value pairs; valid keys: {cls.keys()}")
+        unknown = [str(key) for key in value if key not in cls.model_fields]
+        if unknown:
+            raise ConfigError(f"unknown LMM option {clipped(unknown[0], 40)!r}{where}; valid keys: {cls.keys()}")
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid LMM option{where}: {describe_validation_error(exc)}; "
+                              f"valid keys: {cls.keys()}") from None
 
 
 def merged_settings(base: Settings, overrides: dict) -> Settings:
@@ -524,13 +599,16 @@ class Fallback(BaseModel):
     used: str
 
 
+DROPPED_ATTRIBUTES_USED = "the text attributes only"  # the fallback for an answer's non-text attributes
+
+
 def dropped_attribute_fallbacks(step: str, reasoning: ClassReasoning, subject: str | None = None) -> list[Fallback]:
     """One recorded fallback when an answer's attribute list held items that are not text."""
     if not reasoning.dropped:
         return []
     return [Fallback(step=step, subject=subject or reasoning.name,
                      reason=f"{len(reasoning.dropped)} attribute(s) were not text: " + "; ".join(reasoning.dropped),
-                     used="the text attributes only")]
+                     used=DROPPED_ATTRIBUTES_USED)]
 
 
 class NodeTiming(BaseModel):

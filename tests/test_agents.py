@@ -484,10 +484,20 @@ def test_langgraph_dev_serves_the_graph(tiny_model_files, image_root, tmp_path):
     port = free_port()
     env = dict(ENV, OPENSEG_R_CONFIG=str(settings), OPENSEG_R_CLIP_MODEL=str(config),
                OPENSEG_R_CLIP_PRETRAINED=str(weights), OPENSEG_R_LMM=f"scripted:{SCRIPT}")
+    # `langgraph dev` keeps its state in .langgraph_api/ under its working directory, and
+    # resolves the graph's file from there: run it in tmp_path, with the repository's
+    # langgraph.json pointing at the repository (issue 13: the tests rewrote committed pickles).
+    work = tmp_path / "langgraph"
+    work.mkdir()
+    manifest = json.loads((ROOT / "langgraph.json").read_text())
+    manifest["graphs"] = {name: str(ROOT / spec) for name, spec in manifest["graphs"].items()}
+    manifest["dependencies"] = [str(ROOT / dependency) for dependency in manifest["dependencies"]]
+    (work / "langgraph.json").write_text(json.dumps(manifest))
+    root_before = _repository_root_state()
     langgraph = Path(sys.executable).with_name("langgraph")
     process = subprocess.Popen([str(langgraph), "dev", "--no-browser", "--no-reload", "--port", str(port),
-                                "--config", str(ROOT / "langgraph.json")],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--config", str(work / "langgraph.json")],
+                               cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = get_sync_client(url=f"http://127.0.0.1:{port}")
         deadline = time.time() + 120
@@ -509,3 +519,18 @@ def test_langgraph_dev_serves_the_graph(tiny_model_files, image_root, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert (work / ".langgraph_api").is_dir()  # the server's state went to its working directory...
+    assert _repository_root_state() == root_before  # ...and nothing in the repository changed
+
+
+TOOL_CACHES = {".pytest_cache", ".hypothesis", ".ruff_cache", ".import_linter_cache", ".grimp_cache", "__pycache__"}
+
+
+def _repository_root_state() -> dict[str, object]:
+    """The repository root's entries (tool caches aside), with the size and time of every
+    file in .langgraph_api/ if there is one."""
+    state: dict[str, object] = {p.name: None for p in ROOT.iterdir() if p.name not in TOOL_CACHES}
+    langgraph_state = ROOT / ".langgraph_api"
+    if langgraph_state.is_dir():
+        state[".langgraph_api"] = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in langgraph_state.iterdir()}
+    return state

@@ -49,8 +49,8 @@ def test_two_processes_write_at_once(tmp_path):
 
 def test_corrupt_file_is_moved_aside_and_rebuilt(tmp_path):
     path = tmp_path / "bad.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    cache = SQLiteReasoningCache(path)
+    path.write_bytes(b"SQLite format 3\x00" + b"this is a damaged database" * 100)  # a file that is not
+    cache = SQLiteReasoningCache(path)  # SQLite is refused instead (tests/test_cache_paths.py)
     assert any("rebuilt" in event for event in cache.events)
     assert list(tmp_path.glob("bad.sqlite.corrupt-*"))
     cache.put("generic", {"subject": "x"}, {"ok": True})

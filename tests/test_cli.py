@@ -75,6 +75,7 @@ def test_invalid_lmm_answer_is_a_recorded_fallback(tmp_path, tiny_args):
         "person, chair",
         "--lmm",
         f"scripted:{script}",
+        "--allow-fallback",  # every answer unusable: exit 4 without it (tests/test_lmm_health.py)
         *tiny_args,
         "--out",
         tmp_path / "o",

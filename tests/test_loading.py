@@ -1,16 +1,31 @@
-"""Weights are loaded the open_clip way; every failure is a clear WeightsError/ConfigError."""
+"""Weights are found and loaded as open_clip would, every failure is a clear one-line
+WeightsError/ConfigError (bad files: tests/test_weights_errors.py), and the start is quiet
+and fast offline: a pretrained tag is read from the Hugging Face cache without asking the
+hub, and when it is not cached a download is tried only if the hub answers."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
 from openseg_r.errors import ConfigError, WeightsError
-from openseg_r.segment.loading import load_clip, resolve_dtype
+from openseg_r.segment.loading import load_clip, needs_quick_gelu, resolve_dtype
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = str(ROOT / "examples" / "voc.jpg")
+COMMIT = "0" * 40
 
 
 def test_weights_file_round_trip(tiny_model_files, tiny_clip):
@@ -22,16 +37,39 @@ def test_weights_file_round_trip(tiny_model_files, tiny_clip):
     assert loaded.dtype == torch.float32 and loaded.identity.endswith(str(weights))
 
 
-def test_local_dir_schema(tiny_model_files, tmp_path):
+def test_same_model_as_open_clips_own_loader(tiny_model_files):
+    """The weights are read here (weights_only, checked before the model is built) and then
+    go through open_clip's key conversions: the result is the model open_clip itself loads."""
     config, weights = tiny_model_files
+    ours = load_clip(str(config), str(weights), device="cpu")
+    theirs = open_clip.create_model("tiny-clip", pretrained=str(weights))
+    assert ours.model.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(tensor, theirs.state_dict()[key]) for key, tensor in ours.model.state_dict().items())
+    assert (ours.mean, ours.std) == (tuple(theirs.visual.image_mean), tuple(theirs.visual.image_std))
+
+
+def local_dir(tmp_path: Path, config: Path, weights: Path | None) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": json.loads(config.read_text()), "preprocess_cfg": {}})
     )
-    shutil.copy(weights, folder / "open_clip_pytorch_model.bin")
-    loaded = load_clip(f"local-dir:{folder}", None, device="cpu")
+    if weights is not None:
+        shutil.copy(weights, folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
+def test_local_dir_schema(tiny_model_files, tmp_path):
+    config, weights = tiny_model_files
+    loaded = load_clip(f"local-dir:{local_dir(tmp_path, config, weights)}", None, device="cpu")
     assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
+
+
+def test_local_dir_without_weights_is_refused(tiny_model_files, tmp_path):
+    """open_clip only logs a warning and goes on with random weights."""
+    config, _ = tiny_model_files
+    with pytest.raises(WeightsError, match=r"model folder .*model has no weights file"):
+        load_clip(f"local-dir:{local_dir(tmp_path, config, None)}", None, device="cpu")
 
 
 def test_missing_weights_file(tiny_model_files, tmp_path):
@@ -40,38 +78,17 @@ def test_missing_weights_file(tiny_model_files, tmp_path):
         load_clip(str(config), str(tmp_path / "missing.pt"))
 
 
-def test_weights_of_another_architecture(tiny_model_files, tmp_path):
+def test_unknown_model_and_bad_settings(tiny_model_files, tmp_path):
     config, _ = tiny_model_files
-    other = json.loads(config.read_text())
-    other["vision_cfg"]["width"] = 96
-    other_config = tmp_path / "tiny-wide.json"
-    other_config.write_text(json.dumps(other))
-    open_clip.add_model_config(other_config)
-    wide = tmp_path / "wide.pt"
-    torch.save(open_clip.create_model("tiny-wide").state_dict(), wide)
-    with pytest.raises(WeightsError, match="do not match"):
-        load_clip(str(config), str(wide))
-
-
-def test_corrupt_weights_file(tiny_model_files, tmp_path):
-    config, _ = tiny_model_files
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError):
-        load_clip(str(config), str(bad))
-
-
-def test_pretrained_tag_without_network_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsError, match="ViT-B-16|openai"):
-        load_clip("ViT-B-16", "openai")
-
-
-def test_unknown_model_and_bad_settings():
     with pytest.raises(ConfigError, match="unknown CLIP model"):
         load_clip("ViT-Z-99", None)
     with pytest.raises(WeightsError, match="model folder not found"):
         load_clip("local-dir:/nonexistent/folder", None)
+    with pytest.raises(WeightsError, match=r"^CLIP weights 'laion' are neither a pretrained tag of tiny-clip "
+                                           r"\(tags: none\) nor a file$"):
+        load_clip(str(config), "laion")
+    with pytest.raises(WeightsError, match=r"is a folder, not a weights file .*--clip-model local-dir:"):
+        load_clip(str(config), str(tmp_path))
     with pytest.raises(ConfigError, match="precision"):
         resolve_dtype("fp8", torch.device("cpu"))
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
@@ -79,22 +96,292 @@ def test_unknown_model_and_bad_settings():
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
 
 
-def test_openai_weights_run_with_quick_gelu(monkeypatch):
+def test_openai_weights_run_with_quick_gelu():
     """open_clip only warns when OpenAI's QuickGELU weights meet a GELU config; the loader
-    asks for QuickGELU from the tag's own config, and leaves other weights alone."""
-    import open_clip
+    asks for QuickGELU from the tag's own config (and it is used: see the cached-tag test)."""
+    assert needs_quick_gelu("ViT-B-16", "openai") is True
+    assert needs_quick_gelu("ViT-B-16", "laion2b_s34b_b88k") is False
+    assert needs_quick_gelu("ViT-B-16", "weights/openai.pt") is False
 
-    from openseg_r.errors import WeightsError
-    from openseg_r.segment.loading import load_clip
 
-    seen = []
+# --------------------------------------------------------------------------- the hub and its cache
 
-    def create_model(name, pretrained=None, device="cpu", force_quick_gelu=False):
-        seen.append((name, pretrained, force_quick_gelu))
-        raise OSError("no network in this test")
 
-    monkeypatch.setattr(open_clip, "create_model", create_model)
-    for pretrained in ("openai", "laion2b_s34b_b88k"):
-        with pytest.raises(WeightsError):
-            load_clip("ViT-B-16", pretrained, device="cpu")
-    assert seen == [("ViT-B-16", "openai", True), ("ViT-B-16", "laion2b_s34b_b88k", False)]
+class CountingServer:
+    """A loopback TCP server that counts connections and closes each at once: a hub
+    that cannot be reached, but says how often it was tried."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class LoopbackHub:
+    """A loopback stand-in for the Hugging Face hub: serves ``files[(repo, name)]`` at
+    ``/{repo}/resolve/main/{name}`` with the headers huggingface_hub reads, and logs requests."""
+
+    def __init__(self, files: dict[tuple[str, str], bytes]) -> None:
+        self.files = files
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, with_body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                repo, _, name = self.path.lstrip("/").partition("/resolve/main/")
+                data = hub.files.get((repo, name))
+                self.send_response(200 if data is not None or not name else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                if data is not None:
+                    self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                    self.send_header("X-Repo-Commit", COMMIT)
+                self.end_headers()
+                if with_body and data:
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                self.answer(False)
+
+            def do_GET(self):
+                self.answer(True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def put_in_hub_cache(cache: Path, repo: str, name: str, data: bytes) -> None:
+    """A file as huggingface_hub keeps it: models--ORG--NAME/snapshots/COMMIT/NAME, refs/main -> COMMIT."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / COMMIT).mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / COMMIT / name).write_bytes(data)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(COMMIT)
+
+
+TINY_TAGS = {  # pretrained tags for the tiny model, as open_clip lists ViT-B-16's
+    "hubtag": {"hf_hub": "test-org/tiny-clip/", "quick_gelu": False},
+    "quick": {"hf_hub": "test-org/tiny-clip-quick/", "quick_gelu": True},
+}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of the test's own, and tags for the tiny model."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-clip", TINY_TAGS)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def online(hub_cache, monkeypatch):
+    """As on a machine with network: offline mode off (the hub address is set per test)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return constants
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Records calls to open_clip's model creation and download, and lets them run."""
+    calls = {"create_model": [], "download_pretrained": []}
+    for name in calls:
+        real = getattr(open_clip, name)
+        monkeypatch.setattr(open_clip, name, lambda *a, _real=real, _name=name, **k: calls[_name].append(a)
+                            or _real(*a, **k))
+    return calls
+
+
+def test_a_cached_tag_is_loaded_without_asking_the_hub(tiny_model_files, online, hub_cache, spies, monkeypatch):
+    config, weights = tiny_model_files
+    from safetensors.torch import save_file
+
+    put_in_hub_cache(hub_cache, "test-org/tiny-clip", "open_clip_pytorch_model.bin", weights.read_bytes())
+    save_file(torch.load(weights), hub_cache / "quick.safetensors")
+    put_in_hub_cache(hub_cache, "test-org/tiny-clip-quick", "open_clip_model.safetensors",
+                     (hub_cache / "quick.safetensors").read_bytes())
+    hub = CountingServer()
+    monkeypatch.setattr(online, "ENDPOINT", hub.url)
+    try:
+        plain = load_clip(str(config), "hubtag", device="cpu")
+        quick = load_clip(str(config), "quick", device="cpu")
+    finally:
+        hub.close()
+    assert hub.connections == 0 and spies["download_pretrained"] == []
+    for loaded in (plain, quick):
+        assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
+    activation = [block.mlp.gelu for block in quick.model.visual.transformer.resblocks]
+    assert all(isinstance(module, open_clip.transformer.QuickGELU) for module in activation)
+    assert isinstance(plain.model.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    assert plain.pretrained == "hubtag"
+
+
+def test_nothing_cached_and_offline_is_one_line_before_anything_is_built(tiny_model_files, hub_cache, spies):
+    config, _ = tiny_model_files
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
+    with pytest.raises(WeightsError) as raised:
+        load_clip(str(config), "hubtag", device="cpu")
+    message = str(raised.value)
+    assert message == (
+        f"CLIP weights 'hubtag' of tiny-clip are not in the Hugging Face cache ({hub_cache}, repo test-org/tiny-clip) "
+        "and HF_HUB_OFFLINE is set: pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache "
+        "from a machine with network (README, Models)"
+    )
+    assert spies == {"create_model": [], "download_pretrained": []}
+
+
+@pytest.mark.parametrize("hub_kind", ["closed port", "resets connections"])
+def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(tiny_model_files, online, spies,
+                                                                       monkeypatch, hub_kind):
+    config, _ = tiny_model_files
+    hub = CountingServer() if hub_kind == "resets connections" else None
+    url = hub.url if hub else closed_port_url()
+    monkeypatch.setattr(online, "ENDPOINT", url)
+    try:
+        with pytest.raises(WeightsError) as raised:
+            load_clip(str(config), "hubtag", device="cpu")
+    finally:
+        if hub:
+            hub.close()
+    message = str(raised.value)
+    assert f"and cannot be downloaded ({url} is not reachable: " in message and "\n" not in message
+    assert message.endswith("pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache from a "
+                            "machine with network and set HF_HUB_OFFLINE=1 (README, Models)")
+    assert spies == {"create_model": [], "download_pretrained": []}  # huggingface_hub and its retries never ran
+    if hub:
+        assert hub.connections == 1  # the one short probe
+
+
+def test_openai_tag_without_network_names_what_it_looked_for(spies):
+    with pytest.raises(WeightsError) as raised:
+        load_clip("ViT-B-16", "openai")
+    message = str(raised.value)
+    assert message.startswith("CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face cache (")
+    assert "repo timm/vit_base_patch16_clip_224.openai) and HF_HUB_OFFLINE is set" in message
+    assert "--clip-pretrained FILE" in message and spies["create_model"] == []
+
+
+DOWNLOAD = """
+import sys, open_clip
+from openseg_r.segment.loading import load_clip
+
+open_clip.pretrained._PRETRAINED["tiny-clip"] = {"hubtag": {"hf_hub": "test-org/tiny-clip/"}}
+clip = load_clip(sys.argv[1], "hubtag", device="cpu")
+print(clip.model.visual.proj.sum().item())
+"""
+
+
+def test_a_tag_is_downloaded_once_then_read_from_the_cache(tiny_model_files, online, hub_cache, monkeypatch):
+    """The download goes through open_clip and huggingface_hub to a loopback hub (as
+    HF_ENDPOINT); the next load finds the file in the cache it filled and asks nothing."""
+    config, weights = tiny_model_files
+    hub = LoopbackHub({("test-org/tiny-clip", "open_clip_pytorch_model.bin"): weights.read_bytes()})
+    try:
+        env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub_cache), "NO_PROXY": "127.0.0.1,localhost"}
+        proc = subprocess.run([sys.executable, "-c", DOWNLOAD, str(config)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("GET", "/test-org/tiny-clip/resolve/main/open_clip_pytorch_model.bin") in hub.requests
+        asked = len(hub.requests)
+        monkeypatch.setattr(online, "ENDPOINT", hub.url)
+        loaded = load_clip(str(config), "hubtag", device="cpu")
+    finally:
+        hub.close()
+    assert len(hub.requests) == asked
+    assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
+    assert float(proc.stdout.split()[-1]) == pytest.approx(loaded.model.visual.proj.sum().item())
+
+
+CLI = """
+import json, os, sys
+from openseg_r.cli.main import main
+
+for case, env in json.loads(sys.argv[1]):
+    os.environ.update(env)
+    print(f"=== {case}", file=sys.stderr, flush=True)
+    print(f"=== exit {main(sys.argv[2:])}", file=sys.stderr, flush=True)
+"""
+
+
+def test_the_cli_start_without_weights_is_one_quiet_line(tmp_path):
+    """The default model, nothing cached: with HF_HUB_OFFLINE=1, and with a hub address
+    that cannot be reached (asked once, by the probe; huggingface_hub would retry for a minute)."""
+    hub = CountingServer()
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "NO_PROXY": "127.0.0.1,localhost"}
+    # unreachable first: huggingface_hub reads HF_HUB_OFFLINE once, when the first case imports it
+    cases = [("unreachable", {}), ("offline", {"HF_HUB_OFFLINE": "1"})]
+    try:
+        proc = subprocess.run([sys.executable, "-c", CLI, json.dumps(cases), "segment", PHOTO, "--vocab", "voc21",
+                               "--no-reasoning", "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        hub.close()
+    said = proc.stderr.split("=== ")[1:]
+    assert proc.returncode == 0 and len(said) == 4, proc.stderr[-3000:]
+    for (case, _), block, exit_line in zip(cases, said[0::2], said[1::2]):
+        name, lines = block.split("\n", 1)
+        assert name == case and exit_line.strip() == "exit 2", proc.stderr[-3000:]
+        assert len(lines.splitlines()) == 1, lines
+        assert lines.startswith("openseg-r: error: CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face "
+                                f"cache ({tmp_path / 'hf' / 'hub'}, repo timm/vit_base_patch16_clip_224.openai)")
+        assert "--clip-pretrained FILE" in lines and "HF_HUB_OFFLINE" in lines
+    assert f"cannot be downloaded ({hub.url} is not reachable" in said[0]
+    assert hub.connections == 1
+
+
+QUIET = """
+import logging, sys
+from openseg_r.cli.main import main
+
+main(sys.argv[1:] + ["vocabularies"])
+import huggingface_hub.file_download  # as loading a model imports it, after the CLI has set up logging
+logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+logging.getLogger("open_clip").error("Failed to download weights for tag 'openai'")
+"""
+
+
+def test_the_cli_keeps_library_logging_quiet():
+    """Without --debug, neither huggingface_hub's retry warnings (its own handler plus the
+    root's printed each twice) nor open_clip's logged errors reach stderr."""
+    quiet = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([sys.executable, "-c", QUIET, "--debug"], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and debug.returncode == 0, quiet.stderr + debug.stderr
+    assert quiet.stderr == ""
+    assert "Retrying in 1s" in debug.stderr and "Failed to download weights" in debug.stderr

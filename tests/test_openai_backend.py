@@ -18,6 +18,7 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
+from test_hf_backend import NO_JSON, SMOLLM2_ANSWERS, pinned_smollm2  # the pinned answers of the model served here
 
 from openseg_r.context import OpenSegContext
 from openseg_r.lmm import LMMRequest
@@ -65,17 +66,27 @@ def server(smollm_hf_dir):
         process.kill()
 
 
-def test_generic_reasoning_through_a_real_server(server):
+def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
+    """The same greedy SmolLM2 as tests/test_hf_backend.py, served: the same texts, so the
+    same pinned outcome (cat falls back, sofa validates on its second attempt)."""
+    pinned_smollm2(smollm_gguf)
     url, model = server
     lmm = OpenAICompatibleLMM(model, url, max_tokens=96, timeout=120, max_retries=0)
-    vocab = parse_class_list("cat, bicycle")
+    vocab = parse_class_list("cat, sofa")
     out = generic_reasoning(GenericReasoningInput(vocabulary=vocab), Runtime(context=OpenSegContext(lmm=lmm)))
-    fallen = {f.subject for f in out.fallbacks}
-    for name in vocab.names:
-        assert out.generic_reasoning[name].name == name
-        assert name in fallen or out.generic_reasoning[name].attributes
-    # the server's token counts reach the trace (a reply it sent without usage counts 0, as reported)
-    assert out.lmm_calls and any(c.usage.prompt_tokens > 0 and c.usage.completion_tokens > 0 for c in out.lmm_calls)
+    said = {name: [call.raw_text for call in out.lmm_calls if call.subject == name] for name in vocab.names}
+    assert said == {name: SMOLLM2_ANSWERS[name] for name in vocab.names}  # the model's side first
+    assert [(c.subject, c.attempt, c.ok, c.error) for c in out.lmm_calls] == [
+        ("cat", 1, False, NO_JSON), ("cat", 2, False, NO_JSON), ("sofa", 1, False, NO_JSON), ("sofa", 2, True, None),
+    ]
+    assert [(f.subject, f.reason, f.used) for f in out.fallbacks] == [("cat", NO_JSON, "bare class name")]
+    assert out.generic_reasoning == {
+        "cat": ClassReasoning(name="cat"),
+        "sofa": ClassReasoning(name="sofa", general_category="vehicle", sub_category="pet", attributes=["..."]),
+    }
+    # the server's token counts reach the trace
+    assert [c.usage.completion_tokens for c in out.lmm_calls] == [11, 11, 96, 49]
+    assert all(c.usage.prompt_tokens > 100 for c in out.lmm_calls)
     assert all(c.backend == f"openai:{model}" for c in out.lmm_calls)
 
 

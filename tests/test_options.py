@@ -165,7 +165,7 @@ def test_help_texts_show_the_models_defaults():
     segment = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "segment")[1]
     shown = {}
     for action in segment._actions:
-        found = re.search(r"\(default ([^)]+)\)$", action.help or "")
+        found = re.search(r"\(default: ([^)]+)\)$", action.help or "")
         if found and action.option_strings:
             shown[action.option_strings[0].lstrip("-")] = found.group(1)
     expected = {

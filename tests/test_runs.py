@@ -298,6 +298,7 @@ def test_human_mode_run_waits_then_completes(tmp_path, tiny_segmenter, voc):
 
 
 def test_unknown_run_is_a_one_line_error(tmp_path):
+    RunsDB(tmp_path / "runs.sqlite").close()  # a missing database: tests/test_runs_lifecycle.py
     proc = cli("runs", "--runs-db", tmp_path / "runs.sqlite", "show", "nope")
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -306,8 +307,13 @@ def test_corrupt_database_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "runs.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     proc = cli("runs", "--runs-db", path, "list")
-    assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "is not an SQLite database" in proc.stderr and "Traceback" not in proc.stderr
     assert path.read_bytes() == b"this is not a database" * 100
+    damaged = b"SQLite format 3\x00" + b"this is a damaged database" * 100
+    path.write_bytes(damaged)
+    proc = cli("runs", "--runs-db", path, "list")
+    assert proc.returncode == 2 and "is corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert path.read_bytes() == damaged and sorted(p.name for p in tmp_path.iterdir()) == ["runs.sqlite"]
 
 
 def test_locked_database_is_a_clear_error(tmp_path):

@@ -122,7 +122,7 @@ def test_no_store_means_no_hashing(tiny_model_files, monkeypatch):
 
 def test_a_garbage_file_is_moved_aside_and_the_run_goes_on(tiny_model_files, tmp_path):
     path = tmp_path / "text.sqlite"
-    garbage = os.urandom(5000)
+    garbage = b"SQLite format 3\x00" + os.urandom(5000)  # damaged SQLite; other files are refused
     path.write_bytes(garbage)
     store = open_text_cache(path)
     assert len(store.events) == 1 and "moved to text.sqlite.corrupt-" in store.events[0]

@@ -1,4 +1,10 @@
-"""``openseg-r eval`` and ``openseg-r eval merge``."""
+"""``openseg-r eval`` and ``openseg-r eval merge``.
+
+An image whose reasoning was asked for but got none at all (the LMM unreachable, every
+answer unusable) stops the evaluation with exit code 4 (a benchmark number silently
+computed with bare names would be wrong); the images finished before it are kept, and
+running the same command again resumes. ``--allow-fallback`` evaluates such images with
+bare class names instead."""
 
 from __future__ import annotations
 
@@ -22,31 +28,32 @@ def add_parsers(commands) -> None:
     from openseg_r.evals.datasets import DATASETS
 
     run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
-    run.add_argument("--dataset", required=True, choices=list(DATASETS))
+    run.add_argument("--dataset", required=True, choices=list(DATASETS),
+                     help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder (see README)")
     run.add_argument("--root", required=True, help="the dataset folder, as the mmseg/detectron2 scripts lay it out")
     run.add_argument("--split", default=None, help="default: the dataset's validation split")
     run.add_argument("--ablation", action="store_true",
                      help="bare names, generic, generic+image, +class filter, +self-check in one pass")
     run.add_argument("--limit", type=int, default=None, help="a deterministic subset of N images")
-    run.add_argument("--seed", type=int, default=0, help="which subset --limit draws (default 0)")
+    run.add_argument("--seed", type=int, default=0, help="which subset --limit draws (default: 0)")
     run.add_argument("--shard", default=None,
                      help="i/n: this process's share of the images; 'auto' takes RANK/WORLD_SIZE (torchrun) and "
                           "writes to OUT/shard-i-of-n")
-    run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it (default: eval-out)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument("--vocab", default=None,
                      help="a built-in vocabulary or file with the dataset's classes in label order, e.g. "
                           "pc59-syn for OpenSeg-R's synonyms (default: the dataset's own class names)")
     add_protocol_option(run, default="auto")
     add_model_options(run)
-    add_lmm_options(run)
+    add_lmm_options(run, allow_fallback=True)
     add_segmenter_options(run, with_max_pixels=False)
     add_scoring_options(run)
     add_throughput_options(run)
     run.set_defaults(handler=run_eval_command)
     merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
-    merge.add_argument("--out", required=True)
+    merge.add_argument("--out", required=True, help="the folder for the merged results")
     merge.set_defaults(handler=run_merge_command)
 
 

@@ -3,21 +3,27 @@ group, and the one place that turns errors into exit codes.
 
 Exit codes: 0 success; 2 bad usage or bad input (one-line message); 1 internal
 error (one line; ``--debug`` shows the traceback); 3 some images failed (``segment`` on
-many images; the others are done); 130 interrupted.
+many images; the others are done); 4 no reasoning: the LMM was asked and gave nothing
+(unreachable, key refused, every answer unusable; ``--allow-fallback`` keeps bare names),
+or ``lmm check`` found the backend unusable; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
-from openseg_r.cli import evaluate, reason, runs, segment, serve
-from openseg_r.cli.options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Parser
+from openseg_r.cli import evaluate, lmm, reason, runs, segment, serve
+from openseg_r.cli.options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_REASONING, EXIT_USAGE, Parser
+from openseg_r.options import RANDOM_WEIGHTS
 
-COMMAND_GROUPS = (segment, reason, runs, evaluate, serve)  # each adds its parsers and handlers
-COMMAND_NAMES = "{segment,vocabularies,reason,runs,graph,eval,eval-merge,serve}"
+# What loading.looks_like_path calls a file; importing loading would import torch and open_clip.
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+COMMAND_GROUPS = (segment, reason, lmm, runs, evaluate, serve)  # each adds its parsers and handlers
+COMMAND_NAMES = "{segment,vocabularies,reason,lmm,runs,graph,eval,eval-merge,serve}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,23 +38,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_logging(debug: bool) -> None:
+    """Libraries log what our one-line errors say anyway: open_clip logs a failed download
+    as an ERROR before raising, and Hugging Face's hub client logs every retry as a
+    WARNING, through its own handler and again through the root's. Without ``--debug``
+    none of it is shown."""
+    level = logging.DEBUG if debug else logging.CRITICAL
+    root = logging.getLogger()
+    before = list(root.handlers)
+    logging.basicConfig(level=level)
+    for handler in root.handlers:
+        if handler not in before:  # the handler made here, not one an embedding application set up
+            handler.setLevel(level)  # records of loggers with their own level reach it too
+    if not debug:
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is first imported
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
+
+
+def refuse_missing_weights_file(args: argparse.Namespace) -> None:
+    """A ``--clip-pretrained`` file that does not exist fails at once, not after the
+    seconds it takes to import torch and open_clip; ``load_clip`` checks it again (tags
+    and other values are its business)."""
+    value = getattr(args, "clip_pretrained", None)
+    if not isinstance(value, str) or value.strip().lower() in RANDOM_WEIGHTS or os.path.exists(value):
+        return
+    if os.sep in value or "/" in value or value.lower().endswith(WEIGHT_SUFFIXES):  # as loading.looks_like_path
+        from openseg_r.errors import WeightsError
+
+        raise WeightsError(f"CLIP weights file not found: {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["eval", "merge"]:  # `openseg-r eval merge DIRS --out DIR`
         argv = ["eval-merge", *argv[2:]]
     args = parser.parse_args(argv)
-    # Libraries log to the root logger (open_clip logs a failed download as an ERROR
-    # before raising); our own one-line message says the same, so keep them quiet.
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.CRITICAL)
+    quiet_library_logging(args.debug)
     try:
+        refuse_missing_weights_file(args)
         return args.handler(args)
     except KeyboardInterrupt:
         print("openseg-r: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from openseg_r.errors import OpenSegRError
+        from openseg_r.errors import OpenSegRError, ReasoningUnavailableError
 
+        if isinstance(exc, ReasoningUnavailableError):
+            print(f"openseg-r: error: {exc}", file=sys.stderr)
+            return EXIT_NO_REASONING
         if isinstance(exc, OpenSegRError):
             print(f"openseg-r: error: {exc}", file=sys.stderr)
             return EXIT_USAGE

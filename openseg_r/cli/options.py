@@ -15,10 +15,13 @@ import typing
 from pydantic import BaseModel
 
 from openseg_r.options import DEFAULT_CONCURRENCY, ModelOptions, SegmenterConfig, field_default
-from openseg_r.state import SelfCheckSettings, Settings, merged_settings
+from openseg_r.state import LMMOptions, SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_SOME_FAILED = 3  # segment on many images: at least one image failed (listed in index.jsonl)
+# Reasoning was asked for but got nothing at all (the LMM unreachable, its key refused, every
+# answer unusable), or `lmm check` found the backend unusable; --allow-fallback keeps bare names.
+EXIT_NO_REASONING = 4
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,12 +32,24 @@ class Parser(argparse.ArgumentParser):
 
 
 def described(model: type[BaseModel], name: str, text: str | None = None) -> str:
-    """A help text: ``text`` (else the field's description) and the model's default."""
+    """A help text: ``text`` (else the field's description) and the model's default, read
+    from the model so that it cannot drift (tests/test_cli_help.py checks every flag)."""
     field = model.model_fields[name]
     default = field_default(model, name)
     if default is None or isinstance(default, bool):  # the description says what None or a switch means
         return text or field.description or ""
-    return f"{text or field.description or ''} (default {default})"
+    return f"{text or field.description or ''} (default: {default})"
+
+
+RECORDED_DEFAULT = " (default: as recorded with the run)"
+
+
+def described_or_recorded(model: type[BaseModel], name: str, text: str | None = None,
+                          defaults_from_run: bool = False) -> str:
+    """:func:`described`, or for ``runs replay/resume`` the run's recorded value as the default."""
+    if defaults_from_run:
+        return (text or model.model_fields[name].description or "") + RECORDED_DEFAULT
+    return described(model, name, text)
 
 
 def choices_of(model: type[BaseModel], name: str) -> tuple:
@@ -48,12 +63,9 @@ def choices_of(model: type[BaseModel], name: str) -> tuple:
 
 def add_model_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
     """Which CLIP model, weights, last block, device and precision."""
-    recorded = " (default: as recorded with the run)"
 
     def text(model, name, words=None):
-        return (words or model.model_fields[name].description) + recorded if defaults_from_run else described(
-            model, name, words
-        )
+        return described_or_recorded(model, name, words, defaults_from_run)
 
     parser.add_argument("--clip-model", default=None, help=text(ModelOptions, "clip_model"))
     parser.add_argument("--clip-pretrained", default=None, help=text(ModelOptions, "clip_pretrained"))
@@ -64,10 +76,26 @@ def add_model_options(parser: argparse.ArgumentParser, defaults_from_run: bool =
                         help=text(ModelOptions, "precision"))
 
 
-def add_lmm_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lmm", default=None, help=described(ModelOptions, "lmm") + "; see README")
+def add_lmm_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False,
+                    allow_fallback: bool = False) -> None:
+    parser.add_argument("--lmm", default=None,
+                        help=described_or_recorded(ModelOptions, "lmm", ModelOptions.model_fields["lmm"].description
+                                                   + "; see README", defaults_from_run))
+    add_lmm_option_flag(parser, defaults_from_run)
     parser.add_argument("--lmm-record", default=None, help=described(ModelOptions, "lmm_record"))
-    parser.add_argument("--cache", default=None, help=described(ModelOptions, "reasoning_cache"))
+    parser.add_argument("--cache", default=None,
+                        help=described_or_recorded(ModelOptions, "reasoning_cache", None, defaults_from_run))
+    if allow_fallback:
+        parser.add_argument("--allow-fallback", action="store_true", default=None,
+                            help="when the LMM gives no reasoning at all (server unreachable, every answer "
+                                 f"unusable), keep the bare-name result and exit 0 (default: exit {EXIT_NO_REASONING})")
+
+
+def add_lmm_option_flag(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
+    parser.add_argument("--lmm-option", action="append", default=None, dest="lmm_option", metavar="KEY=VALUE",
+                        help=described_or_recorded(ModelOptions, "lmm_options",
+                                                   f"how the LMM is called, repeatable: {LMMOptions.keys()} (over "
+                                                   "the config file's [lmm] table; see README)", defaults_from_run))
 
 
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -110,8 +138,9 @@ def add_segmenter_options(parser: argparse.ArgumentParser, with_max_pixels: bool
     parser.add_argument("--short-side", type=int, default=None, help=described(SegmenterConfig, "short_side"))
     parser.add_argument("--crop", type=int, default=None, help=described(SegmenterConfig, "crop"))
     parser.add_argument("--stride", type=int, default=None, help=described(SegmenterConfig, "stride"))
+    slide = "--slide" if field_default(SegmenterConfig, "slide") else "--no-slide"
     parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
-                        help="sliding windows, or (--no-slide) the whole resized image at once (default: slide)")
+                        help=f"sliding windows, or (--no-slide) the whole resized image at once (default: {slide})")
     parser.add_argument("--pamr-steps", type=int, default=None, help=described(SegmenterConfig, "pamr_steps"))
     if with_max_pixels:
         parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
@@ -122,7 +151,7 @@ def add_throughput_options(parser: argparse.ArgumentParser, concurrency: bool = 
     group = parser.add_argument_group("throughput", "many images fast (see README, Throughput)")
     if concurrency:
         group.add_argument("--concurrency", type=int, default=None,
-                           help=f"images in flight at once: their LMM calls overlap (default {DEFAULT_CONCURRENCY})")
+                           help=f"images in flight at once: their LMM calls overlap (default: {DEFAULT_CONCURRENCY})")
     group.add_argument("--batch-size", type=int, default=None, help=described(ModelOptions, "batch_size"))
     group.add_argument("--batch-wait-ms", type=float, default=None, help=described(ModelOptions, "batch_wait_ms"))
     group.add_argument("--lmm-concurrency", type=int, default=None, help=described(ModelOptions, "lmm_concurrency"))
@@ -141,8 +170,8 @@ def concurrency_option(args: argparse.Namespace) -> int:
 def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--protocol", default=None,
                         help="the settings behind a published table: a benchmark name (voc21, pc60, ade150, ...; "
-                             f"see openseg_r.presets), auto (the dataset's, for eval) or none (default {default}); "
-                             "single options given here override single fields")
+                             "see openseg_r.presets), auto (the dataset's, for eval) or none; single options given "
+                             f"here override single fields (default: {default})")
 
 
 SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
@@ -228,6 +257,13 @@ def add_safety_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-pixels", type=int, default=None, help=described(SafetyLimits, "max_pixels", "largest decoded image")
     )
+    group.add_argument(
+        "--max-text-sentences",
+        type=int,
+        default=None,
+        help=described(SafetyLimits, "max_text_sentences",
+                       "text sentences a call's vocabulary may cost: distinct names and synonyms x templates"),
+    )
     group.add_argument("--safety-config", default=None, help="a TOML file with a [safety] table")
 
 
@@ -256,6 +292,7 @@ def model_option_values(args: argparse.Namespace) -> dict:
         "batch_size": flag("batch_size"),
         "batch_wait_ms": flag("batch_wait_ms"),
         "lmm_concurrency": flag("lmm_concurrency"),
+        "lmm_options": flag("lmm_option"),
         "segmenter": {
             "attention": flag("attention"),
             "short_side": flag("short_side"),
@@ -278,6 +315,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
         "score_order": flag("score_order"),
         "class_filter": flag("class_filter"),
         "background_threshold": flag("background_threshold"),
+        "allow_fallback": flag("allow_fallback"),
     }
     self_check = {field: flag(dest) for dest, (field, _) in SELF_CHECK_FLAGS.items()}
     self_check |= {"enabled": flag("self_check"), "full_image": flag("self_check_full_image")}

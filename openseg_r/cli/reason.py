@@ -12,17 +12,19 @@ def add_parsers(commands) -> None:
     actions = reason.add_subparsers(dest="action", required=True, parser_class=Parser)
     generic = actions.add_parser("generic", help="generic reasoning for a vocabulary into the cache (resumable)")
     which = generic.add_mutually_exclusive_group(required=True)
-    which.add_argument("--classes")
-    which.add_argument("--vocab")
+    which.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "cat, sofa|couch"')
+    which.add_argument("--vocab", help="a built-in vocabulary name (see `openseg-r vocabularies`) or a text file")
     add_lmm_options(generic)
     generic.set_defaults(handler=run_generic)
     export = actions.add_parser("export", help="write cached generic reasoning in the upstream JSON format")
-    export.add_argument("--cache", default=None, help="the SQLite reasoning cache (default: the user cache)")
+    export.add_argument("--cache", default=None,
+                        help="the SQLite reasoning cache: 'user' for the user cache file, or a file path "
+                             "(default: user)")
     export.add_argument("--model", default=None, help="which model's reasoning, when the cache holds several")
-    export.add_argument("-o", "--out", required=True)
+    export.add_argument("-o", "--out", required=True, help="the JSON file to write")
     export.set_defaults(handler=run_export)
     imported = actions.add_parser("import", help="load an upstream generic-reasoning JSON into the cache")
-    imported.add_argument("file")
+    imported.add_argument("file", help="a JSON file in the upstream format (as `reason export` writes it)")
     add_lmm_options(imported)
     imported.set_defaults(handler=run_import)
 
@@ -34,7 +36,16 @@ def _backend(args: argparse.Namespace):
     spec = configured_spec(args.lmm)
     if not names_an_lmm(spec):
         raise ConfigError("give an LMM with --lmm (or OPENSEG_R_LMM / the config file)")
-    return backend_from_spec(spec, record=getattr(args, "lmm_record", None))
+    options = _lmm_options(args).model_copy(update={"concurrency": None})
+    return backend_from_spec(spec, record=getattr(args, "lmm_record", None), options=options)
+
+
+def _lmm_options(args: argparse.Namespace):
+    """--lmm-option over the config file's [lmm] table."""
+    from openseg_r.lmm.spec import configured_options
+    from openseg_r.state import LMMOptions
+
+    return configured_options(LMMOptions.from_pairs(getattr(args, "lmm_option", None) or []))
 
 
 def _cache_file(args: argparse.Namespace):
@@ -62,7 +73,9 @@ def run_generic(args: argparse.Namespace) -> int:
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
     lmm = _backend(args)
     cache = _cache_file(args)
-    context = OpenSegContext(lmm=lmm, reasoning_cache=cache)
+    concurrency = _lmm_options(args).concurrency
+    context = OpenSegContext(lmm=lmm, reasoning_cache=cache,
+                             **({"max_concurrent_lmm_calls": concurrency} if concurrency else {}))
     classes = [c for c in vocabulary.classes if not c.is_background]
     failed: list[str] = []
     batch = max(1, context.max_concurrent_lmm_calls)
@@ -70,8 +83,13 @@ def run_generic(args: argparse.Namespace) -> int:
         for start in range(0, len(classes), batch):
             part = Vocabulary(name=vocabulary.name, classes=classes[start : start + batch])
             out = generic_reasoning(GenericReasoningInput(vocabulary=part), Runtime(context=context))
-            failed += [f.subject for f in out.fallbacks]
+            failed += [f.subject for f in out.fallbacks if f.subject]
             progress.update(len(part.classes))
+            if context.lmm_breaker.cause:  # the backend is unusable: asking the rest would fail too
+                from openseg_r.errors import ReasoningUnavailableError
+
+                raise ReasoningUnavailableError(f"{context.lmm_breaker.cause}; the classes reasoned before it are "
+                                                "cached: run again once it answers", unavailable=True)
     asked = cache.misses
     print(
         f"{len(classes)} classes: {cache.hits} already cached, {asked - len(failed)} reasoned now, {len(failed)} failed"

@@ -17,18 +17,18 @@ def add_parsers(commands) -> None:
     runs.set_defaults(handler=run_runs)
     actions = runs.add_subparsers(dest="action", required=True, parser_class=Parser)
     listing = actions.add_parser("list", help="recorded runs, newest first")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="show at most this many runs (default: 50)")
     show = actions.add_parser("show", help="each step of a run, in order")
-    show.add_argument("run")
+    show.add_argument("run", help="a run id, or the start of one (as `runs list` shows it)")
     show.add_argument("--step", default=None, help="print this node's full output as JSON")
     show.add_argument("--json", action="store_true", help="every step's full output as JSON")
     diff = actions.add_parser("diff", help="what differs between two runs: reasoning, prompts, class areas")
-    diff.add_argument("run_a")
-    diff.add_argument("run_b")
+    diff.add_argument("run_a", help="a run id, or the start of one (as `runs list` shows it)")
+    diff.add_argument("run_b", help="the run to compare it with")
     for name, text in (("replay", "re-run from a node, reusing everything recorded before it"),
                        ("resume", "continue a run that crashed or stopped, from its last checkpoint")):
         action = actions.add_parser(name, help=text)
-        action.add_argument("run")
+        action.add_argument("run", help="a run id, or the start of one (as `runs list` shows it)")
         if name == "replay":
             action.add_argument("--from", dest="from_node", required=True,
                                 help="prompt_composition, segmentation or self_check")
@@ -36,10 +36,10 @@ def add_parsers(commands) -> None:
                                 help="change a setting, e.g. self_check.enabled=true or class_filter=soft")
         action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here")
         add_model_options(action, defaults_from_run=True)
-        add_lmm_options(action)
+        add_lmm_options(action, defaults_from_run=True)
     report = actions.add_parser("report", help="one self-contained HTML file")
-    report.add_argument("run")
-    report.add_argument("-o", "--out", required=True)
+    report.add_argument("run", help="a run id, or the start of one (as `runs list` shows it)")
+    report.add_argument("-o", "--out", required=True, help="the HTML file to write")
 
     graph = commands.add_parser("graph", help="print the graph's picture")
     graph.add_argument("--mermaid", action="store_true", help="Mermaid text (drawn locally, no web service)")
@@ -53,10 +53,22 @@ def run_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_runs(args: argparse.Namespace) -> int:
-    from openseg_r.runs.database import RunsDB
+READING_ACTIONS = ("list", "show", "diff", "report")  # open the database read-only: they create nothing
 
-    db = RunsDB(args.runs_db)
+
+def run_runs(args: argparse.Namespace) -> int:
+    """Every action needs recorded runs, so none creates a database; the reading ones open
+    it read-only. A missing database lists as no runs (exit 0), like an empty one; asking
+    it for a run is an error (exit 2), as for an unknown run."""
+    from openseg_r.runs.database import NoRunsDatabaseError, RunsDB
+
+    try:
+        db = RunsDB(args.runs_db, read_only=args.action in READING_ACTIONS, create=False)
+    except NoRunsDatabaseError as exc:
+        if args.action != "list":
+            raise
+        print(f"no runs recorded ({exc})")
+        return EXIT_OK
     try:
         return {"list": _list, "show": _show, "diff": _diff, "replay": _replay, "resume": _replay,
                 "report": _report}[args.action](db, args)
@@ -75,15 +87,20 @@ def _list(db, args) -> int:
     if not records:
         print(f"no runs recorded in {db.path}")
         return EXIT_OK
-    print(f"{'run':12s}  {'date':19s}  {'status':7s}  {'seconds':>7s}  {'classes':>7s}  {'backend':22s}  image")
+    print(f"{'run':12s}  {'date':19s}  {'status':11s}  {'seconds':>7s}  {'classes':>7s}  {'backend':22s}  image")
     for r in records:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        when = _when(r.created)
         seconds = f"{r.seconds:7.2f}" if r.seconds is not None else "      -"
         image = r.image or "(data)"
         extra = f"  [replay of {r.parent_run[:12]} from {r.replay_from}]" if r.parent_run else ""
-        print(f"{r.run_id[:12]}  {when}  {r.status:7s}  {seconds}  {r.classes or 0:7d}  "
+        extra += f"  [resumed {_when(r.resumed_at)}]" if r.resumed_at else ""
+        print(f"{r.run_id[:12]}  {when}  {r.status:11s}  {seconds}  {r.classes or 0:7d}  "
               f"{(r.backend or 'none')[:22]:22s}  {image}{extra}")
     return EXIT_OK
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def _show(db, args) -> int:
@@ -91,12 +108,17 @@ def _show(db, args) -> int:
 
     run = load_run(db, args.run, _graph(db))
     r = run.record
-    print(f"run {r.run_id}  {r.status}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.created))}"
-          f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}")
+    print(f"run {r.run_id}  {r.status}  {_when(r.created)}"
+          + (f"  resumed {_when(r.resumed_at)}" if r.resumed_at else "")
+          + f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}")
     print(f"image {r.image or '(data)'}  vocabulary {r.vocabulary} ({r.classes} classes)  backend {r.backend}")
-    if r.status != "done":
+    if r.status == "running":
+        print(f"running in {r.owner}; next: {', '.join(run.next_nodes) or 'unknown'}")
+    elif r.status != "done":
         print(f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}"
               + (f"  error: {r.error}" if r.error else ""))
+    if r.status == "interrupted":
+        print(f"its {r.owner} is gone; `openseg-r runs resume {r.run_id[:12]}` continues it")
     if args.step:
         chosen = [s for s in run.steps if s.node == args.step]
         if not chosen:

@@ -49,7 +49,7 @@ def add_parsers(commands) -> None:
                      help="many images: continue --out, skipping images its index.jsonl lists as done "
                           "(without it, an --out with an index.jsonl is refused)")
     add_model_options(seg)
-    add_lmm_options(seg)
+    add_lmm_options(seg, allow_fallback=True)
     add_settings_options(seg)
     add_segmenter_options(seg)
     add_protocol_option(seg, default="none")
@@ -198,11 +198,17 @@ FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batc
 def _run_record(vocabulary, settings, options) -> dict:
     """What the images of one --out are segmented with: all of it must match on --resume."""
     from openseg_r.options import SPEED_ONLY_FIELDS
+    from openseg_r.state import POLICY_ONLY_SETTINGS
 
     model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
     model["segmenter"] = {k: v for k, v in model["segmenter"].items() if k not in SPEED_ONLY_FIELDS}
+    # How many calls at once changes no answer; no options at all reads as folders written before them.
+    options_given = {k: v for k, v in (model.pop("lmm_options", None) or {}).items() if k != "concurrency"}
+    if any(v is not None for v in options_given.values()):
+        model["lmm_options"] = options_given
     classes = [{"name": c.name, "queries": list(c.queries)} for c in vocabulary.classes]
-    return {"vocabulary": classes, "settings": settings.model_dump(mode="json"), "model": model}
+    return {"vocabulary": classes, "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
+            "model": model}
 
 
 def _same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
@@ -293,6 +299,8 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
 
     from tqdm import tqdm
 
+    from openseg_r.render import format_share
+
     index = _Index(plan.out / INDEX_NAME)
     counts = {"ok": 0, "failed": 0}
     bugs: list[BaseException] = []
@@ -335,7 +343,7 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
                     say(f"openseg-r: skipped {image}: {error}", sys.stderr)
                 else:
                     counts["ok"] += 1
-                    found = ", ".join(f"{name} {100 * share:.1f}%" for name, share in list(classes.items())[:3])
+                    found = ", ".join(f"{name} {format_share(share)}" for name, share in list(classes.items())[:3])
                     more = f" (+{len(classes) - 3} more)" if len(classes) > 3 else ""
                     say(f"{image} -> {plan.out / folder}: {found or 'no class'}{more}", sys.stdout)
         except BaseException as exc:  # a bug here: raised in the main thread once the others are written
@@ -344,6 +352,7 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
             room.release()
 
     outcomes = model.iter_segment_many([image for image, _ in plan.todo], vocabulary, concurrency=concurrency)
+    unavailable = None  # the LMM backend's failure, when it stopped the run
     try:
         with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="openseg-r-writer") as pool:
             with closing(outcomes):  # on an interrupt too: images not started are dropped
@@ -352,6 +361,8 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
                     pool.submit(finish, outcome)
                     if bugs:
                         break
+                    if not outcome.ok and (unavailable := _backend_down(model)):
+                        break  # every later image would fail the same way: stop asking
     finally:
         bar.close()
         index.close()
@@ -360,7 +371,18 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
     already = f", {len(plan.done)} already done" if plan.done else ""
     print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
           f"index: {plan.out / INDEX_NAME}")
+    if unavailable:
+        from openseg_r.errors import ReasoningUnavailableError
+
+        raise ReasoningUnavailableError(f"{unavailable}; stopped: --resume continues once it answers, "
+                                        "--allow-fallback segments with bare class names", unavailable=True)
     return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def _backend_down(model) -> str | None:
+    """Why the model's LMM backend cannot be used right now, if it cannot."""
+    health = getattr(model.lmm, "health", None)
+    return getattr(health, "down", None)
 
 
 def _reason(error: str, image: str) -> str:

@@ -22,8 +22,9 @@ def add_parsers(commands) -> None:
     servers = serve.add_subparsers(dest="server", required=True, parser_class=Parser)
     mcp = servers.add_parser("mcp", help="an MCP server (stdio by default)")
     mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
-    mcp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
-    mcp.add_argument("--port", type=int, default=8765)
+    mcp.add_argument("--host", default="127.0.0.1",
+                     help="HTTP bind address; 127.0.0.1 is this machine only (default: 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
     add_model_options(mcp)
     add_lmm_options(mcp)
     add_safety_options(mcp)
@@ -44,6 +45,7 @@ def run_serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout,
         call_timeout_s=args.call_timeout,
         max_pixels=args.max_pixels,
+        max_text_sentences=args.max_text_sentences,
     )
     if args.http and args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"warning: serving on {args.host}: other machines can reach this server", file=sys.stderr)
@@ -59,8 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     from openseg_r.tools.mcp_server import run_mcp_server
 
-    run_mcp_server(service, http=args.http, host=args.host, port=args.port)
-    return EXIT_OK
+    stopped = run_mcp_server(service, http=args.http, host=args.host, port=args.port)
+    return EXIT_OK if stopped is None else stopped  # after SIGINT 130, after SIGTERM 0 (its line is said)
 
 
 def build_service(args: argparse.Namespace, limits):

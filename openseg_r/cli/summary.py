@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from openseg_r.render import format_share
+
 MAX_FALLBACK_LINES = 5
 
 
@@ -12,7 +14,8 @@ def print_result_summary(result, out_dir: str | None) -> None:
     paths = result.save(out_dir) if out_dir else None
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
-            print(f"{summary.name:24s} {100 * summary.area_fraction:6.2f}%  confidence {summary.mean_confidence:.3f}")
+            print(f"{summary.name:24s} {format_share(summary.area_fraction, 2, present=True):>7s}  "
+                  f"confidence {summary.mean_confidence:.3f}")
     fallbacks = result.state.fallbacks
     for fallback in fallbacks[:MAX_FALLBACK_LINES]:
         subject = f" [{fallback.subject}]" if fallback.subject else ""

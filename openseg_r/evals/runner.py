@@ -88,7 +88,8 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
               "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
               "vocabulary": vocabulary.name, "class_names": vocabulary.names,
               "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
-              "base_settings": model.settings.model_dump(mode="json"),
+              # allow_fallback changes no number: an evaluation may resume with or without it
+              "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
               "setting_overrides": {name: overrides for name, overrides in settings},
               "throughput": _throughput(model, concurrency)}
     state = _open_state(out, config, vocabulary.names)

@@ -5,11 +5,16 @@ A node builds an :class:`LMMRequest` (prompt, images, pydantic schema) and calls
 ``None``, the raw text, token usage, and a trace record of every attempt. A
 backend only has to implement :meth:`BaseLMMBackend.complete` (text in, text out);
 parsing, validation and the bounded re-ask live here, once.
+
+An error that says the backend itself is unusable (unreachable, a rejected key, no such
+model; see :mod:`openseg_r.lmm.health`) is not re-asked: the reply carries it in
+``unavailable``, and :func:`ask_in_run` stops the run from asking again.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,8 +23,15 @@ from typing import Generic, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
+from openseg_r.lmm.health import (
+    BackendHealth,
+    RequestUnsupported,
+    RunBreaker,
+    unavailable_cause,
+    unavailable_message,
+)
 from openseg_r.lmm.parsing import StructuredOutputError, parse_structured
-from openseg_r.state import LMMCall, Usage
+from openseg_r.state import LMMCall, LMMOptions, Usage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -46,6 +58,17 @@ class LMMReply(Generic[T]):
     usage: Usage
     calls: list[LMMCall]
     error: str | None = None
+    # Set when the backend is unusable (unreachable, key refused, no such model): the cause,
+    # "LMM backend unreachable: connection refused at URL". No later request would do better.
+    unavailable: str | None = None
+
+
+def backend_label(lmm) -> str:
+    """How traces, ``result.json`` and ``runs list`` name a backend: its kind and model,
+    ``openai:gpt-4o``, with the kind once where the model id already starts with it
+    (``scripted:658da4d8edfa``, not ``scripted:scripted:658da4d8edfa``)."""
+    name, model = lmm.name, lmm.model_id
+    return model if model == name or model.startswith(f"{name}:") else f"{name}:{model}"
 
 
 class BaseLMMBackend(ABC):
@@ -64,6 +87,50 @@ class BaseLMMBackend(ABC):
     @property
     def generation_params(self) -> dict:
         return {}
+
+    @property
+    def location(self) -> str | None:
+        """Where the backend is (a server's URL), for messages; None for in-process backends."""
+        return None
+
+    def probe(self) -> str | None:
+        """A cheap check that the backend can be reached, run before the first request and
+        after a failure: the cause when it cannot (see :func:`unavailable_cause`), else
+        None. In-process backends have nothing to check."""
+        return None
+
+    def apply_options(self, options: LMMOptions) -> None:
+        """Take the options that were set (see :class:`~openseg_r.state.LMMOptions`); this
+        base takes ``max_attempts``, backends that call a model take the rest."""
+        if options.max_attempts is not None:
+            self.max_attempts = options.max_attempts
+
+    def effective_options(self) -> dict:
+        """The call options in force, for the trace (``result.json``, recorded runs)."""
+        return {"max_attempts": self.max_attempts}
+
+    def describe(self) -> dict:
+        """What answered: recorded with each result."""
+        return {"backend": backend_label(self), "spec": getattr(self, "spec", None),
+                "generation_params": self.generation_params, "options": self.effective_options()}
+
+    @property
+    def health(self) -> BackendHealth:
+        """Shared by every run that uses this backend (see :mod:`openseg_r.lmm.health`)."""
+        health = self.__dict__.get("_health")
+        if health is None:
+            with _HEALTH_LOCK:
+                health = self.__dict__.setdefault("_health", BackendHealth())
+        return health
+
+    def _probe_message(self) -> str | None:
+        cause = self.probe()
+        return None if cause is None else unavailable_message(cause, self.location)
+
+    def unavailable(self, exc: BaseException) -> str | None:
+        """The one-line message when ``exc`` says this backend is unusable, else None."""
+        cause = unavailable_cause(exc)
+        return None if cause is None else unavailable_message(cause, self.location)
 
     @property
     def cache_identity(self) -> str:
@@ -85,14 +152,28 @@ class BaseLMMBackend(ABC):
         feedback: str | None = None
         raw = ""
         error = "no attempt was made"
+        started = time.perf_counter()
+        down, checked = self.health.admit(self._probe_message)
+        if down is not None:
+            # The caller that checked records its one attempt; those that waited made none.
+            calls = [self._record(request, 1, False, down, "", Usage(), started)] if checked else []
+            return LMMReply(value=None, raw_text="", usage=usage, calls=calls, error=down, unavailable=down)
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
                 raw, call_usage = self.complete(request, feedback)
                 raw = raw if isinstance(raw, str) else str(raw)
             except Exception as exc:  # a backend failure is recorded, never raised into the graph
+                message = self.unavailable(exc)
+                if message is not None:  # asking again, or asking anything else, would fail the same way
+                    self.health.mark_down(message)
+                    calls.append(self._record(request, attempt, False, message, "", Usage(), started))
+                    return LMMReply(value=None, raw_text="", usage=usage, calls=calls, error=message,
+                                    unavailable=message)
                 error = f"backend error: {type(exc).__name__}: {exc}"
                 calls.append(self._record(request, attempt, False, error, "", Usage(), started))
+                if isinstance(exc, RequestUnsupported):
+                    break
                 continue
             usage = Usage(
                 prompt_tokens=usage.prompt_tokens + call_usage.prompt_tokens,
@@ -113,7 +194,7 @@ class BaseLMMBackend(ABC):
         return LMMCall(
             step=request.step,
             subject=request.subject,
-            backend=f"{self.name}:{self.model_id}" if self.model_id != self.name else self.name,
+            backend=backend_label(self),
             prompt_version=request.prompt_version,
             attempt=attempt,
             ok=ok,
@@ -133,6 +214,34 @@ class NoLMM(BaseLMMBackend):
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
         raise RuntimeError("no LMM backend is configured (lmm spec 'none')")
+
+
+def ask_in_run(lmm, request: LMMRequest[T], breaker: RunBreaker, slots=None,
+               max_attempts: int | None = None) -> LMMReply[T]:
+    """``lmm.ask(request)`` within one run: nothing is asked once the run's breaker has
+    tripped (the reply then says why, with no call), and a reply that finds the backend
+    unavailable trips it. ``slots`` (a semaphore) bounds the calls in flight."""
+    if breaker.cause is None:
+        with slots if slots is not None else _NO_SLOT:
+            if breaker.cause is None:
+                reply = lmm.ask(request) if max_attempts is None else lmm.ask(request, max_attempts=max_attempts)
+                cause = getattr(reply, "unavailable", None)
+                if cause:
+                    breaker.trip(cause)
+                return reply
+    return LMMReply(value=None, raw_text="", usage=Usage(), calls=[], error=breaker.cause, unavailable=breaker.cause)
+
+
+class _NoSlot:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+_NO_SLOT = _NoSlot()
+_HEALTH_LOCK = threading.Lock()
 
 
 def reask_text(prompt: str, feedback: str | None) -> str:

@@ -8,11 +8,13 @@
   about an image they raise, and the node records a fallback.
 
 The device is the GPU when there is one; the dtype bf16 on a GPU that supports it,
-else fp16 on a GPU, else fp32. Generation is greedy (deterministic) by default.
+else fp16 on a GPU, else fp32. Generation is greedy (deterministic) by default; a
+``temperature`` above 0 samples. ``timeout`` bounds one generation (``max_time``).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from threading import Lock
 
@@ -20,7 +22,8 @@ from PIL import Image
 
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
-from openseg_r.state import Usage
+from openseg_r.lmm.health import RequestUnsupported
+from openseg_r.state import LMMOptions, Usage
 
 
 class HuggingFaceLMM(BaseLMMBackend):
@@ -48,6 +51,8 @@ class HuggingFaceLMM(BaseLMMBackend):
         self.max_attempts = max_attempts
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
+        self.temperature: float | None = None  # sampling temperature when do_sample (None: the model's)
+        self.max_time: float | None = None  # seconds one generation may take (None: no bound)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = _dtype(dtype, self.device)
         self._lock = Lock()  # one generate at a time: the model is not re-entrant
@@ -57,7 +62,8 @@ class HuggingFaceLMM(BaseLMMBackend):
         try:
             config = AutoConfig.from_pretrained(model, **kwargs)
             self.supports_images = hasattr(config, "vision_config") and not gguf_file
-            self._load(model, kwargs)
+            with _no_progress_bars():  # a local load needs no bar on stderr
+                self._load(model, kwargs)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load Hugging Face model {self.model_id!r}: "
                               f"{str(exc).splitlines()[0][:300]}") from None
@@ -74,15 +80,32 @@ class HuggingFaceLMM(BaseLMMBackend):
             network = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype, **kwargs)
         self.model = network.to(self.device).eval()
 
+    def apply_options(self, options: LMMOptions) -> None:
+        super().apply_options(options)
+        if options.max_tokens is not None:
+            self.max_new_tokens = options.max_tokens
+        if options.temperature is not None:
+            self.do_sample = options.temperature > 0
+            self.temperature = options.temperature if self.do_sample else None
+        if options.timeout is not None:
+            self.max_time = options.timeout
+
+    def effective_options(self) -> dict:
+        return {"max_tokens": self.max_new_tokens, "timeout": self.max_time,
+                "temperature": (self.temperature if self.do_sample else 0.0), "max_attempts": self.max_attempts}
+
     @property
     def generation_params(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        params = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample and self.temperature is not None:
+            params["temperature"] = self.temperature
+        return params
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
         import torch
 
         if request.images and not self.supports_images:
-            raise RuntimeError(f"{self.model_id} is a text-only model and cannot look at images")
+            raise RequestUnsupported(f"{self.model_id} is a text-only model and cannot look at images")
         text = reask_text(request.prompt, feedback)
         if self.supports_images:
             content = [{"type": "image", "image": Image.fromarray(image)} for image in request.images]
@@ -93,16 +116,35 @@ class HuggingFaceLMM(BaseLMMBackend):
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         ).to(self.device)
         prompt_length = int(inputs["input_ids"].shape[1])
+        options = {}
+        if self.do_sample and self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.max_time is not None:
+            options["max_time"] = self.max_time
         with self._lock, torch.inference_mode():
             output = self.model.generate(
                 **inputs,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=self.do_sample,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                **options,
             )
         new_tokens = output[0, prompt_length:]
         answer = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
         return answer, Usage(prompt_tokens=prompt_length, completion_tokens=int(new_tokens.shape[0]))
+
+
+@contextmanager
+def _no_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _dtype(name: str | None, device):

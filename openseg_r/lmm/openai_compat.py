@@ -6,9 +6,13 @@ LM Studio, ``transformers serve``, or OpenAI itself, through langchain-openai.
 - The server's JSON-schema structured output is used when it has it. If the server
   rejects ``response_format``, the backend switches to prompt-plus-parse for the
   rest of its life (the prompt already asks for JSON) and records that it did.
-- Timeouts and bounded retries with exponential backoff come from the OpenAI
-  client (``timeout``, ``max_retries``). The API key is read from the environment
-  and held as a secret; it is never logged or recorded.
+- ``timeout`` bounds each request. A rate limit, a server error (5xx) or a reply
+  slower than the timeout is retried ``max_retries`` times with exponential backoff;
+  a server that cannot be reached, a rejected key or a missing model is not retried
+  (see :mod:`openseg_r.lmm.health`): before the first request, and after such a
+  failure, one ``GET /models`` says whether the server is there.
+- The API key is read from the environment and held as a secret; it is never logged
+  or recorded.
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ from __future__ import annotations
 import base64
 import io
 import os
+import time
 from threading import Lock
 
 import numpy as np
 from PIL import Image
 
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
-from openseg_r.state import Usage
+from openseg_r.lmm.health import unavailable_cause
+from openseg_r.state import LMMOptions, Usage
 
 DEFAULT_API_KEY_ENVS = ("OPENSEG_R_API_KEY", "OPENAI_API_KEY")
 OLLAMA_URL = "http://127.0.0.1:11434/v1"
+OPENAI_URL = "https://api.openai.com/v1"
+PROBE_CONNECT_TIMEOUT = 10.0  # seconds the reachability check waits for a connection
+MAX_BACKOFF = 8.0
 
 
 class OpenAICompatibleLMM(BaseLMMBackend):
@@ -57,25 +66,72 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         self.model_id = model
         self.base_url = base_url
         self.max_attempts = max_attempts
+        self.max_retries = max_retries
         self.structured_output = structured_output
         self.structured_output_rejected: str | None = None  # the server's reason, once it said no
         self.max_image_side = max_image_side
-        self._temperature, self._max_tokens = temperature, max_tokens
+        self.listed_models: list[str] | None = None  # what GET /models listed, once it was asked
+        self._temperature, self._max_tokens, self._timeout = temperature, max_tokens, timeout
+        self._key = SecretStr(key or "no-key")  # local servers need no key; the client insists on one
         self._lock = Lock()
-        self.chat = ChatOpenAI(
-            model=model,
-            base_url=base_url,
-            # Local servers need no key; the client insists on one, so send a placeholder.
-            api_key=SecretStr(key or "no-key"),
-            timeout=timeout,
-            max_retries=max_retries,
-            temperature=temperature,
-            max_tokens=max_tokens,
+        self._chat_class = ChatOpenAI
+        self._build_chat()
+
+    def _build_chat(self) -> None:
+        # Retries are ours (see _invoke): the client's would retry a refused connection too.
+        self.chat = self._chat_class(
+            model=self.model_id,
+            base_url=self.base_url,
+            api_key=self._key,
+            timeout=self._timeout,
+            max_retries=0,
+            temperature=self._temperature,
+            max_tokens=self._max_tokens,
         )
+
+    def apply_options(self, options: LMMOptions) -> None:
+        super().apply_options(options)
+        if options.max_tokens is not None:
+            self._max_tokens = options.max_tokens
+        if options.temperature is not None:
+            self._temperature = options.temperature
+        if options.timeout is not None:
+            self._timeout = options.timeout
+        self._build_chat()
+
+    def effective_options(self) -> dict:
+        return {"max_tokens": self._max_tokens, "timeout": self._timeout, "temperature": self._temperature,
+                "max_attempts": self.max_attempts, "max_retries": self.max_retries}
 
     @property
     def generation_params(self) -> dict:
         return {"temperature": self._temperature, "max_tokens": self._max_tokens}
+
+    @property
+    def location(self) -> str:
+        return (self.base_url or OPENAI_URL).rstrip("/")
+
+    def list_models(self) -> list[str]:
+        """The model ids the server lists (``GET /models``); raises what the client raises."""
+        import httpx
+
+        timeout = httpx.Timeout(self._timeout, connect=min(self._timeout, PROBE_CONNECT_TIMEOUT))
+        page = self.chat.root_client.with_options(timeout=timeout, max_retries=0).models.list()
+        models = [str(getattr(model, "id", "")) for model in getattr(page, "data", [])]
+        self.listed_models = models
+        return models
+
+    def probe(self) -> str | None:
+        """Can the server be reached, and does it take the key? Any other HTTP answer (a
+        server without ``/models`` says 404) means it is there."""
+        try:
+            self.list_models()
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int) and status not in (401, 403):
+                return None
+            return unavailable_cause(exc)
+        return None
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
         from langchain_core.messages import HumanMessage
@@ -101,6 +157,17 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         )
 
     def _invoke(self, messages, **kwargs) -> tuple[str, Usage]:
+        """One request, retried after a transient failure (rate limit, 5xx, a slow reply)."""
+        for retry in range(self.max_retries + 1):
+            try:
+                return self._invoke_once(messages, **kwargs)
+            except Exception as exc:
+                if retry >= self.max_retries or not _is_transient(exc):
+                    raise
+                time.sleep(min(MAX_BACKOFF, 0.5 * 2**retry))
+        raise AssertionError("unreachable")
+
+    def _invoke_once(self, messages, **kwargs) -> tuple[str, Usage]:
         reply = self.chat.invoke(messages, **kwargs)
         usage = reply.usage_metadata or {}
         return message_text(reply.content), Usage(
@@ -138,7 +205,24 @@ def message_text(content) -> str:
     return "".join(parts)
 
 
-def _is_rejected_request(exc: Exception) -> bool:
-    """A 4xx answer to the request itself (e.g. no response_format support), not a network failure."""
+def _status(exc: Exception) -> int | None:
     status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    return isinstance(status, int) and 400 <= status < 500 and status not in (401, 403, 429)
+    return status if isinstance(status, int) else None
+
+
+def _is_rejected_request(exc: Exception) -> bool:
+    """A 4xx answer to the request itself (e.g. no response_format support), not a network
+    failure, a refused key, a missing model (404) or a rate limit."""
+    status = _status(exc)
+    return status is not None and 400 <= status < 500 and status not in (401, 403, 404, 408, 409, 429)
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Worth the same request again after a pause: a rate limit, a server error, a reply
+    slower than the timeout. Never a backend that cannot be reached."""
+    if unavailable_cause(exc) is not None:
+        return False
+    status = _status(exc)
+    if status is not None:
+        return status in (408, 409, 429) or status >= 500
+    return any(kind.__name__ == "APITimeoutError" for kind in type(exc).__mro__)

@@ -22,7 +22,7 @@ import numpy as np
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest
 from openseg_r.lmm.upstream import load_generic_file, load_image_file
-from openseg_r.state import Usage
+from openseg_r.state import LMMOptions, Usage
 
 
 def fingerprint(request: LMMRequest, feedback: str | None) -> str:
@@ -53,6 +53,20 @@ class RecordingLMM(BaseLMMBackend):
     @property
     def generation_params(self) -> dict:
         return self.inner.generation_params
+
+    @property
+    def location(self) -> str | None:
+        return self.inner.location
+
+    def probe(self) -> str | None:
+        return self.inner.probe()
+
+    def apply_options(self, options: LMMOptions) -> None:
+        self.inner.apply_options(options)
+        self.max_attempts = self.inner.max_attempts
+
+    def effective_options(self) -> dict:
+        return self.inner.effective_options()
 
     def complete(self, request: LMMRequest, feedback: str | None = None) -> tuple[str, Usage]:
         record = {

@@ -17,7 +17,18 @@ spec                                        backend
 
 Where the spec comes from, first found wins: the ``--lmm`` option or the ``lmm``
 argument; the ``OPENSEG_R_LMM`` environment variable; ``lmm = "..."`` in the config
-file (``$OPENSEG_R_CONFIG``, else ``~/.config/openseg-r/config.toml``); ``none``.
+file (``$OPENSEG_R_CONFIG``, else ``~/.config/openseg-r/config.toml``), or ``spec`` in
+its ``[lmm]`` table; ``none``.
+
+How the backend is called (:class:`~openseg_r.state.LMMOptions`: ``max_tokens``,
+``timeout``, ``temperature``, ``max_attempts``, ``concurrency``) comes from the config
+file's ``[lmm]`` table, with ``--lmm-option key=value`` or ``lmm_options=`` over it key
+by key::
+
+    [lmm]
+    spec = "openai:Qwen/Qwen2.5-VL-7B-Instruct@http://127.0.0.1:8000/v1"
+    max_tokens = 512
+    timeout = 60
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from pathlib import Path
 
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, NoLMM
+from openseg_r.state import LMMOptions
 
 KINDS = ("none", "scripted", "replay", "openai", "ollama", "hf")
+SPEC_KEY = "spec"  # the spec's key inside the config file's [lmm] table
 
 
 def config_file() -> Path:
@@ -59,9 +72,27 @@ def configured_spec(explicit: str | None = None) -> str:
     if os.environ.get("OPENSEG_R_LMM"):
         return os.environ["OPENSEG_R_LMM"]
     value = read_config().get("lmm", "none")
+    if isinstance(value, dict):
+        value = value.get(SPEC_KEY, "none")
+        if not isinstance(value, str):
+            raise ConfigError(f"'{SPEC_KEY}' in the [lmm] table of {config_file()} must be a string spec")
     if not isinstance(value, str):
-        raise ConfigError(f"'lmm' in {config_file()} must be a string spec")
+        raise ConfigError(f"'lmm' in {config_file()} must be a string spec or an [lmm] table")
     return value
+
+
+def config_options() -> LMMOptions:
+    """The call options of the config file's ``[lmm]`` table (none when it has no table)."""
+    table = read_config().get("lmm")
+    if not isinstance(table, dict):
+        return LMMOptions()
+    values = {key: value for key, value in table.items() if key != SPEC_KEY}
+    return LMMOptions.parse(values, source=f"the [lmm] table of {config_file()}")
+
+
+def configured_options(explicit: LMMOptions | dict | None = None) -> LMMOptions:
+    """The options in force: ``explicit`` (flags, keyword arguments) over the config file's."""
+    return LMMOptions.parse(explicit).over(config_options())
 
 
 def names_an_lmm(spec: str | None) -> bool:
@@ -69,11 +100,19 @@ def names_an_lmm(spec: str | None) -> bool:
     return (spec or "none").strip() != "none"
 
 
-def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None) -> BaseLMMBackend:
-    """Build the backend; with ``record``, every call is appended to that JSONL file."""
+def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None,
+                      options: LMMOptions | dict | None = None) -> BaseLMMBackend:
+    """Build the backend; with ``record``, every call is appended to that JSONL file.
+    ``options`` (:class:`~openseg_r.state.LMMOptions` or a dict of them) set how it is
+    called; a backend object given as ``spec`` takes them too."""
+    options = LMMOptions.parse(options)
     backend = spec if isinstance(spec, BaseLMMBackend) else _build(spec)
     if isinstance(spec, str):
         backend.spec = spec.strip()  # recorded with runs, to build the same backend again
+    if options.given():
+        if not hasattr(backend, "apply_options"):
+            raise ConfigError(f"{type(backend).__name__} takes no LMM options (it has no apply_options)")
+        backend.apply_options(options)
     if record is not None:
         from openseg_r.lmm.replay import RecordingLMM
 

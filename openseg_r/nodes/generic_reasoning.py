@@ -9,7 +9,8 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from openseg_r.context import OpenSegContext
-from openseg_r.lmm.base import LMMRequest
+from openseg_r.lmm.base import LMMRequest, ask_in_run
+from openseg_r.lmm.health import unavailable_fallback
 from openseg_r.prompts.reasoning import GENERIC_REASONING
 from openseg_r.state import ClassReasoning, Fallback, LMMCall, Settings, Vocabulary, dropped_attribute_fallbacks
 
@@ -35,7 +36,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
     """Ask the LMM about every non-background class not yet in the reasoning cache.
 
     A class whose answer never validates falls back to its bare name (no
-    attributes); the fallback is recorded and the failure is not cached.
+    attributes); the fallback is recorded and the failure is not cached. When the
+    backend is unavailable (unreachable, key refused), the run asks nothing more and
+    records one fallback naming the cause, not one per class.
     """
     ctx = runtime.context
     lmm = ctx.lmm
@@ -65,8 +68,7 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
         )
 
         def leader():
-            with ctx.lmm_slots:
-                reply = lmm.ask(request)
+            reply = ask_in_run(lmm, request, ctx.lmm_breaker, ctx.lmm_slots)
             if reply.value is not None:
                 answer = reply.value.model_copy(update={"name": name})
                 ctx.reasoning_cache.put("generic", key, answer.model_dump())
@@ -84,10 +86,16 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
             if not shared:  # a run that waited for another's call made none itself
                 calls.extend(reply.calls)
             if reply.value is None:
+                reasoning[name] = ClassReasoning(name=name)
+                unavailable = getattr(reply, "unavailable", None)
+                if unavailable:  # another run's call may have found it: this run stops asking too
+                    ctx.lmm_breaker.trip(unavailable)
+                    if ctx.lmm_breaker.claim_report():
+                        fallbacks.append(unavailable_fallback(STEP, ctx.lmm_breaker.cause))
+                    continue
                 fallbacks.append(
                     Fallback(step=STEP, subject=name, reason=reply.error or "no answer", used="bare class name")
                 )
-                reasoning[name] = ClassReasoning(name=name)
                 continue
             reasoning[name] = reply.value.model_copy(update={"name": name})
             if not shared:

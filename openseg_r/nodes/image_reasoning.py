@@ -17,7 +17,8 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
 from openseg_r.context import OpenSegContext
-from openseg_r.lmm.base import LMMRequest
+from openseg_r.lmm.base import LMMRequest, ask_in_run
+from openseg_r.lmm.health import unavailable_fallback
 from openseg_r.matching import NameMatcher, normalise_name
 from openseg_r.prompts.reasoning import (
     CANDIDATE_REASONING,
@@ -86,19 +87,21 @@ def image_reasoning(state: ImageReasoningInput, runtime: Runtime[OpenSegContext]
         return ImageReasoningOutput(image_reasoning=ImageReasoning.model_validate(cached))
     ask = _Asker(ctx, state)
     result = _single(ask, names) if mode == "single" else _chain(ask, state.vocabulary, names)
-    if result is not None and not any(f.step == STEP for f in ask.fallbacks):
+    if result is not None and not ask.degraded:
         ctx.reasoning_cache.put("image", key, result.model_dump())
     dropped = [f for c in (result.candidates if result else []) for f in dropped_attribute_fallbacks(STEP, c)]
     return ImageReasoningOutput(image_reasoning=result, lmm_calls=ask.calls, fallbacks=ask.fallbacks + dropped)
 
 
 class _Asker:
-    """Asks one question about the image and collects the trace."""
+    """Asks one question about the image and collects the trace. ``degraded`` is set when
+    any answer was missing (such a result is not cached)."""
 
     def __init__(self, ctx: OpenSegContext, state: ImageReasoningInput) -> None:
         self.ctx, self.state = ctx, state
         self.calls: list[LMMCall] = []
         self.fallbacks: list[Fallback] = []
+        self.degraded = False
 
     def __call__(self, prompt, schema, text: str, used: str):
         source = self.state.image.source
@@ -110,13 +113,18 @@ class _Asker:
             images=[self.ctx.store.get(self.state.image.key)],
             image_id=source.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] if source else None,
         )
-        with self.ctx.lmm_slots:
-            reply = self.ctx.lmm.ask(request)
+        breaker = self.ctx.lmm_breaker
+        reply = ask_in_run(self.ctx.lmm, request, breaker, self.ctx.lmm_slots)
         self.calls.extend(reply.calls)
         if reply.value is None:
-            self.fallbacks.append(
-                Fallback(step=STEP, subject=prompt.version, reason=reply.error or "no answer", used=used)
-            )
+            self.degraded = True
+            if getattr(reply, "unavailable", None):  # one fallback per run names the cause
+                if breaker.claim_report():
+                    self.fallbacks.append(unavailable_fallback(STEP, breaker.cause))
+            else:
+                self.fallbacks.append(
+                    Fallback(step=STEP, subject=prompt.version, reason=reply.error or "no answer", used=used)
+                )
         return reply.value
 
 

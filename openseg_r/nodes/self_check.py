@@ -23,7 +23,8 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, Field, ValidationError
 
 from openseg_r.context import OpenSegContext
-from openseg_r.lmm.base import LMMRequest
+from openseg_r.lmm.base import LMMRequest, ask_in_run
+from openseg_r.lmm.health import unavailable_fallback
 from openseg_r.matching import NameMatcher, normalise_name
 from openseg_r.prompts.reasoning import CROP_AND_CONTEXT_NOTE, CROP_NOTE, SELF_CHECK, class_list_text, quoted
 from openseg_r.regions import (
@@ -97,6 +98,9 @@ def find_ambiguous_regions(state: FindRegionsInput, runtime: Runtime[OpenSegCont
         return FindRegionsOutput(self_check=check)
     if check.round >= cfg.rounds:
         check.stopped = f"round limit ({cfg.rounds}) reached; {len(found)} ambiguous region(s) left unasked"
+        return FindRegionsOutput(self_check=check)
+    if cfg.mode == "lmm" and ctx.lmm_breaker.cause:
+        check.stopped = f"{ctx.lmm_breaker.cause}; {len(found)} ambiguous region(s) left unasked"
         return FindRegionsOutput(self_check=check)
     chosen = found[: cfg.top_k]
     allowance: list[int] = []
@@ -231,16 +235,18 @@ def check_region(state: CheckRegionInput, runtime: Runtime[OpenSegContext]) -> C
         images=images,
         subject=region.id,
     )
-    with ctx.lmm_slots:
-        reply = ctx.lmm.ask(request, max_attempts=state.call_allowance)
+    reply = ask_in_run(ctx.lmm, request, ctx.lmm_breaker, ctx.lmm_slots, max_attempts=state.call_allowance)
     fallbacks = []
     if reply.value is None:
         answer = RegionAnswer(
             **base, source="lmm", verdict="no_answer", lmm_calls=len(reply.calls), note=reply.error or "no answer"
         )
-        fallbacks.append(
-            Fallback(step=STEP, subject=region.id, reason=reply.error or "no answer", used="region left as segmented")
-        )
+        if getattr(reply, "unavailable", None):  # one fallback per run names the cause
+            if ctx.lmm_breaker.claim_report():
+                fallbacks.append(unavailable_fallback(STEP, ctx.lmm_breaker.cause))
+        else:
+            fallbacks.append(Fallback(step=STEP, subject=region.id, reason=reply.error or "no answer",
+                                      used="region left as segmented"))
     else:
         answer = resolve_verdict(reply.value, region, state.vocabulary, state.settings, ctx, base, "lmm")
         answer.lmm_calls = len(reply.calls)

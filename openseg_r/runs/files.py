@@ -30,11 +30,10 @@ class FileArtifactStore(ArtifactStore):
     def __init__(self, folder: str | Path, redact: bool = False) -> None:
         super().__init__()
         self.folder = Path(folder)
-        self.redact = redact
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.redact = redact  # the folder is made by the first put(): reading creates nothing
 
     def path_for(self, key: str) -> Path:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        if not isinstance(key, str) or len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
             raise MissingArtifactError(f"not an artifact key: {key[:70]!r}")
         return self.folder / key[:2] / f"{key}.npy"
 

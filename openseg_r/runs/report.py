@@ -16,7 +16,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from openseg_r.render import class_colors, overlay_image
+from openseg_r.render import class_colors, format_share, overlay_image
 from openseg_r.runs.inspect import RecordedRun
 from openseg_r.state import OpenSegState, region_order
 
@@ -26,7 +26,7 @@ h1{font-size:1.5rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-
 table{border-collapse:collapse;margin:.5rem 0}\
 td,th{border:1px solid #ddd;padding:.25rem .5rem;vertical-align:top;text-align:left}
 img{max-width:100%;border:1px solid #ccc}.banner{padding:.6rem 1rem;border-radius:4px;margin:1rem 0}
-.failed{background:#fde2e2}.done{background:#e3f4e3}.waiting{background:#fff4d6}.running{background:#e8eefc}
+.failed,.interrupted{background:#fde2e2}.done{background:#e3f4e3}.waiting{background:#fff4d6}.running{background:#e8eefc}
 .bar{display:inline-block;height:.8rem;background:#4a7bd0}.muted{color:#777}\
 .swatch{display:inline-block;width:1rem;height:1rem;border:1px solid #000;vertical-align:middle}
 .pair{display:flex;gap:1rem;flex-wrap:wrap}.pair figure{margin:0}
@@ -191,7 +191,7 @@ def _confidence(state: OpenSegState) -> str:
         colour = "#%02x%02x%02x" % tuple(int(v) for v in colours[c.index])
         confidence = c.mean_confidence or 0.0
         rows.append(f"<tr><td><span class=swatch style='background:{colour}'></span> {_e(c.name)}</td>"
-                    f"<td>{100 * c.area_fraction:.2f}%</td>"
+                    f"<td>{_e(format_share(c.area_fraction, 2, present=True))}</td>"
                     f"<td><span class=bar style='width:{int(200 * confidence)}px'></span> {confidence:.3f}</td></tr>")
     unknown = (f"<p>Unknown pixels (self-check): {state.report.unknown_pixels}</p>"
                if state.report.unknown_pixels else "")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from openseg_r.cancel import current_token
 from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SegmenterConfig
 from openseg_r.segment.dense import DenseCLIPEncoder
@@ -159,11 +160,16 @@ class CLIPSegmenter:
             self._counts[key] = counts
         return counts
 
-    def _features_for(self, images: "list[_Prepared]") -> list[torch.Tensor]:
+    def _features_for(self, images: "list[_Prepared]", cancels: Sequence | None = None) -> list[torch.Tensor | None]:
         """The window features of several images: those kept from before are reused, the
         windows of all the others go through the vision tower together, grouped by window
         shape (all crop x crop when sliding; whole images by size) in forward passes of
-        ``window_batch_size`` windows (None: one pass per shape)."""
+        ``window_batch_size`` windows (None: one pass per shape).
+
+        ``cancels[i]`` is image i's cancel token (or None): before each pass, the windows
+        left of an image whose token is set are dropped and its features come back None;
+        when every image is dropped, :class:`Cancelled` is raised."""
+        cancels = list(cancels) if cancels is not None else [None] * len(images)
         found: list[torch.Tensor | None] = [self._kept_features(image.key) for image in images]
         groups: dict[tuple[int, int], list[tuple[int, int]]] = {}  # window shape -> (image, window) pairs
         for index, image in enumerate(images):
@@ -171,16 +177,24 @@ class CLIPSegmenter:
                 for number, (y1, y2, x1, x2) in enumerate(image.boxes):
                     groups.setdefault((y2 - y1, x2 - x1), []).append((index, number))
         outputs: dict[tuple[int, int], torch.Tensor] = {}
+        dropped: set[int] = set()
         batch = self.config.window_batch_size or (AUTO_WINDOWS_GPU if self.clip.device.type == "cuda"
                                                   else AUTO_WINDOWS_CPU)
         for pairs in groups.values():
-            for start in range(0, len(pairs), batch):
-                chunk = pairs[start : start + batch]
+            while pairs:
+                dropped |= _cancelled(cancels)
+                pairs = [pair for pair in pairs if pair[0] not in dropped]
+                chunk, pairs = pairs[:batch], pairs[batch:]
+                if not chunk:
+                    break
                 crops = torch.cat([_crop(images[i].pixels, images[i].boxes[n]) for i, n in chunk])
                 for pair, feature in zip(chunk, self._encode(crops.to(self.clip.dtype))):
                     outputs[pair] = feature
+        dropped |= _cancelled(cancels)
         for index, image in enumerate(images):
-            if found[index] is None:
+            if index in dropped:
+                found[index] = None
+            elif found[index] is None:
                 found[index] = torch.stack([outputs[(index, n)] for n in range(len(image.boxes))])
                 self.encoded_images += 1
                 self._keep_features(image.key, found[index])
@@ -242,8 +256,10 @@ class CLIPSegmenter:
         image_key: str | None = None,
     ) -> SegmentationArrays:
         """``image_key`` (the image's content hash, e.g. its artifact-store key) lets the
-        same image scored again reuse its window features."""
-        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key)
+        same image scored again reuse its window features. The current work's cancel token
+        (:mod:`openseg_r.cancel`) stops it at the next window pass."""
+        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key,
+                         cancel=current_token())
         return self.segment_batch([job])[0]
 
     @torch.inference_mode()
@@ -254,12 +270,21 @@ class CLIPSegmenter:
         each image's post-processing (window averaging, resize, PAMR, class probabilities,
         filter, top-2, threshold) stays on the device, a band of rows at a time, and only
         its final arrays cross to the host, once, after the whole batch is queued
-        (docs/design.md §2.4). Results equal :meth:`segment` image by image."""
+        (docs/design.md §2.4). Results equal :meth:`segment` image by image.
+
+        A job whose ``cancel`` token is set stops at the next window pass and gets None in
+        its place; when every job is cancelled, :class:`Cancelled` is raised."""
         jobs = list(jobs)
+        cancels = [job.cancel for job in jobs]
+        _cancelled(cancels)  # every image cancelled already: nothing to do
         prepared = [self._prepare(job) for job in jobs]
-        features = self._features_for(prepared)
-        on_device = [self._finish_on_device(job, image, feats) for job, image, feats in zip(jobs, prepared, features)]
-        return [self._to_host(job, arrays) for job, arrays in zip(jobs, _fetch(on_device))]
+        features = self._features_for(prepared, cancels)
+        live = [index for index, feats in enumerate(features) if feats is not None]
+        on_device = [self._finish_on_device(jobs[i], prepared[i], features[i]) for i in live]
+        results: list[SegmentationArrays | None] = [None] * len(jobs)
+        for index, arrays in zip(live, _fetch(on_device)):
+            results[index] = self._to_host(jobs[index], arrays)
+        return results
 
     def _prepare(self, job: SegmentJob) -> "_Prepared":
         pixels = self.preprocess(job.rgb, torch.float32)
@@ -322,6 +347,14 @@ class _Prepared:
     pixels: torch.Tensor
     boxes: list[tuple[int, int, int, int]]
     key: str | None
+
+
+def _cancelled(cancels: Sequence) -> set[int]:
+    """The images whose token is set; :class:`Cancelled` when that is every one of them."""
+    dropped = {index for index, token in enumerate(cancels) if token is not None and token.cancelled}
+    if cancels and len(dropped) == len(cancels):
+        raise cancels[0].error()
+    return dropped
 
 
 def _shareable(rgb: np.ndarray) -> bool:

@@ -14,12 +14,13 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from threading import Lock
+from threading import Event, Lock
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
+from openseg_r.cancel import check_cancelled
 from openseg_r.prompts.templates import templates_for
 from openseg_r.segment.loading import LoadedCLIP
 
@@ -33,12 +34,26 @@ TEXT_ATTRIBUTES = ("text_pool_type", "context_length", "vocab_size", "text_eos_i
 
 
 class TextEmbedder:
+    """Phrase embeddings for several threads at once (docs/design.md §3.9).
+
+    No lock is held while the text tower runs or the store is read: ``_lock`` guards only
+    the memory cache and the table of phrases in flight, for a few dictionary operations.
+    A call encodes its missing phrases one batch (``TEXT_BATCH`` sentences) at a time and
+    marks only that batch's phrases as in flight, so a lookup of embedded phrases never
+    waits for another call's encoding; a phrase another call is encoding right now is
+    awaited, not encoded twice; and a phrase that a long call has not reached yet is
+    encoded by whichever call needs it first. Between batches the call reads its
+    cancellation flag (:mod:`openseg_r.cancel`): abandoned work stops within one batch,
+    keeping the phrases it finished."""
+
     def __init__(self, clip: LoadedCLIP, max_cached: int = 200_000, *, store=None) -> None:
         self.clip = clip
         self.store = store
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._lock = Lock()
+        self._flights: dict[tuple[str, str], Event] = {}  # phrases being encoded now -> set when done
+        self._lock = Lock()  # the memory cache, the flights and the counter; never held while encoding
+        self._identity_lock = Lock()
         self._identity: str | None = None  # computed on first use of the store
         self._dim: int | None = text_output_dim(clip.model)
         self.encoded_sentences = 0  # how many sentences went through the text tower
@@ -47,41 +62,98 @@ class TextEmbedder:
     def identity(self) -> str:
         """The store's model key: a hash of the text tower (computed once, lazily)."""
         if self._identity is None:
-            self._identity = text_tower_identity(self.clip, self.store)
+            with self._identity_lock:
+                if self._identity is None:
+                    self._identity = text_tower_identity(self.clip, self.store)
         return self._identity
 
     def embed(self, phrases: list[str], template_set: str) -> torch.Tensor:
         """Return (len(phrases), D) float32 embeddings on the model's device: from memory,
-        else from the store, else encoded (and then stored)."""
+        else from the store, else encoded (and then stored). Raises
+        :class:`~openseg_r.cancel.Cancelled` at the next batch once the current work's
+        cancellation flag is set."""
         templates = templates_for(template_set)
         if not phrases:
             raise ValueError("no phrases to embed")
+        found: dict[str, torch.Tensor] = {}
+        missing = self._remembered(list(dict.fromkeys(phrases)), template_set, found)
+        if missing and self.store is not None:
+            missing = self._stored(missing, template_set, templates, found)
+        per_batch = max(1, TEXT_BATCH // len(templates))
+        while missing:
+            check_cancelled()
+            claimed, awaited = self._claim(missing, template_set, found, per_batch)
+            if claimed:
+                try:
+                    self._encode_batch(claimed, template_set, templates, found)
+                finally:
+                    self._land(claimed, template_set)
+            elif awaited:
+                _wait(awaited[0])
+            missing = [phrase for phrase in missing if phrase not in found]
+        return torch.stack([found[phrase] for phrase in phrases]).to(self.clip.device)
+
+    def _remembered(self, wanted: list[str], template_set: str, found: dict) -> list[str]:
+        """Fill ``found`` from memory; return the phrases it lacks."""
+        missing = []
         with self._lock:
-            found: dict[str, torch.Tensor] = {}
-            missing = []
-            for phrase in dict.fromkeys(phrases):
+            for phrase in wanted:
                 vector = self._cache.get((template_set, phrase))
                 if vector is None:
                     missing.append(phrase)
                 else:
                     self._cache.move_to_end((template_set, phrase))
                     found[phrase] = vector
-            if missing and self.store is not None:
-                stored = self.store.get_many(self.identity, template_key(template_set, templates), missing,
-                                             dim=self._dim)
-                found.update((phrase, torch.from_numpy(vector.copy())) for phrase, vector in stored.items())
-                missing = [phrase for phrase in missing if phrase not in stored]
-            if missing:
-                encoded = dict(zip(missing, self._encode(missing, templates)))
-                found.update(encoded)
-                if self.store is not None:
-                    self.store.put_many(self.identity, template_key(template_set, templates),
-                                        {phrase: vector.numpy() for phrase, vector in encoded.items()})
-            for phrase, vector in found.items():
+        return missing
+
+    def _stored(self, missing: list[str], template_set: str, templates: tuple[str, ...], found: dict) -> list[str]:
+        """Fill ``found`` (and memory) from the store; return the phrases it lacks."""
+        stored = self.store.get_many(self.identity, template_key(template_set, templates), missing, dim=self._dim)
+        vectors = {phrase: torch.from_numpy(vector.copy()) for phrase, vector in stored.items()}
+        found.update(vectors)
+        self._remember(vectors, template_set)
+        return [phrase for phrase in missing if phrase not in stored]
+
+    def _claim(self, missing: list[str], template_set: str, found: dict, limit: int) -> tuple[list[str], list]:
+        """Up to ``limit`` of ``missing`` that nobody is encoding, marked as ours; and the
+        flights of those another call is encoding. Phrases that landed meanwhile go to ``found``."""
+        claimed, awaited = [], []
+        with self._lock:
+            for phrase in missing:
+                key = (template_set, phrase)
+                vector = self._cache.get(key)
+                if vector is not None:
+                    self._cache.move_to_end(key)
+                    found[phrase] = vector
+                elif key in self._flights:
+                    awaited.append(self._flights[key])
+                elif len(claimed) < limit:
+                    self._flights[key] = Event()
+                    claimed.append(phrase)
+        return claimed, awaited
+
+    def _encode_batch(self, claimed: list[str], template_set: str, templates: tuple[str, ...], found: dict) -> None:
+        encoded = dict(zip(claimed, self._encode(claimed, templates)))
+        found.update(encoded)
+        self._remember(encoded, template_set, sentences=len(claimed) * len(templates))
+        if self.store is not None:
+            self.store.put_many(self.identity, template_key(template_set, templates),
+                                {phrase: vector.numpy() for phrase, vector in encoded.items()})
+
+    def _remember(self, vectors: dict[str, torch.Tensor], template_set: str, sentences: int = 0) -> None:
+        with self._lock:
+            self.encoded_sentences += sentences
+            for phrase, vector in vectors.items():
                 self._cache[(template_set, phrase)] = vector
+                self._cache.move_to_end((template_set, phrase))
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
-        return torch.stack([found[phrase] for phrase in phrases]).to(self.clip.device)
+
+    def _land(self, claimed: list[str], template_set: str) -> None:
+        """Our flights are over (done, failed or cancelled): their waiters look again."""
+        with self._lock:
+            for phrase in claimed:
+                self._flights.pop((template_set, phrase)).set()
 
     @torch.inference_mode()
     def _encode(self, phrases: list[str], templates: tuple[str, ...]) -> list[torch.Tensor]:
@@ -90,10 +162,15 @@ class TextEmbedder:
         for start in range(0, len(sentences), TEXT_BATCH):
             tokens = self.clip.tokenizer(sentences[start : start + TEXT_BATCH]).to(self.clip.device)
             chunks.append(F.normalize(encode_text(self.clip.model, tokens).float(), dim=-1))
-        self.encoded_sentences += len(sentences)
         per_sentence = torch.cat(chunks).reshape(len(phrases), len(templates), -1)
         averaged = F.normalize(per_sentence.mean(dim=1), dim=-1)
         return [row.clone() for row in averaged.cpu()]
+
+
+def _wait(flight: Event) -> None:
+    """Wait for another call's batch to land, leaving at once if our own work is cancelled."""
+    while not flight.wait(0.05):
+        check_cancelled()
 
 
 def template_key(name: str, templates: tuple[str, ...]) -> str:

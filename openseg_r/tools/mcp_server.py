@@ -8,17 +8,31 @@ call is a tool error the agent can read while the server keeps running.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sys
+import threading
+import time
 from typing import Annotated, Literal
 
+import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from openseg_r import __version__
+from openseg_r.errors import clipped, describe_validation_error
 from openseg_r.tools.safety import ToolInputError
-from openseg_r.tools.service import TOOL_DESCRIPTION, SegmentationService, SegmentOutput, SegmentRequest
+from openseg_r.tools.service import (
+    TOOL_DESCRIPTION,
+    SegmentationService,
+    SegmentOutput,
+    SegmentRequest,
+    refuse_unknown_arguments,
+)
 
 INSTRUCTIONS = (
     "openseg-r segments images into the classes you name, guided by a multimodal model's reasoning. "
@@ -31,8 +45,32 @@ def _described(field: str):
     return Field(description=SegmentRequest.model_fields[field].description)
 
 
+class OneLineErrorServer(MCPServer):
+    """The SDK validates a tool's arguments before our code sees them, ignores unknown
+    ones and reports a wrong type as pydantic's multi-line text with a documentation URL.
+    Here unknown arguments are refused, and every argument error is one short line."""
+
+    async def call_tool(self, name, arguments, context=None):
+        known = {tool.name: tool.input_schema.get("properties", {}) for tool in await self.list_tools()}
+        if name not in known:
+            raise ToolError(f"Unknown tool: {clipped(name)}")
+        try:
+            refuse_unknown_arguments(arguments, known[name])
+        except ToolInputError as exc:
+            raise ToolError(f"Error executing tool {name}: {exc}") from None
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(f"Error executing tool {name}: invalid arguments: "
+                                f"{describe_validation_error(exc.__cause__)}") from exc.__cause__
+            raise
+
+
 def build_mcp_server(service: SegmentationService) -> MCPServer:
-    server = MCPServer("openseg-r", instructions=INSTRUCTIONS, version=__version__)
+    server = OneLineErrorServer("openseg-r", instructions=INSTRUCTIONS, version=__version__)
     read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=service.limits.allow_urls)
 
     @server.tool(name="segment", description=TOOL_DESCRIPTION, annotations=read_only)
@@ -93,9 +131,94 @@ def _json_result(data: dict) -> CallToolResult:
 
 
 def run_mcp_server(service: SegmentationService, *, http: bool = False, host: str = "127.0.0.1",
-                   port: int = 8765) -> None:
+                   port: int = 8765) -> int | None:
+    """Serve until the client leaves (stdio) or a signal comes. Returns the exit code
+    after a signal (None: the client closed stdin). SIGINT and SIGTERM stop the server
+    within a few seconds even in the middle of a long segmentation (:class:`StopOnSignal`)."""
     server = build_mcp_server(service)
-    if http:
-        server.run("streamable-http", host=host, port=port, max_request_body_size=service.limits.max_request_bytes)
-    else:
-        server.run("stdio")
+    stop = StopOnSignal(service)
+    with stop.installed():
+        try:
+            if http:
+                anyio.run(_serve_http, server, stop, host, port, service.limits.max_request_bytes)
+            else:
+                server.run("stdio")
+        except KeyboardInterrupt:
+            if stop.signal is None:  # not one of ours: the usual interrupt
+                raise
+    if stop.signal is None:
+        return None
+    stop.farewell()
+    return stop.exit_code
+
+
+STOP_GRACE_S = 5.0  # how long cancelled work may take to end before the process exits anyway
+EXIT_GRACE_S = 1.0  # and how long the usual way out may take once it has ended
+
+
+class StopOnSignal:
+    """What SIGINT and SIGTERM do to a server: every call in flight is cancelled (its work
+    ends at its next text batch or window pass, and its caller gets a one-line tool error),
+    the transport shuts down, and a watchdog makes sure the process really ends: threads
+    the libraries leave behind (a stdin reader blocked in read(), an HTTP stream that
+    stays open) must not keep it alive. The exit code is 130 for SIGINT, 0 for SIGTERM."""
+
+    def __init__(self, service: SegmentationService) -> None:
+        self.service = service
+        self.signal: int | None = None
+        self._said = threading.Lock()  # the last line is said once, by whoever gets there first
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signal == signal.SIGINT else 0
+
+    def notice(self, number: int) -> None:
+        """The first signal cancels the work and starts the watchdog; later ones change nothing."""
+        if self.signal is not None:
+            return
+        self.signal = number
+        self.service.stop("the server is stopping")
+        threading.Thread(target=self._watchdog, name="openseg-r-stop", daemon=True).start()
+
+    def handler(self, number: int, frame) -> None:
+        self.notice(number)
+        raise KeyboardInterrupt  # leaves the event loop; run_mcp_server catches it
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield self
+            return
+        previous = {number: signal.signal(number, self.handler) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def farewell(self, detail: str = "") -> None:
+        if self._said.acquire(blocking=False):
+            word = "interrupted" if self.signal == signal.SIGINT else "stopped"
+            print(f"openseg-r: {word}{detail}", file=sys.stderr, flush=True)
+
+    def _watchdog(self) -> None:
+        ended = self.service.wait_idle(STOP_GRACE_S)
+        time.sleep(EXIT_GRACE_S)
+        self.farewell("" if ended else f"; a segmentation still running {STOP_GRACE_S:g} s later was abandoned")
+        os._exit(self.exit_code)
+
+
+async def _serve_http(server: MCPServer, stop: StopOnSignal, host: str, port: int, max_body: int) -> None:
+    """The SDK's streamable-HTTP server, with uvicorn's graceful shutdown bounded (it
+    otherwise waits for every open stream) and its signal handling telling ``stop``."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            stop.notice(sig)
+            super().handle_exit(sig, frame)
+
+    app = server.streamable_http_app(host=host, max_request_body_size=max_body)
+    config = uvicorn.Config(app, host=host, port=port, log_level=server.settings.log_level.lower(),
+                            timeout_graceful_shutdown=STOP_GRACE_S / 2)
+    await Server(config).serve()

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from openseg_r.render import label_image
+from openseg_r.render import format_share, label_image
 from openseg_r.result import SegmentationResult
 
 MaskFormat = Literal["rle", "png", "none"]
@@ -88,7 +88,7 @@ def summary_text(classes: list[ClassFound], width: int, height: int, trace_id: s
         f"self-check {'on' if settings.self_check.enabled else 'off'})."
     ]
     for c in classes[:SUMMARY_CLASSES]:
-        lines.append(f"- {c.name}: {100 * c.area_fraction:.1f}% of the image; {c.reason}")
+        lines.append(f"- {c.name}: {format_share(c.area_fraction, present=c.pixels > 0)} of the image; {c.reason}")
     if len(classes) > SUMMARY_CLASSES:
         lines.append(f"- ... and {len(classes) - SUMMARY_CLASSES} smaller classes (see `classes`)")
     if result.state.report and result.state.report.unknown_pixels:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from openseg_r.errors import ConfigError, OpenSegRError, describe_validation_error
+from openseg_r.errors import ConfigError, OpenSegRError, clipped, describe_validation_error
 from openseg_r.state import Vocabulary
 from openseg_r.vocab import BUILTIN_FILES, load_builtin, parse_class_list
 
@@ -47,6 +47,9 @@ class SafetyLimits(BaseModel):
     url_timeout_s: float = Field(10.0, gt=0, le=300)
     max_classes: int = Field(1000, ge=1, le=5000)
     max_name_chars: int = Field(100, ge=1, le=200)
+    # Text sentences a call's vocabulary may cost: distinct names and synonyms x templates
+    # (ADE-847 with synonyms: 1,298 x 14 = 18,172; 25,000 synonyms x 14 would be 350,000).
+    max_text_sentences: int = Field(50_000, ge=1)
     call_timeout_s: float = Field(300.0, gt=0)  # per segmentation call
     max_concurrent: int = Field(2, ge=1, le=64)  # segmentations at once; the rest wait in a queue
     queue_timeout_s: float = Field(30.0, ge=0)  # how long a call may wait for a free slot before it is refused
@@ -73,40 +76,65 @@ class SafetyLimits(BaseModel):
 
 
 def read_image_path(value: str, limits: SafetyLimits) -> bytes:
-    """The bytes of a regular file under an allowed root (symlinks resolved first)."""
+    """The bytes of a regular file under an allowed root.
+
+    The roots are checked before anything about the file is looked up: symlinks are
+    resolved as far as they exist (never failing on a missing part), and a path that
+    lands outside the roots gets one message whether or not it exists, so a caller
+    cannot probe the server's other files."""
     roots = limits.resolved_roots()
     if not roots:
         raise ToolInputError("reading image files is disabled on this server; send the image as base64 instead")
-    if "\x00" in value or not value.strip():
+    if not isinstance(value, str) or "\x00" in value or not value.strip():
         raise ToolInputError("the image path is empty or contains a NUL character")
-    given = Path(os.path.expanduser(value.strip()))
+    shown = _shown(value)
+    text = value.strip()
+    # only the server's own home: '~name' would tell whether a user named so exists
+    given = Path(os.path.expanduser(text) if text == "~" or text.startswith("~/") else text)
     if ".." in given.parts:
         raise ToolInputError("the image path must not contain '..'")
     candidate = given if given.is_absolute() else roots[0] / given
-    try:
-        resolved = candidate.resolve(strict=True)
-    except (FileNotFoundError, NotADirectoryError):
-        raise ToolInputError(f"no such image file: {value}") from None
-    except (OSError, RuntimeError):  # symlink loops, permissions
-        raise ToolInputError(f"the image path cannot be resolved: {value}") from None
+    resolved = Path(os.path.realpath(candidate))  # non-strict: a missing file or a loop raises nothing here
     if not any(resolved.is_relative_to(root) for root in roots):
+        # the same words whether or not it exists, and without the path, so the reply is the same
         raise ToolInputError(f"the image path is outside the allowed folders ({', '.join(map(str, roots))})")
     try:
         info = resolved.stat()
-    except OSError:
-        raise ToolInputError(f"the image file cannot be read: {value}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ToolInputError(f"not a regular file (a directory, device or pipe): {value}")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ToolInputError(f"no such image file: {shown}") from None
+    except OSError:  # symlink loops, permissions, names too long
+        raise ToolInputError(f"the image file cannot be read: {shown}") from None
+    if not stat.S_ISREG(info.st_mode):  # refused before it is opened: opening a device or pipe can block
+        raise ToolInputError(f"not a regular file (a directory, device or pipe): {shown}")
     if info.st_size > limits.max_file_bytes:
         raise ToolInputError(f"the image file is {info.st_size:,} bytes, over the limit of {limits.max_file_bytes:,}")
+    return _read_regular_file(resolved, info, shown, limits.max_file_bytes)
+
+
+def _read_regular_file(path: Path, checked: os.stat_result, shown: str, limit: int) -> bytes:
+    """Open without following a symlink and without blocking, and read only if it is still
+    the regular file that was checked (not swapped for a link, pipe or device meanwhile)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        with resolved.open("rb") as handle:
-            data = handle.read(limits.max_file_bytes + 1)
+        descriptor = os.open(path, flags)
     except OSError:
-        raise ToolInputError(f"the image file cannot be read: {value}") from None
-    if len(data) > limits.max_file_bytes:  # grew while we looked
-        raise ToolInputError(f"the image file is over the limit of {limits.max_file_bytes:,} bytes")
+        raise ToolInputError(f"the image file cannot be read: {shown}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        opened = os.fstat(descriptor)
+        if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino) or not stat.S_ISREG(opened.st_mode):
+            raise ToolInputError(f"the image file changed while it was being read: {shown}")
+        try:
+            data = handle.read(limit + 1)
+        except OSError:
+            raise ToolInputError(f"the image file cannot be read: {shown}") from None
+    if len(data) > limit:  # grew while we looked
+        raise ToolInputError(f"the image file is over the limit of {limit:,} bytes")
     return data
+
+
+def _shown(value: str) -> str:
+    """A caller's value as an error message repeats it: quoted, on one line, at most about 80 characters."""
+    return repr(clipped(value))
 
 
 def decode_base64_image(value: str, limits: SafetyLimits) -> bytes:
@@ -167,7 +195,7 @@ def _checked_url(url: str):
         infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
                                    type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise ToolInputError(f"the image URL's host cannot be resolved: {parts.hostname}") from None
+        raise ToolInputError(f"the image URL's host cannot be resolved: {_shown(parts.hostname)}") from None
     addresses = {info[4][0] for info in infos}
     for address in addresses:
         if not is_public_address(address):
@@ -179,13 +207,45 @@ def _checked_url(url: str):
 
 
 def is_public_address(address: str) -> bool:
-    """False for loopback, link-local, private, reserved, multicast and unspecified addresses."""
+    """False for loopback, link-local, private, reserved, multicast and unspecified addresses,
+    and for IPv6 addresses that carry such an IPv4 address inside them (IPv4-mapped, 6to4,
+    Teredo, NAT64): a host could route those to the private IPv4 address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            return bool(embedded) and all(_is_public_ip(inner) for inner in embedded)
+    return _is_public_ip(ip)
+
+
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_REFUSED_IPV4_CARRIERS = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64: where the IPv4 address sits is site-defined
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated), and :: and ::1
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 address carries: None for an ordinary IPv6 address;
+    an empty tuple for a carrier form that is refused whatever it carries."""
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo  # (server, client): both must be public
+    if ip in _NAT64_WELL_KNOWN:
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF),)
+    if any(ip in network for network in _REFUSED_IPV4_CARRIERS):
+        return ()
+    return None
+
+
+def _is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not (ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_multicast
                                  or ip.is_reserved or ip.is_unspecified)
 

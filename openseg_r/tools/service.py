@@ -12,15 +12,18 @@ import asyncio
 import threading
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from openseg_r.cancel import CancelToken, result_unless_cancelled
 from openseg_r.errors import ImageError, OpenSegRError
 from openseg_r.facade import OpenSegR
 from openseg_r.images import load_image
 from openseg_r.lmm.base import NoLMM
+from openseg_r.prompts.templates import templates_for
+from openseg_r.state import Vocabulary
 from openseg_r.tools.output import MaskFormat, SegmentOutput, build_output, overlay_png_base64
 from openseg_r.tools.safety import (
     SafetyLimits,
@@ -41,7 +44,10 @@ class ToolBusyError(ToolInputError):
 
 
 class SegmentRequest(BaseModel):
-    """The arguments of ``segment``: exactly one image source, and a vocabulary."""
+    """The arguments of ``segment``: exactly one image source, and a vocabulary. Unknown
+    arguments are refused, not ignored: a misspelt option must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
 
     image_path: str | None = Field(
         None,
@@ -75,7 +81,10 @@ class SegmentationService:
         self.model = model
         self.limits = limits or SafetyLimits()
         self._slots = threading.BoundedSemaphore(self.limits.max_concurrent)
-        self._workers = ThreadPoolExecutor(max_workers=self.limits.max_concurrent, thread_name_prefix="openseg-r")
+        self._calls: set[CancelToken] = set()  # the cancel tokens of the calls being waited for
+        self._running = 0  # segmentations whose work has not ended (abandoned ones included)
+        self._state = threading.Condition()  # guards both, and says when the work ends
+        self._stopping: str | None = None  # why every call is refused (set by stop())
         self._traces: OrderedDict[str, dict] = OrderedDict()
         self._traces_lock = threading.Lock()
 
@@ -87,7 +96,10 @@ class SegmentationService:
         passed to the graph (a parent graph's config, when called from one of its nodes)."""
         if isinstance(request, dict):
             request = _validated(request)
+        if self._stopping is not None:
+            raise ToolInputError(f"{self._stopping}; no new segmentations are started")
         vocabulary = checked_vocabulary(request.vocabulary, self.limits)
+        self.check_text_budget(vocabulary)
         rgb = self._load_image(request)
         has_lmm = not isinstance(self.model.lmm, NoLMM)
         notes = []
@@ -99,19 +111,24 @@ class SegmentationService:
         }
         if not self._slots.acquire(timeout=self.limits.queue_timeout_s):
             raise ToolBusyError(
-                f"the server is busy ({self.limits.max_concurrent} segmentation(s) running, none finished within "
-                f"{self.limits.queue_timeout_s:g} s); try again later"
+                f"the server is busy: all {self.limits.max_concurrent} segmentation slot(s) stayed in use for "
+                f"{self.limits.queue_timeout_s:g} s; try again later"
             )
-        future = self._workers.submit(self._run_in_slot, rgb, vocabulary, settings, graph_config)
+        token = self._follow(CancelToken())
         try:
-            result = future.result(timeout=self.limits.call_timeout_s)
+            future = self._start(rgb, vocabulary, settings, graph_config, token)
+            result = result_unless_cancelled(future, token, timeout=self.limits.call_timeout_s)
         except FutureTimeout:
+            token.cancel(f"the call passed its time limit of {self.limits.call_timeout_s:g} s")
             raise ToolInputError(
                 f"the segmentation took longer than the limit of {self.limits.call_timeout_s:g} s and was abandoned; "
                 "try a smaller image, a smaller vocabulary, or reasoning off"
             ) from None
         except OpenSegRError as exc:
             raise ToolInputError(str(exc)) from None
+        finally:
+            with self._state:
+                self._calls.discard(token)
         trace_id = uuid.uuid4().hex[:16]
         output = build_output(result, trace_id, request.masks, notes)
         self._remember(trace_id, result)
@@ -120,13 +137,76 @@ class SegmentationService:
     async def asegment(self, request: SegmentRequest | dict) -> tuple[SegmentOutput, str]:
         return await asyncio.to_thread(self.segment, request)
 
-    def _run_in_slot(self, rgb, vocabulary, settings, graph_config):
-        """Holds its slot until the work is really done, even after a caller's time-out,
-        so abandoned work still counts against the concurrency limit (GPU memory)."""
+    def check_text_budget(self, vocabulary: Vocabulary) -> None:
+        """Refuse, before any work, a vocabulary whose text costs more than
+        ``max_text_sentences``: its distinct names and synonyms x the templates of the
+        model's template set. Prompts composed by reasoning add at most ``n_attributes``
+        phrases per name; they cannot be counted before the LMM answers."""
+        phrases = len({query for cls in vocabulary.classes for query in cls.queries})
+        templates = len(templates_for(self.model.settings.templates))
+        cost, limit = phrases * templates, self.limits.max_text_sentences
+        if cost > limit:
+            raise ToolInputError(
+                f"the vocabulary costs {cost:,} text sentences to encode ({phrases:,} names and synonyms x "
+                f"{templates} templates), over the limit of {limit:,}; use fewer classes or synonyms"
+            )
+
+    def stop(self, reason: str = "the server is stopping") -> None:
+        """Cancel every call in flight (its work ends at its next batch) and refuse new ones."""
+        with self._state:
+            self._stopping = reason
+            calls = list(self._calls)
+        for token in calls:
+            token.cancel(reason)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no segmentation's work is running (abandoned work included); False after ``timeout``."""
+        with self._state:
+            return self._state.wait_for(lambda: self._running == 0, timeout)
+
+    def _follow(self, token: CancelToken) -> CancelToken:
+        with self._state:
+            self._calls.add(token)
+            stopping = self._stopping
+        if stopping is not None:
+            token.cancel(stopping)
+        return token
+
+    def _start(self, rgb, vocabulary, settings, graph_config, token: CancelToken) -> Future:
+        """The segmentation in a daemon thread of its own, holding the slot taken for it:
+        a call's work never keeps the process from exiting once the server is told to stop."""
+        future: Future = Future()
+
+        def work() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self._run_in_slot(rgb, vocabulary, settings, graph_config, token))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        with self._state:
+            self._running += 1
         try:
-            return self.model.segment(rgb, vocabulary, graph_config=graph_config, **settings)
+            threading.Thread(target=work, name="openseg-r-call", daemon=True).start()
+        except BaseException:
+            self._work_ended()
+            raise
+        return future
+
+    def _run_in_slot(self, rgb, vocabulary, settings, graph_config, token: CancelToken):
+        """Holds its slot until the work is really done, even after a caller's time-out,
+        so abandoned work still counts against the concurrency limit (GPU memory); the
+        caller's token stops it at its next batch."""
+        try:
+            return self.model.segment(rgb, vocabulary, graph_config=graph_config, cancel=token, **settings)
         finally:
-            self._slots.release()
+            self._work_ended()
+
+    def _work_ended(self) -> None:
+        self._slots.release()
+        with self._state:
+            self._running -= 1
+            self._state.notify_all()
 
     def _load_image(self, request: SegmentRequest):
         if request.image_path:
@@ -173,14 +253,27 @@ class SegmentationService:
 
 
 def _validated(arguments: dict) -> SegmentRequest:
+    """The request, or one line that names what is wrong (never pydantic's multi-line dump)."""
     from pydantic import ValidationError
 
     from openseg_r.errors import describe_validation_error
 
+    refuse_unknown_arguments(arguments, SegmentRequest.model_fields)
     try:
         return SegmentRequest.model_validate(arguments)
     except ValidationError as exc:
         raise ToolInputError(f"invalid arguments: {describe_validation_error(exc)}") from None
+
+
+def refuse_unknown_arguments(arguments: dict, known) -> None:
+    """Refuse arguments a tool does not take, naming the ones it does."""
+    from openseg_r.errors import clipped
+
+    unknown = [str(name) for name in arguments if name not in known]
+    if unknown:
+        shown = ", ".join(repr(clipped(name, 30)) for name in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        accepted = ", ".join(known) or "none"
+        raise ToolInputError(f"unknown argument(s): {shown}; this tool takes: {accepted}")
 
 
 TOOL_DESCRIPTION = (
