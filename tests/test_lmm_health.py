@@ -71,8 +71,10 @@ class FakeLMMServer:
     ``POST /v1/chat/completions`` records the request body and answers valid JSON for the
     schema it names (``status`` other than 200: that HTTP error instead)."""
 
-    def __init__(self, port: int = 0, models: tuple[str, ...] = (MODEL,), status: int = 200) -> None:
+    def __init__(self, port: int = 0, models: tuple[str, ...] = (MODEL,), status: int = 200,
+                 busy: int = 0) -> None:
         self.models, self.status = models, status
+        self.busy = busy  # the first chat requests answered 503, as an overloaded server does
         self.bodies: list[dict] = []
         self.paths: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -115,6 +117,9 @@ class FakeLMMServer:
                 owner.bodies.append(body)
                 if owner.status != 200:
                     return self._send(owner.status, {"error": {"message": f"status {owner.status}"}})
+                if owner.busy:
+                    owner.busy -= 1
+                    return self._send(503, {"error": {"message": "busy"}})
                 if body.get("model") not in owner.models:
                     return self._send(404, {"error": {"message": f"The model {body.get('model')} does not exist"}})
                 schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
@@ -482,3 +487,18 @@ def test_a_request_the_backend_cannot_take_is_not_re_asked():
     text = LMMRequest(step="generic_reasoning", subject="cat", prompt="cat?", prompt_version="t",
                       schema=ClassReasoning)
     assert lmm.ask(text).value.attributes == ["whiskers"]
+
+
+def test_a_busy_server_is_retried_but_not_re_asked():
+    from openseg_r.lmm import LMMRequest
+    from openseg_r.state import ClassReasoning
+
+    busy = FakeLMMServer(busy=2)
+    try:
+        lmm = backend_from_spec(spec_at(busy.url))  # 2 retries by default, after 0.5 s and 1 s
+        reply = lmm.ask(LMMRequest(step="generic_reasoning", subject="cat", prompt='about the object class "cat"',
+                                   prompt_version="t", schema=ClassReasoning))
+    finally:
+        busy.close()
+    assert reply.value.attributes == ["cat shape", "cat texture"]
+    assert len(busy.chats) == 3 and len(reply.calls) == 1  # one question, sent three times

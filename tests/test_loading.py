@@ -296,6 +296,30 @@ def test_openai_tag_without_network_names_what_it_looked_for(spies):
     assert "--clip-pretrained FILE" in message and spies["create_model"] == []
 
 
+def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_model_files, online, hub_cache,
+                                                                       spies, monkeypatch):
+    """``hf-hub:ORG/REPO``: config and weights from the cache; open_clip would ask the hub
+    for both first (a minute of retries offline), and go on with random weights if the
+    weights could not be had."""
+    config, weights = tiny_model_files
+    open_clip_config = json.dumps({"model_cfg": json.loads(config.read_text()), "preprocess_cfg": {}}).encode()
+    put_in_hub_cache(hub_cache, "test-org/tiny-hub", "open_clip_config.json", open_clip_config)
+    hub = CountingServer()
+    monkeypatch.setattr(online, "ENDPOINT", hub.url)
+    try:
+        with pytest.raises(WeightsError, match=r"^CLIP weights of hf-hub:test-org/tiny-hub are not in the Hugging "
+                                               r"Face cache .* and cannot be downloaded \(http://127"):
+            load_clip("hf-hub:test-org/tiny-hub", None, device="cpu")  # the config alone is not enough
+        assert hub.connections == 1 and spies["create_model"] == []
+        put_in_hub_cache(hub_cache, "test-org/tiny-hub", "open_clip_pytorch_model.bin", weights.read_bytes())
+        loaded = load_clip("hf-hub:test-org/tiny-hub", None, device="cpu")
+    finally:
+        hub.close()
+    assert hub.connections == 1
+    assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
+    assert loaded.model_name == "hf-hub:test-org/tiny-hub" and loaded.tokenizer("a cat").shape == (1, 77)
+
+
 DOWNLOAD = """
 import sys, open_clip
 from openseg_r.segment.loading import load_clip

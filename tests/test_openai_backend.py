@@ -71,9 +71,12 @@ def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     same pinned outcome (cat falls back, sofa validates on its second attempt)."""
     pinned_smollm2(smollm_gguf)
     url, model = server
-    lmm = OpenAICompatibleLMM(model, url, max_tokens=96, timeout=120, max_retries=0)
+    lmm = OpenAICompatibleLMM(model, url, max_tokens=96, timeout=300, max_retries=0)
     vocab = parse_class_list("cat, sofa")
-    out = generic_reasoning(GenericReasoningInput(vocabulary=vocab), Runtime(context=OpenSegContext(lmm=lmm)))
+    # One call at a time: the server interleaves concurrent generations, so on a loaded
+    # machine one call could outlast its time-out (and the answers come back as pinned).
+    context = OpenSegContext(lmm=lmm, max_concurrent_lmm_calls=1)
+    out = generic_reasoning(GenericReasoningInput(vocabulary=vocab), Runtime(context=context))
     said = {name: [call.raw_text for call in out.lmm_calls if call.subject == name] for name in vocab.names}
     assert said == {name: SMOLLM2_ANSWERS[name] for name in vocab.names}  # the model's side first
     assert [(c.subject, c.attempt, c.ok, c.error) for c in out.lmm_calls] == [
@@ -138,7 +141,7 @@ def test_a_server_that_times_out_is_a_bounded_recorded_failure():
 def test_a_server_that_is_down_is_a_recorded_failure():
     lmm = OpenAICompatibleLMM("m", f"http://127.0.0.1:{free_port()}/v1", timeout=2, max_retries=1, max_attempts=1)
     reply = lmm.ask(request())
-    assert reply.value is None and "Connection" in reply.error
+    assert reply.value is None and "connection refused" in reply.error.lower()
 
 
 def test_images_go_as_standard_content_blocks():

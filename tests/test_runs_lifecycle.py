@@ -106,7 +106,7 @@ def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path
     assert f"run {running.run_id}  interrupted" in show.stdout
     assert f"its process {proc.pid} on {socket.gethostname()} is gone" in show.stdout
 
-    resumed = cli("--debug", "runs", "--runs-db", db_path, "resume", running.run_id[:12], "--lmm", f"scripted:{SCRIPT}",
+    resumed = cli("runs", "--runs-db", db_path, "resume", running.run_id[:12], "--lmm", f"scripted:{SCRIPT}",
                   "--clip-model", config, "--clip-pretrained", weights, "--out", tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.stderr
     assert f"run {running.run_id} (resumed)" in resumed.stdout
@@ -134,6 +134,31 @@ def test_a_run_killed_before_its_first_checkpoint_is_a_clear_error(tmp_path, tin
                                    "written: there is nothing to resume; run it again")
     with RunsDB(db_path, read_only=True) as db:
         assert db.get_run("0123456789ab").status == "interrupted"  # left as it was
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+from openseg_r.runs import RunsDB
+
+db = RunsDB(sys.argv[1])
+db.connection.create_function("die", 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
+db.connection.execute("CREATE TEMP TRIGGER die_after_first AFTER INSERT ON writes WHEN NEW.idx = 1 BEGIN SELECT die(); END")
+config = {"configurable": {"thread_id": "t1", "checkpoint_ns": "", "checkpoint_id": "c1"}}
+db.checkpointer.put_writes(config, [("image", "x"), ("vocabulary", "y"), ("settings", "z")], task_id="start")
+"""
+
+
+def test_a_task_s_writes_are_all_saved_or_none_when_the_process_is_killed(tmp_path):
+    """LangGraph treats a task with any saved write as done; a SIGKILL between two of its
+    writes must not leave a resumable run with half a state (image gone, lists there)."""
+    path = tmp_path / "runs.sqlite"
+    RunsDB(path).close()
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, str(path)], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 0
+    connection.close()
 
 
 # --------------------------------------------------------------------------- owners

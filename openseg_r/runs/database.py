@@ -136,7 +136,11 @@ class RunsDB:
             except OSError as exc:
                 raise RunsDBError(f"cannot create the runs folder {self.path.parent}: {exc.strerror}") from None
         try:
-            self.connection = self._connect(timeout)
+            # The checkpointer's connection keeps Python's implicit transactions: its
+            # put_writes() stores a task's writes in one executemany and commits once, and
+            # LangGraph takes a task with any saved write as done. In autocommit mode a
+            # SIGKILL between two rows would leave a run that resumes with half a state.
+            self.connection = self._connect(timeout, autocommit=False)
             if self.connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             check_own_tables(self.connection, self.path, WHAT)
@@ -165,12 +169,13 @@ class RunsDB:
                 "(nothing was changed)"
             ) from None
 
-    def _connect(self, timeout: float) -> sqlite3.Connection:
+    def _connect(self, timeout: float, autocommit: bool = True) -> sqlite3.Connection:
         if self.read_only:
             target, uri = f"{self.path.absolute().as_uri()}?mode=ro", True
         else:
             target, uri = str(self.path), False
-        connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, isolation_level=None, uri=uri)
+        connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=uri,
+                                     isolation_level=None if autocommit else "DEFERRED")
         connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         return connection
 
