@@ -48,6 +48,16 @@ def test_same_model_as_open_clips_own_loader(tiny_model_files):
     assert (ours.mean, ours.std) == (tuple(theirs.visual.image_mean), tuple(theirs.visual.image_std))
 
 
+def test_no_random_initialisation_warning_for_weights_that_load(tiny_model_files, caplog):
+    """The model is built bare and then loaded: open_clip's "initialized randomly" warning
+    would be false, and is kept only when random weights were asked for."""
+    config, weights = tiny_model_files
+    load_clip(str(config), str(weights), device="cpu")
+    assert "initialized randomly" not in caplog.text
+    load_clip(str(config), None, device="cpu")
+    assert "No pretrained weights loaded for model 'tiny-clip'. Model initialized randomly." in caplog.text
+
+
 def local_dir(tmp_path: Path, config: Path, weights: Path | None) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
@@ -293,7 +303,30 @@ def test_openai_tag_without_network_names_what_it_looked_for(spies):
     message = str(raised.value)
     assert message.startswith("CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face cache (")
     assert "repo timm/vit_base_patch16_clip_224.openai) and HF_HUB_OFFLINE is set" in message
-    assert "--clip-pretrained FILE" in message and spies["create_model"] == []
+    assert message.endswith(": pass a weights file with --clip-pretrained FILE (with --clip-model ViT-B-16-quickgelu: "
+                            "these weights run with QuickGELU), or copy the Hugging Face cache from a machine with "
+                            "network (README, Models)")
+    assert spies["create_model"] == []
+
+
+def test_a_file_of_quick_gelu_weights_runs_with_the_quickgelu_config(tiny_model_files, hub_cache, tmp_path):
+    """A tag says its weights need QuickGELU; a file does not, so the advice to pass a file
+    names the model's ``-quickgelu`` config, and with it the file runs with QuickGELU."""
+    config, weights = tiny_model_files
+    quick_config = tmp_path / "tiny-clip-quickgelu.json"
+    quick_config.write_text(json.dumps({**json.loads(config.read_text()), "quick_gelu": True}))
+    loaded = load_clip(str(quick_config), str(weights), device="cpu")
+    assert all(isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
+               for block in loaded.model.visual.transformer.resblocks)
+    with pytest.raises(WeightsError, match=r"--clip-pretrained FILE \(with --clip-model tiny-clip-quickgelu: these "
+                                           r"weights run with QuickGELU\)"):
+        load_clip(str(config), "quick", device="cpu")  # offline, nothing cached
+    with pytest.raises(WeightsError) as raised:
+        load_clip(str(config), "hubtag", device="cpu")  # GELU weights: no such advice
+    assert "quickgelu" not in str(raised.value)
+    # the name the advice gives for OpenAI's weights is ViT-B-16 with QuickGELU, nothing else changed
+    assert open_clip.get_model_config("ViT-B-16-quickgelu") == {**open_clip.get_model_config("ViT-B-16"),
+                                                                "quick_gelu": True}
 
 
 def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_model_files, online, hub_cache,

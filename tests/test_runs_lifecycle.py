@@ -105,6 +105,9 @@ def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path
     assert show.returncode == 0, show.stderr
     assert f"run {running.run_id}  interrupted" in show.stdout
     assert f"its process {proc.pid} on {socket.gethostname()} is gone" in show.stdout
+    report = cli("runs", "--runs-db", db_path, "report", running.run_id, "-o", tmp_path / "report.html")
+    assert report.returncode == 0, report.stderr
+    assert "<div id=status class='banner interrupted'><b>interrupted</b>" in (tmp_path / "report.html").read_text()
 
     resumed = cli("runs", "--runs-db", db_path, "resume", running.run_id[:12], "--lmm", f"scripted:{SCRIPT}",
                   "--clip-model", config, "--clip-pretrained", weights, "--out", tmp_path / "resumed")
@@ -142,7 +145,8 @@ from openseg_r.runs import RunsDB
 
 db = RunsDB(sys.argv[1])
 db.connection.create_function("die", 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
-db.connection.execute("CREATE TEMP TRIGGER die_after_first AFTER INSERT ON writes WHEN NEW.idx = 1 BEGIN SELECT die(); END")
+db.connection.execute("CREATE TEMP TRIGGER die_after_first AFTER INSERT ON writes WHEN NEW.idx = 1 "
+                      "BEGIN SELECT die(); END")
 config = {"configurable": {"thread_id": "t1", "checkpoint_ns": "", "checkpoint_id": "c1"}}
 db.checkpointer.put_writes(config, [("image", "x"), ("vocabulary", "y"), ("settings", "z")], task_id="start")
 """

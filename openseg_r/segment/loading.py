@@ -16,6 +16,7 @@ safetensors): a checkpoint is data, never code to run.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -43,10 +44,6 @@ OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 FOLDER_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                        "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
                        "pytorch_model.bin", "pytorch_model.pth", "model.pth")
-HOW_TO_GET_WEIGHTS = ("pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache from a "
-                      "machine with network and set HF_HUB_OFFLINE=1 (README, Models)")
-HOW_TO_GET_WEIGHTS_OFFLINE = ("pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache from a "
-                              "machine with network (README, Models)")
 
 
 @dataclass
@@ -136,7 +133,8 @@ def load_clip(
         weights_file, tag_config = _weights_file(model_name, pretrained)
         state_dict = None if weights_file is None else read_state_dict(weights_file)
         preprocess = {key: value for key, value in tag_config.items() if key != "size"}  # the tag's mean and std
-        clip_model = _create_model(model_name, force_quick_gelu=bool(tag_config.get("quick_gelu", False)),
+        clip_model = _create_model(model_name, weights_follow=weights_file is not None,
+                                   force_quick_gelu=bool(tag_config.get("quick_gelu", False)),
                                    force_preprocess_cfg=preprocess or None)
         tokenizer_name = model_name
     if weights_file is not None:
@@ -191,8 +189,22 @@ def _weights_file(model_name: str, pretrained: str | None) -> tuple[Path | None,
                        f"(tags: {tags}) nor a file")
 
 
+def how_to_get_weights(model_name: str = "", tag_config: dict | None = None, *, offline: bool = False) -> str:
+    """The advice in every "no weights here" error. A file of weights trained with
+    QuickGELU (OpenAI's) needs the model's ``-quickgelu`` config: a file, unlike a tag,
+    does not say so, and with GELU the features drift silently."""
+    file = "--clip-pretrained FILE"
+    quick = f"{model_name}-quickgelu"
+    if (tag_config or {}).get("quick_gelu") and not model_name.endswith("-quickgelu") and \
+            open_clip.get_model_config(quick) is not None:
+        file += f" (with --clip-model {quick}: these weights run with QuickGELU)"
+    cache = "copy the Hugging Face cache from a machine with network" + ("" if offline else " and set HF_HUB_OFFLINE=1")
+    return f"pass a weights file with {file}, or {cache} (README, Models)"
+
+
 def _tag_file(model_name: str, tag: str, tag_config: dict) -> Path:
     what = f"CLIP weights {tag!r} of {model_name}"
+    advice = (model_name, tag_config)
     if tag_config.get("file"):
         if not os.path.isfile(tag_config["file"]):
             raise WeightsError(f"{what}: file not found: {tag_config['file']}")
@@ -204,17 +216,17 @@ def _tag_file(model_name: str, tag: str, tag_config: dict) -> Path:
         cached = _cached_hub_file(repo, names)
         if cached is not None:
             return cached
-        _refuse_if_no_hub(what, f"the Hugging Face cache ({_hub_cache_dir()}, repo {repo})", _hub_endpoint())
+        _refuse_if_no_hub(what, f"the Hugging Face cache ({_hub_cache_dir()}, repo {repo})", _hub_endpoint(), advice)
     else:
         url = tag_config.get("url", "")
         cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)  # open_clip's folder for URLs
         if url and cached.is_file():
             return cached
-        _refuse_if_no_hub(what, f"open_clip's download folder ({cached})", url)
+        _refuse_if_no_hub(what, f"open_clip's download folder ({cached})", url, advice)
     try:
         return Path(open_clip.download_pretrained(tag_config))
     except Exception as exc:
-        raise WeightsError(f"cannot download {what}: {_first_line(str(exc))}; {HOW_TO_GET_WEIGHTS}") from None
+        raise WeightsError(f"cannot download {what}: {_first_line(str(exc))}; {how_to_get_weights(*advice)}") from None
 
 
 def _hub_model_files(repo: str) -> tuple[Path, Path]:
@@ -225,14 +237,14 @@ def _hub_model_files(repo: str) -> tuple[Path, Path]:
     if config is not None and weights is not None:
         return config, weights
     what = f"CLIP weights of hf-hub:{repo}"
-    _refuse_if_no_hub(what, f"the Hugging Face cache ({_hub_cache_dir()}, repo {repo})", _hub_endpoint())
+    _refuse_if_no_hub(what, f"the Hugging Face cache ({_hub_cache_dir()}, repo {repo})", _hub_endpoint(), ("", {}))
     try:
         from huggingface_hub import hf_hub_download
 
         config = Path(hf_hub_download(repo, OPEN_CLIP_CONFIG_NAME))
         weights = Path(open_clip.pretrained.download_pretrained_from_hf(repo))
     except Exception as exc:
-        raise WeightsError(f"cannot download {what}: {_first_line(str(exc))}; {HOW_TO_GET_WEIGHTS}") from None
+        raise WeightsError(f"cannot download {what}: {_first_line(str(exc))}; {how_to_get_weights()}") from None
     return config, weights
 
 
@@ -293,14 +305,16 @@ def _hub_offline() -> bool:
                                                  for flag in flags)
 
 
-def _refuse_if_no_hub(what: str, where: str, url: str) -> None:
+def _refuse_if_no_hub(what: str, where: str, url: str, advice: tuple[str, dict]) -> None:
     """Raise one line when nothing may or can be downloaded: offline mode, or a hub that
     does not answer within :data:`HUB_PROBE_TIMEOUT_S` (instead of a minute of retries)."""
     if _hub_offline():
-        raise WeightsError(f"{what} are not in {where} and HF_HUB_OFFLINE is set: {HOW_TO_GET_WEIGHTS_OFFLINE}")
+        raise WeightsError(f"{what} are not in {where} and HF_HUB_OFFLINE is set: "
+                           f"{how_to_get_weights(*advice, offline=True)}")
     problem = unreachable(url, HUB_PROBE_TIMEOUT_S)
     if problem:
-        raise WeightsError(f"{what} are not in {where} and cannot be downloaded ({problem}): {HOW_TO_GET_WEIGHTS}")
+        raise WeightsError(f"{what} are not in {where} and cannot be downloaded ({problem}): "
+                           f"{how_to_get_weights(*advice)}")
 
 
 def unreachable(url: str, timeout: float) -> str | None:
@@ -465,12 +479,26 @@ def _as_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
-def _create_model(model_name: str, **options) -> torch.nn.Module:
-    """The architecture alone (random weights): the checkpoint is loaded by :func:`fit_weights`."""
+def _create_model(model_name: str, *, weights_follow: bool = True, **options) -> torch.nn.Module:
+    """The architecture alone (random weights): the checkpoint is loaded by :func:`fit_weights`.
+    open_clip then logs that the model was "initialized randomly", which is true only
+    when no weights follow."""
+    root = logging.getLogger()
+    quiet = _NotRandomAfterAll() if weights_follow else None
+    if quiet:
+        root.addFilter(quiet)
     try:
         return open_clip.create_model(model_name, pretrained=None, device="cpu", pretrained_text=False, **options)
     except Exception as exc:
         raise WeightsError(f"cannot create CLIP model {model_name!r}: {_first_line(str(exc))}") from None
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
+
+
+class _NotRandomAfterAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
 
 
 def _register_config_file(model: str) -> str:
