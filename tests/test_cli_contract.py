@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from openseg_r.runs.database import RunsDB
+
 SNAPSHOT = Path(__file__).resolve().parent / "data" / "cli_contract.json"
 PROG = "openseg-r"
 UNKNOWN = "--no-such-flag"
@@ -215,7 +217,7 @@ def test_snapshot_covers_every_command():
     assert {" ".join(p) for p in PATHS} == {
         "", "segment", "vocabularies", "reason", "reason generic", "reason export", "reason import",
         "runs", "runs list", "runs show", "runs diff", "runs replay", "runs resume", "runs report",
-        "graph", "eval", "eval-merge", "serve", "serve mcp",
+        "graph", "eval", "eval-merge", "serve", "serve mcp", "lmm", "lmm check",
     }
 
 
@@ -362,12 +364,14 @@ def test_segment_unknown_vocabulary_file_exits_2(tmp_path, capsys):
                                     ["show", "nosuchrun"]], ids=lambda a: a[0])
 def test_runs_unknown_run_exits_2_with_one_line(action, tmp_path, capsys):
     db = tmp_path / "runs.sqlite"
+    RunsDB(db).close()  # an empty database (a missing one has its own message, tests/test_runs_lifecycle.py)
     assert call("runs", "--runs-db", db, *action) == 2
     assert one_line(capsys) == f"openseg-r: error: no run 'nosuchrun' in {db} (see `openseg-r runs list`)"
 
 
 def test_runs_list_on_an_empty_database(tmp_path, capsys):
     db = tmp_path / "runs.sqlite"
+    RunsDB(db).close()
     assert call("runs", "--runs-db", db, "list") == 0
     captured = capsys.readouterr()
     assert captured.out == f"no runs recorded in {db}\n" and captured.err == ""

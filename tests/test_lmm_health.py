@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import hang_up_server
 from PIL import Image
 
 from openseg_r import OpenSegR, cli
@@ -42,28 +43,6 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-class HangUpServer:
-    """Accepts each connection and closes it at once, counting them."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(64)
-        self.port = self.socket.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            connection.close()
-
-    def close(self) -> None:
-        self.socket.close()
 
 
 class FakeLMMServer:
@@ -212,16 +191,16 @@ def test_a_closed_port_is_one_attempt_and_one_fallback_naming_it(tiny_segmenter,
 
 
 def test_a_server_that_hangs_up_gets_one_connection_per_run(tiny_segmenter, voc):
-    hang_up = HangUpServer()
+    hang_up = hang_up_server()
     try:
         model = OpenSegR(segmenter=tiny_segmenter, lmm=spec_at(hang_up.port), lmm_concurrency=32)
         result = model.segment(voc["rgb"], "voc21", allow_fallback=True, self_check={"enabled": True})
-        assert hang_up.accepted == 1
+        assert hang_up.connections == 1
         assert len(result.state.fallbacks) == 1
         assert "closed the connection without an HTTP answer" in result.state.fallbacks[0].reason
         assert result.state.self_check.stopped.startswith("LMM backend unreachable")  # nothing asked
         model.segment(voc["rgb"], "voc21", allow_fallback=True)
-        assert hang_up.accepted == 2  # the breaker is per run: the next run tries once again
+        assert hang_up.connections == 2  # the breaker is per run: the next run tries once again
     finally:
         hang_up.close()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from loopback import hang_up_server
 
 from openseg_r.errors import ConfigError, WeightsError
 from openseg_r.segment.loading import load_clip, needs_quick_gelu, resolve_dtype
@@ -117,29 +118,6 @@ def test_openai_weights_run_with_quick_gelu():
 # --------------------------------------------------------------------------- the hub and its cache
 
 
-class CountingServer:
-    """A loopback TCP server that counts connections and closes each at once: a hub
-    that cannot be reached, but says how often it was tried."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(16)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
-
-    def close(self) -> None:
-        self.socket.close()
 
 
 class LoopbackHub:
@@ -245,7 +223,7 @@ def test_a_cached_tag_is_loaded_without_asking_the_hub(tiny_model_files, online,
     save_file(torch.load(weights), hub_cache / "quick.safetensors")
     put_in_hub_cache(hub_cache, "test-org/tiny-clip-quick", "open_clip_model.safetensors",
                      (hub_cache / "quick.safetensors").read_bytes())
-    hub = CountingServer()
+    hub = hang_up_server()
     monkeypatch.setattr(online, "ENDPOINT", hub.url)
     try:
         plain = load_clip(str(config), "hubtag", device="cpu")
@@ -279,7 +257,7 @@ def test_nothing_cached_and_offline_is_one_line_before_anything_is_built(tiny_mo
 def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(tiny_model_files, online, spies,
                                                                        monkeypatch, hub_kind):
     config, _ = tiny_model_files
-    hub = CountingServer() if hub_kind == "resets connections" else None
+    hub = hang_up_server() if hub_kind == "resets connections" else None
     url = hub.url if hub else closed_port_url()
     monkeypatch.setattr(online, "ENDPOINT", url)
     try:
@@ -337,7 +315,7 @@ def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_mode
     config, weights = tiny_model_files
     open_clip_config = json.dumps({"model_cfg": json.loads(config.read_text()), "preprocess_cfg": {}}).encode()
     put_in_hub_cache(hub_cache, "test-org/tiny-hub", "open_clip_config.json", open_clip_config)
-    hub = CountingServer()
+    hub = hang_up_server()
     monkeypatch.setattr(online, "ENDPOINT", hub.url)
     try:
         with pytest.raises(WeightsError, match=r"^CLIP weights of hf-hub:test-org/tiny-hub are not in the Hugging "
@@ -354,35 +332,35 @@ def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_mode
 
 
 DOWNLOAD = """
-import sys, open_clip
+import os, sys, urllib.request, open_clip
 from openseg_r.segment.loading import load_clip
 
 open_clip.pretrained._PRETRAINED["tiny-clip"] = {"hubtag": {"hf_hub": "test-org/tiny-clip/"}}
-clip = load_clip(sys.argv[1], "hubtag", device="cpu")
-print(clip.model.visual.proj.sum().item())
+first = load_clip(sys.argv[1], "hubtag", device="cpu")
+urllib.request.urlopen(os.environ["HF_ENDPOINT"] + "/first-load-done").close()  # a mark in the hub's log
+again = load_clip(sys.argv[1], "hubtag", device="cpu")
+print(first.model.visual.proj.sum().item(), again.model.visual.proj.sum().item())
 """
 
 
-def test_a_tag_is_downloaded_once_then_read_from_the_cache(tiny_model_files, online, hub_cache, monkeypatch):
+def test_a_tag_is_downloaded_once_then_read_from_the_cache(tiny_model_files, hub_cache):
     """The download goes through open_clip and huggingface_hub to a loopback hub (as
     HF_ENDPOINT); the next load finds the file in the cache it filled and asks nothing."""
     config, weights = tiny_model_files
     hub = LoopbackHub({("test-org/tiny-clip", "open_clip_pytorch_model.bin"): weights.read_bytes()})
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub_cache), "NO_PROXY": "127.0.0.1,localhost"}
     try:
-        env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub_cache), "NO_PROXY": "127.0.0.1,localhost"}
         proc = subprocess.run([sys.executable, "-c", DOWNLOAD, str(config)], capture_output=True, text=True,
                               env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ("GET", "/test-org/tiny-clip/resolve/main/open_clip_pytorch_model.bin") in hub.requests
-        asked = len(hub.requests)
-        monkeypatch.setattr(online, "ENDPOINT", hub.url)
-        loaded = load_clip(str(config), "hubtag", device="cpu")
     finally:
         hub.close()
-    assert len(hub.requests) == asked
-    assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
-    assert float(proc.stdout.split()[-1]) == pytest.approx(loaded.model.visual.proj.sum().item())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("GET", "/test-org/tiny-clip/resolve/main/open_clip_pytorch_model.bin") in hub.requests
+    assert hub.requests[-1] == ("GET", "/first-load-done")  # the second load asked the hub nothing
+    assert list(hub_cache.glob("models--test-org--tiny-clip/snapshots/*/open_clip_pytorch_model.bin"))
+    expected = torch.load(weights)["visual.proj"].sum().item()
+    assert [float(value) for value in proc.stdout.split()] == pytest.approx([expected, expected])
 
 
 CLI = """
@@ -399,7 +377,7 @@ for case, env in json.loads(sys.argv[1]):
 def test_the_cli_start_without_weights_is_one_quiet_line(tmp_path):
     """The default model, nothing cached: with HF_HUB_OFFLINE=1, and with a hub address
     that cannot be reached (asked once, by the probe; huggingface_hub would retry for a minute)."""
-    hub = CountingServer()
+    hub = hang_up_server()
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "NO_PROXY": "127.0.0.1,localhost"}
     # unreachable first: huggingface_hub reads HF_HUB_OFFLINE once, when the first case imports it
@@ -437,8 +415,11 @@ logging.getLogger("open_clip").error("Failed to download weights for tag 'openai
 def test_the_cli_keeps_library_logging_quiet():
     """Without --debug, neither huggingface_hub's retry warnings (its own handler plus the
     root's printed each twice) nor open_clip's logged errors reach stderr."""
-    quiet = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=120)
-    debug = subprocess.run([sys.executable, "-c", QUIET, "--debug"], capture_output=True, text=True, timeout=120)
+    # In-process CLI calls of other tests set HF_HUB_VERBOSITY in this process: start clean.
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_VERBOSITY"}
+    quiet = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=120, env=env)
+    debug = subprocess.run([sys.executable, "-c", QUIET, "--debug"], capture_output=True, text=True, timeout=120,
+                           env=env)
     assert quiet.returncode == 0 and debug.returncode == 0, quiet.stderr + debug.stderr
     assert quiet.stderr == ""
     assert "Retrying in 1s" in debug.stderr and "Failed to download weights" in debug.stderr

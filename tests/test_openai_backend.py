@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -18,6 +17,7 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
+from loopback import silent_server
 from test_hf_backend import NO_JSON, SMOLLM2_ANSWERS, pinned_smollm2  # the pinned answers of the model served here
 
 from openseg_r.context import OpenSegContext
@@ -93,30 +93,6 @@ def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     assert all(c.backend == f"openai:{model}" for c in out.lmm_calls)
 
 
-class SilentServer:
-    """A real TCP server on loopback that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(8)
-        self.port = self.socket.getsockname()[1]
-        self.connections = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-
-    def close(self):
-        self.socket.close()
-        for connection in self.connections:
-            connection.close()
 
 
 def request():
@@ -125,7 +101,7 @@ def request():
 
 
 def test_a_server_that_times_out_is_a_bounded_recorded_failure():
-    silent = SilentServer()
+    silent = silent_server()
     try:
         lmm = OpenAICompatibleLMM("m", f"http://127.0.0.1:{silent.port}/v1", timeout=0.5, max_retries=1, max_attempts=2)
         started = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import silent_server
 
 from openseg_r.options import ModelOptions
 from openseg_r.runs import RunsDB, RunsDBError
@@ -32,32 +33,6 @@ def cli(*args, timeout=300):
                           env=ENV, timeout=timeout)
 
 
-class SilentLMMServer:
-    """A loopback TCP server that takes the LMM's requests and never answers, so a run
-    stays inside its first reasoning call until it is killed."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(16)
-        self.port = self.socket.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self.called = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-            self.called.set()
-
-    def close(self) -> None:
-        self.socket.close()
-        for connection in self.connections:
-            connection.close()
 
 
 def row_line(listing: str, run_id: str) -> str:
@@ -67,7 +42,7 @@ def row_line(listing: str, run_id: str) -> str:
 def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path, tiny_model_files):
     config, weights = tiny_model_files
     db_path = tmp_path / "runs.sqlite"
-    server = SilentLMMServer()
+    server = silent_server()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"), "--vocab", "voc21",

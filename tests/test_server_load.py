@@ -516,3 +516,21 @@ def test_a_signal_stops_the_stdio_server_during_a_long_call(tiny_model_files, tm
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_segment_with_a_token_set_mid_run_stops_before_the_next_step(tiny_segmenter, voc):
+    """The Python API's ``cancel=``: a token set while the graph runs (here by the first
+    node that starts) ends the run with Cancelled, and segmentation never starts."""
+    model = OpenSegR(segmenter=tiny_segmenter, lmm="none")
+    token = CancelToken()
+    started = []
+
+    def on_event(event):
+        if event.get("event") == "node_start":
+            started.append(event["node"])
+            token.cancel("the caller gave up")
+
+    with pytest.raises(Cancelled, match="the caller gave up"):
+        model.segment(voc["rgb"], ["cat", "sofa"], on_event=on_event, cancel=token)
+    assert started and "segmentation" not in started
+    assert model.segment(voc["rgb"], ["cat", "sofa"]).labels.shape == voc["rgb"].shape[:2]  # the model is still usable

@@ -1,0 +1,51 @@
+"""Raw TCP servers on loopback for tests of what a client does when a server misbehaves:
+one that hangs up at once (refused service, counted) and one that never answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class LoopbackSocketServer:
+    """Accepts connections on 127.0.0.1 and either closes each at once (``hang_up=True``:
+    a server that cannot be reached, but says how often it was tried) or keeps it open and
+    silent (``hang_up=False``: a client waits until its own time-out)."""
+
+    def __init__(self, hang_up: bool) -> None:
+        self.hang_up = hang_up
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0  # how many were accepted
+        self.called = threading.Event()  # set at the first connection
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.hang_up:
+                connection.close()
+            else:
+                self._open.append(connection)
+            self.called.set()
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self._open:
+            connection.close()
+
+
+def hang_up_server() -> LoopbackSocketServer:
+    return LoopbackSocketServer(hang_up=True)
+
+
+def silent_server() -> LoopbackSocketServer:
+    return LoopbackSocketServer(hang_up=False)
