@@ -13,6 +13,8 @@ import sys
 
 from openseg_r.cli.options import (
     EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_engine_options,
     add_lmm_options,
     add_model_options,
     add_protocol_option,
@@ -20,6 +22,7 @@ from openseg_r.cli.options import (
     add_segmenter_options,
     add_throughput_options,
     concurrency_option,
+    engine_values,
     options_and_settings,
 )
 
@@ -50,6 +53,7 @@ def add_parsers(commands) -> None:
     add_segmenter_options(run, with_max_pixels=False)
     add_scoring_options(run)
     add_throughput_options(run)
+    add_engine_options(run)
     run.set_defaults(handler=run_eval_command)
     merge = commands.add_parser("eval-merge", help="the same as `eval merge DIR... --out DIR`: add up shards")
     merge.add_argument("folders", nargs="+", help="the shards' --out folders")
@@ -65,6 +69,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     dataset = get_dataset(args.dataset)
     concurrency = concurrency_option(args)
+    engine = engine_values(args)
     protocol = dataset_protocol(args.dataset, args.protocol)
     has_lmm = names_an_lmm(configured_spec(args.lmm))
     options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
@@ -85,6 +90,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     else:
         shard = parse_shard(args.shard)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
+    if engine:
+        return _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, concurrency, engine)
     from openseg_r.facade import OpenSegR
 
     model = OpenSegR.from_options(options, settings=settings)
@@ -93,6 +100,21 @@ def run_eval_command(args: argparse.Namespace) -> int:
              vocabulary=vocabulary, protocol=protocol.describe() if protocol else None, concurrency=concurrency)
     _print_summary(out)
     return EXIT_OK
+
+
+def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, concurrency, engine) -> int:
+    """--engine ray: the same folder and report; each actor evaluates --concurrency images at once."""
+    from openseg_r.distributed import run_eval_on_ray
+    from openseg_r.errors import ConfigError
+
+    if shard is not None:
+        raise ConfigError("--shard splits the work by hand: with --engine ray the cluster shares it out, drop --shard")
+    state = run_eval_on_ray(options, dataset, args.root, args.out, split=args.split, limit=args.limit, seed=args.seed,
+                            ablation=args.ablation, vocabulary=vocabulary, settings=settings,
+                            protocol=protocol.describe() if protocol else None, batch_size=concurrency,
+                            progress=not args.no_progress and sys.stderr.isatty(), **engine)
+    _print_summary(args.out)
+    return EXIT_SOME_FAILED if state.failed else EXIT_OK
 
 
 def dataset_protocol(dataset: str, choice: str | None):

@@ -159,6 +159,40 @@ def add_throughput_options(parser: argparse.ArgumentParser, concurrency: bool = 
     group.add_argument("--compile", action="store_true", default=None, help=described(SegmenterConfig, "compile"))
 
 
+ENGINES = ("local", "ray")
+DEFAULT_ACTORS = 2
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where the images run: this process (local) or a Ray cluster's actor pool (README,
+    Running on a cluster)."""
+    group = parser.add_argument_group("engine", "run on a Ray cluster (pip install 'openseg-r[ray]')")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: this process; ray: a Ray actor pool, each actor builds the model once "
+                            "(default: local)")
+    group.add_argument("--address", default=None,
+                       help="with --engine ray: the cluster, 'auto' (this machine's, after `ray start`) or "
+                            "ray://HOST:10001 (default: start a local Ray cluster)")
+    group.add_argument("--actors", type=int, default=None,
+                       help=f"with --engine ray: actors (model copies) running at once (default: {DEFAULT_ACTORS})")
+    group.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="with --engine ray: GPUs each actor reserves, e.g. 1 or 0.5 (default: 0)")
+
+
+def engine_values(args: argparse.Namespace) -> dict:
+    """The Ray engine's options the flags give; an engine flag without --engine ray is a usage error."""
+    from openseg_r.errors import ConfigError
+
+    given = [flag for flag, dest in (("--address", "address"), ("--actors", "actors"),
+                                     ("--gpus-per-actor", "gpus_per_actor")) if getattr(args, dest, None) is not None]
+    if args.engine != "ray":
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --engine ray")
+        return {}
+    return {"address": args.address, "actors": DEFAULT_ACTORS if args.actors is None else args.actors,
+            "gpus_per_actor": args.gpus_per_actor or 0.0}
+
+
 def concurrency_option(args: argparse.Namespace) -> int:
     """--concurrency, checked: a positive number of images in flight."""
     from openseg_r.stages import checked_concurrency

@@ -62,12 +62,10 @@ def _cache_file(args: argparse.Namespace):
 
 def run_generic(args: argparse.Namespace) -> int:
     """Ask about every class not yet cached, a few at a time; an interrupted run resumes."""
-    from langgraph.runtime import Runtime
     from tqdm import tqdm
 
     from openseg_r.context import OpenSegContext
-    from openseg_r.nodes.generic_reasoning import GenericReasoningInput, generic_reasoning
-    from openseg_r.state import Vocabulary
+    from openseg_r.nodes.generic_reasoning import reason_generic_ahead
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     vocabulary = parse_class_list(args.classes) if args.classes is not None else load_named_vocabulary(args.vocab)
@@ -77,19 +75,8 @@ def run_generic(args: argparse.Namespace) -> int:
     context = OpenSegContext(lmm=lmm, reasoning_cache=cache,
                              **({"max_concurrent_lmm_calls": concurrency} if concurrency else {}))
     classes = [c for c in vocabulary.classes if not c.is_background]
-    failed: list[str] = []
-    batch = max(1, context.max_concurrent_lmm_calls)
     with tqdm(total=len(classes), unit="class", desc="generic reasoning") as progress:
-        for start in range(0, len(classes), batch):
-            part = Vocabulary(name=vocabulary.name, classes=classes[start : start + batch])
-            out = generic_reasoning(GenericReasoningInput(vocabulary=part), Runtime(context=context))
-            failed += [f.subject for f in out.fallbacks if f.subject]
-            progress.update(len(part.classes))
-            if context.lmm_breaker.cause:  # the backend is unusable: asking the rest would fail too
-                from openseg_r.errors import ReasoningUnavailableError
-
-                raise ReasoningUnavailableError(f"{context.lmm_breaker.cause}; the classes reasoned before it are "
-                                                "cached: run again once it answers", unavailable=True)
+        failed = reason_generic_ahead(vocabulary, context, on_progress=progress.update)
     asked = cache.misses
     print(
         f"{len(classes)} classes: {cache.hits} already cached, {asked - len(failed)} reasoned now, {len(failed)} failed"

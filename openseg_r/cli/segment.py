@@ -17,6 +17,7 @@ from pathlib import Path
 from openseg_r.cli.options import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    add_engine_options,
     add_lmm_options,
     add_model_options,
     add_protocol_option,
@@ -26,6 +27,7 @@ from openseg_r.cli.options import (
     add_settings_options,
     add_throughput_options,
     concurrency_option,
+    engine_values,
     options_and_settings,
 )
 
@@ -56,6 +58,7 @@ def add_parsers(commands) -> None:
     add_self_check_options(seg)
     add_recording_options(seg)
     add_throughput_options(seg)
+    add_engine_options(seg)
     seg.set_defaults(handler=run_segment)
 
     vocabularies = commands.add_parser("vocabularies", help="list the built-in vocabularies")
@@ -88,8 +91,12 @@ def run_segment(args: argparse.Namespace) -> int:
     options, settings = options_and_settings(args, protocol, Settings(reasoning=reasoning),
                                              runs_db=_runs_db(args), redact=args.redact)
     concurrency = concurrency_option(args)
+    engine = engine_values(args)
     inputs = expand_inputs(args.image, exclude=args.out)
     plan = None
+    if engine and not inputs.many:
+        raise ConfigError("--engine ray segments many images (a folder, a glob or several files); "
+                          "one image runs here, without it")
     if inputs.many:
         plan = _plan_many(args, inputs, settings)
     else:
@@ -113,6 +120,8 @@ def run_segment(args: argparse.Namespace) -> int:
     if plan is not None and not plan.todo:
         print(f"nothing to do: all {len(plan.done)} image(s) are already done in {plan.out} (--resume)")
         return EXIT_OK
+    if engine:
+        return _segment_many_on_ray(plan, vocabulary, options, settings, concurrency, engine)
     from openseg_r.facade import OpenSegR  # imports torch: only once the input has been checked
 
     model = OpenSegR.from_options(options, settings=settings)
@@ -376,6 +385,50 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
 
         raise ReasoningUnavailableError(f"{unavailable}; stopped: --resume continues once it answers, "
                                         "--allow-fallback segments with bare class names", unavailable=True)
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def _segment_many_on_ray(plan: _Plan, vocabulary, options, settings, concurrency: int, engine: dict) -> int:
+    """--engine ray: the actors segment --concurrency images per batch and send back each
+    image's files; this process writes the folders and index.jsonl as for a local run."""
+    from openseg_r.distributed import segment_files_on_ray
+    from openseg_r.files import write_atomically
+
+    index = _Index(plan.out / INDEX_NAME)
+    folders = dict(plan.todo)
+    counts = {"ok": 0, "failed": 0}
+    try:
+        for row in segment_files_on_ray([image for image, _ in plan.todo], vocabulary, options=options,
+                                        settings=settings, batch_size=concurrency, **engine):
+            image = row["path"]
+            folder = folders[image]
+            error = _reason(row["error"], image) if row["error"] else None
+            if error is None:
+                try:
+                    for name, data in row["files"].items():
+                        target = plan.out / folder / name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        write_atomically(target, lambda handle, data=data: handle.write(data))
+                except OSError as exc:
+                    error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
+            classes = {c["name"]: round(c["area_fraction"], 6)
+                       for c in sorted(json.loads(row["classes"]), key=lambda c: -c["pixels"])} if not error else {}
+            run_id = None
+            if error is None:
+                run_id = json.loads((plan.out / folder / "result.json").read_text(encoding="utf-8")).get("run_id")
+            index.write({"image": image, "out": folder if error is None else None, "ok": error is None,
+                         "error": error, "seconds": json.loads(row["trace"])["seconds"], "classes": classes,
+                         "run_id": run_id})
+            counts["failed" if error else "ok"] += 1
+            if error:
+                print(f"openseg-r: skipped {image}: {error}", file=sys.stderr, flush=True)
+            else:
+                print(f"{image} -> {plan.out / folder}: {', '.join(list(classes)[:3]) or 'no class'}", flush=True)
+    finally:
+        index.close()
+    already = f", {len(plan.done)} already done" if plan.done else ""
+    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
+          f"index: {plan.out / INDEX_NAME}")
     return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
 
 

@@ -54,6 +54,7 @@ class EvalState:
     class_names: list[str]
     totals: dict[str, SettingTotals]
     done: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error, for engines that go on past one
 
 def settings_for(ablation: bool, reasoning: bool) -> list[tuple[str, dict]]:
     if ablation:
@@ -67,32 +68,15 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     """``vocabulary`` replaces the dataset's class names (same classes in label order, e.g.
     with synonyms); ``protocol`` describes the protocol applied to ``model``, for the reports.
     ``concurrency`` images are evaluated at once, on worker threads sharing ``model``."""
-    from openseg_r.lmm.base import NoLMM
-
     slots = ReasoningSlots(concurrency)  # a bad value fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    own = dataset.load_vocabulary(root)
-    if vocabulary is not None and len(vocabulary.classes) != len(own.classes):
-        raise ConfigError(f"the vocabulary has {len(vocabulary.classes)} classes but {dataset.name} has "
-                          f"{len(own.classes)}: give one class per label, in label order")
-    vocabulary = vocabulary or own
+    vocabulary = eval_vocabulary(dataset, root, vocabulary)
     samples = select(dataset.samples(root, split), limit, seed, shard)
-    has_lmm = not isinstance(model.lmm, NoLMM)
-    if ablation and not has_lmm:
-        raise ConfigError("--ablation compares reasoning settings: "
-                          "give an LMM (--lmm), a replay file, or a scripted one")
-    settings = settings_for(ablation, has_lmm)
-    config = {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
-              "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
-              "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
-              "vocabulary": vocabulary.name, "class_names": vocabulary.names,
-              "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
-              # allow_fallback changes no number: an evaluation may resume with or without it
-              "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
-              "setting_overrides": {name: overrides for name, overrides in settings},
-              "throughput": _throughput(model, concurrency)}
-    state = _open_state(out, config, vocabulary.names)
+    settings = eval_settings(model, ablation)
+    config = run_config(model, dataset, root, split, settings, vocabulary, limit=limit, seed=seed, shard=shard,
+                        protocol=protocol, throughput=_throughput(model, concurrency))
+    state = open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
     bar = None
     if progress:
@@ -102,7 +86,7 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
 
     def evaluate(sample: Sample) -> tuple[dict, dict[str, AreaCounts]]:
         with slots.slot() as on_event:  # given back when its reasoning is done
-            return _evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
+            return evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
 
     started = time.perf_counter()
     pipeline = _Pipeline(evaluate, todo, slots.workers)
@@ -110,9 +94,7 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
         for number, (record, counts) in enumerate(finished, start=1):
             log.write(json.dumps(record) + "\n")  # one whole line per image, in the order they finish
             log.flush()
-            for name, entry in record["settings"].items():
-                _add(state.totals[name], counts[name], entry["seconds"], entry["lmm_calls"], entry["tokens"])
-            state.done.add(record["id"])
+            add_record(state, record, counts)
             if bar is not None:
                 last = settings[-1][0]
                 miou = summarize(state.totals[last].counts)["mIoU"]
@@ -124,16 +106,58 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     write_reports(state, out)
     return state
 
+def eval_vocabulary(dataset: DatasetSpec, root: str | Path, vocabulary=None):
+    """The dataset's own vocabulary, or ``vocabulary`` checked to have one class per label."""
+    own = dataset.load_vocabulary(root)
+    if vocabulary is not None and len(vocabulary.classes) != len(own.classes):
+        raise ConfigError(f"the vocabulary has {len(vocabulary.classes)} classes but {dataset.name} has "
+                          f"{len(own.classes)}: give one class per label, in label order")
+    return vocabulary or own
+
+
+def eval_settings(model, ablation: bool) -> list[tuple[str, dict]]:
+    """The settings evaluated per image: the ablation's (which needs an LMM) or the default one."""
+    from openseg_r.lmm.base import NoLMM
+
+    has_lmm = not isinstance(model.lmm, NoLMM)
+    if ablation and not has_lmm:
+        raise ConfigError("--ablation compares reasoning settings: "
+                          "give an LMM (--lmm), a replay file, or a scripted one")
+    return settings_for(ablation, has_lmm)
+
+
+def run_config(model, dataset: DatasetSpec, root: str | Path, split: str | None, settings, vocabulary, *,
+               limit: int | None, seed: int, shard: tuple[int, int] | None, protocol: dict | None,
+               throughput: dict) -> dict:
+    """What run.json records: what a resumed run must match, and (``throughput``) how it ran."""
+    return {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
+            "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
+            "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
+            "vocabulary": vocabulary.name, "class_names": vocabulary.names,
+            "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
+            # allow_fallback changes no number: an evaluation may resume with or without it
+            "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
+            "setting_overrides": {name: overrides for name, overrides in settings},
+            "throughput": throughput}
+
+
+def add_record(state: EvalState, record: dict, counts: dict[str, AreaCounts]) -> None:
+    """Add one image's line (as :func:`evaluate_image` makes it) to the totals."""
+    for name, entry in record["settings"].items():
+        _add(state.totals[name], counts[name], entry["seconds"], entry["lmm_calls"], entry["tokens"])
+    state.done.add(record["id"])
+
+
 def _throughput(model, concurrency: int) -> dict:
     """How fast the run was set up to go: recorded for information, never compared on resume."""
     options = getattr(model, "options", None)
     return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
             "lmm_concurrency": getattr(options, "lmm_concurrency", None)}
 
-def _evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
+def evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
                     on_event=None) -> tuple[dict, dict[str, AreaCounts]]:
-    """One image's line and its counts per setting. It runs on a worker thread, so it
-    touches no shared state: the caller's thread adds the counts."""
+    """One image's line and its counts per setting. It runs on a worker thread (or a Ray
+    actor), so it touches no shared state: the caller's thread adds the counts."""
     rgb = load_image(sample.image)
     label = dataset.load_label(sample.label)
     if label.shape != rgb.shape[:2]:
@@ -245,7 +269,7 @@ def _segmenter_settings(model: dict | None) -> dict | None:
     return None if model is None else {k: v for k, v in model.items() if k not in ignored}
 
 
-def _open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
+def open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
     run_file = out / RUN_FILE
     if run_file.exists():
         previous = json.loads(run_file.read_text())
@@ -340,6 +364,8 @@ def write_reports(state: EvalState, out: Path) -> dict:
     changes = _largest_changes(results[names[0]], results[names[-1]]) if len(names) > 1 else []
     summary = {"config": state.config, "images": len(state.done), "table": table, "per_class": results,
                "largest_class_changes": changes}
+    if state.failed:  # images left out of every number (see failed.jsonl)
+        summary["failed"] = len(state.failed)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(_markdown(summary, names))
     return summary
@@ -380,6 +406,8 @@ def _markdown(summary: dict, names: list[str]) -> str:
         for row in summary["largest_class_changes"]:
             lines.append(f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} "
                          f"| {_fmt(row['delta'], True)} |")
+    if summary.get("failed"):
+        lines += ["", f"{summary['failed']} image(s) failed and are left out of every number: see failed.jsonl."]
     lines += ["", "LMM calls count only calls made: reasoning shared between settings (cached) is counted once."]
     return "\n".join(lines) + "\n"
 
@@ -409,4 +437,5 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return index, count
 
-__all__ = ["ABLATION", "merge", "parse_shard", "run_eval", "write_reports"]
+__all__ = ["ABLATION", "add_record", "eval_settings", "eval_vocabulary", "evaluate_image", "load_records", "merge",
+           "open_state", "parse_shard", "run_config", "run_eval", "write_reports"]

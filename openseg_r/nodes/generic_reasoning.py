@@ -102,3 +102,43 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
                 fallbacks += dropped_attribute_fallbacks(STEP, reply.value, subject=name)
     ordered = {name: reasoning[name] for name in names}
     return GenericReasoningOutput(generic_reasoning=ordered, lmm_calls=calls, fallbacks=fallbacks)
+
+
+def reason_generic_ahead(vocabulary: Vocabulary, context: OpenSegContext, on_progress=None) -> list[str]:
+    """Fill the context's reasoning cache with the generic reasoning of every class, outside
+    any run (``openseg-r reason generic``, the Ray driver before it ships the answers to its
+    actors). Classes go a few at a time (the context's LMM concurrency), so an interrupted
+    call resumes from the cache; ``on_progress(classes_done)`` follows them.
+
+    Returns the classes whose answer failed (bare names will be used). Raises
+    :class:`~openseg_r.errors.ReasoningUnavailableError` when the backend is unusable."""
+    from openseg_r.errors import ReasoningUnavailableError
+
+    classes = [c for c in vocabulary.classes if not c.is_background]
+    failed: list[str] = []
+    batch = max(1, context.max_concurrent_lmm_calls)
+    runtime = Runtime(context=context)
+    for start in range(0, len(classes), batch):
+        part = Vocabulary(name=vocabulary.name, classes=classes[start : start + batch])
+        out = generic_reasoning(GenericReasoningInput(vocabulary=part), runtime)
+        failed += [f.subject for f in out.fallbacks if f.subject]
+        if on_progress is not None:
+            on_progress(len(part.classes))
+        if context.lmm_breaker.cause:  # the backend is unusable: asking the rest would fail too
+            raise ReasoningUnavailableError(f"{context.lmm_breaker.cause}; the classes reasoned before it are "
+                                            "cached: run again once it answers", unavailable=True)
+    return failed
+
+
+def cached_generic_entries(vocabulary: Vocabulary, context: OpenSegContext) -> list[dict]:
+    """The cache entries ``{"kind", "key", "value"}`` of the vocabulary's classes that have
+    generic reasoning: what a model elsewhere (a Ray actor) seeds its cache with."""
+    entries = []
+    for item in vocabulary.classes:
+        if item.is_background:
+            continue
+        key = generic_cache_key(context.lmm, item.name)
+        value = context.reasoning_cache.get("generic", key)
+        if value is not None:
+            entries.append({"kind": "generic", "key": key, "value": value})
+    return entries

@@ -1,0 +1,86 @@
+"""Batch segmentation on Ray: :func:`segment_dataset` for users' own Ray Data pipelines,
+:func:`segment_files_on_ray` for ``openseg-r segment --engine ray``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+from openseg_r.distributed.actors import SegmentActor
+from openseg_r.distributed.cluster import connect, require_ray
+from openseg_r.errors import ConfigError
+from openseg_r.options import ModelOptions
+
+ACTOR_CPUS = 0.5  # as for eval: leave the CPUs to Ray Data's read tasks
+
+
+def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, actors: int = 2,
+                    gpus_per_actor: float = 0.0, batch_size: int = 4, masks: str = "rle", files: bool = False):
+    """``ds`` (rows {"path"} or {"image"}: an HxWx3 uint8 array) segmented by ``actors``
+    actors, lazily: a :class:`ray.data.Dataset` of the rows :class:`SegmentActor` returns.
+    ``vocabulary``: a Vocabulary, a list of names, or a comma-separated string. Generic
+    reasoning is computed here once and shipped to the actors; Ray must be initialised
+    (``ray.init()`` or :func:`openseg_r.distributed.connect`)."""
+    ray = require_ray()
+    if masks not in ("rle", "array"):
+        raise ConfigError(f"masks must be 'rle' or 'array', got {masks!r}")
+    if not isinstance(actors, int) or actors < 1 or gpus_per_actor < 0 or batch_size < 1:
+        raise ConfigError("actors and batch_size must be positive and gpus_per_actor 0 or more")
+    vocabulary, settings, generic = _prepare(vocabulary, options, settings)
+    return ds.map_batches(
+        SegmentActor,
+        fn_constructor_kwargs={"options": options.model_dump(mode="json"), "settings": settings,
+                               "vocabulary": vocabulary.model_dump(mode="json"), "generic": generic,
+                               "masks": masks, "files": files},
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor or None, num_cpus=ACTOR_CPUS)
+
+
+def segment_files_on_ray(paths: list[str], vocabulary, *, options: ModelOptions, settings=None,
+                         address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
+                         batch_size: int = 4) -> Iterator[dict]:
+    """Each image file's row as it finishes, with its result folder's files ("files":
+    {relative path: bytes}); the caller writes them (``openseg-r segment --engine ray``)."""
+    ray = require_ray()
+    connect(address)
+    rows = [{"path": str(path)} for path in paths]
+    if not rows:
+        return
+    blocks = max(1, -(-len(rows) // batch_size))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    results = segment_dataset(ds, vocabulary, options=options, settings=settings, actors=actors,
+                              gpus_per_actor=gpus_per_actor, batch_size=batch_size, files=True)
+    for row in results.iter_rows():
+        row = dict(row)
+        row["files"] = {name: base64.b64decode(data) for name, data in json.loads(row["files"] or "{}").items()}
+        yield row
+
+
+def _prepare(vocabulary, options: ModelOptions, settings):
+    """The vocabulary, the settings as a dict, and the generic reasoning the actors start with
+    (computed here, with the options' LMM and cache, when the settings use reasoning)."""
+    from openseg_r.errors import ReasoningUnavailableError
+    from openseg_r.facade import OpenSegR
+    from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
+    from openseg_r.state import Vocabulary
+    from openseg_r.vocab import parse_class_list
+
+    if isinstance(vocabulary, str):
+        vocabulary = parse_class_list(vocabulary)
+    elif isinstance(vocabulary, (list, tuple)):
+        vocabulary = parse_class_list(", ".join(vocabulary))
+    elif not isinstance(vocabulary, Vocabulary):
+        raise ConfigError(f"the vocabulary must be a Vocabulary, a list of names or a string, not "
+                          f"{type(vocabulary).__name__}")
+    model = OpenSegR.from_options(options.with_overrides(device="cpu"), settings=settings)
+    generic = []
+    if model.settings.reasoning:
+        context = model.context()
+        try:
+            reason_generic_ahead(vocabulary, context)
+        except ReasoningUnavailableError:
+            if not model.settings.allow_fallback:
+                raise
+        generic = cached_generic_entries(vocabulary, context)
+    return vocabulary, model.settings.model_dump(mode="json"), generic
