@@ -49,3 +49,29 @@ def hang_up_server() -> LoopbackSocketServer:
 
 def silent_server() -> LoopbackSocketServer:
     return LoopbackSocketServer(hang_up=False)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_listening(process, port: int, what: str = "the MCP server", timeout: float = 120) -> None:
+    """Return once ``port`` accepts connections; fail the test if ``process`` exits or
+    does not get there within ``timeout`` seconds."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{what} did not start")

@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import free_port, wait_until_listening
 from PIL import Image
 
 from openseg_r import OpenSegR
@@ -323,12 +323,6 @@ def serve_args(tiny_model_files, image_root, *extra) -> list[str]:
             "--root", str(image_root), *extra]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def http_server(tiny_model_files, image_root):
     port = free_port()
@@ -337,15 +331,7 @@ def http_server(tiny_model_files, image_root):
                    "--queue-timeout", "60"),
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the MCP server exited: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.3)
+    wait_until_listening(process, port)
     yield f"http://127.0.0.1:{port}/mcp", process
     process.terminate()
     process.wait(timeout=30)

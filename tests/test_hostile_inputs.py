@@ -13,17 +13,16 @@ import json
 import os
 import queue
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 import zlib
 from pathlib import Path
 
 import pytest
+from loopback import free_port, wait_until_listening
 from PIL import Image, ImageFile
 
 from openseg_r import OpenSegR
@@ -262,26 +261,12 @@ def serve_args(tiny_model_files, image_root, *extra) -> list[str]:
             "--root", str(image_root), *extra]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def http_server(tiny_model_files, image_root):
     port = free_port()
     process = subprocess.Popen(serve_args(tiny_model_files, image_root, "--http", "--port", str(port)),
                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the MCP server exited: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.3)
+    wait_until_listening(process, port)
     yield f"http://127.0.0.1:{port}/mcp", process
     process.terminate()
     process.wait(timeout=30)

@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from loopback import free_port, wait_until_listening
 
 from openseg_r import OpenSegR
 from openseg_r.batching import MicroBatcher
@@ -294,12 +294,6 @@ def test_the_budget_is_a_safety_setting_and_a_serve_flag(tmp_path):
 # --------------------------------------------------------------------------- the issue's test, over MCP HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(tiny_model_files, tmp_path):
     """The real MCP server over streamable HTTP on loopback, in this process, so the test
@@ -434,18 +428,6 @@ def long_call() -> dict:
     """350,000 sentences: minutes on the tiny model."""
     return {"image_path": "voc.jpg", "vocabulary": huge_vocabulary(), "reasoning": False, "masks": "none"}
 
-
-def wait_until_listening(process, port: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the MCP server exited: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail("the MCP server did not start")
 
 
 def test_sigint_stops_the_http_server_during_a_long_call(tiny_model_files, tmp_path):
