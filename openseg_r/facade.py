@@ -10,6 +10,7 @@ and text embeddings and generic reasoning are reused between calls.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
@@ -141,11 +142,10 @@ class OpenSegR:
                 text_cache=None if text_cache is None else str(text_cache), **segmenter_config
             )
         self.segmenter = segmenter
-        self._runs_in_flight = 0
-        self._runs_lock = threading.Lock()
+        self._runs = _RunCounter()  # shared with with_lmm()'s siblings, as the micro-batcher is
         self.batcher = None  # concurrent runs' images share forward passes through it
         if batch_size > 1 and hasattr(segmenter, "segment_batch"):
-            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self.runs_in_flight)
+            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self._runs.count)
         self.lmm_concurrency = lmm_concurrency
         self._lmm_slots = threading.BoundedSemaphore(max(1, lmm_concurrency))
         self._flights = SingleFlight()
@@ -182,6 +182,7 @@ class OpenSegR:
         )
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
+        self._unrecorded: dict[bool, Any] = {}  # graphs for runs kept out of the runs database, by interactive
 
     @classmethod
     def from_options(
@@ -232,12 +233,25 @@ class OpenSegR:
         )
 
     def runs_in_flight(self) -> int:
-        """Runs of this model being advanced right now (the micro-batcher's hint)."""
-        return self._runs_in_flight
+        """Runs of this model (and its :meth:`with_lmm` siblings) being advanced right now
+        (the micro-batcher's hint)."""
+        return self._runs.count()
 
     def _run_started(self, delta: int) -> None:
-        with self._runs_lock:
-            self._runs_in_flight += delta
+        self._runs.add(delta)
+
+    def with_lmm(self, lmm: str | LMMBackend | None) -> "OpenSegR":
+        """This model asking another LMM (a spec or a backend; None or ``"none"``: no LMM).
+        The loaded segmenter, the micro-batcher, the LMM call slots, the caches and the runs
+        database are shared, so runs of both share forward passes; the LMM call options are
+        this model's. Made for servers that let each request pick its backend."""
+        spec = None if isinstance(lmm, LMMBackend) else ("none" if lmm is None else str(lmm).strip() or "none")
+        calls = self.options.lmm_options.model_copy(update={"concurrency": None})
+        sibling = copy.copy(self)
+        sibling.lmm = backend_from_spec(lmm if spec is None else spec, options=calls)
+        sibling.options = self.options.model_copy(
+            update={"lmm": spec or getattr(sibling.lmm, "spec", None) or "none", "lmm_record": None})
+        return sibling
 
     def segment(
         self,
@@ -249,6 +263,7 @@ class OpenSegR:
         graph_config: dict | None = None,
         image_name: str | None = None,
         cancel: CancelToken | None = None,
+        record: bool | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
@@ -263,9 +278,10 @@ class OpenSegR:
         graph's config when this is called from inside a node). ``on_event`` receives the
         step log's events (see :mod:`openseg_r.runs.events`). ``cancel`` (a
         :class:`~openseg_r.cancel.CancelToken`) stops the run at its next text batch, window
-        pass or graph step once it is set, with :class:`~openseg_r.cancel.Cancelled`."""
+        pass or graph step once it is set, with :class:`~openseg_r.cancel.Cancelled`.
+        ``record=False`` keeps this run out of the model's runs database."""
         run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, image_name=image_name,
-                         cancel=cancel, **settings_overrides)
+                         cancel=cancel, record=record, **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -363,32 +379,44 @@ class OpenSegR:
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
         on_event: Callable[[dict], None] | None = None, image_name: str | None = None,
-        cancel: CancelToken | None = None, **settings_overrides,
+        cancel: CancelToken | None = None, record: bool | None = None, **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
         with questions: then answer them with :meth:`SegmentationRun.answer`.
         ``image_name`` names an image given as pixels (its path, for the trace and the
-        runs database), so a caller that decoded the file need not decode it again."""
+        runs database), so a caller that decoded the file need not decode it again.
+        ``record`` (default: whether the model has a runs database) records the run there;
+        ``record=True`` without a runs database is an error."""
         settings = merged_settings(self.settings, settings_overrides)
         vocab = resolve_vocabulary(vocabulary)
+        if record and self.runs_db is None:
+            raise ConfigError("record=True needs a runs database (OpenSegR(runs_db=...))")
         rgb = load_image(image, max_pixels=self.max_pixels)
-        recorded = self.runs_db is not None and graph_config is None
+        recorded = self.runs_db is not None and graph_config is None and record is not False
         store = self.runs_db.artifacts(self.redact) if recorded else ArtifactStore()
         source = image_name if image_name is not None else str(image) if isinstance(image, (str, Path)) else None
         ref = ImageRef(key=store.put(rgb, kind="image"), width=rgb.shape[1], height=rgb.shape[0], source=source)
         state = OpenSegState(image=ref, vocabulary=vocab, settings=settings)
         interactive = settings.self_check.enabled and settings.self_check.mode == "human"
-        if interactive and self._interactive_graph is None:
-            from langgraph.checkpoint.memory import InMemorySaver
-
-            self._interactive_graph = build_graph(checkpointer=InMemorySaver())
-        graph = self._interactive_graph if interactive else self.graph
+        graph = self._graph_for(interactive, kept_out=self.runs_db is not None and record is False)
         run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event, cancel=cancel)
         if recorded:
             self._record_start(run.thread_id, ref, vocab, settings)
             run.recorded = True
         run._advance(state)
         return run
+
+    def _graph_for(self, interactive: bool, kept_out: bool):
+        """The compiled graph a run takes: the model's own (with the runs database's
+        checkpointer, if any), one with an in-memory checkpointer when the human self-check
+        must pause and resume, and plain ones for runs ``kept_out`` of the runs database."""
+        if kept_out:
+            if interactive not in self._unrecorded:
+                self._unrecorded[interactive] = _in_memory_graph() if interactive else build_graph()
+            return self._unrecorded[interactive]
+        if interactive and self._interactive_graph is None:
+            self._interactive_graph = _in_memory_graph()
+        return self._interactive_graph if interactive else self.graph
 
     # ------------------------------------------------------------------ recorded runs
 
@@ -620,6 +648,27 @@ class SegmentationRun:
             return ", ".join(self.graph.get_state(self._config).next) or None
         except Exception:  # no checkpointer: nothing more to say
             return None
+
+
+class _RunCounter:
+    """Runs being advanced, counted across a model and its siblings."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self._count += delta
+
+    def count(self) -> int:
+        return self._count
+
+
+def _in_memory_graph():
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return build_graph(checkpointer=InMemorySaver())
 
 
 def _uses_lmm(settings: Settings) -> bool:

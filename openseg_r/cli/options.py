@@ -98,10 +98,12 @@ def add_lmm_option_flag(parser: argparse.ArgumentParser, defaults_from_run: bool
                                                    "the config file's [lmm] table; see README)", defaults_from_run))
 
 
-def add_settings_options(parser: argparse.ArgumentParser) -> None:
-    """The per-run settings ``segment`` takes (fields of :class:`Settings`)."""
-    parser.add_argument("--no-reasoning", action="store_true", default=None,
-                        help="baseline: bare class names, no LMM")
+def add_settings_options(parser: argparse.ArgumentParser, baseline_flag: bool = True) -> None:
+    """The per-run settings ``segment`` takes (fields of :class:`Settings`); a server whose
+    callers choose reasoning per request has no ``--no-reasoning``."""
+    if baseline_flag:
+        parser.add_argument("--no-reasoning", action="store_true", default=None,
+                            help="baseline: bare class names, no LMM")
     parser.add_argument("--image-reasoning", default=None, choices=choices_of(Settings, "image_reasoning_mode"),
                         help=described(Settings, "image_reasoning_mode",
                                        "one structured LMM call per image, or the paper's three-call chain"))
@@ -221,12 +223,16 @@ SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
 }
 
 
-def add_self_check_options(parser: argparse.ArgumentParser) -> None:
+def add_self_check_options(parser: argparse.ArgumentParser, toggles: bool = True) -> None:
+    """The self-check's settings; without ``toggles`` (a page picks on/off and who answers), only its thresholds."""
     group = parser.add_argument_group("self-check", "re-ask the LMM about regions where the segmenter is unsure")
-    group.add_argument(
-        "--self-check", action="store_true", default=None, help="turn the self-check on (off by default)"
-    )
+    if toggles:
+        group.add_argument(
+            "--self-check", action="store_true", default=None, help="turn the self-check on (off by default)"
+        )
     for dest, (field, text) in SELF_CHECK_FLAGS.items():
+        if not toggles and dest == "self_check_mode":
+            continue
         flag = "--" + dest.replace("_", "-")
         annotation = SelfCheckSettings.model_fields[field].annotation
         if typing.get_args(annotation):
@@ -240,13 +246,16 @@ def add_self_check_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_recording_options(parser: argparse.ArgumentParser) -> None:
+def add_recording_options(parser: argparse.ArgumentParser, step_log: bool = True) -> None:
+    """Recording to the runs database; with ``step_log``, also the JSONL step log and terminal progress."""
     record = parser.add_argument_group("recording", "keep the run to inspect, replay or report later (openseg-r runs)")
     record.add_argument("--record", action="store_true", default=None, help="record the run in the runs database")
     record.add_argument("--runs-db", default=None, help="the runs database (implies --record; default: user data dir)")
     record.add_argument(
         "--redact", action="store_true", default=None, help="keep images out of the runs database (hashes only)"
     )
+    if not step_log:
+        return
     record.add_argument(
         "--trace-jsonl", default=None, help="write the step log (every node's input and output) as JSONL"
     )
@@ -258,18 +267,20 @@ def add_recording_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_safety_options(parser: argparse.ArgumentParser) -> None:
+def add_safety_options(parser: argparse.ArgumentParser, paths: bool = True) -> None:
+    """The safety limits; without ``paths`` (a page uploads its images), no image folders or URLs."""
     from openseg_r.tools.safety import SafetyLimits
 
     group = parser.add_argument_group("safety", "limits on what callers may ask (also the [safety] config table)")
-    group.add_argument(
-        "--root",
-        action="append",
-        default=None,
-        dest="roots",
-        help="a folder image paths may come from (repeat for several; default: none, base64 only)",
-    )
-    group.add_argument("--allow-urls", action="store_true", default=None, help="allow public http(s) image URLs")
+    if paths:
+        group.add_argument(
+            "--root",
+            action="append",
+            default=None,
+            dest="roots",
+            help="a folder image paths may come from (repeat for several; default: none, base64 only)",
+        )
+        group.add_argument("--allow-urls", action="store_true", default=None, help="allow public http(s) image URLs")
     group.add_argument(
         "--max-concurrent",
         type=int,
@@ -337,6 +348,17 @@ def model_option_values(args: argparse.Namespace) -> dict:
             "compile": flag("compile"),
         },
     }
+
+
+def runs_db_option(args: argparse.Namespace) -> str | None:
+    """--runs-db PATH, or --record (or --redact) for the default database, else no recording."""
+    if args.runs_db:
+        return args.runs_db
+    if args.record or args.redact:
+        from openseg_r.runs.database import default_runs_path
+
+        return str(default_runs_path())
+    return None
 
 
 def settings_overrides(args: argparse.Namespace) -> dict:

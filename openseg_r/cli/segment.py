@@ -29,6 +29,7 @@ from openseg_r.cli.options import (
     concurrency_option,
     engine_values,
     options_and_settings,
+    runs_db_option,
 )
 
 INDEX_NAME = "index.jsonl"
@@ -89,7 +90,7 @@ def run_segment(args: argparse.Namespace) -> int:
     has_lmm = names_an_lmm(spec)
     reasoning = not args.no_reasoning and has_lmm
     options, settings = options_and_settings(args, protocol, Settings(reasoning=reasoning),
-                                             runs_db=_runs_db(args), redact=args.redact)
+                                             runs_db=runs_db_option(args), redact=args.redact)
     concurrency = concurrency_option(args)
     engine = engine_values(args)
     inputs = expand_inputs(args.image, exclude=args.out)
@@ -446,17 +447,6 @@ def _reason(error: str, image: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _runs_db(args: argparse.Namespace) -> str | None:
-    """--runs-db PATH, or --record (or --redact) for the default database, else no recording."""
-    if args.runs_db:
-        return args.runs_db
-    if args.record or args.redact:
-        from openseg_r.runs.database import default_runs_path
-
-        return str(default_runs_path())
-    return None
 
 
 def _ask_at_terminal(out_dir: str):

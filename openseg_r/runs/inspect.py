@@ -39,6 +39,14 @@ class RecordedRun:
             self.missing.append(str(exc))
             return None
 
+    def final_labels(self):
+        """The label map the run ended with (after the self-check, if it ran), or None."""
+        state = self.state
+        if state is None or state.segmentation is None:
+            return None
+        output = state.self_check.output if state.self_check else state.segmentation
+        return self.array(output.labels_key)
+
 
 def load_run(db: RunsDB, run_id: str, graph) -> RecordedRun:
     record = db.get_run(run_id)

@@ -146,14 +146,6 @@ def _prompts(state: OpenSegState) -> str:
            f"<table><tr><th>class</th><th>source</th><th>phrases</th></tr>{rows}</table>"
 
 
-def _final_labels(run: RecordedRun):
-    state = run.state
-    if state is None or state.segmentation is None:
-        return None
-    output = state.self_check.output if state.self_check else state.segmentation
-    return run.array(output.labels_key)
-
-
 def _picture(run: RecordedRun, labels: np.ndarray, box=None) -> Image.Image:
     names = run.state.vocabulary.names
     if run.record.redact:
@@ -173,7 +165,7 @@ def _picture(run: RecordedRun, labels: np.ndarray, box=None) -> Image.Image:
 
 
 def _result(run: RecordedRun) -> str:
-    labels = _final_labels(run)
+    labels = run.final_labels()
     if labels is None:
         return "<p>The run stopped before segmentation, or its label map is missing from the store.</p>"
     note = " (colours only: the run is redacted)" if run.record.redact else ""

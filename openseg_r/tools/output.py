@@ -118,6 +118,30 @@ def encode_rle(mask: np.ndarray) -> RLE:
     return RLE(size=[int(v) for v in encoded["size"]], counts=encoded["counts"].decode("ascii"))
 
 
+def coco_masks(result: SegmentationResult, file_name: str = "image") -> dict:
+    """The classes found as a COCO file (``pycocotools.coco.COCO`` reads it): one image, the
+    vocabulary as categories (id = label value + 1, since COCO ids start at 1), and one
+    annotation per class found, its mask as RLE and its mean confidence as ``score``."""
+    height, width = result.labels.shape
+    found = [c for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels > 0]
+    annotations = []
+    for number, summary in enumerate(found, start=1):
+        mask = result.labels == summary.index
+        ys, xs = np.nonzero(mask)
+        annotations.append({
+            "id": number, "image_id": 1, "category_id": summary.index + 1, "iscrowd": 0,
+            "segmentation": encode_rle(mask).model_dump(), "area": int(summary.pixels),
+            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            "score": summary.mean_confidence,
+        })
+    return {
+        "info": {"description": "openseg-r segmentation", "run_id": result.run_id},
+        "images": [{"id": 1, "file_name": file_name, "width": int(width), "height": int(height)}],
+        "categories": [{"id": index + 1, "name": name} for index, name in enumerate(result.names)],
+        "annotations": annotations,
+    }
+
+
 def png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,12 +38,42 @@ from openseg_r.tools.safety import (
 )
 from openseg_r.vocab import builtin_names, load_builtin
 
+T = TypeVar("T")
 MAX_TRACES = 200
 TRACE_RAW_TEXT = 600
 
 
 class ToolBusyError(ToolInputError):
     """Every segmentation slot stayed busy for the whole queue wait."""
+
+
+class ServiceCall(Generic[T]):
+    """Work started by :meth:`SegmentationService.begin`: wait for it with :meth:`result`,
+    or poll :attr:`future` (the web page streams events meanwhile)."""
+
+    def __init__(self, service: "SegmentationService", future: Future, token: CancelToken) -> None:
+        self.service, self.future, self.token = service, future, token
+        self.started = time.monotonic()
+
+    def seconds_left(self) -> float:
+        return self.service.limits.call_timeout_s - (time.monotonic() - self.started)
+
+    def result(self) -> T:
+        """The work's result within the call's time limit, or one line: the time limit
+        (the work is cancelled and ends at its next batch), cancellation, or the error."""
+        limit = self.service.limits.call_timeout_s
+        try:
+            return result_unless_cancelled(self.future, self.token, timeout=max(0.0, self.seconds_left()))
+        except FutureTimeout:
+            self.token.cancel(f"the call passed its time limit of {limit:g} s")
+            raise ToolInputError(
+                f"the segmentation took longer than the limit of {limit:g} s and was abandoned; "
+                "try a smaller image, a smaller vocabulary, or reasoning off"
+            ) from None
+        except OpenSegRError as exc:
+            raise ToolInputError(str(exc)) from None
+        finally:
+            self.service._forget(self.token)
 
 
 class SegmentRequest(BaseModel):
@@ -109,26 +142,9 @@ class SegmentationService:
             "reasoning": request.reasoning and has_lmm,
             "self_check": {"enabled": request.self_check and has_lmm, "mode": "lmm"},
         }
-        if not self._slots.acquire(timeout=self.limits.queue_timeout_s):
-            raise ToolBusyError(
-                f"the server is busy: all {self.limits.max_concurrent} segmentation slot(s) stayed in use for "
-                f"{self.limits.queue_timeout_s:g} s; try again later"
-            )
-        token = self._follow(CancelToken())
-        try:
-            future = self._start(rgb, vocabulary, settings, graph_config, token)
-            result = result_unless_cancelled(future, token, timeout=self.limits.call_timeout_s)
-        except FutureTimeout:
-            token.cancel(f"the call passed its time limit of {self.limits.call_timeout_s:g} s")
-            raise ToolInputError(
-                f"the segmentation took longer than the limit of {self.limits.call_timeout_s:g} s and was abandoned; "
-                "try a smaller image, a smaller vocabulary, or reasoning off"
-            ) from None
-        except OpenSegRError as exc:
-            raise ToolInputError(str(exc)) from None
-        finally:
-            with self._state:
-                self._calls.discard(token)
+        call = self.begin(lambda token: self.model.segment(rgb, vocabulary, graph_config=graph_config,
+                                                           cancel=token, **settings))
+        result = call.result()
         trace_id = uuid.uuid4().hex[:16]
         output = build_output(result, trace_id, request.masks, notes)
         self._remember(trace_id, result)
@@ -164,6 +180,40 @@ class SegmentationService:
         with self._state:
             return self._state.wait_for(lambda: self._running == 0, timeout)
 
+    def begin(self, work: Callable[[CancelToken], T]) -> "ServiceCall[T]":
+        """Start ``work(token)`` in a daemon thread of its own, holding a segmentation slot
+        until it really ends: the one way every entry point (the tools, the web app) runs
+        work on the model. Refused in one line while stopping, or when every slot stays busy
+        for ``queue_timeout_s``. :meth:`stop` and the call's time limit cancel the token."""
+        if self._stopping is not None:
+            raise ToolInputError(f"{self._stopping}; no new segmentations are started")
+        if not self._slots.acquire(timeout=self.limits.queue_timeout_s):
+            raise ToolBusyError(
+                f"the server is busy: all {self.limits.max_concurrent} segmentation slot(s) stayed in use for "
+                f"{self.limits.queue_timeout_s:g} s; try again later"
+            )
+        token = self._follow(CancelToken())
+        future: Future = Future()
+
+        def run() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(work(token))
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                self._work_ended()
+
+        with self._state:
+            self._running += 1
+        try:
+            threading.Thread(target=run, name="openseg-r-call", daemon=True).start()
+        except BaseException:
+            self._work_ended()
+            self._forget(token)
+            raise
+        return ServiceCall(self, future, token)
+
     def _follow(self, token: CancelToken) -> CancelToken:
         with self._state:
             self._calls.add(token)
@@ -172,35 +222,9 @@ class SegmentationService:
             token.cancel(stopping)
         return token
 
-    def _start(self, rgb, vocabulary, settings, graph_config, token: CancelToken) -> Future:
-        """The segmentation in a daemon thread of its own, holding the slot taken for it:
-        a call's work never keeps the process from exiting once the server is told to stop."""
-        future: Future = Future()
-
-        def work() -> None:
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(self._run_in_slot(rgb, vocabulary, settings, graph_config, token))
-            except BaseException as exc:
-                future.set_exception(exc)
-
+    def _forget(self, token: CancelToken) -> None:
         with self._state:
-            self._running += 1
-        try:
-            threading.Thread(target=work, name="openseg-r-call", daemon=True).start()
-        except BaseException:
-            self._work_ended()
-            raise
-        return future
-
-    def _run_in_slot(self, rgb, vocabulary, settings, graph_config, token: CancelToken):
-        """Holds its slot until the work is really done, even after a caller's time-out,
-        so abandoned work still counts against the concurrency limit (GPU memory); the
-        caller's token stops it at its next batch."""
-        try:
-            return self.model.segment(rgb, vocabulary, graph_config=graph_config, cancel=token, **settings)
-        finally:
-            self._work_ended()
+            self._calls.discard(token)
 
     def _work_ended(self) -> None:
         self._slots.release()
@@ -215,6 +239,10 @@ class SegmentationService:
             data = decode_base64_image(request.image_base64, self.limits)
         else:
             data = fetch_image_url(request.image_url, self.limits)
+        return self.decode_image(data)
+
+    def decode_image(self, data: bytes):
+        """An image file's bytes as RGB pixels, within the pixel limit; one line if not."""
         try:
             return load_image(data, max_pixels=self.limits.max_pixels)
         except ImageError as exc:

@@ -1,0 +1,1 @@
+"""The web app: openseg-r serve web."""
