@@ -250,7 +250,8 @@ def build_blocks(web: WebApp) -> gr.Blocks:
                         gr.Markdown("### The self-check asks you")
                         for question in pending:
                             region = question["region_id"]
-                            with gr.Group(elem_classes=["question"], elem_id=f"question-{_slug(region)}"):
+                            with gr.Column(elem_classes=["question"], elem_id=f"question-{_slug(region)}",
+                                           variant="panel"):
                                 gr.Markdown(f"**Region {html.escape(region)}** (round {question['round']}): "
                                             f"{html.escape(str(question.get('question', ''))[:300])}")
                                 with gr.Row():
