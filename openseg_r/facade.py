@@ -145,7 +145,9 @@ class OpenSegR:
         self._runs = _RunCounter()  # shared with with_lmm()'s siblings, as the micro-batcher is
         self.batcher = None  # concurrent runs' images share forward passes through it
         if batch_size > 1 and hasattr(segmenter, "segment_batch"):
-            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self._runs.count)
+            # a bound method of the model (not of the counter): the batcher's worker thread must not hold
+            # the last reference to the model, or torch objects get freed in it at interpreter exit (abort)
+            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self.runs_in_flight)
         self.lmm_concurrency = lmm_concurrency
         self._lmm_slots = threading.BoundedSemaphore(max(1, lmm_concurrency))
         self._flights = SingleFlight()

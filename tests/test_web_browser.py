@@ -125,15 +125,28 @@ class Page:
         return self.page.request.get(link.get_attribute("href")).body()
 
     def screenshot(self, name: str) -> None:
-        folder = os.environ.get("OPENSEG_R_SCREENSHOTS")
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(folder) / name), full_page=True)
+        save_screenshot(self.page, name)
 
     def close(self) -> None:
         self.page.close()
         assert self.errors == [], self.errors  # the console stayed clean
         assert self.outside == [], self.outside  # nothing was fetched from outside this machine
+
+
+SCREENSHOT_WIDTH = 1100  # the README's pictures: scaled down and in 256 colours, to keep the repository small
+
+
+def save_screenshot(tab, name: str) -> None:
+    """With OPENSEG_R_SCREENSHOTS set, the whole page as a PNG in that folder (for the README)."""
+    folder = os.environ.get("OPENSEG_R_SCREENSHOTS")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    picture = Image.open(io.BytesIO(tab.screenshot(full_page=True))).convert("RGB")
+    if picture.width > SCREENSHOT_WIDTH:
+        picture = picture.resize((SCREENSHOT_WIDTH, round(picture.height * SCREENSHOT_WIDTH / picture.width)),
+                                 Image.Resampling.LANCZOS)
+    picture.quantize(256, method=Image.Quantize.MEDIANCUT).save(Path(folder) / name, optimize=True)
 
 
 @pytest.fixture
@@ -253,6 +266,5 @@ def test_open_a_recorded_runs_report_and_compare_with_the_baseline(page):
     assert report.locator("body").get_attribute("data-images-ok") == "yes"  # every picture decoded
     assert run_prefix in report.title()
     assert report.locator("#alignment").count() == 1 and "diningtable" in report.locator("#alignment").inner_text()
-    if os.environ.get("OPENSEG_R_SCREENSHOTS"):
-        report.screenshot(path=str(Path(os.environ["OPENSEG_R_SCREENSHOTS"]) / "web-5-report.png"))
+    save_screenshot(report, "web-5-report.png")
     report.close()

@@ -130,6 +130,15 @@ def test_result_legend_rows_match_the_present_classes_and_their_shares(full_run)
     assert f"{sum(t.seconds for t in result.state.timings):.2f} s" in page
 
 
+def test_the_usage_line_counts_answers_the_reasoning_cache_gave(tiny_segmenter, voc):
+    model = OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(EXAMPLE.read_text())))
+    first = model.segment(voc["rgb"], VOCABULARY)
+    assert "from the reasoning cache" not in result_html(first)  # everything was asked
+    second = model.segment(voc["rgb"], VOCABULARY)  # the generic reasoning is cached now
+    hits = second.reasoning_cache["hits"]
+    assert hits > 0 and f"({hits} answer(s) from the reasoning cache)" in result_html(second)
+
+
 def test_a_run_without_reasoning_shows_no_reasoning_sections(tiny_segmenter, voc):
     run = Run(tiny_segmenter, voc["rgb"], {}, reasoning=False)
     page = run.trace().html()
@@ -147,6 +156,8 @@ def test_a_run_that_waits_for_a_person_shows_the_questions_then_resumes_into_the
     assert len(run.questions) == 2
     assert trace.status_line() == "waiting for your answers: 2 question(s)"
     assert trace.running() == ["check_region", "check_region"]
+    waiting = [node for node, status in timeline(trace.html()) if status == "waiting"]
+    assert waiting == ["check_region", "check_region"]  # shown as waiting for a person, not spinning
     run.answer({question["region_id"]: "none of these" for question in run.questions})
     assert run.result is not None and trace.running() == []
     nodes = timeline(trace.html())

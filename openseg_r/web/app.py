@@ -209,7 +209,6 @@ def status_html(live: LiveRun | None = None, error: str | None = None, notes: li
 
 
 def build_blocks(web: WebApp) -> gr.Blocks:
-    limits = web.service.limits
     has_runs = web.runs_db is not None
     example = EXAMPLES / "voc.jpg"
     with gr.Blocks(title="openseg-r", analytics_enabled=False) as blocks:
@@ -252,8 +251,7 @@ def build_blocks(web: WebApp) -> gr.Blocks:
                             region = question["region_id"]
                             with gr.Column(elem_classes=["question"], elem_id=f"question-{_slug(region)}",
                                            variant="panel"):
-                                gr.Markdown(f"**Region {html.escape(region)}** (round {question['round']}): "
-                                            f"{html.escape(str(question.get('question', ''))[:300])}")
+                                gr.Markdown(question_text(question))
                                 with gr.Row():
                                     gr.Image(live.crop(question), label="the region, outlined", format="png",
                                              interactive=False, height=220)
@@ -347,7 +345,6 @@ def build_blocks(web: WebApp) -> gr.Blocks:
         recorded_compare.click(on_compare_recorded, inputs=[recorded_run],
                                outputs=[recorded_status, recorded_left, recorded_right, recorded_table],
                                api_visibility="private", concurrency_limit=None)
-    blocks.max_file_size = limits.max_file_bytes
     return blocks
 
 
@@ -395,6 +392,16 @@ def _follow(web: WebApp, live: LiveRun, steps, notes: list[str]):
 
 def _refused(message: str):
     return (status_html(error=message), "", None, "", [], None, "", gr.Button(visible=False), None)
+
+
+def question_text(question: dict) -> str:
+    """What a person is asked: which class the outlined region is, with how sure the segmenter was."""
+    evidence = [e for e in question.get("evidence") or [] if isinstance(e, dict)]
+    unsure = " and ".join(f"**{html.escape(str(e.get('name', ''))[:60])}** "
+                          f"({float(e.get('top1_share', 0.0)):.0%} of its pixels)" for e in evidence[:4])
+    return (f"**Region {html.escape(str(question.get('region_id', '')))}** (round {question.get('round', '?')}): "
+            f"which class is the region outlined in magenta? The segmenter hesitates between {unsure}. "
+            "Choose one, or “none of these”.")
 
 
 def _slug(region_id: str) -> str:

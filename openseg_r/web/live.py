@@ -119,6 +119,7 @@ class LiveRun:
             return
         self.error = None
         self.touched = time.monotonic()
+        call = None
         try:
             try:
                 call = self.service.begin(work)
@@ -135,6 +136,7 @@ class LiveRun:
                 yield
             try:
                 keep(call.result())
+                self.error = None  # a click refused meanwhile must not hide this step's outcome
             except OpenSegRError as exc:
                 self.error = str(exc)
             except Exception as exc:  # a bug shows as this run's one line, and the server goes on
@@ -143,7 +145,12 @@ class LiveRun:
             yield
         finally:
             self.touched = time.monotonic()
-            self._busy.release()
+            if call is not None and not call.future.done():
+                # abandoned at its time limit or by a stop: the run stays busy until that work has
+                # really ended, so a retry never advances the same graph thread beside it
+                call.future.add_done_callback(lambda _: self._busy.release())
+            else:
+                self._busy.release()
 
     def _drain(self) -> None:
         while True:

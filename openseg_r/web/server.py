@@ -9,6 +9,7 @@ import re
 from openseg_r.web.app import WebApp, build_blocks
 
 REPORT_ROUTE = "/openseg/report/{run_id}"
+UPLOAD_HEADROOM = 2  # Gradio refuses uploads over twice the file limit; ours says the size of those under it
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 GRADIO_QUIET = {  # no calls home, no telemetry: the page must work on a machine without network
     "GRADIO_ANALYTICS_ENABLED": "False",
@@ -43,7 +44,8 @@ def create_app(web: WebApp):
 
     blocks = build_blocks(web)
     return gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(web.downloads)], footer_links=["gradio"],
-                               max_file_size=web.service.limits.max_file_bytes, css=_css(), show_error=False,
+                               max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=_css(),
+                               show_error=False,
                                ssr_mode=False, mcp_server=False)
 
 

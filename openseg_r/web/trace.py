@@ -235,6 +235,9 @@ class LiveTrace:
 
     def _step_html(self, step: _Step) -> str:
         name = _text(step.node) + (f' <span class="openseg-muted">{_text(step.label)}</span>' if step.label else "")
+        if step.status == "running" and self._waiting is not None and step.label in self._waiting:
+            return (f'<li class="node" data-node="{_text(step.node)}" data-status="waiting">⏸ {name} '
+                    '<span class="openseg-muted">waiting for your answer</span></li>')
         if step.status == "running":
             marker = '<span class="openseg-spinner"></span>'
             detail = ""
@@ -338,12 +341,14 @@ def result_html(result) -> str:
         rows.append(f'<tr><td colspan="4">{_more(hidden)}</td></tr>')
     legend = ('<table data-section="legend"><tr><th></th><th>class</th><th>area</th><th>confidence</th></tr>'
               + "".join(rows) + "</table>")
-    return f'<div class="openseg-result">{legend}{_result_usage_html(result.state)}</div>'
+    return f'<div class="openseg-result">{legend}{_result_usage_html(result.state, result.reasoning_cache)}</div>'
 
 
-def _result_usage_html(state) -> str:
+def _result_usage_html(state, cache: dict | None = None) -> str:
     calls, fallbacks = state.lmm_calls, state.fallbacks
-    line = (f"{len(calls)} LMM call(s), {sum(c.usage.prompt_tokens for c in calls)} prompt + "
+    hits = int((cache or {}).get("hits") or 0)
+    cached = f" ({hits} answer(s) from the reasoning cache)" if hits else ""
+    line = (f"{len(calls)} LMM call(s){cached}, {sum(c.usage.prompt_tokens for c in calls)} prompt + "
             f"{sum(c.usage.completion_tokens for c in calls)} completion tokens, "
             f"{sum(t.seconds for t in state.timings):.2f} s in all steps, {len(fallbacks)} fallback(s)")
     return f'<p class="openseg-usage">{_text(line)}</p>' + _fallbacks_html(fallbacks)
