@@ -442,7 +442,7 @@ def test_every_command_that_takes_an_lmm_takes_lmm_options():
     with_lmm = {name for name, flags in taking.items() if "--lmm" in flags}
     assert {"segment", "eval", "reason generic", "serve mcp", "runs replay", "runs resume"} <= with_lmm
     assert all("--lmm-option" in taking[name] for name in with_lmm | {"lmm check"})
-    assert {name for name, flags in taking.items() if "--allow-fallback" in flags} == {"segment", "eval"}
+    assert {name for name, flags in taking.items() if "--allow-fallback" in flags} == {"segment", "eval", "serve web"}
 
 
 def test_a_request_the_backend_cannot_take_is_not_re_asked():

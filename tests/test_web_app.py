@@ -609,6 +609,29 @@ def test_the_report_route_and_the_page(web, uploads):
         assert page.status_code == 200 and "<html" in page.text.lower()
 
 
+def test_gradio_refuses_uploads_over_twice_the_file_limit_and_takes_smaller_ones(tiny_segmenter, uploads, tmp_path):
+    """Uploads between the limit and twice it reach openseg-r's own one-line refusal (tested
+    above); Gradio's upload route refuses bigger ones before they are stored."""
+    from fastapi.testclient import TestClient
+
+    from openseg_r.web.server import UPLOAD_HEADROOM, create_app
+
+    limits = SafetyLimits(max_file_bytes=10_000)
+    web = make_web(OpenSegR(segmenter=tiny_segmenter, lmm="none"), tmp_path / "downloads", limits)
+    with TestClient(create_app(web)) as client:
+        small = client.post("/gradio_api/upload", files={"files": ("a.jpg", b"x" * 15_000, "image/jpeg")})
+        big = client.post("/gradio_api/upload",
+                          files={"files": ("b.jpg", b"x" * (UPLOAD_HEADROOM * 10_000 + 1), "image/jpeg")})
+    assert small.status_code == 200 and Path(small.json()[0]).is_relative_to(uploads.resolve())
+    assert big.status_code == 413, big.text
+
+
+def test_the_runs_pages_follow_are_bounded_as_the_readme_says():
+    runs = LiveRuns()
+    assert (runs.capacity, runs.idle_s) == (32, 3600.0)
+    assert web_app.KEPT_DOWNLOADS == 64
+
+
 def test_the_report_route_on_a_server_that_records_nothing(tiny_segmenter, uploads, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -645,6 +668,20 @@ def test_serve_web_on_a_port_in_use_fails_in_one_line_before_the_model_loads(tin
     assert loads == []
 
 
+def test_serve_web_beyond_this_machine_warns_first(tiny_model_files, uploads, monkeypatch, capsys):
+    from openseg_r.cli.main import main
+
+    monkeypatch.setattr(OpenSegR, "from_options", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    with socket.socket() as taken:  # the port is taken, so nothing is served
+        taken.bind(("127.0.0.2", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(serve_web_args(tiny_model_files, "--host", "127.0.0.2", "--port", port)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: serving on 127.0.0.2: other machines can reach this page",
+        f"openseg-r: error: cannot listen on 127.0.0.2:{port}: Address already in use"]
+
+
 def test_serve_web_with_a_bad_listed_backend_fails_in_one_line(tiny_model_files, uploads, capsys):
     from openseg_r.cli.main import main
 
@@ -672,6 +709,8 @@ def test_serve_web_stops_on_sigterm_with_0_and_one_line(tiny_model_files, upload
     monkeypatch.setattr(mcp_server.os, "_exit", lambda code: (exits.append(code), exited.set()))
     port, served = free_port(), []
 
+    downloads = []
+
     def stop_once_served() -> None:
         for _ in range(600):
             try:
@@ -680,6 +719,7 @@ def test_serve_web_stops_on_sigterm_with_0_and_one_line(tiny_model_files, upload
                     break
             except OSError:
                 threading.Event().wait(0.2)
+        downloads.extend(tmp_path.glob("openseg-r-web-*"))
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=stop_once_served, daemon=True).start()
@@ -688,6 +728,7 @@ def test_serve_web_stops_on_sigterm_with_0_and_one_line(tiny_model_files, upload
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"openseg-r web page ready on http://127.0.0.1:{port}/"), lines
     assert lines[1] == "openseg-r: stopped"
+    assert len(downloads) == 1 and not downloads[0].exists()  # the downloads folder, deleted when it stopped
     assert exited.wait(60) and exits == [0]  # before the real os._exit is back
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import free_port, wait_until_listening
 from PIL import Image
-
-from tests.loopback import free_port, wait_until_listening
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
