@@ -767,3 +767,9 @@ def test_serve_web_stops_on_sigint_with_130_and_one_line(tiny_model_files, tmp_p
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_page_ships_the_repository_example_photo():
+    """The example under the page's image is the README's photo, shipped inside the package."""
+    shipped = web_app.EXAMPLES / "voc.jpg"
+    assert shipped.read_bytes() == PHOTO.read_bytes()

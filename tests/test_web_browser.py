@@ -6,7 +6,7 @@ Chromium (no browser download). The four things a person does on the page:
 2. answer the human self-check's two questions by clicking, and get the labels
    ``OpenSegR.answer()`` gives for the same answers;
 3. upload a truncated image: one line in the page, and the next run works;
-4. open a recorded run's report, and compare it with the bare-name baseline.
+4. run the shipped example, open its recorded report, and compare it with the bare-name baseline.
 
 With ``OPENSEG_R_SCREENSHOTS=docs/images`` the README's screenshots are written too.
 """
@@ -245,7 +245,8 @@ def test_a_truncated_image_is_one_line_and_the_next_run_works(page, tmp_path):
 
 
 def test_open_a_recorded_runs_report_and_compare_with_the_baseline(page):
-    page.upload(PHOTO)
+    page.page.locator("#examples button").first.click()  # the shipped example, this time
+    page.page.locator("#image img").first.wait_for(timeout=TIMEOUT_MS)
     page.segment(VOC_CLASSES)
     status = page.wait_for("done")
     assert "recorded as" in status, status

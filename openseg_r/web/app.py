@@ -223,7 +223,7 @@ def build_blocks(web: WebApp) -> gr.Blocks:
                     image = gr.Image(label="Image", type="filepath", image_mode=None,
                                      sources=["upload", "clipboard"], elem_id="image")
                     if example.is_file():
-                        gr.Examples([[str(example)]], inputs=[image], label="Example")
+                        gr.Examples([[str(example)]], inputs=[image], label="Example", elem_id="examples")
                     classes = gr.Textbox(label="Classes", elem_id="classes", lines=2,
                                          placeholder="cat, sofa|couch, lamp  (or a built-in: voc21, ade150, ...)",
                                          info="comma-separated; '|' joins synonyms; or a built-in vocabulary name")
