@@ -30,6 +30,7 @@ from openseg_r.web.trace import LiveTrace
 
 POLL_S = 0.2  # how often the page hears about a step that sends no events
 HUMAN_REASON = "answered in the browser"
+STEP_ENDED: dict = {"event": "step_ended"}  # put on the event queue when a step's work ends
 
 
 class LiveRun:
@@ -127,6 +128,7 @@ class LiveRun:
                 self.error = str(exc)
                 yield
                 return
+            call.future.add_done_callback(lambda _: self._events.put(STEP_ENDED))  # wakes the wait below at once
             while not call.future.done() and call.seconds_left() > 0:
                 try:
                     self._show(self._events.get(timeout=POLL_S))
@@ -160,6 +162,8 @@ class LiveRun:
                 return
 
     def _show(self, event: dict) -> None:
+        if event is STEP_ENDED:
+            return
         self.trace.add(event)
         if event.get("event") == "node_end" and event.get("node") == "segmentation":
             output = getattr(event.get("output"), "segmentation", None)
