@@ -773,3 +773,19 @@ def test_the_page_ships_the_repository_example_photo():
     """The example under the page's image is the README's photo, shipped inside the package."""
     shipped = web_app.EXAMPLES / "voc.jpg"
     assert shipped.read_bytes() == PHOTO.read_bytes()
+
+
+def test_the_readmes_serve_web_usage_names_only_flags_it_takes():
+    import argparse
+
+    from openseg_r.cli.main import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    usage = readme.split("openseg-r serve web [", 1)[1].split("(see Web app)", 1)[0]
+    named = set(re.findall(r"(--[a-z][a-z-]*[a-z])", usage)) - {"--self-check", "--root", "--allow-urls"}
+    serve = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    web = next(a for a in serve._actions if isinstance(a, argparse._SubParsersAction)).choices["web"]
+    flags = {flag for action in web._actions for flag in action.option_strings}
+    assert named and named <= flags, named - flags
+    assert not {"--root", "--allow-urls"} & flags  # the page uploads its images
+    assert not {"--self-check", "--self-check-mode", "--no-reasoning"} & flags  # the page chooses them per run
