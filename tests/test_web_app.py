@@ -334,6 +334,27 @@ def test_a_second_step_while_one_runs_is_refused_and_the_first_still_finishes(ga
     assert "data-state='done'" in status_html(live)
 
 
+def test_an_answer_clicked_while_the_run_is_busy_waits_for_it_then_answers(gated, tiny_segmenter):
+    """Two quick clicks: the second waits for the step in flight instead of being refused."""
+    model = OpenSegR(segmenter=gated, lmm="none", settings=Settings(reasoning=False, self_check=HUMAN_CHECK))
+    service = SegmentationService(model, SafetyLimits())
+    live = LiveRun(service, model, photo_rgb(service), parse_class_list(VOCABULARY), {})
+    gated.hold = True
+    first = live.start()
+    next(first)  # the step has begun and holds inside the segmenter
+    assert gated.entered.wait(60)
+    clicked = threading.Thread(target=finish, args=(live.answer("r1.1", "none of these", 1.0),))
+    clicked.start()  # before the run has even paused: it waits for the step in flight
+    gated.release.set()
+    finish(first)
+    clicked.join(60)
+    assert not clicked.is_alive()
+    assert live.error is None, live.error
+    assert [q["region_id"] for q in live.questions] == ["r1.2"]  # r1.1 was answered after the wait
+    finish(live.answer("r1.1", "none of these", 1.0))  # the same click again: no longer pending
+    assert live.error == "no pending question for region 'r1.1'; pending: r1.2"
+
+
 # --------------------------------------------------------------------------- 3. the time limit and the stop
 
 

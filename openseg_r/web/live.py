@@ -30,6 +30,7 @@ from openseg_r.web.trace import LiveTrace
 
 POLL_S = 0.2  # how often the page hears about a step that sends no events
 HUMAN_REASON = "answered in the browser"
+BUSY = "this run is already working on a step; wait for it to finish"
 STEP_ENDED: dict = {"event": "step_ended"}  # put on the event queue when a step's work ends
 
 
@@ -87,15 +88,17 @@ class LiveRun:
 
     def answer(self, region_id: str, choice: str, confidence: float) -> Iterator[None]:
         """Answer one pending question and continue: the others stay pending, so a round's
-        questions can be answered in any order (:meth:`SegmentationRun.answer`)."""
-        pending = {q["region_id"]: q for q in self.questions}
-        if region_id not in pending:
-            self.error = (f"no pending question for region {clipped(str(region_id), 40)!r}"
-                          + (f"; pending: {', '.join(pending)}" if pending else "; this run has none"))
+        questions can be answered in any order (:meth:`SegmentationRun.answer`). A click
+        while the run is busy with another answer waits for it (at most the call's time
+        limit), then answers if its question is still pending."""
+        if not self._busy.acquire(timeout=self.service.limits.call_timeout_s):
+            self.error = BUSY
             yield
             return
-        if choice not in pending[region_id]["choices"]:
-            self.error = f"{clipped(str(choice), 40)!r} is not one of this question's choices"
+        refusal = self._refusal(region_id, choice)
+        if refusal is not None:
+            self._busy.release()
+            self.error = refusal
             yield
             return
         try:
@@ -109,15 +112,29 @@ class LiveRun:
             run.cancel = token  # this step's own time limit and stop
             return run.answer({region_id: reply})
 
-        yield from self._step(work, lambda _: None)
+        yield from self._locked_step(work, lambda _: None)
+
+    def _refusal(self, region_id: str, choice: str) -> str | None:
+        """Why an answer cannot be taken (one line), or None."""
+        pending = {q["region_id"]: q for q in self.questions}
+        if region_id not in pending:
+            return (f"no pending question for region {clipped(str(region_id), 40)!r}"
+                    + (f"; pending: {', '.join(pending)}" if pending else "; this run has none"))
+        if choice not in pending[region_id]["choices"]:
+            return f"{clipped(str(choice), 40)!r} is not one of this question's choices"
+        return None
 
     def _step(self, work, keep) -> Iterator[None]:
         """Advance in a service slot, yielding after each batch of events; a failure or the
         time limit ends the step with one line in ``error``, and the page goes on."""
         if not self._busy.acquire(blocking=False):
-            self.error = "this run is already working on a step; wait for it to finish"
+            self.error = BUSY
             yield
             return
+        yield from self._locked_step(work, keep)
+
+    def _locked_step(self, work, keep) -> Iterator[None]:
+        """:meth:`_step` with the run's lock taken; gives it back when the work has ended."""
         self.error = None
         self.touched = time.monotonic()
         call = None
