@@ -2,9 +2,9 @@
 events turned into the live trace as they arrive, and the human self-check's questions
 answered one at a time with :meth:`SegmentationRun.answer` semantics.
 
->>> live = runs.create(service, model, rgb, vocabulary, settings, record=False, image_name="voc.jpg")
+>>> live = runs.add(LiveRun(service, model, rgb, vocabulary, settings, record=False, image_name="voc.jpg"))
 >>> for _ in live.start(): page.show(live.trace.html())     # after every batch of events
->>> for _ in live.answer("r1.0", "sofa", 1.0): ...          # paused: one question answered
+>>> for _ in live.answer("r1.1", "sofa", 1.0): ...          # paused: one question answered
 """
 
 from __future__ import annotations
