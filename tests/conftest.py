@@ -14,6 +14,9 @@ _SANDBOX = __import__("tempfile").mkdtemp(prefix="openseg-r-tests-")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SANDBOX, "cache")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_SANDBOX, "config")
 os.environ["XDG_DATA_HOME"] = os.path.join(_SANDBOX, "data")
+# Gradio fixes its temporary folder when it is imported: keep it in the sandbox, and quiet.
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(_SANDBOX, "gradio")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("OPENSEG_R_LMM", None)
 os.environ.pop("OPENSEG_R_CONFIG", None)
 
