@@ -495,6 +495,13 @@ def test_record_per_run(web, uploads, model):
     rows = run_rows(model)
     assert set(rows) - set(before) == {recorded.run_id} and rows[recorded.run_id] == "done"
     assert f"recorded as {recorded.run_id[:12]}" in status_html(recorded)
+    # recorded as `segment --record` records: the runs commands read it
+    from openseg_r.cli.main import main
+
+    assert main(["runs", "--runs-db", str(model.runs_db.path), "show", recorded.run_id]) == 0
+    assert main(["runs", "--runs-db", str(model.runs_db.path), "report", recorded.run_id,
+                 "-o", str(uploads.parent / "report.html")]) == 0
+    assert recorded.run_id in (uploads.parent / "report.html").read_text()
 
 
 def test_record_true_without_a_runs_database_is_an_error(tiny_segmenter, uploads, tmp_path):
