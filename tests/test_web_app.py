@@ -411,6 +411,20 @@ def test_live_runs_drop_the_oldest_beyond_their_capacity(gated_model):
     assert "\n" not in str(caught.value)
 
 
+def test_live_runs_drop_the_oldest_beyond_their_pixel_budget(gated_model):
+    service = SegmentationService(gated_model)
+    runs = LiveRuns(max_pixels=150)  # two 8x8 images fit, a third does not
+    first, second, third = (runs.add(idle_run(service)) for _ in range(3))
+    assert runs.get(second.id) is second and runs.get(third.id) is third
+    with pytest.raises(ToolInputError, match="no longer kept"):
+        runs.get(first.id)
+    huge = runs.add(LiveRun(service, service.model, np.zeros((20, 20, 3), np.uint8), parse_class_list(["cat"]),
+                            dict(PLAIN)))
+    assert runs.get(huge.id) is huge  # the newest run is kept even alone over the budget
+    with pytest.raises(ToolInputError):
+        runs.get(third.id)
+
+
 def test_live_runs_forget_a_run_idle_too_long(gated_model):
     service = SegmentationService(gated_model)
     runs = LiveRuns(idle_s=60)
@@ -656,7 +670,7 @@ def test_gradio_refuses_uploads_over_twice_the_file_limit_and_takes_smaller_ones
 
 def test_the_runs_pages_follow_are_bounded_as_the_readme_says():
     runs = LiveRuns()
-    assert (runs.capacity, runs.idle_s) == (32, 3600.0)
+    assert (runs.capacity, runs.idle_s, runs.max_pixels) == (32, 3600.0, 200_000_000)
     assert web_app.KEPT_DOWNLOADS == 64
 
 

@@ -188,11 +188,13 @@ class LiveRun:
 
 
 class LiveRuns:
-    """The runs pages are following, by id: at most ``capacity`` (the oldest is dropped
-    first), each forgotten ``idle_s`` after its last step (a tab closed mid-question)."""
+    """The runs pages are following, by id: at most ``capacity``, holding at most
+    ``max_pixels`` image pixels between them (each keeps its image and, once done, its
+    result's arrays), the oldest dropped first; each is forgotten ``idle_s`` after its last
+    step (a tab closed mid-question)."""
 
-    def __init__(self, capacity: int = 32, idle_s: float = 3600.0) -> None:
-        self.capacity, self.idle_s = capacity, idle_s
+    def __init__(self, capacity: int = 32, idle_s: float = 3600.0, max_pixels: int = 200_000_000) -> None:
+        self.capacity, self.idle_s, self.max_pixels = capacity, idle_s, max_pixels
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -200,9 +202,12 @@ class LiveRuns:
         with self._lock:
             self._expire()
             self._runs[live.id] = live
-            while len(self._runs) > self.capacity:
+            while len(self._runs) > 1 and (len(self._runs) > self.capacity or self._pixels() > self.max_pixels):
                 self._runs.popitem(last=False)
         return live
+
+    def _pixels(self) -> int:
+        return sum(int(live.rgb.shape[0]) * int(live.rgb.shape[1]) for live in self._runs.values())
 
     def get(self, run_id: str | None) -> LiveRun:
         with self._lock:
