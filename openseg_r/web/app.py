@@ -118,7 +118,14 @@ class WebApp:
         return [str(paths[key]) for key in ("labels", "overlay", "result", "masks")]
 
     def _prune(self) -> None:
-        folders = sorted((p for p in self.downloads.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        """Keep the newest KEPT_DOWNLOADS folders; a folder another run's prune removed meanwhile is skipped."""
+        def modified(folder: Path) -> float:
+            try:
+                return folder.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        folders = sorted((p for p in self.downloads.iterdir() if p.is_dir()), key=modified)
         for old in folders[:-KEPT_DOWNLOADS]:
             shutil.rmtree(old, ignore_errors=True)
 
