@@ -161,6 +161,19 @@ def test_no_image_is_refused(web, payload):
     assert refusal(web, payload) == "upload an image first (or pick the example below it)"
 
 
+def test_a_pasted_image_comes_as_a_data_url_and_is_checked_like_base64(web):
+    import base64
+
+    pasted = {"path": None, "url": "data:image/jpeg;base64," + base64.b64encode(PHOTO.read_bytes()).decode()}
+    live, notes = web.prepare(pasted, VOCABULARY, "", False, "off", False)
+    assert live.rgb.shape == (375, 500, 3) and live.image_name == "pasted image" and notes == []
+    cut = base64.b64encode(PHOTO.read_bytes()[:20_000]).decode()
+    truncated = {"path": None, "url": "data:image/jpeg;base64," + cut}
+    assert refusal(web, truncated).startswith("image is corrupt or truncated")
+    garbled = {"path": None, "url": "data:image/png;base64,!!!"}
+    assert refusal(web, garbled) == "the pasted image is not valid base64"
+
+
 @pytest.mark.parametrize("how", ["outside", "symlink", "dot-dot"])
 def test_a_forged_path_outside_the_upload_folder_is_refused_without_reading_it(web, uploads, tmp_path,
                                                                                monkeypatch, how):

@@ -66,7 +66,10 @@ class WebApp:
         payload = payload if isinstance(payload, dict) else {}
         url, value = payload.get("url"), payload.get("path")
         if isinstance(url, str) and url.startswith("data:"):
-            return decode_base64_image(url, limits), "pasted image"
+            try:
+                return decode_base64_image(url, limits), "pasted image"
+            except ToolInputError as exc:  # the tool's words name its argument; here it is a paste
+                raise ToolInputError(str(exc).replace("image_base64", "the pasted image")) from None
         if not isinstance(value, str) or not value:
             raise ToolInputError("upload an image first (or pick the example below it)")
         path = Path(os.path.realpath(value))
