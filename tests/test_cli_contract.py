@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_calls import call
 
 from openseg_r.runs.database import RunsDB
 
@@ -180,17 +181,6 @@ def minimal_argv(path: tuple[str, ...], extra_at: int | None = None, extra: tupl
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def call(*argv) -> int:
-    """``main``'s exit code, whether it returns it or raises SystemExit."""
-    from openseg_r import cli
-
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return 0 if code is None else code
 
 
 def one_line(capsys, prefix: str = "openseg-r: error:") -> str:

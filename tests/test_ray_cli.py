@@ -7,19 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from cli_calls import call
 from PIL import Image
 
-from openseg_r import cli
 from openseg_r.distributed.cluster import INSTALL_HINT, require_ray
 from openseg_r.errors import ConfigError
-
-
-def call(*argv) -> int:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    return 0 if code is None else code
 
 
 def error_line(capsys) -> str:

@@ -58,20 +58,8 @@ def add_parsers(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from openseg_r.tools.safety import SafetyLimits, load_safety_file
-
     started = time.perf_counter()
-    base = load_safety_file(args.safety_config) if args.safety_config else None
-    limits = SafetyLimits.from_config(
-        base,
-        allowed_roots=args.roots,
-        allow_urls=args.allow_urls,
-        max_concurrent=args.max_concurrent,
-        queue_timeout_s=args.queue_timeout,
-        call_timeout_s=args.call_timeout,
-        max_pixels=args.max_pixels,
-        max_text_sentences=args.max_text_sentences,
-    )
+    limits = safety_limits(args)
     if args.http and args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"warning: serving on {args.host}: other machines can reach this server", file=sys.stderr)
     service = build_service(args, limits)
@@ -97,45 +85,62 @@ def run_serve_web(args: argparse.Namespace) -> int:
 
     from openseg_r.errors import ConfigError
     from openseg_r.state import Settings
-    from openseg_r.tools.safety import SafetyLimits, load_safety_file
 
     try:
         import gradio  # noqa: F401 (the extra is checked before the model loads)
     except ImportError:
         raise ConfigError("the web app needs Gradio: pip install 'openseg-r[web]'") from None
     started = time.perf_counter()
-    base = load_safety_file(args.safety_config) if args.safety_config else None
-    limits = SafetyLimits.from_config(
-        base, max_concurrent=args.max_concurrent, queue_timeout_s=args.queue_timeout,
-        call_timeout_s=args.call_timeout, max_pixels=args.max_pixels, max_text_sentences=args.max_text_sentences)
+    limits = safety_limits(args)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
     from openseg_r.web.server import listen
 
-    listen(args.host, args.port).close()  # a port in use fails before the model loads
-    runs_db = runs_db_option(args)
-    options, settings = options_and_settings(args, None, Settings(), runs_db=runs_db, redact=args.redact,
-                                             max_pixels=limits.max_pixels)
-    from openseg_r.facade import OpenSegR
-    from openseg_r.tools.service import SegmentationService
-    from openseg_r.web.app import WebApp
-    from openseg_r.web.backends import BackendChoices
+    listening = listen(args.host, args.port)  # a port in use fails before the model loads
+    try:
+        runs_db = runs_db_option(args)
+        options, settings = options_and_settings(args, None, Settings(), runs_db=runs_db, redact=args.redact,
+                                                 max_pixels=limits.max_pixels)
+        from openseg_r.facade import OpenSegR
+        from openseg_r.tools.service import SegmentationService
+        from openseg_r.web.app import WebApp
+        from openseg_r.web.backends import BackendChoices
 
-    model = OpenSegR.from_options(options, settings=settings)
-    service = SegmentationService(model, limits)
-    backends = BackendChoices(model, args.lmm_choices, allow_any=bool(args.allow_any_lmm))
-    with tempfile.TemporaryDirectory(prefix="openseg-r-web-") as downloads:
-        web = WebApp(service, backends, Path(downloads))
-        from openseg_r.web.server import serve_web
+        model = OpenSegR.from_options(options, settings=settings)
+        service = SegmentationService(model, limits)
+        backends = BackendChoices(model, args.lmm_choices, allow_any=bool(args.allow_any_lmm))
+        with tempfile.TemporaryDirectory(prefix="openseg-r-web-") as downloads:
+            web = WebApp(service, backends, Path(downloads))
+            from openseg_r.web.server import serve_web
 
-        def ready() -> None:
-            print(f"openseg-r web page ready on http://{args.host}:{args.port}/ (model loaded in "
-                  f"{time.perf_counter() - started:.1f} s; LMM backends: {', '.join(backends.choices)}; "
-                  f"recording: {runs_db or 'off'}; at most {limits.max_concurrent} segmentation(s) at once)",
-                  file=sys.stderr, flush=True)
+            def ready() -> None:
+                print(f"openseg-r web page ready on http://{args.host}:{args.port}/ (model loaded in "
+                      f"{time.perf_counter() - started:.1f} s; LMM backends: {', '.join(backends.choices)}; "
+                      f"recording: {runs_db or 'off'}; at most {limits.max_concurrent} segmentation(s) at once)",
+                      file=sys.stderr, flush=True)
 
-        stopped = serve_web(web, args.host, args.port, on_ready=ready)
+            stopped = serve_web(web, listening, on_ready=ready)
+    finally:
+        listening.close()  # a model that fails to load leaves no bound socket behind
     return EXIT_OK if stopped is None else stopped
+
+
+def safety_limits(args: argparse.Namespace):
+    """The [safety] table (or --safety-config), with the flags given over it; a server without
+    image paths has no --root and --allow-urls."""
+    from openseg_r.tools.safety import SafetyLimits, load_safety_file
+
+    base = load_safety_file(args.safety_config) if args.safety_config else None
+    return SafetyLimits.from_config(
+        base,
+        allowed_roots=getattr(args, "roots", None),
+        allow_urls=getattr(args, "allow_urls", None),
+        max_concurrent=args.max_concurrent,
+        queue_timeout_s=args.queue_timeout,
+        call_timeout_s=args.call_timeout,
+        max_pixels=args.max_pixels,
+        max_text_sentences=args.max_text_sentences,
+    )
 
 
 def build_service(args: argparse.Namespace, limits):

@@ -4,13 +4,11 @@ the HTML report of a recorded run, served by uvicorn until a signal stops it."""
 from __future__ import annotations
 
 import os
-import re
 
-from openseg_r.web.app import WebApp, build_blocks
+from openseg_r.web.app import PAGE_CSS, RUN_ID, WebApp, build_blocks
 
 REPORT_ROUTE = "/openseg/report/{run_id}"
 UPLOAD_HEADROOM = 2  # Gradio refuses uploads over twice the file limit; ours says the size of those under it
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 GRADIO_QUIET = {  # no calls home, no telemetry: the page must work on a machine without network
     "GRADIO_ANALYTICS_ENABLED": "False",
     "GRADIO_TELEMETRY_ENABLED": "False",
@@ -44,13 +42,14 @@ def create_app(web: WebApp):
 
     blocks = build_blocks(web)
     return gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(web.downloads)], footer_links=["gradio"],
-                               max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=_css(),
+                               max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=PAGE_CSS,
                                show_error=False,
                                ssr_mode=False, mcp_server=False)
 
 
-def serve_web(web: WebApp, host: str, port: int, on_ready=None) -> int | None:
-    """Serve until SIGINT (130) or SIGTERM (0); work in flight is cancelled, as in ``serve mcp``."""
+def serve_web(web: WebApp, listening, on_ready=None) -> int | None:
+    """Serve on ``listening`` (the socket :func:`listen` bound) until SIGINT (130) or SIGTERM (0);
+    work in flight is cancelled, as in ``serve mcp``."""
     import anyio
     import uvicorn
 
@@ -71,9 +70,8 @@ def serve_web(web: WebApp, host: str, port: int, on_ready=None) -> int | None:
             if on_ready is not None and self.started:
                 on_ready()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=STOP_GRACE_S / 2)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=STOP_GRACE_S / 2)
     server = Server(config)
-    listening = listen(host, port)
     with stop.installed():
         try:
             anyio.run(lambda: server.serve(sockets=[listening]))
@@ -87,7 +85,9 @@ def serve_web(web: WebApp, host: str, port: int, on_ready=None) -> int | None:
 
 
 def listen(host: str, port: int):
-    """The listening socket, bound before anything is served: a port in use is one line."""
+    """The server's socket, bound (a port in use is one line) but not yet listening: until the
+    page is served, a connection is refused rather than left waiting while the model loads
+    (the server listens on it when it starts)."""
     import socket
 
     from openseg_r.errors import ConfigError
@@ -98,14 +98,7 @@ def listen(host: str, port: int):
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
-
-
-def _css() -> str:
-    from openseg_r.web.app import PAGE_CSS
-
-    return PAGE_CSS
