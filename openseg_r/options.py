@@ -30,6 +30,7 @@ USER_CACHE = "user"
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "openai"
 DEFAULT_CONCURRENCY = 4  # images in flight at once in `segment` on many images and in `eval`
+DEFAULT_CPUS_PER_ACTOR = 1.0  # Ray: CPUs an actor reserves; torch runs that many threads in it
 # LMM calls in flight at once for one model: OpenAI-compatible servers (vLLM) batch concurrent
 # requests, and ones that cannot (Ollama) queue them; concurrent images' generic and image
 # reasoning together need this many to overlap fully.
@@ -261,3 +262,12 @@ def field_default(model: type[BaseModel], name: str) -> object:
     """A field's default as help texts show it."""
     field = model.model_fields[name]
     return field.get_default(call_default_factory=True)
+
+
+def checked_cpus_per_actor(cpus: float) -> float:
+    """``--cpus-per-actor``, checked: a positive number of CPUs (Ray accepts fractions)."""
+    from openseg_r.errors import ConfigError
+
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not cpus > 0 or cpus == float("inf"):
+        raise ConfigError(f"--cpus-per-actor must be a positive number of CPUs, got {cpus!r}")
+    return float(cpus)

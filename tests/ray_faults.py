@@ -7,8 +7,8 @@ per-image function the local runner and the Ray actors share; the actors look it
 call time) so that, per image, it reads the JSON file named by ``$OPENSEG_R_TEST_FAULTS``
 (no file: no fault) and may
 
-- ``seen``: append ``"<id> <pid> <time>"`` to a log file (which images were evaluated,
-  where, and when they started: ``time.time()``);
+- ``seen``: append ``"<id> <pid> <time> <threads>"`` to a log file (which images were
+  evaluated, where, when they started: ``time.time()``, and with how many torch threads);
 - ``crash_once``: ``os._exit(1)`` on image ``id`` if the ``marker`` file does not exist
   yet (creating it first, atomically), so only the first attempt dies;
 - ``hold``: wait while the file ``while_exists`` exists, for the images in ``ids``.
@@ -55,8 +55,10 @@ def apply_faults(image_id: str) -> None:
     faults = read_faults()
     seen = faults.get("seen")
     if seen:
+        import torch  # imported by the model already
+
         with open(seen, "a", encoding="utf-8") as log:  # one short write per line: whole lines
-            log.write(f"{image_id} {os.getpid()} {time.time():.3f}\n")
+            log.write(f"{image_id} {os.getpid()} {time.time():.3f} {torch.get_num_threads()}\n")
     crash = faults.get("crash_once")
     if crash and crash["id"] == image_id:
         try:

@@ -22,11 +22,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]' (CI installs the ray extra)")
@@ -99,10 +101,14 @@ class Faults:
 
     def seen(self) -> list[tuple[str, int]]:
         """(image id, worker pid) for every evaluation started since the log was cleared."""
+        return [(ident, pid) for ident, pid, _ in self.seen_with_threads()]
+
+    def seen_with_threads(self) -> list[tuple[str, int, int]]:
+        """(image id, worker pid, torch threads in that worker) per evaluation started."""
         if not self.seen_log.exists():
             return []
         lines = self.seen_log.read_text().splitlines()
-        return [(ident, int(pid)) for ident, pid, _ in (line.split() for line in lines)]
+        return [(ident, int(pid), int(threads)) for ident, pid, _, threads in (line.split() for line in lines)]
 
     def clear_seen(self) -> None:
         self.seen_log.unlink(missing_ok=True)
@@ -153,14 +159,30 @@ class Reference:
     cache: Path  # the reasoning cache the run filled
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, mini, tiny_model_files) -> Reference:
-    """The single-process runner over the same images: what every Ray run must equal."""
-    folder = tmp_path_factory.mktemp("reference")
-    model = OpenSegR.from_options(tiny_options(tiny_model_files, folder / "reasoning.sqlite"))
-    state = run_eval(model, VOC21, mini, folder / "out", ablation=True, progress=False)
+@contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_reference(folder: Path, mini: Path, tiny_model_files, threads: int) -> Reference:
+    """The single-process runner over the same images, with ``threads`` torch threads."""
+    with torch_threads(threads):
+        model = OpenSegR.from_options(tiny_options(tiny_model_files, folder / "reasoning.sqlite"))
+        state = run_eval(model, VOC21, mini, folder / "out", ablation=True, progress=False)
     assert len(state.done) == 1 + len(CROPS)
     return Reference(folder / "out", read_records(folder / "out"), folder / "reasoning.sqlite")
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, mini, tiny_model_files) -> Reference:
+    """What every Ray run must equal: the local runner with 4 threads, while the actors run 1
+    (Ray's default CPUs per actor) unless a test says otherwise."""
+    return run_reference(tmp_path_factory.mktemp("reference"), mini, tiny_model_files, threads=4)
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -238,6 +260,23 @@ def test_two_actors_give_exactly_the_single_process_totals(cluster, mini, refere
     assert len(cache_entries(cache, "image")) == len(reference.records)
     assert cache_entries(cache, "image") == cache_entries(reference.cache, "image")
     assert cache_entries(cache, "generic") == cache_entries(reference.cache, "generic")
+    assert {threads for _, _, threads in faults.seen_with_threads()} == {1}  # against the reference's 4
+
+
+def test_actors_run_the_threads_of_their_cpus_and_give_a_one_thread_local_run_exactly(
+        cluster, mini, tiny_model_files, tmp_path, faults):
+    """The other direction: the local runner with 1 thread, two actors of 2 CPUs each (so
+    2 torch threads each: the cluster has 4 CPUs)."""
+    from openseg_r.distributed import run_eval_on_ray
+
+    one_thread = run_reference(tmp_path / "reference", mini, tiny_model_files, threads=1)
+    state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
+                            actors=2, batch_size=2, cpus_per_actor=2)
+    assert state.done == set(one_thread.records) and not state.failed
+    assert {threads for _, _, threads in faults.seen_with_threads()} == {2}
+    assert_same_as_reference(tmp_path / "out", one_thread)
+    throughput = json.loads((tmp_path / "out" / "run.json").read_text())["throughput"]
+    assert throughput["cpus_per_actor"] == 2 and throughput["torch_threads"] == 2
 
 
 DRIVER = """
@@ -350,9 +389,10 @@ def test_cli_eval_on_ray_records_a_corrupt_image_as_failed_and_the_rest_exactly(
         [sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", mini_with_a_corrupt_image,
          "--lmm", f"scripted:{SCRIPT}", "--ablation", "--out", out, "--clip-model", config, "--clip-pretrained",
          weights, "--device", "cpu", "--cache", "none", "--protocol", "none", "--engine", "ray",
-         "--address", cluster.address, "--actors", "1"],
+         "--address", cluster.address, "--actors", "1", "--cpus-per-actor", "2"],
         capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 3, proc.stderr
+    assert json.loads((out / "run.json").read_text())["throughput"]["torch_threads"] == 2  # against the reference's 4
     assert "Traceback" not in proc.stderr
     assert "| bare names |" in proc.stdout and "| + self-check |" in proc.stdout
     failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]

@@ -40,6 +40,17 @@ def test_engine_flags_without_engine_ray_are_a_usage_error(folder_dataset, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("cpus", ["0", "-1", "nan", "inf"])
+def test_cpus_per_actor_must_be_a_positive_number(folder_dataset, tmp_path, capsys, cpus):
+    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
+                "--engine", "ray", "--cpus-per-actor", cpus) == 2
+    assert f"--cpus-per-actor must be a positive number of CPUs, got {float(cpus)!r}" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
+                "--cpus-per-actor", "2") == 2
+    assert "--cpus-per-actor need --engine ray" in error_line(capsys)
+
+
 def test_shard_with_engine_ray_is_refused_in_one_line(folder_dataset, tmp_path, capsys):
     assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
                 "--engine", "ray", "--shard", "0/2") == 2

@@ -14,7 +14,14 @@ import typing
 
 from pydantic import BaseModel
 
-from openseg_r.options import DEFAULT_CONCURRENCY, ModelOptions, SegmenterConfig, field_default
+from openseg_r.options import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CPUS_PER_ACTOR,
+    ModelOptions,
+    SegmenterConfig,
+    checked_cpus_per_actor,
+    field_default,
+)
 from openseg_r.state import LMMOptions, SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -179,6 +186,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                        help=f"with --engine ray: actors (model copies) running at once (default: {DEFAULT_ACTORS})")
     group.add_argument("--gpus-per-actor", type=float, default=None,
                        help="with --engine ray: GPUs each actor reserves, e.g. 1 or 0.5 (default: 0)")
+    group.add_argument("--cpus-per-actor", type=float, default=None,
+                       help="with --engine ray: CPUs each actor reserves; torch runs that many threads in it "
+                            "(whole CPUs, at least 1; the labels do not depend on it) "
+                            f"(default: {DEFAULT_CPUS_PER_ACTOR:g})")
 
 
 def engine_values(args: argparse.Namespace) -> dict:
@@ -186,13 +197,16 @@ def engine_values(args: argparse.Namespace) -> dict:
     from openseg_r.errors import ConfigError
 
     given = [flag for flag, dest in (("--address", "address"), ("--actors", "actors"),
-                                     ("--gpus-per-actor", "gpus_per_actor")) if getattr(args, dest, None) is not None]
+                                     ("--gpus-per-actor", "gpus_per_actor"), ("--cpus-per-actor", "cpus_per_actor"))
+             if getattr(args, dest, None) is not None]
     if args.engine != "ray":
         if given:
             raise ConfigError(f"{', '.join(given)} need --engine ray")
         return {}
     return {"address": args.address, "actors": DEFAULT_ACTORS if args.actors is None else args.actors,
-            "gpus_per_actor": args.gpus_per_actor or 0.0}
+            "gpus_per_actor": args.gpus_per_actor or 0.0,
+            "cpus_per_actor": DEFAULT_CPUS_PER_ACTOR if args.cpus_per_actor is None
+            else checked_cpus_per_actor(args.cpus_per_actor)}
 
 
 def concurrency_option(args: argparse.Namespace) -> int:

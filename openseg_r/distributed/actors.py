@@ -36,9 +36,16 @@ class RecordingReasoningCache(MemoryReasoningCache):
         return recorded
 
 
-def build_model(options: dict, settings: dict | None, generic: list[dict] | None, lmm_concurrency: int | None):
+def build_model(options: dict, settings: dict | None, generic: list[dict] | None, lmm_concurrency: int | None,
+                threads: int | None = None):
     """The model an actor runs: the driver's options, with reasoning in a memory cache seeded
-    with ``generic`` (so actors ask no generic reasoning), and no runs database."""
+    with ``generic`` (so actors ask no generic reasoning), and no runs database. ``threads``:
+    torch's intra-op threads in this process (the CPUs Ray gave the actor; Ray's own default
+    is 1). The labels do not depend on it (docs/design.md §2.5), only the speed."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from openseg_r.facade import OpenSegR
     from openseg_r.options import ModelOptions
     from openseg_r.state import Settings
@@ -73,11 +80,12 @@ class EvalActor:
     made)."""
 
     def __init__(self, options: dict, settings: dict | None, vocabulary: dict, dataset: str,
-                 setting_overrides: list, generic: list[dict], lmm_concurrency: int | None = None) -> None:
+                 setting_overrides: list, generic: list[dict], lmm_concurrency: int | None = None,
+                 threads: int | None = None) -> None:
         from openseg_r.evals.datasets import get_dataset
         from openseg_r.state import Vocabulary
 
-        self.model, self.cache = build_model(options, settings, generic, lmm_concurrency)
+        self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.dataset = get_dataset(dataset)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
         self.settings = [(name, overrides) for name, overrides in setting_overrides]
@@ -122,10 +130,11 @@ class SegmentActor:
     driver that writes them where it wants."""
 
     def __init__(self, options: dict, settings: dict | None, vocabulary: dict, generic: list[dict] | None = None,
-                 lmm_concurrency: int | None = None, masks: str = "rle", files: bool = False) -> None:
+                 lmm_concurrency: int | None = None, masks: str = "rle", files: bool = False,
+                 threads: int | None = None) -> None:
         from openseg_r.state import Vocabulary
 
-        self.model, self.cache = build_model(options, settings, generic, lmm_concurrency)
+        self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
         self.masks, self.files = masks, files
 

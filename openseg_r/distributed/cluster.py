@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 
 from openseg_r.errors import ConfigError
+from openseg_r.options import DEFAULT_CPUS_PER_ACTOR, checked_cpus_per_actor  # noqa: F401 (for the engines)
 
 INSTALL_HINT = "Ray is not installed: pip install 'openseg-r[ray]'"
 # Passed on to the actors' processes, so a worker reads the same offline flags, config and caches.
 INHERITED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OPENSEG_R_LMM", "OPENSEG_R_CONFIG",
                  "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+
+
+def actor_threads(cpus_per_actor: float) -> int:
+    """torch threads for an actor given ``cpus_per_actor`` CPUs: their whole number, at least 1."""
+    return max(1, int(cpus_per_actor))
 
 
 def require_ray():

@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 from openseg_r.distributed.actors import EvalActor
-from openseg_r.distributed.cluster import connect, require_ray
+from openseg_r.distributed.cluster import (
+    DEFAULT_CPUS_PER_ACTOR,
+    actor_threads,
+    checked_cpus_per_actor,
+    connect,
+    require_ray,
+)
 from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetSpec, select
 from openseg_r.evals.metrics import AreaCounts
@@ -28,22 +34,23 @@ from openseg_r.evals.runner import (
     eval_vocabulary,
     open_state,
     run_config,
+    torch_numerics,
     write_reports,
 )
 from openseg_r.options import ModelOptions
 
 FAILED_FILE = "failed.jsonl"
-ACTOR_CPUS = 0.5  # an actor mostly waits on its model and the LMM: it leaves CPUs for Ray Data's read tasks
 
 
 def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Path, out: str | Path, *,
                     split: str | None = None, limit: int | None = None, seed: int = 0, ablation: bool = False,
                     vocabulary=None, protocol: dict | None = None, settings=None, address: str | None = None,
-                    actors: int = 2, gpus_per_actor: float = 0.0, batch_size: int = 4,
-                    lmm_concurrency: int | None = None, progress: bool = False,
+                    actors: int = 2, gpus_per_actor: float = 0.0, cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
+                    batch_size: int = 4, lmm_concurrency: int | None = None, progress: bool = False,
                     reasoning_cache=None) -> EvalState:
     """Evaluate ``dataset`` on a Ray cluster (``address``: see :func:`connect`) with ``actors``
-    actors of ``gpus_per_actor`` GPUs each, ``batch_size`` images per batch (evaluated at
+    actors of ``gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs each (torch runs as many
+    threads as whole CPUs, at least 1), ``batch_size`` images per batch (evaluated at
     once in an actor) and ``lmm_concurrency`` LMM calls in flight per actor. Writes the
     same folder as :func:`openseg_r.evals.runner.run_eval`, plus failed.jsonl. Image
     reasoning is merged into ``reasoning_cache`` (default: the options' cache)."""
@@ -51,6 +58,7 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
     from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
 
     _check_counts(actors, gpus_per_actor, batch_size)
+    checked_cpus_per_actor(cpus_per_actor)
     ray = require_ray()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +71,9 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
 
         model.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=True)
     setting_list = eval_settings(model, ablation)
-    throughput = {"engine": "ray", "actors": actors, "gpus_per_actor": gpus_per_actor, "batch_size": batch_size,
-                  "lmm_concurrency": lmm_concurrency}
+    throughput = {"engine": "ray", "actors": actors, "gpus_per_actor": gpus_per_actor,
+                  "cpus_per_actor": cpus_per_actor, **torch_numerics(), "torch_threads": actor_threads(cpus_per_actor),
+                  "batch_size": batch_size, "lmm_concurrency": lmm_concurrency}
     config = run_config(model, dataset, root, split, setting_list, vocabulary, limit=limit, seed=seed, shard=None,
                         protocol=protocol, throughput=throughput)
     config["model"] = dict(config["model"], device=options.device or "auto (per actor)",
@@ -87,11 +96,11 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
                                    "settings": model.settings.model_dump(mode="json"),
                                    "vocabulary": vocabulary.model_dump(mode="json"), "dataset": dataset.name,
                                    "setting_overrides": [list(pair) for pair in setting_list], "generic": generic,
-                                   "lmm_concurrency": lmm_concurrency},
+                                   "lmm_concurrency": lmm_concurrency, "threads": actor_threads(cpus_per_actor)},
             # Ray Data restarts a dead actor and runs its batch again (max_restarts and
             # max_task_retries are -1 for actor pools): the ids already written are skipped.
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus_per_actor or None, num_cpus=ACTOR_CPUS)
+            num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
         _collect(results, state, out, model.reasoning_cache, len(samples), progress, dataset.name)
     write_reports(state, out)
     if state.failed:

@@ -8,17 +8,23 @@ import json
 from collections.abc import Iterator
 
 from openseg_r.distributed.actors import SegmentActor
-from openseg_r.distributed.cluster import connect, require_ray
+from openseg_r.distributed.cluster import (
+    DEFAULT_CPUS_PER_ACTOR,
+    actor_threads,
+    checked_cpus_per_actor,
+    connect,
+    require_ray,
+)
 from openseg_r.errors import ConfigError
 from openseg_r.options import ModelOptions
 
-ACTOR_CPUS = 0.5  # as for eval: leave the CPUs to Ray Data's read tasks
-
 
 def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, actors: int = 2,
-                    gpus_per_actor: float = 0.0, batch_size: int = 4, masks: str = "rle", files: bool = False):
+                    gpus_per_actor: float = 0.0, cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR, batch_size: int = 4,
+                    masks: str = "rle", files: bool = False):
     """``ds`` (rows {"path"} or {"image"}: an HxWx3 uint8 array) segmented by ``actors``
-    actors, lazily: a :class:`ray.data.Dataset` of the rows :class:`SegmentActor` returns.
+    actors (each with ``cpus_per_actor`` CPUs: torch runs as many threads), lazily: a
+    :class:`ray.data.Dataset` of the rows :class:`SegmentActor` returns.
     ``vocabulary``: a Vocabulary, a list of names, or a comma-separated string. Generic
     reasoning is computed here once and shipped to the actors; Ray must be initialised
     (``ray.init()`` or :func:`openseg_r.distributed.connect`)."""
@@ -27,19 +33,20 @@ def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, act
         raise ConfigError(f"masks must be 'rle' or 'array', got {masks!r}")
     if not isinstance(actors, int) or actors < 1 or gpus_per_actor < 0 or batch_size < 1:
         raise ConfigError("actors and batch_size must be positive and gpus_per_actor 0 or more")
+    checked_cpus_per_actor(cpus_per_actor)
     vocabulary, settings, generic = _prepare(vocabulary, options, settings)
     return ds.map_batches(
         SegmentActor,
         fn_constructor_kwargs={"options": options.model_dump(mode="json"), "settings": settings,
                                "vocabulary": vocabulary.model_dump(mode="json"), "generic": generic,
-                               "masks": masks, "files": files},
+                               "masks": masks, "files": files, "threads": actor_threads(cpus_per_actor)},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=ACTOR_CPUS)
+        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
 
 
 def segment_files_on_ray(paths: list[str], vocabulary, *, options: ModelOptions, settings=None,
                          address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-                         batch_size: int = 4) -> Iterator[dict]:
+                         cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR, batch_size: int = 4) -> Iterator[dict]:
     """Each image file's row as it finishes, with its result folder's files ("files":
     {relative path: bytes}); the caller writes them (``openseg-r segment --engine ray``)."""
     ray = require_ray()
@@ -50,7 +57,8 @@ def segment_files_on_ray(paths: list[str], vocabulary, *, options: ModelOptions,
     blocks = max(1, -(-len(rows) // batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     results = segment_dataset(ds, vocabulary, options=options, settings=settings, actors=actors,
-                              gpus_per_actor=gpus_per_actor, batch_size=batch_size, files=True)
+                              gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
+                              files=True)
     for row in results.iter_rows():
         row = dict(row)
         row["files"] = {name: base64.b64decode(data) for name, data in json.loads(row["files"] or "{}").items()}

@@ -149,10 +149,18 @@ def add_record(state: EvalState, record: dict, counts: dict[str, AreaCounts]) ->
 
 
 def _throughput(model, concurrency: int) -> dict:
-    """How fast the run was set up to go: recorded for information, never compared on resume."""
+    """How fast the run was set up to go: recorded for information, never compared on resume
+    (the counts do not depend on the threads: docs/design.md §2.5)."""
     options = getattr(model, "options", None)
     return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
-            "lmm_concurrency": getattr(options, "lmm_concurrency", None)}
+            "lmm_concurrency": getattr(options, "lmm_concurrency", None), **torch_numerics()}
+
+
+def torch_numerics() -> dict:
+    """The torch build and its intra-op threads in this process."""
+    import torch
+
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 def evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
                     on_event=None) -> tuple[dict, dict[str, AreaCounts]]:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from openseg_r.segment.numerics import resize_bilinear, softmax
 from openseg_r.segment.sliding import RowResampler
 
 BLOCK_ELEMENTS = 128_000_000  # refined values (channels x rows x width) plus neighbour weights per row block
@@ -113,15 +114,15 @@ class BandRefiner:
     ) -> "BandRefiner":
         """NACLIP's inputs: inference-size logits (K, h, w) and normalised image (3, h, w), both
         resized bilinearly (``align_corners=False``) to ``out_height x out_width``: the logits
-        band by band (:class:`RowResampler`), the guide at once with ``F.interpolate``, as the
-        reference does. The guide must be rounded exactly as the reference rounds it: where
-        the image is perfectly flat, ``σ`` is rounding noise and the weights divide it by
-        ~1e-8, so one ulp of difference there moves refined logits by ~1e-3. (It holds
-        3 x H x W values, as much as one of ``segment``'s output arrays.)"""
+        band by band (:class:`RowResampler`), the guide at once, both with
+        :func:`~openseg_r.segment.numerics.resize_bilinear` (the reference's ``F.interpolate``
+        to an ulp, and the same at any thread count, which ``F.interpolate`` on 3 channels is
+        not). Where the image is perfectly flat, ``σ`` is rounding noise and the weights
+        divide it by ~1e-8, so there an ulp in the guide can move refined logits by ~1e-3;
+        ``tests/test_parity.py`` holds the whole refinement to the reference at 1e-4. (The
+        guide holds 3 x H x W values, as much as one of ``segment``'s output arrays.)"""
         resampler = RowResampler(logits.float(), out_height, out_width)
-        full_guide = F.interpolate(
-            _image(guide).float()[None], size=(out_height, out_width), mode="bilinear", align_corners=False
-        )[0]
+        full_guide = resize_bilinear(_image(guide).float(), (out_height, out_width))
         return cls(
             lambda c0, c1, a, b: resampler.band(a, b, channels=slice(c0, c1)),
             lambda a, b: full_guide[:, a:b],
@@ -211,7 +212,7 @@ def neighbour_weights(
     centre = shifted(0, 0)
     scale = 1e-8 + 0.1 * std
     logits = torch.stack([(-(centre - shifted(dy, dx)).abs() / scale).mean(dim=0) for dy, dx in offsets])
-    return torch.softmax(logits, dim=0)
+    return softmax(logits, dim=0)
 
 
 def propagate(

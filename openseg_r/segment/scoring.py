@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from openseg_r.segment.numerics import softmax
 from openseg_r.segmenter_io import ClassFilter
 from openseg_r.state import PromptSet
 
@@ -67,7 +68,7 @@ class QueryBank:
             if kept is not None:
                 absent = ~kept.to(logits.device)[classes]
                 slot_logits = slot_logits.masked_fill(absent.view(-1, *([1] * len(spatial))), float("-inf"))
-            probs = torch.softmax(slot_logits, dim=0)
+            probs = softmax(slot_logits, dim=0)  # the same at any thread count
             if one_per_class:
                 total += probs
             else:

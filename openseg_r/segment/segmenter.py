@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 
 from openseg_r.cancel import current_token
@@ -22,6 +21,7 @@ from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SegmenterConfig
 from openseg_r.segment.dense import DenseCLIPEncoder
 from openseg_r.segment.loading import LoadedCLIP, load_clip
+from openseg_r.segment.numerics import make_thread_invariant, resize_bilinear
 from openseg_r.segment.pamr import BandRefiner
 from openseg_r.segment.scoring import QueryBank, apply_class_filter, build_query_bank
 from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
@@ -41,6 +41,8 @@ class CLIPSegmenter:
         """``text_store`` keeps text embeddings between processes (see :mod:`openseg_r.embedding_cache`)."""
         self.clip = clip
         self.config = config or SegmenterConfig()
+        if clip.device.type == "cpu":  # the same labels at any thread count (docs/design.md §2.5)
+            make_thread_invariant(clip.model)
         self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma,
                                         compile=self.config.compile)
         self.text = TextEmbedder(clip, store=text_store)
@@ -115,7 +117,7 @@ class CLIPSegmenter:
             pixels = pixels.pin_memory().to(self.clip.device, non_blocking=True)
         pixels = pixels.to(self.clip.device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
         if size != tuple(rgb.shape[:2]):
-            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+            pixels = resize_bilinear(pixels, size)
         return ((pixels - self._mean) / self._std).to(dtype or self.clip.dtype)
 
     @torch.inference_mode()
@@ -138,10 +140,9 @@ class CLIPSegmenter:
         scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
         y1, y2, x1, x2 = boxes[0]
         if all(b[1] - b[0] == y2 - y1 and b[3] - b[2] == x2 - x1 for b in boxes):  # one resize for all windows
-            windows = F.interpolate(scores, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+            windows = resize_bilinear(scores, (y2 - y1, x2 - x1))
         else:
-            windows = [F.interpolate(w[None], size=(b[1] - b[0], b[3] - b[2]), mode="bilinear",
-                                     align_corners=False)[0] for w, b in zip(scores, boxes)]
+            windows = [resize_bilinear(w, (b[1] - b[0], b[3] - b[2])) for w, b in zip(scores, boxes)]
         canvas = torch.zeros((bank.num_channels, height, width), device=device, dtype=torch.float32)
         for (y1, y2, x1, x2), window in zip(boxes, windows):
             canvas[:, y1:y2, x1:x2] += window

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from openseg_r.segment.numerics import linear_weights, resize_bilinear
 
 
 def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -30,26 +31,13 @@ def resize_shape(height: int, width: int, short_side: int, max_long_side: int) -
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def linear_weights(out_size: int, in_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of PyTorch's bilinear resize (``align_corners=False``),
-    rounded as its CPU and CUDA kernels round them: a float32 scale ``in / out`` and
-    ``src = scale * (i + 0.5) - 0.5`` as one fused multiply-add, rounded once to float32
-    (exact in float64 for any image size)."""
-    scale = torch.tensor(float(in_size), dtype=torch.float32) / torch.tensor(float(out_size), dtype=torch.float32)
-    src = (scale.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).float()
-    src = src.clamp(min=0)
-    low = src.floor().long().clamp(max=in_size - 1)
-    high = (low + 1).clamp(max=in_size - 1)
-    weight = (src - low).clamp(0, 1)
-    return low.to(device), high.to(device), weight.to(device)
-
-
 class RowResampler:
     """Bilinear resize of a (K, h, w) map to (K, H, W), produced a band of rows at a time.
 
-    Matches ``F.interpolate(mode="bilinear", align_corners=False)`` (same float32 weights,
-    width interpolated first, as PyTorch's kernels do) while holding only ``K x rows x W``
-    values, so large vocabularies on large images fit in memory.
+    Computes :func:`~openseg_r.segment.numerics.resize_bilinear` (``F.interpolate``'s
+    bilinear resize, ``align_corners=False``, to an ulp, the same at any thread count) while
+    holding only ``K x rows x W`` values, so large vocabularies on large images fit in memory.
+    Every band equals the same rows of the whole map.
     """
 
     def __init__(self, source: torch.Tensor, out_height: int, out_width: int) -> None:
@@ -61,9 +49,8 @@ class RowResampler:
     def band(self, start: int, stop: int, channels: slice | None = None) -> torch.Tensor:
         """Rows ``[start, stop)`` of the resized map, of all channels or of ``channels``."""
         source = self.source if channels is None else self.source[channels]
-        if start == 0 and stop == self.out_height:  # the whole map: PyTorch's own kernel, many times faster
-            return F.interpolate(source[None], size=(self.out_height, self.out_width), mode="bilinear",
-                                 align_corners=False)[0]
+        if start == 0 and stop == self.out_height:
+            return resize_bilinear(source, (self.out_height, self.out_width))
         low, high, weight = (t[start:stop] for t in self.rows)
         weight = weight.to(self.source.dtype)[None, :, None]
         return self._columns(source[:, low]) * (1 - weight) + self._columns(source[:, high]) * weight
