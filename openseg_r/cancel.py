@@ -75,6 +75,18 @@ class CancelToken:
 
 
 _current: ContextVar[CancelToken | None] = ContextVar("openseg_r_cancel_token", default=None)
+_process = CancelToken()  # set once, when this process is told to stop (Ctrl-C, SIGTERM)
+
+
+def process_token() -> CancelToken:
+    """The token every waiting request of this process also watches: set by
+    :func:`stop_process`, it makes them leave at once, whatever work they are in."""
+    return _process
+
+
+def stop_process(reason: str) -> None:
+    """This process is stopping (a signal): waits on LMM requests give up now."""
+    _process.cancel(reason)
 
 
 def current_token() -> CancelToken | None:

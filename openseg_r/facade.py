@@ -266,6 +266,7 @@ class OpenSegR:
         image_name: str | None = None,
         cancel: CancelToken | None = None,
         record: bool | None = None,
+        output: str | Path | None = None,
         **settings_overrides,
     ) -> SegmentationResult:
         """Segment one image. Keyword arguments override fields of :class:`Settings`,
@@ -281,9 +282,11 @@ class OpenSegR:
         step log's events (see :mod:`openseg_r.runs.events`). ``cancel`` (a
         :class:`~openseg_r.cancel.CancelToken`) stops the run at its next text batch, window
         pass or graph step once it is set, with :class:`~openseg_r.cancel.Cancelled`.
-        ``record=False`` keeps this run out of the model's runs database."""
+        ``record=False`` keeps this run out of the model's runs database. ``output``: the
+        folder the caller writes the result to, kept with a recorded run (``runs resume``
+        writes there again)."""
         run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, image_name=image_name,
-                         cancel=cancel, record=record, **settings_overrides)
+                         cancel=cancel, record=record, output=output, **settings_overrides)
         while run.result is None:
             if on_question is None:
                 raise ConfigError(
@@ -381,7 +384,8 @@ class OpenSegR:
     def start(
         self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
         on_event: Callable[[dict], None] | None = None, image_name: str | None = None,
-        cancel: CancelToken | None = None, record: bool | None = None, **settings_overrides,
+        cancel: CancelToken | None = None, record: bool | None = None, output: str | Path | None = None,
+        **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
         with questions: then answer them with :meth:`SegmentationRun.answer`.
@@ -403,7 +407,8 @@ class OpenSegR:
         graph = self._graph_for(interactive, kept_out=self.runs_db is not None and record is False)
         run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event, cancel=cancel)
         if recorded:
-            self._record_start(run.thread_id, ref, vocab, settings)
+            self._record_start(run.thread_id, ref, vocab, settings,
+                               output=None if output is None else str(Path(output).resolve()))
             run.recorded = True
         run._advance(state)
         return run
@@ -632,17 +637,21 @@ class SegmentationRun:
             self.model._run_started(-1)
         questions = [dict(item.value, interrupt_id=item.id) for item in pending]
         self.questions = sorted(questions, key=lambda q: region_order(q["round"], q["region_id"]))
-        if self.recorded:
-            self.model.runs_db.finish_run(self.run_id, "waiting" if pending else "done")
-        if not pending:
-            self.result = self.model._result(
-                final, self.store, self.rgb, self._cache_before, run_id=self.run_id if self.recorded else None
-            )
-            state = self.result.state
-            shortfall = None if state.settings.allow_fallback else self.model.reasoning_shortfall(state)
-            if shortfall is not None:  # asked for reasoning, got none: no silent bare-name result
-                shortfall.result = self.result
-                raise shortfall
+        if pending:
+            if self.recorded:
+                self.model.runs_db.finish_run(self.run_id, "waiting")
+            return
+        self.result = self.model._result(
+            final, self.store, self.rgb, self._cache_before, run_id=self.run_id if self.recorded else None
+        )
+        state = self.result.state
+        shortfall = None if state.settings.allow_fallback else self.model.reasoning_shortfall(state)
+        if self.recorded:  # recorded as what it was: a run without the reasoning it asked for failed
+            self.model.runs_db.finish_run(self.run_id, "done" if shortfall is None else "failed",
+                                          error=None if shortfall is None else f"no reasoning: {shortfall}"[:2000])
+        if shortfall is not None:  # asked for reasoning, got none: no silent bare-name result
+            shortfall.result = self.result
+            raise shortfall
 
     def _stopped_at(self) -> str | None:
         """The node(s) a failed run would run next: where it stopped."""

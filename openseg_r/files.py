@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from openseg_r.errors import ConfigError
+
 NEW_FILE_MODE = 0o666  # what open() asks for; the process umask takes away the rest (0o644 under umask 022)
 NAME_TRIES = 16
 
@@ -54,3 +56,40 @@ def _keep_mode(path: Path, descriptor: int) -> None:
         return
     if stat.S_ISREG(existing.st_mode) and hasattr(os, "fchmod"):
         os.fchmod(descriptor, stat.S_IMODE(existing.st_mode))
+
+
+class FolderError(ConfigError):
+    """An output folder that cannot be made or written (its message is one line)."""
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that could not be written: a file, a path
+    under a file, a place where folders cannot be made (``/proc``) or not writable. Nothing
+    is left behind: folders made to find out are removed again."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{flag} {path} is a file; give a folder")
+    made: list[Path] = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if parent.is_dir():
+                continue
+            if parent.exists() or parent.is_symlink():
+                raise FolderError(f"{flag} {path}: {parent} is not a folder")
+            try:
+                parent.mkdir()
+            except OSError as exc:
+                raise FolderError(f"{flag} {path}: cannot make {parent}: {exc.strerror or exc}") from None
+            made.append(parent)
+        try:
+            probe, name = _create_beside(path / ".openseg-r-write-check", "")
+            probe.close()
+            name.unlink()
+        except OSError as exc:
+            raise FolderError(f"{flag} {path}: cannot write there: {exc.strerror or exc}") from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass

@@ -28,6 +28,8 @@ MIN_SIDE = 8
 MAX_ASPECT_RATIO = 100
 
 
+UNREADABLE = "not an image file, or a format PIL cannot read"
+
 def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return an ``H x W x 3`` uint8 RGB array from a path, bytes, PIL image or array."""
@@ -61,7 +63,7 @@ def _decode(handle, label: str, max_pixels: int) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"not an image file, or a format PIL cannot read: {label}") from None
+        raise ImageError(f"{UNREADABLE}: {label}") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise ImageError(f"image is too large to decode safely (its header claims over {limit:,} pixels): "

@@ -75,3 +75,56 @@ def wait_until_listening(process, port: int, what: str = "the MCP server", timeo
         except OSError:
             time.sleep(0.2)
     pytest.fail(f"{what} did not start")
+
+
+class DrippingOpenAIServer:
+    """An OpenAI-compatible server that lists its model at once but answers every chat
+    request with ``200``, ``Content-Length: 100000`` and then one byte a second: a client
+    whose timeout bounds only each read waits for as long as the server likes. ``chats``
+    counts the chat requests it began to answer."""
+
+    def __init__(self, model: str = "drip") -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.chats = 0
+        self.stopping = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = ('{"object": "list", "data": [{"id": "%s", "object": "model"}]}' % model).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.chats += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                for _ in range(120):  # bounded: two minutes at most
+                    if outer.stopping.wait(1.0):
+                        return
+                    try:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()

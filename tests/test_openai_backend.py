@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -17,7 +18,7 @@ import openai
 import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
-from loopback import silent_server
+from loopback import DrippingOpenAIServer, silent_server
 from test_hf_backend import NO_JSON, SMOLLM2_ANSWERS, pinned_smollm2  # the pinned answers of the model served here
 
 from openseg_r.context import OpenSegContext
@@ -109,9 +110,41 @@ def test_a_server_that_times_out_is_a_bounded_recorded_failure():
         elapsed = time.monotonic() - started
     finally:
         silent.close()
-    assert reply.value is None and len(reply.calls) == 2
-    assert "Timeout" in reply.error
-    assert elapsed < 15  # 2 attempts x (1 try + 1 retry) x 0.5 s, plus backoff
+    assert reply.value is None and len(reply.calls) == 1  # no answer within the timeout: the backend is down
+    assert "timed out: no complete answer within the 0.5 s timeout" in reply.error and reply.unavailable
+    assert elapsed < 5
+
+
+def test_a_server_that_drips_its_reply_is_given_up_at_the_timeout_retries_included():
+    """``timeout`` is a deadline for the whole request: a 200 whose body comes a byte a
+    second (a client's per-read timeout never fires) ends at it, and is not retried."""
+    drip = DrippingOpenAIServer()
+    try:
+        lmm = OpenAICompatibleLMM("drip", drip.url, timeout=2, max_retries=3, max_attempts=3)
+        started = time.monotonic()
+        reply = lmm.ask(request())
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert reply.value is None and reply.unavailable and "2 s timeout, retries included" in reply.error
+    assert drip.chats == 1 and 1.5 < elapsed < 5
+
+
+def test_a_request_in_flight_is_abandoned_when_its_work_is_cancelled():
+    from openseg_r.cancel import Cancelled, CancelToken, cancellable
+
+    drip = DrippingOpenAIServer()
+    token = CancelToken()
+    try:
+        lmm = OpenAICompatibleLMM("drip", drip.url, timeout=60, max_retries=0, max_attempts=1)
+        threading.Timer(1.0, token.cancel, args=("the call's time limit",)).start()
+        started = time.monotonic()
+        with cancellable(token), pytest.raises(Cancelled, match="the call's time limit"):
+            lmm.ask(request())
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert drip.chats == 1 and elapsed < 3
 
 
 def test_a_server_that_is_down_is_a_recorded_failure():

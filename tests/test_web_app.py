@@ -655,8 +655,12 @@ def test_the_report_route_and_the_page(web, uploads):
         report = client.get(f"/openseg/report/{live.run_id}")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
         assert live.run_id in report.text
-        for bad, line in (("not-hex", "not a run id"), ("A" * 32, "not a run id"),
-                          (uuid.uuid4().hex, None)):
+        short = live.run_id[:12]  # what the status line shows: "recorded as <short>"
+        assert short in web_app.status_html(live)
+        by_short = client.get(f"/openseg/report/{short}")
+        assert by_short.status_code == 200 and by_short.text == report.text
+        for bad, line in (("not-hex", "not a run id"), ("A" * 32, "not a run id"), ("abc", "not a run id"),
+                          (uuid.uuid4().hex, None), (uuid.uuid4().hex[:12], None)):
             answer = client.get(f"/openseg/report/{bad}")
             assert answer.status_code == 404 and answer.text.count("\n") == 1, answer.text
             assert line is None or answer.text == line + "\n"

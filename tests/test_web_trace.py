@@ -284,3 +284,22 @@ def test_malformed_events_and_outputs_change_nothing_and_never_raise():
     assert "prompts" not in sections(trace.html())
     assert trace.html() != empty  # the node_end itself is on the timeline
     assert "@keyframes" in TRACE_CSS and "url(" not in TRACE_CSS
+
+
+def test_the_trace_and_the_legend_give_one_usage_line_with_failures_and_cache_answers(tiny_segmenter, voc):
+    """Calls that failed and answers the cache gave are counted the same way in both places."""
+    lmm = ScriptedLMM(json.loads(EXAMPLE.read_text()))
+    model = OpenSegR(segmenter=tiny_segmenter, lmm=lmm)
+    model.segment(voc["rgb"], "person, chair, bottle")  # caches these classes' generic reasoning
+    lmm.script["image_reasoning"] = "this is not the JSON asked for"  # the same model id: the cache still answers
+    events: list[dict] = []
+    result = model.segment(voc["rgb"], VOCABULARY, on_event=events.append, allow_fallback=True)
+    failed = sum(1 for call in result.state.lmm_calls if not call.ok)
+    hits = result.reasoning_cache["hits"]
+    assert failed > 0 and hits > 0
+    trace = LiveTrace()
+    for event in events:
+        trace.add(event)
+    expected = f"{len(result.state.lmm_calls)} LMM call(s) ({failed} failed, {hits} answer(s) from the reasoning cache)"
+    assert expected in section(trace.html(cache=result.reasoning_cache), "usage")
+    assert expected in result_html(result)

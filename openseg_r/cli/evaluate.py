@@ -90,6 +90,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     else:
         shard = parse_shard(args.shard)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
+    from openseg_r.files import check_output_folder
+
+    check_output_folder(out)  # and so does an --out that cannot be written
     if engine:
         return _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, concurrency, engine)
     from openseg_r.facade import OpenSegR

@@ -69,15 +69,38 @@ def refuse_missing_weights_file(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Called with ``argv`` None it is this process's entry point (the
+    ``openseg-r`` script, ``python -m openseg_r.cli``): then a closed stdout (``| head``) ends
+    it quietly, as a Unix tool, and a server that has stopped leaves at once."""
+    as_process = argv is None
+    if as_process:
+        _interrupt_stops_requests()
+    code = _run(argv)
+    if as_process:
+        code = _flush_stdout(code)
+        if _exit_at_once:
+            _leave_now(code)
+    return code
+
+
+_exit_at_once = False  # set by a command whose process should skip the interpreter's slow teardown
+
+
+def _run(argv: list[str] | None) -> int:
+    global _exit_at_once
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["eval", "merge"]:  # `openseg-r eval merge DIRS --out DIR`
         argv = ["eval-merge", *argv[2:]]
+    Parser.arguments = argv
     args = parser.parse_args(argv)
     quiet_library_logging(args.debug)
+    _exit_at_once = bool(getattr(args, "exit_at_once", False))
     try:
         refuse_missing_weights_file(args)
         return args.handler(args)
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("openseg-r: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -94,3 +117,60 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"openseg-r: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process SIGPIPE ended: 128 + 13
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``openseg-r runs list | head -1``): stop without a word,
+    and point stdout at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _flush_stdout(code: int) -> int:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
+    except (OSError, ValueError):
+        pass
+    return code
+
+
+def _leave_now(code: int) -> None:
+    """A stopped server's way out: the exit handlers run (Gradio's, logging's), then the process
+    ends without the interpreter's teardown of torch, Gradio and the rest, which took 2 to 3
+    seconds after "stopped" was already said."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _interrupt_stops_requests() -> None:
+    """Ctrl-C: every LMM request in flight is given up at once (its thread may be blocked on a
+    server that drips its reply), then KeyboardInterrupt unwinds the main thread as usual."""
+    import signal
+
+    from openseg_r.cancel import stop_process
+
+    def interrupted(number, frame):
+        stop_process("interrupted")
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, interrupted)
+    except ValueError:  # not the main thread: leave Python's own handler
+        pass

@@ -32,10 +32,31 @@ EXIT_NO_REASONING = 4
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad usage is one line and exit 2, like every other bad-input path."""
+    """Bad usage is one line and exit 2, like every other bad-input path. A misspelt flag is
+    named first: argparse would otherwise report a required option the typo was meant to be
+    (``--vocabb voc21``: "one of the arguments --classes --vocab is required")."""
+
+    arguments: list[str] = []  # the command line being parsed (set by cli.main)
 
     def error(self, message: str):
+        unknown = self.unknown_flags()
+        if unknown and not message.startswith("unrecognized arguments"):
+            message = f"unrecognized arguments: {' '.join(unknown)}{self._suggestion(unknown[0])}"
         self.exit(EXIT_USAGE, f"openseg-r: error: {message}\n")
+
+    def unknown_flags(self) -> list[str]:
+        """The ``--flags`` of the command line that this (sub)parser does not know."""
+        if self._subparsers is not None:  # the top-level parser: its subcommands judge their own flags
+            return []
+        known = set(self._option_string_actions)
+        return [arg.split("=", 1)[0] for arg in Parser.arguments
+                if arg.startswith("--") and arg != "--" and arg.split("=", 1)[0] not in known]
+
+    def _suggestion(self, flag: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(flag, [o for o in self._option_string_actions if o.startswith("--")], n=1)
+        return f" (did you mean {close[0]}?)" if close else ""
 
 
 def described(model: type[BaseModel], name: str, text: str | None = None) -> str:

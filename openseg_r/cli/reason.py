@@ -100,7 +100,7 @@ def run_export(args: argparse.Namespace) -> int:
     if model is None:
         if len(models) > 1:
             raise ConfigError(
-                "the cache holds reasoning of several models; pick one with --model: " + " | ".join(models)
+                "the cache holds reasoning of several models; pick one with --model: " + " ; ".join(models)
             )
         model = models[0] if models else None
     entries = cache.entries("generic", model) if model is not None else []
@@ -108,8 +108,23 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"no generic reasoning in {cache.path}" + (f" for {model}" if model else ""))
     reasoning = {key["subject"]: value for key, value in entries}
     Path(args.out).write_text(json.dumps(to_generic_file(reasoning), indent=4, ensure_ascii=False), encoding="utf-8")
-    print(f"wrote {len(reasoning)} classes of {model} to {args.out}")
+    print(f"wrote {len(reasoning)} classes of {model_label(model)} to {args.out}")
     return EXIT_OK
+
+
+def model_label(identity: str) -> str:
+    """A cache identity (``model id|generation parameters as JSON``) as a person reads it:
+    ``scripted:658da4d8edfa``, or ``openai:qwen (temperature 0.2)``."""
+    import json
+
+    model_id, _, params = identity.partition("|")
+    try:
+        fields = json.loads(params) if params else {}
+    except ValueError:
+        return identity
+    if not isinstance(fields, dict) or not fields:
+        return model_id
+    return f"{model_id} ({', '.join(f'{k} {v}' for k, v in sorted(fields.items()))})"
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -123,5 +138,5 @@ def run_import(args: argparse.Namespace) -> int:
     for name, fields in entries.items():
         value = ClassReasoning.model_validate(fields | {"name": name})
         cache.put("generic", generic_cache_key(lmm, name), value.model_dump())
-    print(f"imported {len(entries)} classes into {cache.path} for {lmm.cache_identity}")
+    print(f"imported {len(entries)} classes into {cache.path} for {model_label(lmm.cache_identity)}")
     return EXIT_OK

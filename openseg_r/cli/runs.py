@@ -34,7 +34,8 @@ def add_parsers(commands) -> None:
                                 help="prompt_composition, segmentation or self_check")
             action.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                                 help="change a setting, e.g. self_check.enabled=true or class_filter=soft")
-        action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here")
+        action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here "
+                                                        "(resume: by default where the run's own --out was)")
         add_model_options(action, defaults_from_run=True)
         add_lmm_options(action, defaults_from_run=True)
     report = actions.add_parser("report", help="one self-contained HTML file")
@@ -154,6 +155,11 @@ def _replay(db, args) -> int:
 
     record = db.get_run(args.run)
     db.require_image(record)  # before loading any model
+    out = args.out or (record.output if args.action == "resume" else None)  # a resumed run writes where it did
+    if out:
+        from openseg_r.files import check_output_folder
+
+        check_output_folder(out)
     model = _model_for(record, args, db)
     progress = TerminalProgress() if sys.stderr.isatty() else None
     if args.action == "resume":
@@ -166,7 +172,7 @@ def _replay(db, args) -> int:
         return EXIT_OK
     how = "resumed" if args.action == "resume" else f"replay of {record.run_id} from {args.from_node}"
     print(f"run {run.run_id} ({how})")
-    print_result_summary(result, args.out)
+    print_result_summary(result, out)
     return EXIT_OK
 
 

@@ -94,6 +94,10 @@ def run_segment(args: argparse.Namespace) -> int:
     concurrency = concurrency_option(args)
     engine = engine_values(args)
     inputs = expand_inputs(args.image, exclude=args.out)
+    if args.out:
+        from openseg_r.files import check_output_folder
+
+        check_output_folder(args.out)
     plan = None
     if engine and not inputs.many:
         raise ConfigError("--engine ray segments many images (a folder, a glob or several files); "
@@ -143,7 +147,7 @@ def run_segment(args: argparse.Namespace) -> int:
         step_log = JSONLStepLog(args.trace_jsonl)
         handlers.append(step_log)
     try:
-        result = model.segment(rgb, vocabulary, image_name=inputs.images[0], on_question=on_question,
+        result = model.segment(rgb, vocabulary, image_name=inputs.images[0], on_question=on_question, output=args.out,
                                on_event=(lambda event: [h(event) for h in handlers]) if handlers else None)
     finally:
         if step_log is not None:

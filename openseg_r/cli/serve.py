@@ -34,7 +34,7 @@ def add_parsers(commands) -> None:
     add_lmm_options(mcp)
     add_safety_options(mcp)
     add_throughput_options(mcp, concurrency=False)  # concurrent calls share forward passes
-    mcp.set_defaults(handler=run_serve)
+    mcp.set_defaults(handler=run_serve, exit_at_once=True)
 
     web = servers.add_parser("web", help="a web page: upload, name classes, watch the reasoning, answer the "
                                          "self-check (needs the web extra: pip install 'openseg-r[web]')")
@@ -54,7 +54,7 @@ def add_parsers(commands) -> None:
     add_recording_options(web, step_log=False)
     add_safety_options(web, paths=False)
     add_throughput_options(web, concurrency=False)
-    web.set_defaults(handler=run_serve_web)
+    web.set_defaults(handler=run_serve_web, exit_at_once=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
+from openseg_r.cancel import Cancelled
 from openseg_r.lmm.health import (
     BackendHealth,
     RequestUnsupported,
@@ -163,6 +164,8 @@ class BaseLMMBackend(ABC):
             try:
                 raw, call_usage = self.complete(request, feedback)
                 raw = raw if isinstance(raw, str) else str(raw)
+            except Cancelled:  # the work was given up (a time limit, Ctrl-C): no further attempt
+                raise
             except Exception as exc:  # a backend failure is recorded, never raised into the graph
                 message = self.unavailable(exc)
                 if message is not None:  # asking again, or asking anything else, would fail the same way

@@ -46,6 +46,9 @@ class HuggingFaceLMM(BaseLMMBackend):
 
         if gguf_file is None and model.endswith(".gguf"):
             path = Path(model)
+            if not path.is_file():  # else transformers reads the folder as a hub repo id and says so
+                raise ConfigError(f"GGUF model file not found: {model}" if not path.exists()
+                                  else f"the GGUF model is not a regular file: {model}")
             model, gguf_file = str(path.parent), path.name
         self.model_id = f"{model}:{gguf_file}" if gguf_file else model
         self.max_attempts = max_attempts

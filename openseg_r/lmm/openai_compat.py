@@ -6,8 +6,10 @@ LM Studio, ``transformers serve``, or OpenAI itself, through langchain-openai.
 - The server's JSON-schema structured output is used when it has it. If the server
   rejects ``response_format``, the backend switches to prompt-plus-parse for the
   rest of its life (the prompt already asks for JSON) and records that it did.
-- ``timeout`` bounds each request. A rate limit, a server error (5xx) or a reply
-  slower than the timeout is retried ``max_retries`` times with exponential backoff;
+- ``timeout`` bounds each request as a whole, its retries included, whatever the server
+  sends. A rate limit or a server error (5xx) is retried ``max_retries`` times with
+  exponential backoff within it; no complete answer within it makes the backend unusable
+  for the run;
   a server that cannot be reached, a rejected key or a missing model is not retried
   (see :mod:`openseg_r.lmm.health`): before the first request, and after such a
   failure, one ``GET /models`` says whether the server is there.
@@ -20,14 +22,14 @@ from __future__ import annotations
 import base64
 import io
 import os
-import time
 from threading import Lock
 
 import numpy as np
 from PIL import Image
 
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
-from openseg_r.lmm.health import unavailable_cause
+from openseg_r.lmm.deadline import Deadline, RequestTimedOut, run_abandonable, sleep_unless_cancelled
+from openseg_r.lmm.health import BackendUnavailable, unavailable_cause
 from openseg_r.state import LMMOptions, Usage
 
 DEFAULT_API_KEY_ENVS = ("OPENSEG_R_API_KEY", "OPENAI_API_KEY")
@@ -116,7 +118,11 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         import httpx
 
         timeout = httpx.Timeout(self._timeout, connect=min(self._timeout, PROBE_CONNECT_TIMEOUT))
-        page = self.chat.root_client.with_options(timeout=timeout, max_retries=0).models.list()
+        client = self.chat.root_client.with_options(timeout=timeout, max_retries=0)
+        try:
+            page = run_abandonable(client.models.list, self._timeout)
+        except RequestTimedOut:
+            raise BackendUnavailable(self._timed_out()) from None
         models = [str(getattr(model, "id", "")) for model in getattr(page, "data", [])]
         self.listed_models = models
         return models
@@ -157,15 +163,28 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         )
 
     def _invoke(self, messages, **kwargs) -> tuple[str, Usage]:
-        """One request, retried after a transient failure (rate limit, 5xx, a slow reply)."""
+        """One request, retried after a transient failure (rate limit, 5xx), all within one
+        deadline of ``timeout`` seconds, whatever the server sends (a reply dripping a byte
+        a second included): past it, the backend is unusable for this run. Ctrl-C, SIGTERM
+        or the work's cancel token abandon it at once (:mod:`openseg_r.lmm.deadline`)."""
+        deadline = Deadline(self._timeout)
         for retry in range(self.max_retries + 1):
             try:
-                return self._invoke_once(messages, **kwargs)
+                return run_abandonable(lambda: self._invoke_once(messages, **kwargs), deadline.left())
+            except RequestTimedOut:
+                raise BackendUnavailable(self._timed_out()) from None
             except Exception as exc:
                 if retry >= self.max_retries or not _is_transient(exc):
                     raise
-                time.sleep(min(MAX_BACKOFF, 0.5 * 2**retry))
+                pause = min(MAX_BACKOFF, 0.5 * 2**retry)
+                if deadline.left() <= pause:
+                    raise BackendUnavailable(self._timed_out()) from exc
+                sleep_unless_cancelled(pause)
         raise AssertionError("unreachable")
+
+    def _timed_out(self) -> str:
+        return (f"timed out: no complete answer within the {self._timeout:g} s timeout, retries included "
+                "(raise it with --lmm-option timeout=SECONDS)")
 
     def _invoke_once(self, messages, **kwargs) -> tuple[str, Usage]:
         reply = self.chat.invoke(messages, **kwargs)

@@ -52,14 +52,15 @@ CREATE TABLE IF NOT EXISTS openseg_runs (
     owner_pid INTEGER,
     owner_host TEXT,
     owner_token TEXT,
-    heartbeat REAL
+    heartbeat REAL,
+    output TEXT
 );
 """
 # Columns added since the first release: a database made before them gets them on open.
 ADDED_COLUMNS = {"resumed_at": "REAL", "owner_pid": "INTEGER", "owner_host": "TEXT", "owner_token": "TEXT",
-                 "heartbeat": "REAL"}
+                 "heartbeat": "REAL", "output": "TEXT"}
 STATUSES = ("running", "done", "failed", "waiting")  # waiting: paused on human self-check questions
-INTERRUPTED = "interrupted"  # shown, never stored: "running", but its owner process is gone
+INTERRUPTED = "interrupted"  # shown, never stored: "running" or "waiting", but its owner process is gone
 WHAT = "the runs database"
 
 
@@ -99,6 +100,7 @@ class RunRecord:
     owner_host: str | None = None
     owner_token: str | None = None
     heartbeat: float | None = None
+    output: str | None = None  # the folder the run's files were written to (segment --out), if any
 
     @property
     def seconds(self) -> float | None:
@@ -171,13 +173,22 @@ class RunsDB:
 
     def _connect(self, timeout: float, autocommit: bool = True) -> sqlite3.Connection:
         if self.read_only:
-            target, uri = f"{self.path.absolute().as_uri()}?mode=ro", True
+            target, uri = f"{self.path.absolute().as_uri()}?mode=ro{self._leave_no_trace()}", True
         else:
             target, uri = str(self.path), False
         connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=uri,
                                      isolation_level=None if autocommit else "DEFERRED")
         connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         return connection
+
+    def _leave_no_trace(self) -> str:
+        """A reader of a WAL-mode file would create its ``-wal`` and ``-shm`` files beside it.
+        When neither exists, no connection has the file open and every write is in the file
+        itself, so it is read as immutable (SQLite then makes neither); otherwise they are
+        there already and are used as they are."""
+        if Path(f"{self.path}-wal").exists() or Path(f"{self.path}-shm").exists():
+            return ""
+        return "&immutable=1"
 
     def _table_columns(self, table: str) -> set[str]:
         return {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
@@ -239,9 +250,12 @@ class RunsDB:
         return self.get_run(record.run_id)
 
     def finish_run(self, run_id: str, status: str, error: str | None = None, stopped_at: str | None = None) -> None:
+        """How a run ended, or that it waits for answers: a waiting run stays this process's
+        (its heartbeat goes on), so if the process dies meanwhile, readers see it interrupted."""
         assert status in STATUSES
         with self._owned_lock:
-            self._owned.discard(run_id)
+            if status != "waiting":
+                self._owned.discard(run_id)
         self._execute(
             "UPDATE openseg_runs SET status = ?, finished = ?, error = ?, stopped_at = ? WHERE run_id = ?",
             (status, time.time(), error, stopped_at, run_id),
@@ -320,7 +334,7 @@ class RunsDB:
         data["options"] = json.loads(data["options"] or "{}")
         data["redact"] = bool(data["redact"])
         record = RunRecord(**{f.name: data[f.name] for f in fields(RunRecord) if f.name in data})
-        if record.status == "running" and owner_is_gone(
+        if record.status in ("running", "waiting") and owner_is_gone(
             record.owner_pid, record.owner_host, record.owner_token,
             record.heartbeat if record.heartbeat is not None else record.created, time.time(),
         ):

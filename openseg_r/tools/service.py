@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from openseg_r.cancel import CancelToken, result_unless_cancelled
 from openseg_r.errors import ImageError, OpenSegRError
 from openseg_r.facade import OpenSegR
-from openseg_r.images import load_image
+from openseg_r.images import UNREADABLE, load_image
 from openseg_r.lmm.base import NoLMM
 from openseg_r.prompts.templates import templates_for
 from openseg_r.state import Vocabulary
@@ -234,19 +234,21 @@ class SegmentationService:
 
     def _load_image(self, request: SegmentRequest):
         if request.image_path:
-            data = read_image_path(request.image_path, self.limits)
-        elif request.image_base64:
-            data = decode_base64_image(request.image_base64, self.limits)
-        else:
-            data = fetch_image_url(request.image_url, self.limits)
-        return self.decode_image(data)
+            return self.decode_image(read_image_path(request.image_path, self.limits), "the file at image_path")
+        if request.image_base64:
+            return self.decode_image(decode_base64_image(request.image_base64, self.limits), "image_base64")
+        return self.decode_image(fetch_image_url(request.image_url, self.limits), "the file at image_url")
 
-    def decode_image(self, data: bytes):
-        """An image file's bytes as RGB pixels, within the pixel limit; one line if not."""
+    def decode_image(self, data: bytes, subject: str = "the image"):
+        """An image file's bytes as RGB pixels, within the pixel limit; one line if not, that
+        names ``subject`` (what the caller sent: "the image", "the file at image_path")."""
         try:
             return load_image(data, max_pixels=self.limits.max_pixels)
         except ImageError as exc:
-            raise ToolInputError(str(exc).replace("<bytes>", "the image")) from None
+            text = str(exc)
+            if text.startswith(UNREADABLE):
+                text = f"{subject} is not an image file, or is in a format PIL cannot read"
+            raise ToolInputError(text.replace("<bytes>", subject)) from None
 
     # ------------------------------------------------------------------ explain
 

@@ -11,7 +11,6 @@ line in the page (``#status``), after which the page goes on working.
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import time
@@ -28,6 +27,7 @@ from openseg_r.tools.service import SegmentationService
 from openseg_r.vocab import builtin_names
 from openseg_r.web.backends import BackendChoices
 from openseg_r.web.compare import BASELINE_SETTINGS, comparison_html
+from openseg_r.web.guard import UploadRefused, read_upload
 from openseg_r.web.live import LiveRun, LiveRuns, write_downloads
 from openseg_r.web.trace import TRACE_CSS, result_html
 
@@ -60,8 +60,9 @@ class WebApp:
 
     def read_upload(self, payload: dict | None) -> tuple[bytes, str]:
         """The uploaded file's bytes and name, within the file-size limit. ``payload`` is the
-        image component's raw value, sent by the browser: its path must be one Gradio's
-        upload folder holds (a forged path to another file is refused like a missing one)."""
+        image component's raw value, sent by the browser: its path must name a regular file
+        in Gradio's upload folder (a forged path to another file is refused like a missing
+        one, without being opened: :mod:`openseg_r.web.guard`)."""
         limits = self.service.limits
         payload = payload if isinstance(payload, dict) else {}
         url, value = payload.get("url"), payload.get("path")
@@ -72,16 +73,10 @@ class WebApp:
                 raise ToolInputError(str(exc).replace("image_base64", "the pasted image")) from None
         if not isinstance(value, str) or not value:
             raise ToolInputError("upload an image first (or pick the example below it)")
-        path = Path(os.path.realpath(value))
-        if not path.is_relative_to(os.path.realpath(self.upload_folder)):
-            raise ToolInputError("the uploaded file is gone; upload it again")
-        try:
-            size = path.stat().st_size
-            if size > limits.max_file_bytes:
-                raise ToolInputError(f"the image file is {size:,} bytes, over the limit of {limits.max_file_bytes:,}")
-            return path.read_bytes(), path.name
-        except OSError:
-            raise ToolInputError("the uploaded file is gone; upload it again") from None
+        try:  # the same rule the server's UploadGuard applied before Gradio saw the request
+            return read_upload(value, self.upload_folder, limits.max_file_bytes)
+        except UploadRefused as exc:
+            raise ToolInputError(str(exc)) from None
 
     def prepare(self, image: dict | None, classes: str, backend: str, reasoning: bool, self_check: str,
                 record: bool) -> tuple[LiveRun, list[str]]:
@@ -396,7 +391,8 @@ def _follow(web: WebApp, live: LiveRun, steps, notes: list[str]):
     if live.run_id:
         link = (f"<a href='openseg/report/{live.run_id}' target='_blank' data-report='{live.run_id}'>"
                 "open this run's report</a>")
-    yield (status_html(live, notes=notes), live.trace.html(), picture, legend, live.questions, files, link,
+    trace = live.trace.html(cache=result.reasoning_cache if result is not None else None)
+    yield (status_html(live, notes=notes), trace, picture, legend, live.questions, files, link,
            gr.Button(visible=result is not None), live.id)
 
 

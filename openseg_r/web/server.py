@@ -4,10 +4,13 @@ the HTML report of a recorded run, served by uvicorn until a signal stops it."""
 from __future__ import annotations
 
 import os
+import re
 
-from openseg_r.web.app import PAGE_CSS, RUN_ID, WebApp, build_blocks
+from openseg_r.web.app import PAGE_CSS, WebApp, build_blocks
+from openseg_r.web.guard import UploadGuard
 
 REPORT_ROUTE = "/openseg/report/{run_id}"
+RUN_ID_OR_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")  # a unique prefix of 4 or more is enough, as for `runs show`
 UPLOAD_HEADROOM = 2  # Gradio refuses uploads over twice the file limit; ours says the size of those under it
 GRADIO_QUIET = {  # no calls home, no telemetry: the page must work on a machine without network
     "GRADIO_ANALYTICS_ENABLED": "False",
@@ -28,7 +31,7 @@ def create_app(web: WebApp):
     def report(run_id: str):
         if web.runs_db is None:
             return PlainTextResponse("this server does not record runs\n", status_code=404)
-        if not RUN_ID.match(run_id):
+        if not RUN_ID_OR_PREFIX.match(run_id):  # the whole id, or the short one the page shows
             return PlainTextResponse("not a run id\n", status_code=404)
         from openseg_r.errors import OpenSegRError
         from openseg_r.runs.inspect import load_run
@@ -41,10 +44,12 @@ def create_app(web: WebApp):
         return HTMLResponse(render_report(run))
 
     blocks = build_blocks(web)
-    return gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(web.downloads)], footer_links=["gradio"],
-                               max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=PAGE_CSS,
-                               show_error=False,
-                               ssr_mode=False, mcp_server=False)
+    app = gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(web.downloads)], footer_links=["gradio"],
+                              max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=PAGE_CSS,
+                              show_error=False, ssr_mode=False, mcp_server=False)
+    # Outermost: a file an event names is checked before Gradio would copy it (web/guard.py).
+    app.add_middleware(UploadGuard, upload_folder=web.upload_folder, max_file_bytes=web.service.limits.max_file_bytes)
+    return app
 
 
 def serve_web(web: WebApp, listening, on_ready=None) -> int | None:

@@ -207,8 +207,9 @@ class LiveTrace:
             return f"{node} {done}/{total}"
         return f"{node} ×{count}" if count > 1 else node
 
-    def html(self) -> str:
-        """The whole trace panel as an HTML fragment; a section appears once its data has arrived."""
+    def html(self, cache: dict | None = None) -> str:
+        """The whole trace panel as an HTML fragment; a section appears once its data has arrived.
+        ``cache``: the finished result's reasoning-cache counts, for the usage line."""
         with self._lock:
             parts = [
                 self._timeline_html(),
@@ -217,7 +218,7 @@ class LiveTrace:
                 self._alignment_html(),
                 self._prompts_html(),
                 self._self_check_html(),
-                self._usage_html(),
+                self._usage_html(cache),
             ]
         return '<div class="openseg-trace">' + "".join(parts) + "</div>"
 
@@ -305,14 +306,10 @@ class LiveTrace:
             _table(["region", "verdict", "choice", "confidence", "source", "reason"], rows, hidden) if rows else "")
         return _section("self_check", "Self-check answers", body)
 
-    def _usage_html(self) -> str:
+    def _usage_html(self, cache: dict | None = None) -> str:
         if not self._calls and not self._fallbacks:
             return ""
-        failed = sum(1 for call in self._calls if not call.ok)
-        line = (f"{len(self._calls)} LMM call(s)" + (f" ({failed} failed)" if failed else "")
-                + f", {sum(c.usage.prompt_tokens for c in self._calls)} prompt + "
-                f"{sum(c.usage.completion_tokens for c in self._calls)} completion tokens, "
-                f"{len(self._fallbacks)} fallback(s)")
+        line = usage_line(self._calls, self._fallbacks, cache)
         return _section("usage", "LMM usage", f"<p>{_text(line)}</p>" + _fallbacks_html(self._fallbacks))
 
 
@@ -345,13 +342,21 @@ def result_html(result) -> str:
 
 
 def _result_usage_html(state, cache: dict | None = None) -> str:
-    calls, fallbacks = state.lmm_calls, state.fallbacks
+    line = usage_line(state.lmm_calls, state.fallbacks, cache, seconds=sum(t.seconds for t in state.timings))
+    return f'<p class="openseg-usage">{_text(line)}</p>' + _fallbacks_html(state.fallbacks)
+
+
+def usage_line(calls, fallbacks, cache: dict | None = None, seconds: float | None = None) -> str:
+    """The one LMM-usage line the trace and the legend both show: calls, how many failed, answers
+    the reasoning cache gave (``cache``: a result's ``reasoning_cache`` counts), tokens, fallbacks."""
+    failed = sum(1 for call in calls if not call.ok)
     hits = int((cache or {}).get("hits") or 0)
-    cached = f" ({hits} answer(s) from the reasoning cache)" if hits else ""
-    line = (f"{len(calls)} LMM call(s){cached}, {sum(c.usage.prompt_tokens for c in calls)} prompt + "
+    notes = [f"{failed} failed"] if failed else []
+    notes += [f"{hits} answer(s) from the reasoning cache"] if hits else []
+    return (f"{len(calls)} LMM call(s)" + (f" ({', '.join(notes)})" if notes else "")
+            + f", {sum(c.usage.prompt_tokens for c in calls)} prompt + "
             f"{sum(c.usage.completion_tokens for c in calls)} completion tokens, "
-            f"{sum(t.seconds for t in state.timings):.2f} s in all steps, {len(fallbacks)} fallback(s)")
-    return f'<p class="openseg-usage">{_text(line)}</p>' + _fallbacks_html(fallbacks)
+            + (f"{seconds:.2f} s in all steps, " if seconds is not None else "") + f"{len(fallbacks)} fallback(s)")
 
 
 # ---------------------------------------------------------------------- helpers
