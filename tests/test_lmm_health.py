@@ -26,9 +26,9 @@ from openseg_r import OpenSegR, cli
 from openseg_r.cli.options import EXIT_NO_REASONING, EXIT_OK, EXIT_USAGE
 from openseg_r.errors import ConfigError, ReasoningUnavailableError
 from openseg_r.lmm import ScriptedLMM, backend_from_spec
-from openseg_r.lmm.check import check_backend
 from openseg_r.lmm.health import NOT_ASKED
 from openseg_r.options import ModelOptions
+from openseg_r.tools.lmm_check import check_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "voc.jpg"
@@ -137,10 +137,6 @@ def answer(schema: str, prompt: str) -> dict:
         found = re.search(r"Candidate classes: (.*?)\.\n", prompt)
         names = json.loads(f"[{found.group(1)}]") if found else []
         return {"description": "a photo", "candidates": [{"name": n, "attributes": [f"{n} here"]} for n in names]}
-    if schema == "CheckAnswer":
-        return {"answer": "ok"}
-    if schema == "ImageAnswer":
-        return {"colour": "red"}
     return {"choice": "none of these", "confidence": 0.5, "reason": "unsure"}
 
 
@@ -321,10 +317,14 @@ def test_lmm_check_on_a_working_server(server, capsys):
     out = capsys.readouterr()
     assert code == EXIT_OK, out.err
     assert f"{MODEL} is listed" in out.out
-    assert re.search(r"structured: +valid JSON in \d+\.\d\d s", out.out)
-    assert "images:     yes: a 32x32 red image is 'red'" in out.out
-    assert out.out.rstrip().endswith("usable") and out.err == ""
+    assert re.search(r"generic: +valid in \d+\.\d\d s .*: cat is 'object'", out.out)
+    assert "image:     valid in " in out.out and "'a photo'" in out.out
+    assert out.out.rstrip().endswith("verdict:   usable") and out.err == ""
     assert server.paths[0] == "/v1/models" and len(server.chats) == 2
+    from openseg_r.prompts.reasoning import GENERIC_REASONING
+
+    assert prompt_text(server.chats[0]) == GENERIC_REASONING.render(class_name="cat")  # what a run asks
+    assert "Candidate classes: \"cat\", \"dog\"." in prompt_text(server.chats[1])
     assert server.chats[1]["messages"][0]["content"][1]["type"] == "image_url"
 
 
@@ -425,8 +425,8 @@ def test_lmm_check_of_an_in_process_model(tiny_vlm_dir, capsys):
     """A randomly initialised VLM: loaded in process, but its gibberish is no JSON."""
     assert cli.main(["lmm", "check", f"hf:{tiny_vlm_dir}", "--lmm-option", "max_tokens=8"]) == EXIT_NO_REASONING
     out = capsys.readouterr()
-    assert "reachable:  in process" in out.out and "structured: no valid JSON" in out.out
-    assert out.err.count("\n") == 1 and "the model answered, but not with the JSON asked for" in out.err
+    assert "reachable: in process" in out.out and "generic:   no valid answer" in out.out
+    assert out.err.count("\n") == 1 and "neither generic nor image reasoning came back" in out.err
 
 
 def test_every_command_that_takes_an_lmm_takes_lmm_options():
@@ -481,3 +481,16 @@ def test_a_busy_server_is_retried_but_not_re_asked():
         busy.close()
     assert reply.value.attributes == ["cat shape", "cat texture"]
     assert len(busy.chats) == 3 and len(reply.calls) == 1  # one question, sent three times
+
+
+def test_lmm_check_predicts_what_a_run_with_the_same_backend_does(smollm_gguf, tiny_args, tmp_path):
+    """SmolLM2 (a real, tiny text model) used to be "usable" for the check's toy question,
+    while every run with it exited 4: the verdict must say what the run then does."""
+    spec = f"hf:{smollm_gguf}"
+    options = ["--lmm-option", "max_tokens=96"]
+    check = run_cli("lmm", "check", spec, *options)
+    run = run_cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "cat, dog", "--lmm", spec, *options,
+                  *tiny_args, "--out", tmp_path / "out")
+    usable = check.stdout.rstrip().endswith("verdict:   usable")
+    assert check.returncode == (0 if usable else EXIT_NO_REASONING), check.stderr
+    assert run.returncode == (0 if usable else EXIT_NO_REASONING), (check.stdout, run.stderr)

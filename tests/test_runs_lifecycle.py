@@ -4,6 +4,7 @@ databases migrated, and reading commands that create and write nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,9 +85,11 @@ def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path
     assert report.returncode == 0, report.stderr
     assert "<div id=status class='banner interrupted'><b>interrupted</b>" in (tmp_path / "report.html").read_text()
 
+    assert not (tmp_path / "killed").exists()  # killed before it wrote anything
     resumed = cli("runs", "--runs-db", db_path, "resume", running.run_id[:12], "--lmm", f"scripted:{SCRIPT}",
-                  "--clip-model", config, "--clip-pretrained", weights, "--out", tmp_path / "resumed")
+                  "--clip-model", config, "--clip-pretrained", weights)  # no --out: the run's own
     assert resumed.returncode == 0, resumed.stderr
+    assert {p.name for p in (tmp_path / "killed").iterdir()} >= {"labels.png", "overlay.png", "result.json"}
     assert f"run {running.run_id} (resumed)" in resumed.stdout
     with RunsDB(db_path, read_only=True) as db:
         done = db.get_run(running.run_id)
@@ -199,6 +202,80 @@ def test_other_hosts_go_by_heartbeat(tmp_path):
         fake_owner(db, run_id, owner_host="another-host", owner_pid=1, owner_token="x|y|1", heartbeat=beat)
     statuses = {r.run_id: r.status for r in db.list_runs()}
     assert statuses == {"fresh": "running", "stale": "interrupted"}
+
+
+def test_a_waiting_run_is_kept_alive_by_its_process_and_interrupted_when_it_dies(tmp_path):
+    db = RunsDB(tmp_path / "runs.sqlite")
+    db.heartbeat_seconds = 0.05
+    db.start_run("asking", image="a.jpg")
+    db.finish_run("asking", "waiting")  # paused on questions for a person
+    first = db.get_run("asking").heartbeat
+    deadline = time.monotonic() + 30
+    while db.get_run("asking").heartbeat == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.get_run("asking").status == "waiting" and db.get_run("asking").heartbeat > first
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    machine = process_token(os.getpid()).rsplit("|", 1)[0]
+    fake_owner(db, "asking", owner_pid=int(gone.stdout), owner_token=f"{machine}|1")
+    assert db.get_run("asking").status == "interrupted"
+    db.close()
+
+
+def test_a_human_self_check_killed_while_waiting_reads_interrupted(tmp_path, tiny_model_files):
+    """`segment --self-check-mode human` asks at the terminal; killed there, its run is not left waiting."""
+    config, weights = tiny_model_files
+    db_path = tmp_path / "runs.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"), "--vocab", "voc21",
+         "--no-reasoning", "--self-check", "--self-check-mode", "human", "--self-check-margin", "0.9",
+         "--clip-model", str(config), "--clip-pretrained", str(weights), "--runs-db", str(db_path),
+         "--out", str(tmp_path / "out")],
+        env=ENV, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        status = None
+        while status != "waiting":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+            if db_path.exists():
+                with RunsDB(db_path, read_only=True) as db:
+                    status = next((r.status for r in db.list_runs()), None)
+        proc.kill()
+        proc.wait(30)
+    finally:
+        proc.kill()
+    listing = cli("runs", "--runs-db", db_path, "list")
+    assert " interrupted " in listing.stdout and " waiting " not in listing.stdout, listing.stdout
+
+
+def test_a_run_that_exits_4_is_recorded_as_failed(tmp_path, tiny_model_files):
+    config, weights = tiny_model_files
+    useless = tmp_path / "useless.json"
+    useless.write_text(json.dumps({"generic_reasoning": "no JSON here", "image_reasoning": "nor here"}))
+    db_path = tmp_path / "runs.sqlite"
+    proc = cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "cat, dog", "--lmm", f"scripted:{useless}",
+               "--clip-model", config, "--clip-pretrained", weights, "--runs-db", db_path, "--out", tmp_path / "out")
+    assert proc.returncode == 4, proc.stderr
+    with RunsDB(db_path, read_only=True) as db:
+        (record,) = db.list_runs()
+    assert record.status == "failed" and record.error.startswith("no reasoning: ")
+    assert " failed " in cli("runs", "--runs-db", db_path, "list").stdout
+
+
+def test_reading_a_wal_database_leaves_no_files_beside_it(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with RunsDB(path) as db:
+        db.start_run("r1", image="a.jpg")
+        db.finish_run("r1", "done")
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()  # the last connection: SQLite removes -wal and -shm
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert before == ["runs.sqlite"], before
+    for args in (["list"], ["show", "r1"]):
+        proc = cli("runs", "--runs-db", path, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_the_heartbeat_advances_while_the_run_is_owned(tmp_path):

@@ -319,7 +319,7 @@ class RunsDB:
                     return
             try:
                 self._execute(
-                    f"UPDATE openseg_runs SET heartbeat = ? WHERE status = 'running' "
+                    f"UPDATE openseg_runs SET heartbeat = ? WHERE status IN ('running', 'waiting') "
                     f"AND run_id IN ({', '.join('?' * len(owned))})",
                     [time.time(), *owned],
                 )

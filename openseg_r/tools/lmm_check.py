@@ -1,8 +1,12 @@
 """``openseg-r lmm check``: is a backend usable, before a long run finds out the hard way?
 
 For a model behind a server or in process: can it be reached (``GET /models`` for an
-OpenAI-compatible server), does the server list the model, does one tiny structured
-question come back as valid JSON and how fast, and can it look at a small image.
+OpenAI-compatible server), does the server list the model, and does it answer the two
+questions a run asks, exactly as a run asks them: generic reasoning about a class
+(``prompts.reasoning.GENERIC_REASONING``, schema ``ClassReasoning``) and image reasoning
+about a small picture (``IMAGE_REASONING_SINGLE``, schema ``ImageReasoning``), each with
+the backend's own re-asks. The verdict follows the rule a run ends by: a run exits 4 when
+neither kind of reasoning comes back, so the backend is "not usable" exactly then.
 For the offline kinds (``scripted``, ``replay``): does the file hold answers. ``none``
 is never usable: it names no LMM.
 """
@@ -13,28 +17,26 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel
 
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, NoLMM, backend_label
 from openseg_r.lmm.health import unavailable_message
+from openseg_r.prompts.reasoning import GENERIC_REASONING, IMAGE_REASONING_SINGLE, class_list_text
+from openseg_r.state import ClassReasoning, ImageReasoning
 
-CHECK_STEP = "lmm_check"
-STRUCTURED_PROMPT = (
-    'This is a connection test. Reply with only this JSON object and nothing else: {"answer": "ok"}'
-)
-IMAGE_PROMPT = (
-    'What is the main colour of this image? Reply with only a JSON object and nothing else: '
-    '{"colour": "<one word>"}'
-)
-IMAGE_SIDE = 32
+GENERIC_STEP, IMAGE_STEP = "generic_reasoning", "image_reasoning"  # as a run names them (scripts, replays)
+
+CHECK_CLASSES = ("cat", "dog")  # what the check asks about: the photo below shows neither, which is fine
+IMAGE_SIDE = 64
 
 
-class CheckAnswer(BaseModel):
-    answer: str
-
-
-class ImageAnswer(BaseModel):
-    colour: str
+def check_picture() -> np.ndarray:
+    """A small picture with something to describe: a red disc on a blue ground."""
+    ys, xs = np.mgrid[:IMAGE_SIDE, :IMAGE_SIDE]
+    picture = np.zeros((IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)
+    picture[...] = (40, 80, 200)
+    disc = (ys - IMAGE_SIDE / 2) ** 2 + (xs - IMAGE_SIDE / 2) ** 2 < (IMAGE_SIDE / 3) ** 2
+    picture[disc] = (220, 30, 30)
+    return picture
 
 
 @dataclass
@@ -74,9 +76,12 @@ def check_backend(backend: BaseLMMBackend) -> BackendCheck:
     if not _reachable(backend, report):
         return report
     _model_listed(inner, report)
-    if not _structured(backend, report):
+    generic = _generic(backend, report)
+    if generic is None:
         return report
-    _images(backend, report)
+    image = _image(backend, report)
+    if image is not None:
+        _verdict(report, generic, image)
     return report
 
 
@@ -109,47 +114,62 @@ def _model_listed(inner, report: BackendCheck) -> None:
     report.lines.append(("model", f"{inner.model_id} is not listed; the server lists: {shown or 'nothing'}"))
 
 
-def _structured(backend: BaseLMMBackend, report: BackendCheck) -> bool:
-    request = LMMRequest(step=CHECK_STEP, subject="structured", prompt=STRUCTURED_PROMPT,
-                         prompt_version="check-v1", schema=CheckAnswer)
+def _generic(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
+    """True: valid generic reasoning; False: answered, but not usably; None: the backend is down."""
+    name = CHECK_CLASSES[0]
+    request = LMMRequest(step=GENERIC_STEP, subject=name, prompt=GENERIC_REASONING.render(class_name=name),
+                         prompt_version=GENERIC_REASONING.version, schema=ClassReasoning)
     started = time.perf_counter()
-    reply = backend.ask(request, max_attempts=1)
+    reply = backend.ask(request)
     seconds = time.perf_counter() - started
     if reply.unavailable:
-        report.lines.append(("structured", f"no ({reply.unavailable})"))
+        report.lines.append(("generic", f"no ({reply.unavailable})"))
         report.problem = reply.unavailable
-        return False
+        return None
     if reply.value is None:
-        report.lines.append(("structured", f"no valid JSON in {seconds:.2f} s ({(reply.error or '')[:160]})"))
         why = (reply.error or "no answer")[:160]
-        report.problem = f"the model answered, but not with the JSON asked for ({why}); reasoning would fall back"
+        report.lines.append(("generic", f"no valid answer in {seconds:.2f} s, {len(reply.calls)} attempt(s) ({why})"))
         return False
     tokens = f"{reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens"
-    report.lines.append(("structured", f"valid JSON in {seconds:.2f} s ({tokens})"))
+    attributes = ", ".join(reply.value.attributes[:3])
+    report.lines.append(("generic", f"valid in {seconds:.2f} s ({tokens}): {name} is "
+                                    f"{(reply.value.general_category or '?')[:40]!r}, {attributes[:80]!r}"))
     return True
 
 
-def _images(backend: BaseLMMBackend, report: BackendCheck) -> None:
+def _image(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
     if not backend.supports_images:
-        report.lines.append(("images", "no: a text-only model (image reasoning and the self-check fall back)"))
-        return
-    red = np.zeros((IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)
-    red[..., 0] = 255
-    request = LMMRequest(step=CHECK_STEP, subject="image", prompt=IMAGE_PROMPT, prompt_version="check-v1",
-                         schema=ImageAnswer, images=[red])
+        report.lines.append(("image", "no: a text-only model (image reasoning and the self-check fall back)"))
+        return False
+    text = IMAGE_REASONING_SINGLE.render(class_list=class_list_text(list(CHECK_CLASSES)))
+    request = LMMRequest(step=IMAGE_STEP, prompt=text, prompt_version=IMAGE_REASONING_SINGLE.version,
+                         schema=ImageReasoning, images=[check_picture()])
     started = time.perf_counter()
-    reply = backend.ask(request, max_attempts=1)
+    reply = backend.ask(request)
     seconds = time.perf_counter() - started
-    answered = any(call.raw_text for call in reply.calls) or reply.value is not None
-    if reply.value is not None:
-        report.lines.append(("images", f"yes: a {IMAGE_SIDE}x{IMAGE_SIDE} red image is "
-                                       f"{reply.value.colour[:40]!r} ({seconds:.2f} s)"))
-    elif answered:
-        report.lines.append(("images", f"it answered about an image in {seconds:.2f} s, but not with the JSON asked "
-                                       "for"))
+    if reply.unavailable:
+        report.lines.append(("image", f"no ({reply.unavailable})"))
+        report.problem = reply.unavailable
+        return None
+    if reply.value is None:
+        why = (reply.error or "no answer")[:160]
+        report.lines.append(("image", f"no valid answer in {seconds:.2f} s, {len(reply.calls)} attempt(s) ({why}): "
+                                      "image reasoning and the class filter would fall back"))
+        return False
+    report.lines.append(("image", f"valid in {seconds:.2f} s: {reply.value.description[:80]!r}"))
+    return True
+
+
+def _verdict(report: BackendCheck, generic: bool, image: bool) -> None:
+    if generic and image:
+        return
+    if generic:
+        report.lines.append(("note", "runs get generic reasoning; image reasoning falls back (no class filter)"))
+    elif image:
+        report.lines.append(("note", "runs get image reasoning; generic reasoning falls back to bare class names"))
     else:
-        report.lines.append(("images", f"no: {(reply.error or 'no answer')[:200]} (image reasoning and the "
-                                       "self-check fall back)"))
+        report.problem = ("the model answered, but neither generic nor image reasoning came back as the JSON asked "
+                          "for: every run would fall back to bare class names (exit 4 without --allow-fallback)")
 
 
 def _check_script(script, report: BackendCheck) -> BackendCheck:
