@@ -74,7 +74,9 @@ class ModelOptions(BaseModel):
         DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:1 (unset: the GPU if there is one)")
-    precision: Precision = Field("auto", description="auto: fp16 on a GPU, fp32 on the CPU")
+    precision: Precision = Field(
+        "auto", description="auto: fp16 on a GPU; on a CPU bf16 where it computes bf16 natively, else fp32"
+    )
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     lmm: str | None = Field(None, description="LMM backend spec (unset: $OPENSEG_R_LMM, the config file, else none)")
     lmm_record: str | None = Field(None, description="append every LMM call to this JSONL file")

@@ -9,7 +9,7 @@ the 80 ImageNet templates with the softmax over all names before the max over ea
 class's names, and PAMR (10 iterations, dilations 8 and 16) on the logits.
 
 A :class:`Protocol` holds those as fields of :class:`SegmenterConfig` and
-:class:`Settings`. ``openseg-r eval --dataset X`` applies X's protocol by default
+:class:`Settings`, and pins fp32 on a CPU (where ``auto`` would pick bf16). ``openseg-r eval --dataset X`` applies X's protocol by default
 (``--protocol none`` turns it off, single flags override single fields); ``segment
 --protocol X`` and :meth:`Protocol.apply` do the same for one image or from Python.
 """
@@ -42,12 +42,22 @@ class Protocol(BaseModel):
         """``options`` with the protocol's segmenter fields, and ``settings`` (default: the
         defaults) with its scoring fields; apply single-field overrides after this."""
         applied = options.with_overrides(segmenter=self.segmenter)
+        if applied.precision == "auto" and _on_cpu(applied.device):  # the published numbers are fp32 there
+            applied = applied.with_overrides(precision="fp32")
         return applied, merged_settings(settings or Settings(), self.settings)
 
     def describe(self) -> dict:
         """Every field the protocol sets, for reports."""
         return {"name": self.name, "source": self.source, "vocabulary": self.vocabulary,
                 "segmenter": dict(self.segmenter), "settings": dict(self.settings)}
+
+
+def _on_cpu(device: str | None) -> bool:
+    if device is not None and device != "auto":
+        return str(device).startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _naclip(dataset: str, *, short_side: int = 336, whole_image: bool = False, background: float = 0.0) -> Protocol:
