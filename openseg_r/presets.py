@@ -9,7 +9,8 @@ the 80 ImageNet templates with the softmax over all names before the max over ea
 class's names, and PAMR (10 iterations, dilations 8 and 16) on the logits.
 
 A :class:`Protocol` holds those as fields of :class:`SegmenterConfig` and
-:class:`Settings`, and pins fp32 on a CPU (where ``auto`` would pick bf16). ``openseg-r eval --dataset X`` applies X's protocol by default
+:class:`Settings`, and pins fp32 on a CPU (where ``auto`` would pick bf16).
+``openseg-r eval --dataset X`` applies X's protocol by default
 (``--protocol none`` turns it off, single flags override single fields); ``segment
 --protocol X`` and :meth:`Protocol.apply` do the same for one image or from Python.
 """

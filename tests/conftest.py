@@ -100,23 +100,6 @@ def smollm_gguf():
 
 
 @pytest.fixture(scope="session")
-def smollm_hf_dir(smollm_gguf, tmp_path_factory):
-    """The GGUF model converted to a plain transformers folder (what ``transformers serve`` loads)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2_hf")
-    tokenizer = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.float32
-    )
-    plain = AutoModelForCausalLM.from_config(quantized.config)  # GGUF-loaded models refuse to save; copy the weights
-    plain.load_state_dict(quantized.state_dict())
-    plain.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory):
     from tiny_vlm import build_tiny_vlm
 

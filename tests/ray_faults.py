@@ -11,6 +11,7 @@ call time) so that, per image, it reads the JSON file named by ``$OPENSEG_R_TEST
   evaluated, where, when they started: ``time.time()``, and with how many torch threads);
 - ``crash_once``: ``os._exit(1)`` on image ``id`` if the ``marker`` file does not exist
   yet (creating it first, atomically), so only the first attempt dies;
+- ``crash_always``: ``os._exit(1)`` on each image of this list, every time;
 - ``hold``: wait while the file ``while_exists`` exists, for the images in ``ids``.
 
 Only the standard library at import: the hook runs in every worker before any task.
@@ -67,6 +68,8 @@ def apply_faults(image_id: str) -> None:
             pass  # a later attempt: go on
         else:
             os._exit(1)  # the actor's process dies here, mid-batch, as a crashed node would
+    if image_id in faults.get("crash_always", ()):
+        os._exit(1)
     hold = faults.get("hold")
     if hold and image_id in hold["ids"]:
         while Path(hold["while_exists"]).exists():

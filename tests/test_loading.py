@@ -22,7 +22,7 @@ import torch
 from loopback import hang_up_server
 
 from openseg_r.errors import ConfigError, WeightsError
-from openseg_r.segment.loading import load_clip, needs_quick_gelu, resolve_dtype
+from openseg_r.segment.loading import cpu_computes_bf16, load_clip, needs_quick_gelu, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "examples" / "voc.jpg")
@@ -32,7 +32,7 @@ COMMIT = "0" * 40
 def test_weights_file_round_trip(tiny_model_files, tiny_clip):
     config, weights = tiny_model_files
     saved = torch.load(weights)
-    loaded = load_clip(str(config), str(weights), device="cpu")
+    loaded = load_clip(str(config), str(weights), device="cpu", precision="fp32")
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
     assert loaded.dtype == torch.float32 and loaded.identity.endswith(str(weights))
@@ -42,7 +42,7 @@ def test_same_model_as_open_clips_own_loader(tiny_model_files):
     """The weights are read here (weights_only, checked before the model is built) and then
     go through open_clip's key conversions: the result is the model open_clip itself loads."""
     config, weights = tiny_model_files
-    ours = load_clip(str(config), str(weights), device="cpu")
+    ours = load_clip(str(config), str(weights), device="cpu", precision="fp32")
     theirs = open_clip.create_model("tiny-clip", pretrained=str(weights))
     assert ours.model.state_dict().keys() == theirs.state_dict().keys()
     assert all(torch.equal(tensor, theirs.state_dict()[key]) for key, tensor in ours.model.state_dict().items())
@@ -53,9 +53,9 @@ def test_no_random_initialisation_warning_for_weights_that_load(tiny_model_files
     """The model is built bare and then loaded: open_clip's "initialized randomly" warning
     would be false, and is kept only when random weights were asked for."""
     config, weights = tiny_model_files
-    load_clip(str(config), str(weights), device="cpu")
+    load_clip(str(config), str(weights), device="cpu", precision="fp32")
     assert "initialized randomly" not in caplog.text
-    load_clip(str(config), None, device="cpu")
+    load_clip(str(config), None, device="cpu", precision="fp32")
     assert "No pretrained weights loaded for model 'tiny-clip'. Model initialized randomly." in caplog.text
 
 
@@ -72,7 +72,7 @@ def local_dir(tmp_path: Path, config: Path, weights: Path | None) -> Path:
 
 def test_local_dir_schema(tiny_model_files, tmp_path):
     config, weights = tiny_model_files
-    loaded = load_clip(f"local-dir:{local_dir(tmp_path, config, weights)}", None, device="cpu")
+    loaded = load_clip(f"local-dir:{local_dir(tmp_path, config, weights)}", None, device="cpu", precision="fp32")
     assert torch.equal(loaded.model.visual.proj, torch.load(weights)["visual.proj"])
 
 
@@ -80,7 +80,7 @@ def test_local_dir_without_weights_is_refused(tiny_model_files, tmp_path):
     """open_clip only logs a warning and goes on with random weights."""
     config, _ = tiny_model_files
     with pytest.raises(WeightsError, match=r"model folder .*model has no weights file"):
-        load_clip(f"local-dir:{local_dir(tmp_path, config, None)}", None, device="cpu")
+        load_clip(f"local-dir:{local_dir(tmp_path, config, None)}", None, device="cpu", precision="fp32")
 
 
 def test_missing_weights_file(tiny_model_files, tmp_path):
@@ -102,7 +102,7 @@ def test_unknown_model_and_bad_settings(tiny_model_files, tmp_path):
         load_clip(str(config), str(tmp_path))
     with pytest.raises(ConfigError, match="precision"):
         resolve_dtype("fp8", torch.device("cpu"))
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_computes_bf16() else torch.float32)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
 
@@ -226,8 +226,8 @@ def test_a_cached_tag_is_loaded_without_asking_the_hub(tiny_model_files, online,
     hub = hang_up_server()
     monkeypatch.setattr(online, "ENDPOINT", hub.url)
     try:
-        plain = load_clip(str(config), "hubtag", device="cpu")
-        quick = load_clip(str(config), "quick", device="cpu")
+        plain = load_clip(str(config), "hubtag", device="cpu", precision="fp32")
+        quick = load_clip(str(config), "quick", device="cpu", precision="fp32")
     finally:
         hub.close()
     assert hub.connections == 0 and spies["download_pretrained"] == []
@@ -243,7 +243,7 @@ def test_nothing_cached_and_offline_is_one_line_before_anything_is_built(tiny_mo
     config, _ = tiny_model_files
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
     with pytest.raises(WeightsError) as raised:
-        load_clip(str(config), "hubtag", device="cpu")
+        load_clip(str(config), "hubtag", device="cpu", precision="fp32")
     message = str(raised.value)
     assert message == (
         f"CLIP weights 'hubtag' of tiny-clip are not in the Hugging Face cache ({hub_cache}, repo test-org/tiny-clip) "
@@ -262,7 +262,7 @@ def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(tiny_mod
     monkeypatch.setattr(online, "ENDPOINT", url)
     try:
         with pytest.raises(WeightsError) as raised:
-            load_clip(str(config), "hubtag", device="cpu")
+            load_clip(str(config), "hubtag", device="cpu", precision="fp32")
     finally:
         if hub:
             hub.close()
@@ -293,14 +293,14 @@ def test_a_file_of_quick_gelu_weights_runs_with_the_quickgelu_config(tiny_model_
     config, weights = tiny_model_files
     quick_config = tmp_path / "tiny-clip-quickgelu.json"
     quick_config.write_text(json.dumps({**json.loads(config.read_text()), "quick_gelu": True}))
-    loaded = load_clip(str(quick_config), str(weights), device="cpu")
+    loaded = load_clip(str(quick_config), str(weights), device="cpu", precision="fp32")
     assert all(isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
                for block in loaded.model.visual.transformer.resblocks)
     with pytest.raises(WeightsError, match=r"--clip-pretrained FILE \(with --clip-model tiny-clip-quickgelu: these "
                                            r"weights run with QuickGELU\)"):
-        load_clip(str(config), "quick", device="cpu")  # offline, nothing cached
+        load_clip(str(config), "quick", device="cpu", precision="fp32")  # offline, nothing cached
     with pytest.raises(WeightsError) as raised:
-        load_clip(str(config), "hubtag", device="cpu")  # GELU weights: no such advice
+        load_clip(str(config), "hubtag", device="cpu", precision="fp32")  # GELU weights: no such advice
     assert "quickgelu" not in str(raised.value)
     # the name the advice gives for OpenAI's weights is ViT-B-16 with QuickGELU, nothing else changed
     assert open_clip.get_model_config("ViT-B-16-quickgelu") == {**open_clip.get_model_config("ViT-B-16"),
@@ -323,7 +323,7 @@ def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_mode
             load_clip("hf-hub:test-org/tiny-hub", None, device="cpu")  # the config alone is not enough
         assert hub.connections == 1 and spies["create_model"] == []
         put_in_hub_cache(hub_cache, "test-org/tiny-hub", "open_clip_pytorch_model.bin", weights.read_bytes())
-        loaded = load_clip("hf-hub:test-org/tiny-hub", None, device="cpu")
+        loaded = load_clip("hf-hub:test-org/tiny-hub", None, device="cpu", precision="fp32")
     finally:
         hub.close()
     assert hub.connections == 1
@@ -336,9 +336,9 @@ import os, sys, urllib.request, open_clip
 from openseg_r.segment.loading import load_clip
 
 open_clip.pretrained._PRETRAINED["tiny-clip"] = {"hubtag": {"hf_hub": "test-org/tiny-clip/"}}
-first = load_clip(sys.argv[1], "hubtag", device="cpu")
+first = load_clip(sys.argv[1], "hubtag", device="cpu", precision="fp32")
 urllib.request.urlopen(os.environ["HF_ENDPOINT"] + "/first-load-done").close()  # a mark in the hub's log
-again = load_clip(sys.argv[1], "hubtag", device="cpu")
+again = load_clip(sys.argv[1], "hubtag", device="cpu", precision="fp32")
 print(first.model.visual.proj.sum().item(), again.model.visual.proj.sum().item())
 """
 
@@ -423,3 +423,25 @@ def test_the_cli_keeps_library_logging_quiet():
     assert quiet.returncode == 0 and debug.returncode == 0, quiet.stderr + debug.stderr
     assert quiet.stderr == ""
     assert "Retrying in 1s" in debug.stderr and "Failed to download weights" in debug.stderr
+
+
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch):
+    import openseg_r.segment.loading as loading
+
+    flags = {"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(flags))
+    assert not loading.cpu_computes_bf16() and resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    for flag in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flag=flag: dict(flags, **{flag: True}))
+        assert loading.cpu_computes_bf16() and resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32  # what pins it
+
+
+def test_protocol_presets_pin_fp32_on_a_cpu_and_leave_the_gpu_to_auto():
+    from openseg_r.options import ModelOptions
+    from openseg_r.presets import protocol_for
+
+    voc = protocol_for("voc21")
+    assert voc.apply(ModelOptions(device="cpu"))[0].precision == "fp32"
+    assert voc.apply(ModelOptions(device="cpu", precision="bf16"))[0].precision == "bf16"  # asked for: kept
+    assert voc.apply(ModelOptions(device="cuda"))[0].precision == "auto"

@@ -38,12 +38,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(smollm_hf_dir):
+def server(smollm_gguf, tmp_path_factory):
+    """The README's way: ``openseg-r lmm serve MODEL.gguf`` (converted once, then transformers serve)."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cache = tmp_path_factory.mktemp("serve-cache")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(cache))
     process = subprocess.Popen(
-        [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", str(smollm_hf_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "openseg_r.cli", "lmm", "serve", str(smollm_gguf), "--port", str(port),
+         "--device", "cpu"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -59,7 +61,8 @@ def server(smollm_hf_dir):
     else:
         process.kill()
         pytest.fail("transformers serve did not start within 120 s")
-    yield f"{url}/v1", str(smollm_hf_dir)
+    (folder,) = (cache / "openseg-r" / "served-models").iterdir()  # the spec `lmm serve` printed names it
+    yield f"{url}/v1", str(folder)
     process.terminate()
     try:
         process.wait(20)

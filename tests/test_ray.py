@@ -363,6 +363,25 @@ def test_an_actor_killed_mid_batch_loses_and_double_counts_nothing(cluster, mini
     assert_same_as_reference(tmp_path / "out", reference)
 
 
+def test_an_image_that_always_kills_its_actor_fails_after_its_crash_budget(cluster, mini, reference,
+                                                                          tiny_model_files, tmp_path, faults):
+    """crop2 kills every actor that evaluates it: after DEFAULT_CRASH_BUDGET crashes it is in
+    failed.jsonl with one line, and every other image has the reference counts (the batch
+    beside it, run one image at a time after the first crash, is not blamed)."""
+    from openseg_r.distributed import run_eval_on_ray
+    from openseg_r.distributed.ledger import DEFAULT_CRASH_BUDGET
+
+    faults.set(crash_always=["crop2"])
+    state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
+                            actors=2, batch_size=2)
+    attempts = [pid for ident, pid in faults.seen() if ident == "crop2"]
+    assert len(attempts) == DEFAULT_CRASH_BUDGET and len(set(attempts)) == DEFAULT_CRASH_BUDGET
+    assert set(state.failed) == {"crop2"} and "crashed its Ray worker 2 time(s)" in state.failed["crop2"]
+    failed = [json.loads(line) for line in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failed] == ["crop2"] and "\n" not in failed[0]["error"]
+    assert_same_as_reference(tmp_path / "out", reference, without=("crop2",))
+
+
 @pytest.fixture
 def mini_with_a_corrupt_image(mini, tmp_path) -> Path:
     """The same images, plus one whose JPEG is cut short (its label is fine)."""

@@ -81,10 +81,12 @@ class EvalActor:
 
     def __init__(self, options: dict, settings: dict | None, vocabulary: dict, dataset: str,
                  setting_overrides: list, generic: list[dict], lmm_concurrency: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, ledger=None) -> None:
+        from openseg_r.distributed.ledger import LedgerClient
         from openseg_r.evals.datasets import get_dataset
         from openseg_r.state import Vocabulary
 
+        self.ledger = LedgerClient(ledger)
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.dataset = get_dataset(dataset)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
@@ -93,10 +95,15 @@ class EvalActor:
     def _evaluate(self, sample) -> tuple[str, str]:
         from openseg_r.evals import runner  # looked up per image: the runner's function, as it is now
 
+        over_budget = self.ledger.start(sample.id)
+        if over_budget is not None:
+            return "", over_budget
         try:
             record, _ = runner.evaluate_image(self.model, self.dataset, self.vocabulary, sample, self.settings)
         except Exception as exc:  # noqa: BLE001 (recorded as this image's failure; the others go on)
             return "", one_line(exc)
+        finally:
+            self.ledger.finish(sample.id)
         return json.dumps(record), ""
 
     def __call__(self, batch: dict) -> dict:
@@ -107,8 +114,11 @@ class EvalActor:
         samples = [Sample(str(i), Path(image), Path(label))
                    for i, image, label in zip(column(batch, "id"), column(batch, "image"), column(batch, "label"))]
         self.cache.take_recorded()  # one batch at a time per actor: what it records now is this batch's
-        with ThreadPoolExecutor(max_workers=max(1, len(samples))) as pool:
-            results = list(pool.map(self._evaluate, samples))
+        if self.ledger.suspects([s.id for s in samples]):  # a crash before: one at a time, to find the culprit
+            results = [self._evaluate(sample) for sample in samples]
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, len(samples))) as pool:
+                results = list(pool.map(self._evaluate, samples))
         return {"id": [s.id for s in samples], "record": [record for record, _ in results],
                 "error": [error for _, error in results], "image_reasoning": batch_reasoning(self.cache, len(samples))}
 

@@ -87,6 +87,9 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
             _reason_generic(model, vocabulary, context, reason_generic_ahead)
             generic = cached_generic_entries(vocabulary, context)
         connect(address)
+        from openseg_r.distributed.ledger import start_ledger
+
+        ledger = start_ledger(ray)  # images that crash their worker get a budget, not endless retries
         (out / FAILED_FILE).unlink(missing_ok=True)  # the images that failed last time are tried again
         rows = [{"id": s.id, "image": str(s.image), "label": str(s.label)} for s in todo]
         blocks = max(1, -(-len(rows) // batch_size))  # one block per batch: every actor gets work
@@ -96,7 +99,8 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
                                    "settings": model.settings.model_dump(mode="json"),
                                    "vocabulary": vocabulary.model_dump(mode="json"), "dataset": dataset.name,
                                    "setting_overrides": [list(pair) for pair in setting_list], "generic": generic,
-                                   "lmm_concurrency": lmm_concurrency, "threads": actor_threads(cpus_per_actor)},
+                                   "lmm_concurrency": lmm_concurrency, "threads": actor_threads(cpus_per_actor),
+                                   "ledger": ledger},
             # Ray Data restarts a dead actor and runs its batch again (max_restarts and
             # max_task_retries are -1 for actor pools): the ids already written are skipped.
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),

@@ -4,8 +4,8 @@ An HTTP client's timeout bounds each wait for the next bytes, not the whole repl
 server that sends one byte a second keeps a request open for as long as it likes, and a
 thread blocked in that read cannot be interrupted. So a request runs on a daemon thread of
 its own, and the caller waits for it, for at most the time left, while watching two
-cancel tokens: the work's own (a server's time limit, ``stop()``) and the process's
-(:func:`openseg_r.cancel.process_token`: Ctrl-C or SIGTERM). Whichever comes first, the
+cancel tokens: the work's own (a server's time limit, ``stop()``, SIGTERM to a server) and
+the process's (:func:`openseg_r.cancel.process_token`, set by the command line on Ctrl-C). Whichever comes first, the
 caller leaves at once; the abandoned request ends on its own, and being a daemon thread
 it never keeps the process alive.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,7 +82,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
     calls: list[LMMCall] = []
     fallbacks: list[Fallback] = []
     with ThreadPoolExecutor(max_workers=max(1, ctx.max_concurrent_lmm_calls)) as pool:
-        for done, (name, reply, shared) in enumerate(pool.map(ask, to_ask), start=1):
+        # each call in this run's context: its cancel token reaches the request (a time limit, stop())
+        asked = [pool.submit(contextvars.copy_context().run, ask, name) for name in to_ask]
+        for done, (name, reply, shared) in enumerate((future.result() for future in asked), start=1):
             runtime.stream_writer({"event": "progress", "node": STEP, "done": done, "total": len(to_ask)})
             if not shared:  # a run that waited for another's call made none itself
                 calls.extend(reply.calls)

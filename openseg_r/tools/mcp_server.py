@@ -24,7 +24,6 @@ from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from openseg_r import __version__
-from openseg_r.cancel import stop_process
 from openseg_r.errors import clipped, describe_validation_error
 from openseg_r.tools.safety import ToolInputError
 from openseg_r.tools.service import (
@@ -178,7 +177,6 @@ class StopOnSignal:
         if self.signal is not None:
             return
         self.signal = number
-        stop_process("the server is stopping")  # LMM requests in flight are given up too
         self.service.stop("the server is stopping")
         threading.Thread(target=self._watchdog, name="openseg-r-stop", daemon=True).start()
 
