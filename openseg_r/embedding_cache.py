@@ -7,6 +7,11 @@ weights, the templates and the phrase. So vectors are stored in SQLite keyed by
 weights computed by :mod:`openseg_r.segment.text`, which also memoises it here per weights
 file so a warm start need not hash 250 MB again.
 
+The file is bounded: at most ``max_bytes`` of vectors (default 256 MB, about 130,000 phrases
+of a 512-d text tower). A write that passes the bound drops the least recently used vectors
+(a vector read is marked used at most once a day) down to 90% of it, and once a quarter of
+the file is free pages it is rewritten smaller (``VACUUM``).
+
 Robustness follows :class:`openseg_r.cache.SQLiteReasoningCache`: WAL journal, busy
 timeout, one short transaction per call; a corrupt SQLite file is moved aside and rebuilt,
 while a path that is not an SQLite file (a folder, a text file, another program's database)
@@ -34,6 +39,14 @@ from openseg_r.sqlite_files import NotAnSQLiteFileError, check_own_tables, check
 # 4 KB page holds only one, which nearly doubles the file. Set before the first table exists.
 PAGE_SIZE = 32768
 CHUNK = 500  # values per SQL IN (...) list, well under SQLite's variable limit
+# The bound: at most this many bytes of vectors (about 130,000 phrases of a 512-d text tower);
+# past it, the least recently used go first, down to TRIM_TO of it. A vector read is marked
+# used at most once per REFRESH_AFTER_S, so reading stays a read nearly always.
+DEFAULT_MAX_BYTES = 256 * 2**20
+TRIM_TO = 0.9
+REFRESH_AFTER_S = 24 * 3600.0
+MAX_IDENTITIES = 1000  # remembered weights identities (one per weights file and loading context)
+VACUUM_FREE_SHARE = 0.25  # rewrite the file once a quarter of it is free pages, so it shrinks
 MAX_EVENTS = 100
 WHAT = "the text-embedding cache"
 SCHEMA = """
@@ -58,9 +71,10 @@ class SQLiteTextCache:
     """Float32 vectors by (model, template set, phrase) in one SQLite file, shared safely
     by several processes and threads (a fresh connection per call)."""
 
-    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, timeout: float = 10.0, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.hits = self.misses = 0
         self.events: list[str] = []
         self._lock = Lock()
@@ -161,28 +175,33 @@ class SQLiteTextCache:
         counts as a miss; the caller encodes it again and its write replaces the row."""
         wanted = list(dict.fromkeys(phrases))
         found: dict[str, np.ndarray] = {}
-        rejected = 0
+        stale: list[str] = []  # found, but last marked used over a day ago
+        rejected, now = 0, time.time()
         try:
             if self._usable():
                 with self._closing() as db:
                     for start in range(0, len(wanted), CHUNK):
                         chunk = wanted[start : start + CHUNK]
                         rows = db.execute(
-                            "SELECT phrase, dim, vector FROM text_embeddings WHERE model = ? AND template_set = ? "
-                            f"AND phrase IN ({','.join('?' * len(chunk))})",
+                            "SELECT phrase, dim, vector, created FROM text_embeddings WHERE model = ? "
+                            f"AND template_set = ? AND phrase IN ({','.join('?' * len(chunk))})",
                             [model, template_set, *chunk],
                         ).fetchall()
-                        for phrase, row_dim, blob in rows:
+                        for phrase, row_dim, blob, created in rows:
                             vector = _vector(row_dim, blob, dim)
                             if vector is None:
                                 rejected += 1
                             else:
                                 found[phrase] = vector
+                                if not isinstance(created, float | int) or now - created > REFRESH_AFTER_S:
+                                    stale.append(phrase)
         except sqlite3.Error as exc:
             self._failed("read", exc)
             found = {}
         if rejected:
             self._note(f"{rejected} stored vector(s) of the wrong size or not finite were ignored")
+        if stale:
+            self._mark_used(model, template_set, stale, now)
         with self._lock:
             self.hits += len(found)
             self.misses += len(wanted) - len(found)
@@ -206,12 +225,58 @@ class SQLiteTextCache:
                     for start in range(0, len(rows), CHUNK):
                         db.executemany("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?, ?, ?)",
                                        rows[start : start + CHUNK])
+                    dropped = self._trim(db)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
+                if dropped:
+                    self._note(f"dropped {dropped} least recently used vector(s): the cache holds at most "
+                               f"{self.max_bytes / 2**20:g} MB of vectors")
+                    self._shrink(db)
         except sqlite3.Error as exc:
             self._failed(f"write of {len(rows)} vector(s)", exc)
+
+    def _mark_used(self, model: str, template_set: str, phrases: list[str], now: float) -> None:
+        """Best effort: a cache that is busy or read-only stays as it is."""
+        try:
+            with self._closing() as db:
+                for start in range(0, len(phrases), CHUNK):
+                    chunk = phrases[start : start + CHUNK]
+                    db.execute(f"UPDATE text_embeddings SET created = ? WHERE model = ? AND template_set = ? "
+                               f"AND phrase IN ({','.join('?' * len(chunk))})", [now, model, template_set, *chunk])
+        except sqlite3.Error:
+            pass
+
+    def _trim(self, db: sqlite3.Connection) -> int:
+        """Inside the writing transaction: drop the least recently used vectors past the
+        bound, down to TRIM_TO of it, and the oldest remembered identities past
+        MAX_IDENTITIES. Returns how many vectors went."""
+        db.execute("DELETE FROM weights_identity WHERE key NOT IN "
+                   "(SELECT key FROM weights_identity ORDER BY created DESC LIMIT ?)", (MAX_IDENTITIES,))
+        total = int(db.execute("SELECT COALESCE(SUM(length(vector)), 0) FROM text_embeddings").fetchone()[0])
+        if total <= self.max_bytes:
+            return 0
+        excess, doomed = total - int(self.max_bytes * TRIM_TO), []
+        for rowid, size in db.execute("SELECT rowid, length(vector) FROM text_embeddings ORDER BY created, rowid"):
+            if excess <= 0:
+                break
+            doomed.append(rowid)
+            excess -= size
+        for start in range(0, len(doomed), CHUNK):
+            chunk = doomed[start : start + CHUNK]
+            db.execute(f"DELETE FROM text_embeddings WHERE rowid IN ({','.join('?' * len(chunk))})", chunk)
+        return len(doomed)
+
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """Give free pages back once they are a quarter of the file (SQLite only reuses them)."""
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        if pages and free / pages >= VACUUM_FREE_SHARE:
+            try:
+                db.execute("VACUUM")
+            except sqlite3.Error as exc:  # another process is reading: it shrinks another time
+                self._note(f"could not shrink the file now ({exc})")
 
     # ------------------------------------------------- weights identity memo
 

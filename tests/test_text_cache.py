@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,33 @@ def test_the_memory_cache_is_an_lru_that_can_be_smaller_than_a_call(tiny_model_f
     embedder.embed(["c"], "vild")  # evicts b, not a
     embedder.embed(["a"], "vild")
     assert embedder.encoded_sentences == before + TEMPLATES
+
+
+def test_the_file_is_bounded_and_the_least_recently_used_go_first(tmp_path):
+    """The documented policy: at most max_bytes of vectors; past it the least recently used
+    go, down to 90%; a read marks a vector used (at most once a day); free pages are given back."""
+    from openseg_r import embedding_cache
+
+    path = tmp_path / "text.sqlite"
+    vector_bytes = 512 * 4
+    store = SQLiteTextCache(path, max_bytes=40 * vector_bytes)
+    old = {f"old {i}": np.full(512, i, np.float32) for i in range(30)}
+    store.put_many("m", "t", old)
+    day_ago = time.time() - embedding_cache.REFRESH_AFTER_S - 60
+    with sqlite3.connect(path) as db:  # written a day ago; "old 0".."old 4" are read today, below
+        db.execute("UPDATE text_embeddings SET created = ? - rowid", (day_ago,))
+    db.close()
+    assert set(store.get_many("m", "t", [f"old {i}" for i in range(5)])) == {f"old {i}" for i in range(5)}
+    store.put_many("m", "t", {f"new {i}": np.full(512, -i, np.float32) for i in range(31)})  # 61 > 40: trim to 36
+    kept = set(store.get_many("m", "t", [*old, *(f"new {i}" for i in range(31))]))
+    assert store.count() * vector_bytes <= 40 * vector_bytes * embedding_cache.TRIM_TO
+    assert {f"new {i}" for i in range(31)} <= kept  # just written
+    assert {f"old {i}" for i in range(5)} <= kept  # read since: recently used
+    assert not kept & {f"old {i}" for i in range(5, 30)}  # the least recently used went first
+    assert any("least recently used" in event for event in store.events)
+    sizes = []
+    for round_ in range(12):  # 12 x 36 vectors written: 864 KB, 21 times the bound
+        store.put_many("m", "t", {f"round {round_} {i}": np.full(512, i + 0.5, np.float32) for i in range(36)})
+        assert store.count() * vector_bytes <= 40 * vector_bytes
+        sizes.append(path.stat().st_size)
+    assert max(sizes[4:]) <= max(sizes[:4])  # the file stopped growing: free pages reused or given back

@@ -5,8 +5,8 @@ core; both must give the same labels, bit for bit. Three layers of checks:
 
 - every kernel the dense-CLIP path runs on the CPU gives identical values at 1 to 4
   threads on awkward shapes (the thread-invariant versions in ``segment.numerics``, and
-  the torch kernels used as they are: if a torch upgrade makes one of them depend on the
-  chunking, this says which);
+  the torch kernels used as they are, in fp32 and in bf16: if a torch upgrade makes one of
+  them depend on the chunking, this says which);
 - the segmenter's arrays (labels, confidence, runner-up, margin) are identical at 1, 2
   and 3 threads, for each attention variant, PAMR, whole-image inference, a batch, a class
   filter and a QuickGELU tower;
@@ -87,6 +87,8 @@ ATTENTION_WEIGHTS = torch.nn.MultiheadAttention(64, 2, batch_first=True).eval()
 PATCH_FILTERS = noise(64, 3, 16, 16)
 BIAS = noise(197, 197)
 POSITIONS = noise(1, 768, 14, 14)
+TOKENS_768 = noise(3, 197, 768, scale=1.0).to(torch.bfloat16)  # `auto` is bf16 on CPUs that compute it
+MLP_WEIGHTS = noise(3072, 768, scale=0.02).to(torch.bfloat16)
 
 OUR_KERNELS = {
     "softmax over classes": lambda: numerics.softmax(LOGITS, dim=0),
@@ -118,6 +120,9 @@ TORCH_KERNELS = {  # used as they are on the dense-CLIP path
                                                           mode="bicubic", align_corners=False,
                                                           recompute_scale_factor=False),
     "L2 normalise": lambda: F.normalize(ACTIVATIONS, dim=-1),
+    "bf16 linear, ViT-B MLP shape": lambda: F.linear(TOKENS_768, MLP_WEIGHTS),
+    "bf16 layer norm": lambda: F.layer_norm(TOKENS_768, (768,)),
+    "bf16 QuickGELU": lambda: numerics.QuickGELU()(TOKENS_768),
     "mean over slots": lambda: LOGITS.view(3, 7, 375, 500).mean(0),
     "std over neighbours": lambda: LOGITS[:18].view(3, 6, 375, 500).std(1),
     "top-2 over classes": lambda: LOGITS.topk(2, dim=0).values,
@@ -218,6 +223,14 @@ def test_the_segmenter_gives_identical_arrays_at_1_2_and_3_threads(case, tiny_cl
         lambda: segment_arrays(tiny_clip, SegmenterConfig(**overrides), images, class_filter, slots), (1, 2, 3))
     assert_identical(results, case)
     assert len(np.unique(results[0]["0.labels"])) > 1  # a map, not one class: the labels had a chance to differ
+
+
+def test_in_bf16_too_the_segmenter_gives_identical_arrays_at_1_2_and_3_threads(tiny_model_files, voc):
+    config, weights = tiny_model_files
+    clip = load_clip(str(config), str(weights), device="cpu", precision="bf16")
+    results = at_each_thread_count(
+        lambda: segment_arrays(clip, SegmenterConfig(pamr_steps=2, short_side=224), [voc["rgb"]]), (1, 2, 3))
+    assert_identical(results, "bf16")
 
 
 def test_a_quickgelu_tower_gives_identical_arrays_at_1_2_and_3_threads(quickgelu_clip, voc):

@@ -148,3 +148,25 @@ def test_an_upload_over_the_file_limit_is_refused_with_its_size(server):
     with path.open("wb") as file:
         file.truncate(limit + 1)  # sparse: nothing to write
     assert_refused(join(server, str(path)), f"the image file is {limit + 1:,} bytes, over the limit of {limit:,}")
+
+
+def test_sigterm_ends_the_process_right_after_its_last_line(tmp_path, tiny_model_files):
+    """It used to say "stopped" at once and exit about 10 s later (the interpreter's teardown)."""
+    config, weights = tiny_model_files
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "openseg_r.cli", "serve", "web", "--port", str(port),
+                                "--clip-model", str(config), "--clip-pretrained", str(weights), "--lmm", "none"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        wait_until_listening(process, port, "the web app")
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        process.kill()
+    assert process.returncode == 0 and stderr.strip().splitlines()[-1] == "openseg-r: stopped", stderr
+    assert elapsed < 4, elapsed
