@@ -15,6 +15,10 @@ fp32 GEMM peak on a matmul of the tower's own shape (6 x 197 tokens x 768 -> 307
 MLP's first layer) and of 2048^3: when one window already runs the GEMMs near the
 peak, batching windows cannot be much faster, whatever the code around it does.
 
+Last, the precisions side by side: ``segment_batch`` of the largest batch in fp32, bf16 and
+``auto`` (what ``--precision auto``, the default, picks on this CPU: bf16 where the CPU
+computes bf16 in hardware, else fp32), interleaved, with the share of labels equal to fp32's.
+
     python benchmarks/bench_segment_batch.py [--repeats 3] [--batches 1,4,8] [--threads N]
 """
 
@@ -95,6 +99,36 @@ def main() -> None:
     peaks_after = {"tower-shaped": matmul_peak(device, torch.float32, tokens, 768, 3072),
                    "2048^3": matmul_peak(device, torch.float32, 2048, 2048, 2048)}
     report(args, runs, tower, flops, peaks_before, peaks_after, tokens, load_before)
+    precision_rows(args, segmenter, bank, images[:max(batches)], device)
+
+
+def precision_rows(args, fp32_segmenter, bank, images, device) -> None:
+    """fp32, bf16 and auto, interleaved: img/s (best of the repeats) and labels equal to fp32's."""
+    import copy
+
+    from openseg_r.segment.loading import resolve_dtype
+
+    segmenters = {"fp32": fp32_segmenter}
+    for name in ("bf16", "auto"):
+        dtype = resolve_dtype(name, device)
+        model = copy.deepcopy(fp32_segmenter.clip.model).to(dtype=dtype)
+        segmenters[name] = CLIPSegmenter(loaded_clip(model, device, dtype), SegmenterConfig())
+    jobs = {name: [SegmentJob(rgb, bank) for rgb in images] for name in segmenters}  # the same text queries
+    labels = {name: [a.labels for a in s.segment_batch(jobs[name])] for name, s in segmenters.items()}  # + warm-up
+    rates: dict[str, list[float]] = {name: [] for name in segmenters}
+    for repeat in range(args.repeats):
+        for name in (list(segmenters) if repeat % 2 == 0 else list(segmenters)[::-1]):
+            rates[name].append(len(images) / seconds(lambda n=name: segmenters[n].segment_batch(jobs[n])))
+    print()
+    print(f"| precision ({len(images)} images per call) | dtype | segment_batch img/s, best (median) | vs fp32 "
+          "| labels equal to fp32 |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, segmenter in segmenters.items():
+        same = sum(int((a == b).sum()) for a, b in zip(labels[name], labels["fp32"]))
+        total = sum(a.size for a in labels["fp32"])
+        print(f"| {name} | {str(segmenter.clip.dtype).replace('torch.', '')} | {max(rates[name]):.3f} "
+              f"({statistics.median(rates[name]):.3f}) | {max(rates[name]) / max(rates['fp32']):.2f}x "
+              f"| {100 * same / total:.2f}% |")
 
 
 def seconds(run) -> float:

@@ -311,3 +311,16 @@ def test_stdio_does_not_answer_a_line_it_cannot_parse_but_keeps_serving(tiny_mod
         process.stdin.close()
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_file_that_is_not_an_image_is_named_as_what_was_sent(service, image_root):
+    """It ended "...a format PIL cannot read: the image"; it names the argument now."""
+    import base64
+
+    (image_root / "notes.jpg").write_text("just some text, not a picture\n")
+    with pytest.raises(ToolInputError) as by_path:
+        service.segment({**VALID, "image_path": str(image_root / "notes.jpg")})
+    assert str(by_path.value) == "the file at image_path is not an image file, or is in a format PIL cannot read"
+    with pytest.raises(ToolInputError) as by_bytes:
+        service.segment({"vocabulary": ["cat"], "image_base64": base64.b64encode(b"plain text").decode()})
+    assert str(by_bytes.value) == "image_base64 is not an image file, or is in a format PIL cannot read"

@@ -105,7 +105,10 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
             # max_task_retries are -1 for actor pools): the ids already written are skipped.
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
-        _collect(results, state, out, model.reasoning_cache, len(samples), progress, dataset.name)
+        try:
+            _collect(results, state, out, model.reasoning_cache, len(samples), progress, dataset.name)
+        finally:
+            ray.kill(ledger)  # one job's ledger; a driver that runs several jobs keeps none
     write_reports(state, out)
     if state.failed:
         print(f"{len(state.failed)} image(s) failed (see {out / FAILED_FILE}); the others are evaluated",
