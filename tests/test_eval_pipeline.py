@@ -114,9 +114,14 @@ def test_an_interrupted_concurrent_run_resumes_to_the_sequential_totals(tmp_path
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(OpenSegR, "segment", interrupted_at_the_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        run_eval(OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "resumed", progress=False,
-                 concurrency=3)
+    # Python's own Ctrl-C: a Ray session earlier in this worker process may have left its handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "resumed", progress=False,
+                     concurrency=3)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(OpenSegR, "segment", real)
     folder = tmp_path / "resumed"
     kept = _lines(folder)  # every line whole: json.loads would fail on a cut one
