@@ -94,7 +94,10 @@ def _interrupt_by_raising(_calls: int) -> None:
 
 
 def _interrupt_by_signal(_calls: int) -> None:
-    signal.raise_signal(signal.SIGINT)  # Ctrl-C, handled by Python on the main thread while it waits
+    # Ctrl-C, handled by Python on the main thread while it waits. Sent to the main thread:
+    # raise_signal() targets the calling worker thread, and a worker that inherited a blocked
+    # SIGINT (from a library that blocks it while starting threads) would keep it pending.
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 @pytest.mark.parametrize("interrupt", [_interrupt_by_raising, _interrupt_by_signal], ids=["raised", "ctrl-c"])
