@@ -146,10 +146,12 @@ def mini(tmp_path_factory, voc) -> Path:
 
 
 def tiny_options(tiny_model_files, reasoning_cache: Path | None = None) -> ModelOptions:
+    """fp32: the bit-for-bit promise across engines is fp32's (docs/design.md §2.5); in bf16 a
+    different grouping of images into forward passes can move near-ties."""
     config, weights = tiny_model_files
     return ModelOptions.build(clip_model=str(config), clip_pretrained=str(weights), device="cpu",
-                              lmm=f"scripted:{SCRIPT}", reasoning_cache=str(reasoning_cache or "none"),
-                              text_cache="none")
+                              precision="fp32", lmm=f"scripted:{SCRIPT}",
+                              reasoning_cache=str(reasoning_cache or "none"), text_cache="none")
 
 
 @dataclass
@@ -407,7 +409,7 @@ def test_cli_eval_on_ray_records_a_corrupt_image_as_failed_and_the_rest_exactly(
     proc = subprocess.run(
         [sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", mini_with_a_corrupt_image,
          "--lmm", f"scripted:{SCRIPT}", "--ablation", "--out", out, "--clip-model", config, "--clip-pretrained",
-         weights, "--device", "cpu", "--cache", "none", "--protocol", "none", "--engine", "ray",
+         weights, "--device", "cpu", "--precision", "fp32", "--cache", "none", "--protocol", "none", "--engine", "ray",
          "--address", cluster.address, "--actors", "1", "--cpus-per-actor", "2"],
         capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 3, proc.stderr
@@ -442,8 +444,8 @@ def photos(tmp_path, voc) -> Path:
 
 def segment_args(tiny_model_files) -> list[str]:
     config, weights = tiny_model_files
-    return ["--clip-model", str(config), "--clip-pretrained", str(weights), "--device", "cpu", "--vocab", "voc21",
-            "--lmm", f"scripted:{SCRIPT}", "--cache", "none", "--concurrency", "2"]
+    return ["--clip-model", str(config), "--clip-pretrained", str(weights), "--device", "cpu", "--precision", "fp32",
+            "--vocab", "voc21", "--lmm", f"scripted:{SCRIPT}", "--cache", "none", "--concurrency", "2"]
 
 
 # What a result.json may differ in between engines: when and how fast it ran, the LMM calls
