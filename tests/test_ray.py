@@ -22,14 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from threads import torch_threads
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]' (CI installs the ray extra)")
 pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
@@ -160,15 +159,6 @@ class Reference:
     records: dict[str, dict[str, dict]]  # image id -> setting -> sparse counts
     cache: Path  # the reasoning cache the run filled
 
-
-@contextmanager
-def torch_threads(count: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_reference(folder: Path, mini: Path, tiny_model_files, threads: int) -> Reference:

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_CONFIG
 from PIL import Image
+from threads import torch_threads
 
 from openseg_r.segment import CLIPSegmenter, SegmenterConfig, numerics
 from openseg_r.segment.loading import load_clip
@@ -39,15 +39,6 @@ from openseg_r.state import ClassPrompts, PromptSet
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2, 3, 4)
 
-
-@contextmanager
-def torch_threads(count: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def at_each_thread_count(compute, counts=THREADS) -> list:

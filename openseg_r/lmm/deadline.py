@@ -47,8 +47,7 @@ def run_abandonable(work: Callable[[], R], timeout: float | None, name: str = "o
     """``work()`` on a daemon thread, its result or exception here; :class:`RequestTimedOut`
     after ``timeout`` seconds, :class:`~openseg_r.cancel.Cancelled` as soon as the work's or
     the process's token is set."""
-    tokens = [token for token in (current_token(), process_token()) if token is not None]
-    for token in tokens:
+    for token in _tokens():
         token.check()
     outcome: Future = Future()
     context = contextvars.copy_context()
@@ -61,15 +60,8 @@ def run_abandonable(work: Callable[[], R], timeout: float | None, name: str = "o
 
     woken = threading.Event()
     outcome.add_done_callback(lambda _: woken.set())
-    forget = [token.on_cancel(woken.set) for token in tokens]
     threading.Thread(target=target, name=name, daemon=True).start()
-    try:
-        woken.wait(timeout)
-    finally:
-        for undo in forget:
-            undo()
-    for token in tokens:
-        token.check()
+    _wait_unless_cancelled(woken, timeout)
     if not outcome.done():
         raise RequestTimedOut(f"no complete reply within {timeout:g} s")
     return outcome.result()
@@ -77,8 +69,16 @@ def run_abandonable(work: Callable[[], R], timeout: float | None, name: str = "o
 
 def sleep_unless_cancelled(seconds: float) -> None:
     """``time.sleep``, cut short (with :class:`~openseg_r.cancel.Cancelled`) by either token."""
-    tokens = [token for token in (current_token(), process_token()) if token is not None]
-    woken = threading.Event()
+    _wait_unless_cancelled(threading.Event(), seconds)
+
+
+def _tokens() -> list:
+    return [token for token in (current_token(), process_token()) if token is not None]
+
+
+def _wait_unless_cancelled(woken: threading.Event, seconds: float | None) -> None:
+    """Wait until ``woken`` is set or ``seconds`` pass; :class:`Cancelled` if either token is set."""
+    tokens = _tokens()
     forget = [token.on_cancel(woken.set) for token in tokens]
     try:
         woken.wait(seconds)
