@@ -36,9 +36,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
+from openseg_r.config.options import ModelOptions  # noqa: E402
 from openseg_r.evals.datasets import get_dataset  # noqa: E402
 from openseg_r.evals.runner import run_eval  # noqa: E402
-from openseg_r.options import ModelOptions  # noqa: E402
 
 TINY_CLIP = {  # as tests/conftest.py builds it: random weights, a few milliseconds per window
     "embed_dim": 32,

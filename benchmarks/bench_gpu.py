@@ -38,9 +38,9 @@ import torch
 from naclip_loop import naclip_loop
 from speed_common import flops_per_image, loaded_clip, matmul_peak, random_bank, random_images, random_vit_b16, sync
 
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig
-from openseg_r.segment.sliding import window_boxes
-from openseg_r.segmenter_io import SegmentJob
+from openseg_r.segmenters.base import SegmentJob
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenters.dense_clip.sliding import window_boxes
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GOAL_FRACTION, GOAL_IMAGES_PER_S = 0.40, 2400.0

@@ -32,11 +32,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from golden.weights import open_clip_model  # noqa: E402
 
-from openseg_r.images import load_image  # noqa: E402
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig  # noqa: E402
-from openseg_r.segment.loading import OPENAI_MEAN, OPENAI_STD, LoadedCLIP, cpu_computes_bf16, resolve_dtype  # noqa: E402
-from openseg_r.segmenter_io import SegmentJob  # noqa: E402
-from openseg_r.state import ClassPrompts, PromptSet  # noqa: E402
+from openseg_r._support.images import load_image  # noqa: E402
+from openseg_r.schemas import ClassPrompts, PromptSet  # noqa: E402
+from openseg_r.segmenters.base import SegmentJob  # noqa: E402
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig  # noqa: E402
+from openseg_r.segmenters.dense_clip.loading import (  # noqa: E402
+    OPENAI_MEAN,
+    OPENAI_STD,
+    LoadedCLIP,
+    cpu_computes_bf16,
+    resolve_dtype,
+)
 from openseg_r.vocab import load_builtin  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "auto")

@@ -52,9 +52,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
+from openseg_r.config.options import ModelOptions  # noqa: E402
 from openseg_r.evals.datasets import get_dataset  # noqa: E402
 from openseg_r.evals.runner import run_eval  # noqa: E402
-from openseg_r.options import ModelOptions  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_mini_benchmark import build  # noqa: E402

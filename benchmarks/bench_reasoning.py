@@ -25,7 +25,7 @@ import open_clip  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
 from openseg_r.lmm import ScriptedLMM  # noqa: E402
-from openseg_r.segment import CLIPSegmenter, load_clip  # noqa: E402
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, load_clip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -63,7 +63,7 @@ class CountingScriptedLMM(ScriptedLMM):
 
     def complete(self, request, feedback=None):
         text, _ = super().complete(request, feedback)
-        from openseg_r.state import Usage
+        from openseg_r.schemas import Usage
 
         image_tokens = sum(qwen_image_tokens(*image.shape[:2]) for image in request.images)
         return text, Usage(prompt_tokens=self.count(request.prompt) + image_tokens, completion_tokens=self.count(text))

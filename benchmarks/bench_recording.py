@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from openseg_r import OpenSegR  # noqa: E402
-from openseg_r.images import load_image  # noqa: E402
+from openseg_r._support.images import load_image  # noqa: E402
 from openseg_r.lmm import ScriptedLMM  # noqa: E402
 from openseg_r.runs import RunsDB  # noqa: E402
-from openseg_r.segment import CLIPSegmenter, load_clip  # noqa: E402
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, load_clip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

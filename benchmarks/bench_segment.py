@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
-from openseg_r.images import load_image  # noqa: E402
+from openseg_r._support.images import load_image  # noqa: E402
 from openseg_r.lmm import ScriptedLMM  # noqa: E402
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig, load_clip  # noqa: E402
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig, load_clip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,8 @@ def main() -> None:
             seg_times[name].append(time.perf_counter() - started)
 
     medians = {name: statistics.median(times) for name, times in seg_times.items()}
-    windows = len(__import__("openseg_r.segment.sliding", fromlist=["window_boxes"]).window_boxes(336, 448, 224, 112))
+    sliding = __import__("openseg_r.segmenters.dense_clip.sliding", fromlist=["window_boxes"])
+    windows = len(sliding.window_boxes(336, 448, 224, 112))
     print(
         f"device={clip.device} dtype={str(clip.dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
         f"image={rgb.shape[1]}x{rgb.shape[0]} windows={windows} "

@@ -33,9 +33,9 @@ import torch
 from naclip_loop import naclip_loop
 from speed_common import flops_per_image, loaded_clip, matmul_peak, random_bank, random_images, random_vit_b16
 
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig
-from openseg_r.segment.sliding import window_boxes
-from openseg_r.segmenter_io import SegmentJob
+from openseg_r.segmenters.base import SegmentJob
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenters.dense_clip.sliding import window_boxes
 
 GOAL_RATIO = 2.0
 
@@ -106,7 +106,7 @@ def precision_rows(args, fp32_segmenter, bank, images, device) -> None:
     """fp32, bf16 and auto, interleaved: img/s (best of the repeats) and labels equal to fp32's."""
     import copy
 
-    from openseg_r.segment.loading import resolve_dtype
+    from openseg_r.segmenters.dense_clip.loading import resolve_dtype
 
     segmenters = {"fp32": fp32_segmenter}
     for name in ("bf16", "auto"):

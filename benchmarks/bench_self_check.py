@@ -29,7 +29,7 @@ import imgviz  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
 from openseg_r.lmm import ScriptedLMM  # noqa: E402
-from openseg_r.state import Usage  # noqa: E402
+from openseg_r.schemas import Usage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF_CHECK_NODES = ("find_ambiguous_regions", "check_region", "apply_decisions")

@@ -45,8 +45,8 @@ MODES = ("none", "cold", "warm")
 def child(report: str, argv: list[str]) -> int:
     """Run the CLI with timing hooks; write what they saw to ``report`` (JSON)."""
     from openseg_r.cli.main import main as cli_main
-    from openseg_r.segment import text
-    from openseg_r.segment.segmenter import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip import text
+    from openseg_r.segmenters.dense_clip.segmenter import CLIPSegmenter
 
     seen = {"text_s": 0.0, "identity_s": 0.0, "encoded_sentences": 0, "first_labels": None, "store": None}
     embed, identity = text.TextEmbedder.embed, text.text_tower_identity
@@ -76,9 +76,9 @@ def child(report: str, argv: list[str]) -> int:
 
     text.TextEmbedder.embed, text.text_tower_identity = timed_embed, timed_identity
     if os.environ.get("BENCH_START_NO_TEXT_CACHE"):
-        import openseg_r.embedding_cache
+        import openseg_r.segmenters.dense_clip.embedding_cache
 
-        openseg_r.embedding_cache.open_text_cache = lambda choice: None
+        openseg_r.segmenters.dense_clip.embedding_cache.open_text_cache = lambda choice: None
     for name in ("segment", "segment_batch"):
         if hasattr(CLIPSegmenter, name):
             setattr(CLIPSegmenter, name, first_labels(getattr(CLIPSegmenter, name)))
@@ -140,10 +140,10 @@ def ade847_size(folder: Path) -> str:
     the class aligner), as 512-d vectors in a real store file."""
     import numpy as np
 
-    from openseg_r.embedding_cache import SQLiteTextCache
     from openseg_r.prompts.templates import templates_for
-    from openseg_r.segment.text import template_key
-    from openseg_r.state import compose_phrase
+    from openseg_r.schemas import compose_phrase
+    from openseg_r.segmenters.dense_clip.embedding_cache import SQLiteTextCache
+    from openseg_r.segmenters.dense_clip.text import template_key
     from openseg_r.vocab import resolve_vocabulary
 
     vocabulary = resolve_vocabulary("ade847-syn")

@@ -34,10 +34,10 @@ import torch  # noqa: E402
 from speed_common import loaded_clip, random_vit_b16  # noqa: E402
 
 from openseg_r import OpenSegR  # noqa: E402
-from openseg_r.segment import CLIPSegmenter  # noqa: E402
+from openseg_r.segmenters.dense_clip import CLIPSegmenter  # noqa: E402
 from openseg_r.tools.safety import SafetyLimits  # noqa: E402
 from openseg_r.tools.service import SegmentationService  # noqa: E402
-from openseg_r.web.backends import BackendChoices  # noqa: E402
+from openseg_r.tools.web.backends import BackendChoices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "examples" / "voc.jpg"
@@ -52,7 +52,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-web-"))
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
-    from openseg_r.web.app import WebApp, result_html  # after GRADIO_TEMP_DIR: the upload folder
+    from openseg_r.tools.web.app import WebApp, result_html  # after GRADIO_TEMP_DIR: the upload folder
 
     device = torch.device("cpu")
     segmenter = CLIPSegmenter(loaded_clip(random_vit_b16(device), device, torch.float32))
@@ -64,7 +64,7 @@ def main() -> None:
     payload = {"path": str(upload), "orig_name": "voc.jpg"}
 
     def direct() -> None:
-        from openseg_r.images import load_image
+        from openseg_r._support.images import load_image
 
         model.segment(load_image(PHOTO), args.classes)
 

@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 import torch
 
-from openseg_r.segment.scoring import apply_class_filter, build_query_bank
-from openseg_r.segmenter_io import ClassFilter
-from openseg_r.state import ClassPrompts, PromptSet
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.base import ClassFilter
+from openseg_r.segmenters.dense_clip.scoring import apply_class_filter, build_query_bank
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from openseg_r.render import class_colors
+from openseg_r._support.render import class_colors
 
 MISSING_IMGVIZ = ("make_mini_benchmark.py needs imgviz, which comes with the test extra: "
                   "pip install \".[test]\" (or pip install imgviz)")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.scoring import QueryBank
-from openseg_r.segment.sliding import window_boxes
+from openseg_r.segmenters.dense_clip.scoring import QueryBank
+from openseg_r.segmenters.dense_clip.sliding import window_boxes
 
 
 @torch.inference_mode()

@@ -21,10 +21,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from openseg_r.segment.dense import DenseCLIPEncoder  # noqa: E402
-from openseg_r.segment.loading import OPENAI_MEAN, OPENAI_STD, LoadedCLIP  # noqa: E402
-from openseg_r.segment.scoring import QueryBank  # noqa: E402
-from openseg_r.segment.sliding import window_boxes  # noqa: E402
+from openseg_r.segmenters.dense_clip.dense import DenseCLIPEncoder  # noqa: E402
+from openseg_r.segmenters.dense_clip.loading import OPENAI_MEAN, OPENAI_STD, LoadedCLIP  # noqa: E402
+from openseg_r.segmenters.dense_clip.scoring import QueryBank  # noqa: E402
+from openseg_r.segmenters.dense_clip.sliding import window_boxes  # noqa: E402
 
 
 def random_vit_b16(device: torch.device, seed: int = 0) -> torch.nn.Module:

@@ -11,13 +11,13 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "OpenSegR": "openseg_r.facade",
-    "OpenSegContext": "openseg_r.context",
-    "ModelOptions": "openseg_r.options",
-    "Segmenter": "openseg_r.context",
+    "OpenSegR": "openseg_r.model",
+    "OpenSegContext": "openseg_r.nodes.context",
+    "ModelOptions": "openseg_r.config.options",
+    "Segmenter": "openseg_r.segmenters.base",
     "build_graph": "openseg_r.graph.builder",
     "SegmentationResult": "openseg_r.result",
-    "Settings": "openseg_r.state",
+    "Settings": "openseg_r.config.settings",
     "RunsDB": "openseg_r.runs.database",
 }
 

@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 
 from openseg_r import __version__
-from openseg_r.files import write_atomically
-from openseg_r.render import label_image, overlay_image
-from openseg_r.state import UNKNOWN_LABEL, ClassSummary, OpenSegState, region_order
+from openseg_r._support.files import write_atomically
+from openseg_r._support.render import label_image, overlay_image
+from openseg_r.graph.state import OpenSegState
+from openseg_r.schemas import UNKNOWN_LABEL, ClassSummary, region_order
 
 
 @dataclass
@@ -125,7 +126,7 @@ class SegmentationResult:
 
 @dataclass
 class ImageOutcome:
-    """One image of :meth:`OpenSegR.segment_many <openseg_r.facade.OpenSegR.segment_many>`:
+    """One image of :meth:`OpenSegR.segment_many <openseg_r.model.OpenSegR.segment_many>`:
     its result, or the one-line reason it failed (that image only)."""
 
     index: int  # its place in the input

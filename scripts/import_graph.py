@@ -4,7 +4,7 @@
 
 Imports inside functions count too (grimp reads every import statement). Two
 views: between modules, and between the package's parts (``openseg_r.graph``,
-``openseg_r.nodes``, a top-level module such as ``openseg_r.facade``), where a
+``openseg_r.nodes``, a top-level module such as ``openseg_r.model``), where a
 cycle means two parts that each reach into the other.
 """
 

@@ -58,7 +58,7 @@ def tiny_model_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_model_files):
-    from openseg_r.segment.loading import load_clip
+    from openseg_r.segmenters.dense_clip.loading import load_clip
 
     config, weights = tiny_model_files
     # fp32: the tests of what the segmenter computes compare to 1e-5; `auto` may be bf16 on this CPU
@@ -67,7 +67,7 @@ def tiny_clip(tiny_model_files):
 
 @pytest.fixture(scope="session")
 def tiny_segmenter(tiny_clip):
-    from openseg_r.segment import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip import CLIPSegmenter
 
     return CLIPSegmenter(tiny_clip)
 

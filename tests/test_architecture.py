@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from openseg_r import OpenSegR
-from openseg_r.cache import MemoryReasoningCache, SQLiteReasoningCache
-from openseg_r.context import EmbedsNames, LMMBackend, OpenSegContext, ReasoningCache, Segmenter
+from openseg_r._support.cache import MemoryReasoningCache, SQLiteReasoningCache
 from openseg_r.errors import ConfigError
 from openseg_r.lmm import NoLMM, ScriptedLMM
-from openseg_r.segmenter_io import ClassFilter, SegmentationArrays
-from openseg_r.state import PromptSet
+from openseg_r.nodes.context import LMMBackend, OpenSegContext, ReasoningCache
+from openseg_r.schemas import PromptSet
+from openseg_r.segmenters.base import ClassFilter, EmbedsNames, SegmentationArrays, Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "openseg_r"
@@ -152,7 +152,7 @@ def test_the_graph_and_the_command_line_parser_load_without_torch():
     import subprocess
     import sys
 
-    probe = ("import sys, openseg_r.graph, openseg_r.context, openseg_r.cli; openseg_r.cli.build_parser(); "
+    probe = ("import sys, openseg_r.graph, openseg_r.nodes.context, openseg_r.cli; openseg_r.cli.build_parser(); "
              "print(sorted(m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.attention import (
+from openseg_r.segmenters.dense_clip.attention import (
     ATTENTION_VARIANTS,
     attention_bias,
     cached_gaussian_bias,
     gaussian_bias,
     last_block,
 )
-from openseg_r.segment.dense import DenseCLIPEncoder
+from openseg_r.segmenters.dense_clip.dense import DenseCLIPEncoder
 
 
 def plain_gaussian(grid_h, grid_w, sigma):

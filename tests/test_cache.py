@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from openseg_r import OpenSegR
-from openseg_r.cache import SQLiteReasoningCache
+from openseg_r._support.cache import SQLiteReasoningCache
 from openseg_r.lmm import ScriptedLMM
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"

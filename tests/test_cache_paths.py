@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openseg_r.cache import MemoryReasoningCache, open_cache, open_reasoning_cache
-from openseg_r.embedding_cache import open_text_cache
+from openseg_r._support.cache import MemoryReasoningCache, open_cache, open_reasoning_cache
+from openseg_r._support.sqlite_files import SQLITE_HEADER, NotAnSQLiteFileError, move_aside
 from openseg_r.errors import ConfigError
 from openseg_r.runs import RunsDB, RunsDBError
-from openseg_r.sqlite_files import SQLITE_HEADER, NotAnSQLiteFileError, move_aside
+from openseg_r.segmenters.dense_clip.embedding_cache import open_text_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"

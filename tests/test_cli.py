@@ -120,12 +120,12 @@ def test_corrupt_image_exits_2(tmp_path):
 
 
 def test_internal_error_exits_1_without_traceback(monkeypatch, tmp_path, capsys, tiny_args):
-    import openseg_r.facade
+    import openseg_r.model
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(openseg_r.facade.OpenSegR, "segment", explode)
+    monkeypatch.setattr(openseg_r.model.OpenSegR, "segment", explode)
     code = cli.main(["segment", str(PHOTO), "--classes", "cat", *map(str, tiny_args), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "internal error: RuntimeError: boom" in err and "Traceback" not in err

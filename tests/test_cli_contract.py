@@ -409,14 +409,14 @@ def test_internal_error_in_segment_exits_1(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["vocabularies", "segment"])
 def test_interrupt_exits_130(where, monkeypatch, tmp_path, capsys):
-    import openseg_r.images
+    import openseg_r._support.images
     import openseg_r.vocab
 
     if where == "vocabularies":
         monkeypatch.setattr(openseg_r.vocab, "builtin_names", _raise(KeyboardInterrupt()))
         argv = ["vocabularies"]
     else:
-        monkeypatch.setattr(openseg_r.images, "load_image", _raise(KeyboardInterrupt()))
+        monkeypatch.setattr(openseg_r._support.images, "load_image", _raise(KeyboardInterrupt()))
         argv = ["segment", tmp_path / "a.png", "--classes", "cat", "--out", tmp_path / "out"]
     assert call(*argv) == 130
     assert "interrupted" in one_line(capsys, prefix="openseg-r:")

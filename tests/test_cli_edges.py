@@ -49,7 +49,7 @@ def test_a_bad_out_is_one_line_and_exit_2_before_any_model_loads(where, a_file, 
     out = {"an existing file": a_file, "under a file": a_file / "out",
            "under /proc": Path("/proc/openseg-r-test/out")}[where]
     loaded = []
-    monkeypatch.setattr("openseg_r.facade.OpenSegR.from_options", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("openseg_r.model.OpenSegR.from_options", lambda *a, **k: loaded.append(1))
     code = call("segment", PHOTO, "--vocab", "voc21", "--clip-pretrained", "none", "--out", out)
     assert code == 2 and not loaded
     message = one_error_line(capsys.readouterr().err)
@@ -58,7 +58,7 @@ def test_a_bad_out_is_one_line_and_exit_2_before_any_model_loads(where, a_file, 
 
 
 def test_the_out_check_leaves_nothing_behind(tmp_path):
-    from openseg_r.files import check_output_folder
+    from openseg_r._support.files import check_output_folder
 
     check_output_folder(tmp_path / "a" / "b" / "c")
     assert list(tmp_path.iterdir()) == []
@@ -187,7 +187,7 @@ def test_a_missing_gguf_file_is_named_as_missing(capsys):
 
 
 def test_reason_export_names_the_model_as_a_person_reads_it(tmp_path):
-    from openseg_r.cache import SQLiteReasoningCache
+    from openseg_r._support.cache import SQLiteReasoningCache
     from openseg_r.cli.reason import model_label
 
     assert model_label("scripted:658da4d8edfa|{}") == "scripted:658da4d8edfa"

@@ -9,8 +9,9 @@ import argparse
 
 from openseg_r.cli.main import build_parser
 from openseg_r.cli.options import RECORDED_DEFAULT, Parser, model_option_values, settings_overrides
-from openseg_r.options import DEFAULT_CONCURRENCY, ModelOptions, SegmenterConfig, field_default
-from openseg_r.state import SelfCheckSettings, Settings
+from openseg_r.config.options import DEFAULT_CONCURRENCY, ModelOptions, field_default
+from openseg_r.config.settings import SelfCheckSettings, Settings
+from openseg_r.segmenters.dense_clip.options import SegmenterConfig
 from openseg_r.tools.safety import SafetyLimits
 
 RECORDED_COMMANDS = {("runs", "replay"), ("runs", "resume")}  # model options default to the run's own

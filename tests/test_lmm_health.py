@@ -24,10 +24,10 @@ from PIL import Image
 
 from openseg_r import OpenSegR, cli
 from openseg_r.cli.options import EXIT_NO_REASONING, EXIT_OK, EXIT_USAGE
+from openseg_r.config.options import ModelOptions
 from openseg_r.errors import ConfigError, ReasoningUnavailableError
 from openseg_r.lmm import ScriptedLMM, backend_from_spec
 from openseg_r.lmm.health import NOT_ASKED
-from openseg_r.options import ModelOptions
 from openseg_r.tools.lmm_check import check_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,7 +449,7 @@ def test_a_request_the_backend_cannot_take_is_not_re_asked():
     """A text-only model asked about an image says so once; the backend stays usable."""
     from openseg_r.lmm import LMMRequest
     from openseg_r.lmm.health import RequestUnsupported
-    from openseg_r.state import ClassReasoning
+    from openseg_r.schemas import ClassReasoning
 
     class TextOnly(ScriptedLMM):
         def complete(self, request, feedback=None):
@@ -470,7 +470,7 @@ def test_a_request_the_backend_cannot_take_is_not_re_asked():
 
 def test_a_busy_server_is_retried_but_not_re_asked():
     from openseg_r.lmm import LMMRequest
-    from openseg_r.state import ClassReasoning
+    from openseg_r.schemas import ClassReasoning
 
     busy = FakeLMMServer(busy=2)
     try:

@@ -22,7 +22,7 @@ import torch
 from loopback import hang_up_server
 
 from openseg_r.errors import ConfigError, WeightsError
-from openseg_r.segment.loading import cpu_computes_bf16, load_clip, needs_quick_gelu, resolve_dtype
+from openseg_r.segmenters.dense_clip.loading import cpu_computes_bf16, load_clip, needs_quick_gelu, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "examples" / "voc.jpg")
@@ -333,7 +333,7 @@ def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_mode
 
 DOWNLOAD = """
 import os, sys, urllib.request, open_clip
-from openseg_r.segment.loading import load_clip
+from openseg_r.segmenters.dense_clip.loading import load_clip
 
 open_clip.pretrained._PRETRAINED["tiny-clip"] = {"hubtag": {"hf_hub": "test-org/tiny-clip/"}}
 first = load_clip(sys.argv[1], "hubtag", device="cpu", precision="fp32")
@@ -426,7 +426,7 @@ def test_the_cli_keeps_library_logging_quiet():
 
 
 def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch):
-    import openseg_r.segment.loading as loading
+    import openseg_r.segmenters.dense_clip.loading as loading
 
     flags = {"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(flags))
@@ -438,8 +438,8 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch):
 
 
 def test_protocol_presets_pin_fp32_on_a_cpu_and_leave_the_gpu_to_auto():
-    from openseg_r.options import ModelOptions
-    from openseg_r.presets import protocol_for
+    from openseg_r.config.options import ModelOptions
+    from openseg_r.config.presets import protocol_for
 
     voc = protocol_for("voc21")
     assert voc.apply(ModelOptions(device="cpu"))[0].precision == "fp32"

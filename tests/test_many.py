@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from openseg_r import OpenSegR
-from openseg_r.batching import MicroBatcher
+from openseg_r._support.flights import SingleFlight
 from openseg_r.errors import ConfigError
-from openseg_r.flights import SingleFlight
 from openseg_r.lmm import ScriptedLMM
+from openseg_r.segmenters.batching import MicroBatcher
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"
 VOCAB = ["person", "chair", "diningtable", "bottle"]

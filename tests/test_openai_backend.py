@@ -21,11 +21,11 @@ from langgraph.runtime import Runtime
 from loopback import DrippingOpenAIServer, silent_server
 from test_hf_backend import NO_JSON, SMOLLM2_ANSWERS, pinned_smollm2  # the pinned answers of the model served here
 
-from openseg_r.context import OpenSegContext
 from openseg_r.lmm import LMMRequest
 from openseg_r.lmm.openai_compat import OpenAICompatibleLMM, _is_rejected_request, image_block
 from openseg_r.nodes import GenericReasoningInput, generic_reasoning
-from openseg_r.state import ClassReasoning
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import ClassReasoning
 from openseg_r.vocab import parse_class_list
 
 pytest.importorskip("fastapi", reason="transformers serve needs: pip install 'transformers[serving]'")
@@ -134,7 +134,7 @@ def test_a_server_that_drips_its_reply_is_given_up_at_the_timeout_retries_includ
 
 
 def test_a_request_in_flight_is_abandoned_when_its_work_is_cancelled():
-    from openseg_r.cancel import Cancelled, CancelToken, cancellable
+    from openseg_r._support.cancel import Cancelled, CancelToken, cancellable
 
     drip = DrippingOpenAIServer()
     token = CancelToken()

@@ -13,14 +13,20 @@ import numpy as np
 import pytest
 
 from openseg_r import OpenSegR
-from openseg_r.cache import MemoryReasoningCache, SQLiteReasoningCache, default_cache_path, open_reasoning_cache
+from openseg_r._support.cache import (
+    MemoryReasoningCache,
+    SQLiteReasoningCache,
+    default_cache_path,
+    open_reasoning_cache,
+)
 from openseg_r.cli import build_parser, main
 from openseg_r.cli.options import model_options, settings_overrides
+from openseg_r.config.options import ModelOptions
+from openseg_r.config.settings import SelfCheckSettings, Settings, merged_settings
 from openseg_r.errors import ConfigError
 from openseg_r.lmm import ScriptedLMM
-from openseg_r.options import ModelOptions, SegmenterConfig
 from openseg_r.runs import RunsDB
-from openseg_r.state import SelfCheckSettings, Settings, merged_settings
+from openseg_r.segmenters.dense_clip.options import SegmenterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"

@@ -30,16 +30,16 @@ import torch
 import torch.nn.functional as F
 from golden.weights import MODEL_NAME, SEED, open_clip_model
 
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig
-from openseg_r.segment import pamr as pamr_module
-from openseg_r.segment import segmenter as segmenter_module
-from openseg_r.segment.dense import DenseCLIPEncoder
-from openseg_r.segment.loading import OPENAI_MEAN, OPENAI_STD, LoadedCLIP
-from openseg_r.segment.pamr import BandRefiner, pamr
-from openseg_r.segment.sliding import RowResampler
-from openseg_r.segment.text import TextEmbedder
-from openseg_r.segmenter_io import ClassFilter
-from openseg_r.state import ClassPrompts, PromptSet
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.base import ClassFilter
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenters.dense_clip import pamr as pamr_module
+from openseg_r.segmenters.dense_clip import segmenter as segmenter_module
+from openseg_r.segmenters.dense_clip.dense import DenseCLIPEncoder
+from openseg_r.segmenters.dense_clip.loading import OPENAI_MEAN, OPENAI_STD, LoadedCLIP
+from openseg_r.segmenters.dense_clip.pamr import BandRefiner, pamr
+from openseg_r.segmenters.dense_clip.sliding import RowResampler
+from openseg_r.segmenters.dense_clip.text import TextEmbedder
 
 DATA = Path(__file__).parent / "data"
 TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from openseg_r.lmm.parsing import StructuredOutputError, parse_structured
 from openseg_r.lmm.upstream import parse_free_text
-from openseg_r.state import CandidateReasons, CandidateSearch, ClassReasoning, ImageReasoning
+from openseg_r.schemas import CandidateReasons, CandidateSearch, ClassReasoning, ImageReasoning
 
 UPSTREAM = Path(__file__).resolve().parent / "data" / "pc59_class_reason.json"
 SCHEMAS = [ClassReasoning, ImageReasoning, CandidateSearch, CandidateReasons]

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from openseg_r.config.options import ModelOptions
+from openseg_r.config.presets import PROTOCOLS, protocol_for
+from openseg_r.config.settings import Settings
 from openseg_r.errors import ConfigError
-from openseg_r.options import ModelOptions, SegmenterConfig
-from openseg_r.presets import PROTOCOLS, protocol_for
-from openseg_r.state import Settings
+from openseg_r.segmenters.dense_clip.options import SegmenterConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"

@@ -36,11 +36,11 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install '
 from ray_faults import FAULTS_VARIABLE  # noqa: E402 (after the skip)
 
 from openseg_r import OpenSegR  # noqa: E402
-from openseg_r.cache import SQLiteReasoningCache  # noqa: E402
+from openseg_r._support.cache import SQLiteReasoningCache  # noqa: E402
+from openseg_r.config.options import ModelOptions  # noqa: E402
 from openseg_r.evals.datasets import get_dataset  # noqa: E402
 from openseg_r.evals.metrics import AreaCounts  # noqa: E402
 from openseg_r.evals.runner import run_eval  # noqa: E402
-from openseg_r.options import ModelOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -278,7 +278,7 @@ args = json.loads(sys.argv[1])
 ray.init(address=args["address"], runtime_env=args["runtime_env"], log_to_driver=False)
 from openseg_r.distributed import run_eval_on_ray
 from openseg_r.evals.datasets import get_dataset
-from openseg_r.options import ModelOptions
+from openseg_r.config.options import ModelOptions
 run_eval_on_ray(ModelOptions.model_validate(args["options"]), get_dataset("voc21"), args["root"], args["out"],
                 ablation=True, actors=1, batch_size=1)
 """

@@ -18,7 +18,7 @@ from openseg_r import OpenSegR
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.runs import RunsDB, RunsDBError
 from openseg_r.runs.events import JSONLStepLog
-from openseg_r.segment import CLIPSegmenter
+from openseg_r.segmenters.dense_clip import CLIPSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"

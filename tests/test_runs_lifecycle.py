@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from loopback import silent_server
 
-from openseg_r.options import ModelOptions
+from openseg_r.config.options import ModelOptions
 from openseg_r.runs import RunsDB, RunsDBError
 from openseg_r.runs.database import NoRunsDatabaseError
 from openseg_r.runs.owner import STALE_AFTER_SECONDS, process_token

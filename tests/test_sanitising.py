@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from langgraph.runtime import Runtime
 
-from openseg_r.context import OpenSegContext
+from openseg_r._support.store import ArtifactStore
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.lmm.parsing import parse_structured
 from openseg_r.nodes import GenericReasoningInput, ImageReasoningInput, generic_reasoning, image_reasoning
-from openseg_r.state import CandidateSearch, ClassReasoning, ImageRef, RegionVerdict
-from openseg_r.store import ArtifactStore
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import CandidateSearch, ClassReasoning, ImageRef, RegionVerdict
 from openseg_r.vocab import parse_class_list
 
 NESTED = {"name": "dress", "general_category": "clothing",

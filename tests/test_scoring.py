@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment.scoring import apply_class_filter, build_query_bank
-from openseg_r.segment.sliding import RowResampler, resize_shape, window_boxes
-from openseg_r.segmenter_io import ClassFilter
-from openseg_r.state import ClassPrompts, PromptSet
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.base import ClassFilter
+from openseg_r.segmenters.dense_clip.scoring import apply_class_filter, build_query_bank
+from openseg_r.segmenters.dense_clip.sliding import RowResampler, resize_shape, window_boxes
 
 
 def unit(*values):

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig
-from openseg_r.segment.scoring import ClassFilter
-from openseg_r.state import ClassPrompts, PromptSet
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenters.dense_clip.scoring import ClassFilter
 
 
 def prompts(names, slots=(None,)):
@@ -95,7 +95,7 @@ def test_hard_filter_removes_absent_classes_from_the_map(tiny_segmenter, voc):
 
 
 def test_cut_text_encoding_equals_open_clip_encode_text(tiny_clip):
-    from openseg_r.segment.text import encode_text
+    from openseg_r.segmenters.dense_clip.text import encode_text
 
     tokens = tiny_clip.tokenizer(["a photo of a cat.", "There is a large dining table that has plates in the scene."])
     with torch.no_grad():
@@ -136,7 +136,7 @@ def _assert_same_arrays(batched, single):
     dict(short_side=96, crop=64, stride=32, pamr_steps=2, pamr_dilations=(1, 2)),
 ])
 def test_segment_batch_equals_segment_image_by_image(tiny_clip, rng, config):
-    from openseg_r.segmenter_io import SegmentJob
+    from openseg_r.segmenters.base import SegmentJob
 
     seg = CLIPSegmenter(tiny_clip, SegmenterConfig(**config))
     banks = [seg.query_bank(prompts(["background", "cat", "dog", "tree"])),
@@ -162,7 +162,7 @@ def test_segment_batch_equals_segment_image_by_image(tiny_clip, rng, config):
 
 
 def test_segment_batch_reuses_kept_window_features(tiny_clip, rng):
-    from openseg_r.segmenter_io import SegmentJob
+    from openseg_r.segmenters.base import SegmentJob
 
     seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
     bank = seg.query_bank(prompts(["cat", "dog"]))
@@ -178,7 +178,7 @@ def test_segment_batch_reuses_kept_window_features(tiny_clip, rng):
 
 def test_segment_batch_refuses_an_image_too_small_to_encode(tiny_clip, rng):
     from openseg_r.errors import ConfigError
-    from openseg_r.segmenter_io import SegmentJob
+    from openseg_r.segmenters.base import SegmentJob
 
     seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
     bank = seg.query_bank(prompts(["cat", "dog"]))
@@ -203,7 +203,7 @@ def test_compiled_passes_are_padded_to_a_power_of_two(tiny_clip, rng):
     bank = seg.query_bank(prompts(["cat", "dog"]))
     pixels = seg.preprocess(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))  # 2 x 3 windows
     assert torch.allclose(seg.dense_logits(pixels, bank), plain.dense_logits(pixels, bank), atol=1e-6)
-    from openseg_r.segmenter_io import SegmentJob
+    from openseg_r.segmenters.base import SegmentJob
 
     images = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(3)]  # 2 x 2 windows each
     seg.segment_batch([SegmentJob(image, bank) for image in images])

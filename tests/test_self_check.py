@@ -17,19 +17,21 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from openseg_r import OpenSegR, build_graph
-from openseg_r.context import OpenSegContext
+from openseg_r._support.store import ArtifactStore
+from openseg_r.config.settings import SelfCheckSettings, Settings
 from openseg_r.errors import ConfigError
+from openseg_r.graph.state import OpenSegState
 from openseg_r.lmm import ScriptedLMM
 from openseg_r.lmm.base import BaseLMMBackend
-from openseg_r.regions import (
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.nodes.regions import (
     OUTLINE_COLOUR,
     crop_box,
     find_ambiguous_regions,
     marked_crop,
 )
-from openseg_r.segmenter_io import SegmentationArrays
-from openseg_r.state import UNKNOWN_LABEL, ImageRef, OpenSegState, RegionVerdict, SelfCheckSettings, Settings, Usage
-from openseg_r.store import ArtifactStore
+from openseg_r.schemas import UNKNOWN_LABEL, ImageRef, RegionVerdict, Usage
+from openseg_r.segmenters.base import SegmentationArrays
 from openseg_r.vocab import parse_class_list
 
 NAMES = ["wall", "sofa", "armchair", "floor"]

@@ -20,15 +20,16 @@ import torch
 from loopback import free_port, wait_until_listening
 
 from openseg_r import OpenSegR
-from openseg_r.batching import MicroBatcher
-from openseg_r.cancel import Cancelled, CancelToken, cancellable, result_unless_cancelled
-from openseg_r.embedding_cache import open_text_cache
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig
-from openseg_r.segment import text as text_module
-from openseg_r.segment.loading import load_clip
-from openseg_r.segment.text import TextEmbedder, templates_for
-from openseg_r.segmenter_io import SegmentJob
-from openseg_r.state import ClassPrompts, PromptSet, Settings
+from openseg_r._support.cancel import Cancelled, CancelToken, cancellable, result_unless_cancelled
+from openseg_r.config.settings import Settings
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.base import SegmentJob
+from openseg_r.segmenters.batching import MicroBatcher
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
+from openseg_r.segmenters.dense_clip import text as text_module
+from openseg_r.segmenters.dense_clip.embedding_cache import open_text_cache
+from openseg_r.segmenters.dense_clip.loading import load_clip
+from openseg_r.segmenters.dense_clip.text import TextEmbedder, templates_for
 from openseg_r.tools.safety import SafetyLimits, ToolInputError
 from openseg_r.tools.service import SegmentationService
 from openseg_r.vocab import load_builtin, parse_class_list
@@ -376,7 +377,7 @@ def test_work_that_ignores_the_stop_is_abandoned_after_the_grace_period(tiny_seg
     """The watchdog behind the signal handlers: a call is cancelled at once, and work that
     does not stop (here a segmenter that never reads its token) is abandoned after the
     grace period with one line and the signal's exit code."""
-    from openseg_r.tools import mcp_server
+    from openseg_r.tools import lifecycle
 
     class Stuck:
         def __init__(self):
@@ -397,13 +398,13 @@ def test_work_that_ignores_the_stop_is_abandoned_after_the_grace_period(tiny_seg
     service = SegmentationService(OpenSegR(segmenter=stuck, lmm="none", settings=Settings(reasoning=False)),
                                   SafetyLimits(allowed_roots=[str(ROOT / "examples")]))
     exits, exited = [], threading.Event()
-    monkeypatch.setattr(mcp_server, "STOP_GRACE_S", 0.5)
-    monkeypatch.setattr(mcp_server, "EXIT_GRACE_S", 0.1)
-    monkeypatch.setattr(mcp_server.os, "_exit", lambda code: (exits.append(code), exited.set()))
+    monkeypatch.setattr(lifecycle, "STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(lifecycle, "EXIT_GRACE_S", 0.1)
+    monkeypatch.setattr(lifecycle.os, "_exit", lambda code: (exits.append(code), exited.set()))
     caller, answer = in_thread(service.segment, {"image_path": "voc.jpg", "vocabulary": ["cat"], "reasoning": False})
     try:
         assert stuck.entered.wait(60)
-        stop = mcp_server.StopOnSignal(service)
+        stop = lifecycle.StopOnSignal(service)
         stop.notice(signal.SIGINT)
         caller.join(10)
         assert not caller.is_alive() and "cancelled: the server is stopping" in str(answer["error"])

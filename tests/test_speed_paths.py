@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from openseg_r.segment.dense import DenseCLIPEncoder
+from openseg_r.segmenters.dense_clip.dense import DenseCLIPEncoder
 
 COMPILE_BUDGET_S = 120  # slower than this on this machine: skipped, not a failure (it is only speed)
 
@@ -70,7 +70,7 @@ def test_the_benchmarks_naclip_loop_gives_segment_batchs_labels(tiny_segmenter, 
     from naclip_loop import naclip_loop
     from speed_common import random_bank
 
-    from openseg_r.segmenter_io import SegmentJob
+    from openseg_r.segmenters.base import SegmentJob
 
     bank = random_bank(7, tiny_segmenter.encoder.embed_dim, torch.device("cpu"), seed=3)
     images = [rng.integers(0, 256, (120, 170, 3), dtype=np.uint8), rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)]

@@ -31,10 +31,10 @@ from conftest import TINY_CONFIG
 from PIL import Image
 from threads import torch_threads
 
-from openseg_r.segment import CLIPSegmenter, SegmenterConfig, numerics
-from openseg_r.segment.loading import load_clip
-from openseg_r.segmenter_io import ClassFilter, SegmentJob
-from openseg_r.state import ClassPrompts, PromptSet
+from openseg_r.schemas import ClassPrompts, PromptSet
+from openseg_r.segmenters.base import ClassFilter, SegmentJob
+from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig, numerics
+from openseg_r.segmenters.dense_clip.loading import load_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2, 3, 4)

@@ -1,4 +1,4 @@
-"""The web app's server side, without a browser (openseg_r.web): what the page sends is checked
+"""The web app's server side, without a browser (openseg_r.tools.web): what the page sends is checked
 as an agent's call is and refused in one line; a live run follows the graph in a service slot,
 answers the human self-check one question at a time, keeps to the time limit and the stop;
 the backends a page may pick share the loaded model; downloads, the bare-name comparison, the
@@ -28,20 +28,20 @@ from loopback import free_port
 pytest.importorskip("gradio")
 
 from openseg_r import OpenSegR  # noqa: E402 (only with the web extra)
+from openseg_r._support.render import format_share  # noqa: E402
+from openseg_r.config.settings import Settings  # noqa: E402
 from openseg_r.errors import ConfigError, OpenSegRError  # noqa: E402
 from openseg_r.lmm.base import NoLMM  # noqa: E402
 from openseg_r.lmm.scripted import ScriptedLMM  # noqa: E402
 from openseg_r.prompts.templates import templates_for  # noqa: E402
-from openseg_r.render import format_share  # noqa: E402
-from openseg_r.state import Settings  # noqa: E402
 from openseg_r.tools.safety import SafetyLimits, ToolInputError  # noqa: E402
 from openseg_r.tools.service import SegmentationService  # noqa: E402
+from openseg_r.tools.web import app as web_app  # noqa: E402
+from openseg_r.tools.web.app import SELF_CHECK_MODES, WebApp, status_html  # noqa: E402
+from openseg_r.tools.web.backends import MAX_TYPED_BACKENDS, NO_LMM, BackendChoices  # noqa: E402
+from openseg_r.tools.web.compare import comparison_html  # noqa: E402
+from openseg_r.tools.web.live import LiveRun, LiveRuns  # noqa: E402
 from openseg_r.vocab import parse_class_list  # noqa: E402
-from openseg_r.web import app as web_app  # noqa: E402
-from openseg_r.web.app import SELF_CHECK_MODES, WebApp, status_html  # noqa: E402
-from openseg_r.web.backends import MAX_TYPED_BACKENDS, NO_LMM, BackendChoices  # noqa: E402
-from openseg_r.web.compare import comparison_html  # noqa: E402
-from openseg_r.web.live import LiveRun, LiveRuns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "voc.jpg"
@@ -647,7 +647,7 @@ def test_recorded_labels_of_a_run_and_the_refusals(web, uploads, model, tiny_seg
 def test_the_report_route_and_the_page(web, uploads):
     from fastapi.testclient import TestClient
 
-    from openseg_r.web.server import create_app
+    from openseg_r.tools.web.server import create_app
 
     live, _ = web.prepare(upload(uploads), VOCABULARY, "", True, "off", True)
     finish(live.start())
@@ -674,7 +674,7 @@ def test_gradio_refuses_uploads_over_twice_the_file_limit_and_takes_smaller_ones
     above); Gradio's upload route refuses bigger ones before they are stored."""
     from fastapi.testclient import TestClient
 
-    from openseg_r.web.server import UPLOAD_HEADROOM, create_app
+    from openseg_r.tools.web.server import UPLOAD_HEADROOM, create_app
 
     limits = SafetyLimits(max_file_bytes=10_000)
     web = make_web(OpenSegR(segmenter=tiny_segmenter, lmm="none"), tmp_path / "downloads", limits)
@@ -695,7 +695,7 @@ def test_the_runs_pages_follow_are_bounded_as_the_readme_says():
 def test_the_report_route_on_a_server_that_records_nothing(tiny_segmenter, uploads, tmp_path):
     from fastapi.testclient import TestClient
 
-    from openseg_r.web.server import create_app
+    from openseg_r.tools.web.server import create_app
 
     web = make_web(OpenSegR(segmenter=tiny_segmenter, lmm="none"), tmp_path / "downloads")
     with TestClient(create_app(web)) as client:
@@ -758,15 +758,15 @@ def test_serve_web_stops_on_sigterm_with_0_and_one_line(tiny_model_files, upload
     import urllib.request
 
     from openseg_r.cli.main import main
-    from openseg_r.tools import mcp_server
-    from openseg_r.web.server import GRADIO_QUIET
+    from openseg_r.tools import lifecycle
+    from openseg_r.tools.web.server import GRADIO_QUIET
 
     for name in GRADIO_QUIET:
         monkeypatch.setenv(name, "False" if "GRADIO" in name else "1")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the downloads folder
     exits, exited = [], threading.Event()
-    monkeypatch.setattr(mcp_server, "EXIT_GRACE_S", 0.1)
-    monkeypatch.setattr(mcp_server.os, "_exit", lambda code: (exits.append(code), exited.set()))
+    monkeypatch.setattr(lifecycle, "EXIT_GRACE_S", 0.1)
+    monkeypatch.setattr(lifecycle.os, "_exit", lambda code: (exits.append(code), exited.set()))
     port, served = free_port(), []
 
     downloads = []

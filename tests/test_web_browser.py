@@ -186,7 +186,7 @@ def test_upload_name_classes_and_watch_every_node(page):
 
 
 def test_human_self_check_answered_by_clicking_matches_answer(page, server, tiny_model_files):
-    from openseg_r.facade import OpenSegR
+    from openseg_r.model import OpenSegR
 
     classes = "person, chair, sofa, bottle"
     page.upload(PHOTO)

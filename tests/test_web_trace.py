@@ -1,4 +1,4 @@
-"""The web app's live trace panel and result legend (openseg_r.web.trace), fed the events of real runs
+"""The web app's live trace panel and result legend (openseg_r.tools.web.trace), fed the events of real runs
 of the graph (tiny random CLIP, scripted LMM) and, for the in-between states, events written by hand."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from openseg_r import OpenSegR
+from openseg_r._support.render import class_colors, format_share
 from openseg_r.lmm import ScriptedLMM
-from openseg_r.render import class_colors, format_share
 from openseg_r.runs.events import to_json
-from openseg_r.web.trace import MAX_SHOWN_ITEMS, MAX_TIMELINE, TRACE_CSS, LiveTrace, result_html
+from openseg_r.tools.web.trace import MAX_SHOWN_ITEMS, MAX_TIMELINE, TRACE_CSS, LiveTrace, result_html
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "voc_reasoning.json"
 VOCABULARY = "person, chair, diningtable, bottle"

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from openseg_r.errors import WeightsError
-from openseg_r.segment.loading import load_clip
+from openseg_r.segmenters.dense_clip.loading import load_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "examples" / "voc.jpg")
@@ -241,7 +241,7 @@ def test_the_cli_and_the_loader_agree_on_what_names_a_file():
     """The CLI checks a --clip-pretrained file before importing the loader: the same suffixes."""
     import importlib
 
-    from openseg_r.segment import loading
+    from openseg_r.segmenters.dense_clip import loading
 
     cli_main = importlib.import_module("openseg_r.cli.main")  # the module; openseg_r.cli.main is also its function
 

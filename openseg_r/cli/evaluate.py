@@ -62,10 +62,10 @@ def add_parsers(commands) -> None:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
+    from openseg_r.config.settings import Settings
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.runner import parse_shard, run_eval
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
-    from openseg_r.state import Settings
 
     dataset = get_dataset(args.dataset)
     concurrency = concurrency_option(args)
@@ -90,12 +90,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
     else:
         shard = parse_shard(args.shard)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
-    from openseg_r.files import check_output_folder
+    from openseg_r._support.files import check_output_folder
 
     check_output_folder(out)  # and so does an --out that cannot be written
     if engine:
         return _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, concurrency, engine)
-    from openseg_r.facade import OpenSegR
+    from openseg_r.model import OpenSegR
 
     model = OpenSegR.from_options(options, settings=settings)
     run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation, limit=args.limit,
@@ -122,7 +122,7 @@ def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, c
 
 def dataset_protocol(dataset: str, choice: str | None):
     """--protocol: auto (the default) is the dataset's published protocol, when it has one."""
-    from openseg_r.presets import NONE, PROTOCOLS, protocol_for
+    from openseg_r.config.presets import NONE, PROTOCOLS, protocol_for
 
     choice = (choice or "auto").strip().lower()
     if choice == "auto":

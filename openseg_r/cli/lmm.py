@@ -30,8 +30,8 @@ def add_parsers(commands) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Print the report; exit 0 when the backend is usable, else 4 with the reason on one line."""
+    from openseg_r.config.settings import LMMOptions
     from openseg_r.lmm.spec import backend_from_spec, configured_options, configured_spec
-    from openseg_r.state import LMMOptions
     from openseg_r.tools.lmm_check import check_backend
 
     spec = configured_spec(args.spec)

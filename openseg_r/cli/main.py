@@ -18,7 +18,7 @@ import traceback
 
 from openseg_r.cli import evaluate, lmm, reason, runs, segment, serve
 from openseg_r.cli.options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_REASONING, EXIT_USAGE, Parser
-from openseg_r.options import RANDOM_WEIGHTS
+from openseg_r.config.options import RANDOM_WEIGHTS
 
 # What loading.looks_like_path calls a file; importing loading would import torch and open_clip.
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -164,7 +164,7 @@ def _interrupt_stops_requests() -> None:
     server that drips its reply), then KeyboardInterrupt unwinds the main thread as usual."""
     import signal
 
-    from openseg_r.cancel import stop_process
+    from openseg_r._support.cancel import stop_process
 
     def interrupted(number, frame):
         stop_process("interrupted")

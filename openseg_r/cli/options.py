@@ -2,8 +2,8 @@
 way their values become :class:`ModelOptions` and :class:`Settings`.
 
 Every option defaults to None, meaning "not given": the defaults live in
-:class:`~openseg_r.options.ModelOptions`, :class:`~openseg_r.options.SegmenterConfig`
-and :class:`~openseg_r.state.Settings`, and help texts read them from there. Only
+:class:`~openseg_r.config.options.ModelOptions`, :class:`~openseg_r.config.options.SegmenterConfig`
+and :class:`~openseg_r.config.settings.Settings`, and help texts read them from there. Only
 pydantic and the standard library are imported here, so ``--help`` stays fast.
 """
 
@@ -14,7 +14,7 @@ import typing
 
 from pydantic import BaseModel
 
-from openseg_r.options import (
+from openseg_r.config.options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CPUS_PER_ACTOR,
     ModelOptions,
@@ -22,7 +22,7 @@ from openseg_r.options import (
     checked_cpus_per_actor,
     field_default,
 )
-from openseg_r.state import LMMOptions, SelfCheckSettings, Settings, merged_settings
+from openseg_r.config.settings import LMMOptions, SelfCheckSettings, Settings, merged_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_SOME_FAILED = 3  # segment on many images: at least one image failed (listed in index.jsonl)
@@ -232,7 +232,7 @@ def engine_values(args: argparse.Namespace) -> dict:
 
 def concurrency_option(args: argparse.Namespace) -> int:
     """--concurrency, checked: a positive number of images in flight."""
-    from openseg_r.stages import checked_concurrency
+    from openseg_r.nodes.stages import checked_concurrency
 
     value = getattr(args, "concurrency", None)
     return checked_concurrency(DEFAULT_CONCURRENCY if value is None else value, "--concurrency")
@@ -241,8 +241,8 @@ def concurrency_option(args: argparse.Namespace) -> int:
 def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--protocol", default=None,
                         help="the settings behind a published table: a benchmark name (voc21, pc60, ade150, ...; "
-                             "see openseg_r.presets), auto (the dataset's, for eval) or none; single options given "
-                             f"here override single fields (default: {default})")
+                             "see openseg_r.config.presets), auto (the dataset's, for eval) or none; single "
+                             f"options given here override single fields (default: {default})")
 
 
 SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
@@ -416,7 +416,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
 
 def options_and_settings(args: argparse.Namespace, protocol, base: Settings, **overrides) -> tuple:
     """(ModelOptions, Settings) in layers: the models' defaults, then the protocol (a
-    :class:`~openseg_r.presets.Protocol` or None), then each option given on the command line."""
+    :class:`~openseg_r.config.presets.Protocol` or None), then each option given on the command line."""
     values = model_option_values(args) | overrides
     segmenter = values.pop("segmenter")
     options = ModelOptions.build(**values)

@@ -42,15 +42,15 @@ def _backend(args: argparse.Namespace):
 
 def _lmm_options(args: argparse.Namespace):
     """--lmm-option over the config file's [lmm] table."""
+    from openseg_r.config.settings import LMMOptions
     from openseg_r.lmm.spec import configured_options
-    from openseg_r.state import LMMOptions
 
     return configured_options(LMMOptions.from_pairs(getattr(args, "lmm_option", None) or []))
 
 
 def _cache_file(args: argparse.Namespace):
     """The SQLite cache that --cache names (the user cache by default), by the same rule as every model."""
-    from openseg_r.cache import SQLiteReasoningCache, open_reasoning_cache
+    from openseg_r._support.cache import SQLiteReasoningCache, open_reasoning_cache
     from openseg_r.cli.options import model_options
     from openseg_r.errors import ConfigError
 
@@ -64,7 +64,7 @@ def run_generic(args: argparse.Namespace) -> int:
     """Ask about every class not yet cached, a few at a time; an interrupted run resumes."""
     from tqdm import tqdm
 
-    from openseg_r.context import OpenSegContext
+    from openseg_r.nodes.context import OpenSegContext
     from openseg_r.nodes.generic_reasoning import reason_generic_ahead
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
@@ -130,7 +130,7 @@ def model_label(identity: str) -> str:
 def run_import(args: argparse.Namespace) -> int:
     from openseg_r.lmm.upstream import load_generic_file
     from openseg_r.nodes.generic_reasoning import generic_cache_key
-    from openseg_r.state import ClassReasoning
+    from openseg_r.schemas import ClassReasoning
 
     lmm = _backend(args)
     cache = _cache_file(args)

@@ -157,7 +157,7 @@ def _replay(db, args) -> int:
     db.require_image(record)  # before loading any model
     out = args.out or (record.output if args.action == "resume" else None)  # a resumed run writes where it did
     if out:
-        from openseg_r.files import check_output_folder
+        from openseg_r._support.files import check_output_folder
 
         check_output_folder(out)
     model = _model_for(record, args, db)
@@ -178,8 +178,8 @@ def _replay(db, args) -> int:
 
 def _model_for(record, args, db):
     """The model recorded with the run (its ModelOptions), with the options given here on top."""
-    from openseg_r.facade import OpenSegR
-    from openseg_r.options import ModelOptions
+    from openseg_r.config.options import ModelOptions
+    from openseg_r.model import OpenSegR
 
     options = ModelOptions.from_recorded(record.options).with_overrides(**model_option_values(args))
     return OpenSegR.from_options(options.model_copy(update={"redact": bool(record.redact)}), runs_db=db)
@@ -207,7 +207,7 @@ def _settings_overrides(items: list[str]) -> dict:
 
 
 def _report(db, args) -> int:
-    from openseg_r.files import write_atomically
+    from openseg_r._support.files import write_atomically
     from openseg_r.runs.inspect import load_run
     from openseg_r.runs.report import render_report
 

@@ -75,12 +75,12 @@ def run_vocabularies(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from openseg_r._support.images import load_image
     from openseg_r.cli.inputs import expand_inputs
+    from openseg_r.config.presets import NONE, protocol_for
+    from openseg_r.config.settings import Settings
     from openseg_r.errors import ConfigError
-    from openseg_r.images import load_image
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
-    from openseg_r.presets import NONE, protocol_for
-    from openseg_r.state import Settings
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     # Cheap checks first, so bad input fails before any model loads; the image is decoded once.
@@ -95,7 +95,7 @@ def run_segment(args: argparse.Namespace) -> int:
     engine = engine_values(args)
     inputs = expand_inputs(args.image, exclude=args.out)
     if args.out:
-        from openseg_r.files import check_output_folder
+        from openseg_r._support.files import check_output_folder
 
         check_output_folder(args.out)
     plan = None
@@ -127,7 +127,7 @@ def run_segment(args: argparse.Namespace) -> int:
         return EXIT_OK
     if engine:
         return _segment_many_on_ray(plan, vocabulary, options, settings, concurrency, engine)
-    from openseg_r.facade import OpenSegR  # imports torch: only once the input has been checked
+    from openseg_r.model import OpenSegR  # imports torch: only once the input has been checked
 
     model = OpenSegR.from_options(options, settings=settings)
     show_progress = bool(args.progress or sys.stderr.isatty())
@@ -211,8 +211,8 @@ FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batc
 
 def _run_record(vocabulary, settings, options) -> dict:
     """What the images of one --out are segmented with: all of it must match on --resume."""
-    from openseg_r.options import SPEED_ONLY_FIELDS
-    from openseg_r.state import POLICY_ONLY_SETTINGS
+    from openseg_r.config.settings import POLICY_ONLY_SETTINGS
+    from openseg_r.segmenters.dense_clip.options import SPEED_ONLY_FIELDS
 
     model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
     model["segmenter"] = {k: v for k, v in model["segmenter"].items() if k not in SPEED_ONLY_FIELDS}
@@ -313,7 +313,7 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
 
     from tqdm import tqdm
 
-    from openseg_r.render import format_share
+    from openseg_r._support.render import format_share
 
     index = _Index(plan.out / INDEX_NAME)
     counts = {"ok": 0, "failed": 0}
@@ -396,8 +396,8 @@ def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progres
 def _segment_many_on_ray(plan: _Plan, vocabulary, options, settings, concurrency: int, engine: dict) -> int:
     """--engine ray: the actors segment --concurrency images per batch and send back each
     image's files; this process writes the folders and index.jsonl as for a local run."""
+    from openseg_r._support.files import write_atomically
     from openseg_r.distributed import segment_files_on_ray
-    from openseg_r.files import write_atomically
 
     index = _Index(plan.out / INDEX_NAME)
     folders = dict(plan.todo)

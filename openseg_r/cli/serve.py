@@ -83,8 +83,8 @@ def run_serve_web(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    from openseg_r.config.settings import Settings
     from openseg_r.errors import ConfigError
-    from openseg_r.state import Settings
 
     try:
         import gradio  # noqa: F401 (the extra is checked before the model loads)
@@ -94,24 +94,24 @@ def run_serve_web(args: argparse.Namespace) -> int:
     limits = safety_limits(args)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
-    from openseg_r.web.server import listen
+    from openseg_r.tools.web.server import listen
 
     listening = listen(args.host, args.port)  # a port in use fails before the model loads
     try:
         runs_db = runs_db_option(args)
         options, settings = options_and_settings(args, None, Settings(), runs_db=runs_db, redact=args.redact,
                                                  max_pixels=limits.max_pixels)
-        from openseg_r.facade import OpenSegR
+        from openseg_r.model import OpenSegR
         from openseg_r.tools.service import SegmentationService
-        from openseg_r.web.app import WebApp
-        from openseg_r.web.backends import BackendChoices
+        from openseg_r.tools.web.app import WebApp
+        from openseg_r.tools.web.backends import BackendChoices
 
         model = OpenSegR.from_options(options, settings=settings)
         service = SegmentationService(model, limits)
         backends = BackendChoices(model, args.lmm_choices, allow_any=bool(args.allow_any_lmm))
         with tempfile.TemporaryDirectory(prefix="openseg-r-web-") as downloads:
             web = WebApp(service, backends, Path(downloads))
-            from openseg_r.web.server import serve_web
+            from openseg_r.tools.web.server import serve_web
 
             def ready() -> None:
                 print(f"openseg-r web page ready on http://{args.host}:{args.port}/ (model loaded in "
@@ -145,7 +145,7 @@ def safety_limits(args: argparse.Namespace):
 
 def build_service(args: argparse.Namespace, limits):
     """The model, loaded once, behind the safety limits (whose pixel cap it takes)."""
-    from openseg_r.facade import OpenSegR
+    from openseg_r.model import OpenSegR
     from openseg_r.tools.service import SegmentationService
 
     model = OpenSegR.from_options(model_options(args, max_pixels=limits.max_pixels))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from openseg_r.render import format_share
+from openseg_r._support.render import format_share
 
 MAX_FALLBACK_LINES = 5
 

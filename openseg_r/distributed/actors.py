@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from openseg_r.cache import MemoryReasoningCache
+from openseg_r._support.cache import MemoryReasoningCache
 
 
 class RecordingReasoningCache(MemoryReasoningCache):
@@ -46,9 +46,9 @@ def build_model(options: dict, settings: dict | None, generic: list[dict] | None
         import torch
 
         torch.set_num_threads(threads)
-    from openseg_r.facade import OpenSegR
-    from openseg_r.options import ModelOptions
-    from openseg_r.state import Settings
+    from openseg_r.config.options import ModelOptions
+    from openseg_r.config.settings import Settings
+    from openseg_r.model import OpenSegR
 
     overrides = {"reasoning_cache": None, "runs_db": None}
     if lmm_concurrency is not None:
@@ -84,7 +84,7 @@ class EvalActor:
                  threads: int | None = None, ledger=None) -> None:
         from openseg_r.distributed.ledger import LedgerClient
         from openseg_r.evals.datasets import get_dataset
-        from openseg_r.state import Vocabulary
+        from openseg_r.schemas import Vocabulary
 
         self.ledger = LedgerClient(ledger)
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
@@ -142,7 +142,7 @@ class SegmentActor:
     def __init__(self, options: dict, settings: dict | None, vocabulary: dict, generic: list[dict] | None = None,
                  lmm_concurrency: int | None = None, masks: str = "rle", files: bool = False,
                  threads: int | None = None) -> None:
-        from openseg_r.state import Vocabulary
+        from openseg_r.schemas import Vocabulary
 
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.vocabulary = Vocabulary.model_validate(vocabulary)

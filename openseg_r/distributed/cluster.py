@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from openseg_r.config.options import DEFAULT_CPUS_PER_ACTOR, checked_cpus_per_actor  # noqa: F401 (for the engines)
 from openseg_r.errors import ConfigError
-from openseg_r.options import DEFAULT_CPUS_PER_ACTOR, checked_cpus_per_actor  # noqa: F401 (for the engines)
 
 INSTALL_HINT = "Ray is not installed: pip install 'openseg-r[ray]'"
 # Passed on to the actors' processes, so a worker reads the same offline flags, config and caches.

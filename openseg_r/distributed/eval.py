@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from openseg_r.config.options import ModelOptions
 from openseg_r.distributed.actors import EvalActor
 from openseg_r.distributed.cluster import (
     DEFAULT_CPUS_PER_ACTOR,
@@ -37,7 +38,6 @@ from openseg_r.evals.runner import (
     torch_numerics,
     write_reports,
 )
-from openseg_r.options import ModelOptions
 
 FAILED_FILE = "failed.jsonl"
 
@@ -54,7 +54,7 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
     once in an actor) and ``lmm_concurrency`` LMM calls in flight per actor. Writes the
     same folder as :func:`openseg_r.evals.runner.run_eval`, plus failed.jsonl. Image
     reasoning is merged into ``reasoning_cache`` (default: the options' cache)."""
-    from openseg_r.facade import OpenSegR
+    from openseg_r.model import OpenSegR
     from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
 
     _check_counts(actors, gpus_per_actor, batch_size)
@@ -67,7 +67,7 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
     # The driver's model describes the run and reasons; its CLIP stays on the CPU (actors segment).
     model = OpenSegR.from_options(options.with_overrides(device="cpu"), settings=settings)
     if reasoning_cache is not None:
-        from openseg_r.cache import open_reasoning_cache
+        from openseg_r._support.cache import open_reasoning_cache
 
         model.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=True)
     setting_list = eval_settings(model, ablation)

@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Iterator
 
+from openseg_r.config.options import ModelOptions
 from openseg_r.distributed.actors import SegmentActor
 from openseg_r.distributed.cluster import (
     DEFAULT_CPUS_PER_ACTOR,
@@ -16,7 +17,6 @@ from openseg_r.distributed.cluster import (
     require_ray,
 )
 from openseg_r.errors import ConfigError
-from openseg_r.options import ModelOptions
 
 
 def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, actors: int = 2,
@@ -69,9 +69,9 @@ def _prepare(vocabulary, options: ModelOptions, settings):
     """The vocabulary, the settings as a dict, and the generic reasoning the actors start with
     (computed here, with the options' LMM and cache, when the settings use reasoning)."""
     from openseg_r.errors import ReasoningUnavailableError
-    from openseg_r.facade import OpenSegR
+    from openseg_r.model import OpenSegR
     from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
-    from openseg_r.state import Vocabulary
+    from openseg_r.schemas import Vocabulary
     from openseg_r.vocab import parse_class_list
 
     if isinstance(vocabulary, str):

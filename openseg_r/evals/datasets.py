@@ -17,7 +17,7 @@ from PIL import Image
 
 from openseg_r.errors import OpenSegRError
 from openseg_r.evals.metrics import reduce_zero_label
-from openseg_r.state import Vocabulary
+from openseg_r.schemas import Vocabulary
 from openseg_r.vocab import load_builtin, load_vocabulary_file
 
 IGNORE = 255

@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openseg_r._support.files import write_atomically
+from openseg_r._support.images import load_image
 from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetError, DatasetSpec, Sample, select
 from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
-from openseg_r.files import write_atomically
-from openseg_r.images import load_image
-from openseg_r.options import SPEED_ONLY_FIELDS
-from openseg_r.stages import ReasoningSlots
+from openseg_r.nodes.stages import ReasoningSlots
+from openseg_r.segmenters.dense_clip.options import SPEED_ONLY_FIELDS
 
 ABLATION: list[tuple[str, dict]] = [
     ("bare names", {"reasoning": False}),

@@ -25,7 +25,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from pydantic import BaseModel
 
-from openseg_r.context import OpenSegContext
+from openseg_r.graph.state import OpenSegState
 from openseg_r.nodes import (
     ApplyDecisionsInput,
     CheckRegionInput,
@@ -46,7 +46,8 @@ from openseg_r.nodes import (
     prompt_composition,
     segmentation,
 )
-from openseg_r.state import NodeTiming, OpenSegState
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import NodeTiming
 
 NODES: list[tuple[str, Callable, type[BaseModel]]] = [
     ("generic_reasoning", generic_reasoning, GenericReasoningInput),

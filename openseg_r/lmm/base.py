@@ -23,7 +23,8 @@ from typing import Generic, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from openseg_r.cancel import Cancelled
+from openseg_r._support.cancel import Cancelled
+from openseg_r.config.settings import LMMOptions
 from openseg_r.lmm.health import (
     BackendHealth,
     RequestUnsupported,
@@ -32,7 +33,7 @@ from openseg_r.lmm.health import (
     unavailable_message,
 )
 from openseg_r.lmm.parsing import StructuredOutputError, parse_structured
-from openseg_r.state import LMMCall, LMMOptions, Usage
+from openseg_r.schemas import LMMCall, Usage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -101,7 +102,7 @@ class BaseLMMBackend(ABC):
         return None
 
     def apply_options(self, options: LMMOptions) -> None:
-        """Take the options that were set (see :class:`~openseg_r.state.LMMOptions`); this
+        """Take the options that were set (see :class:`~openseg_r.config.settings.LMMOptions`); this
         base takes ``max_attempts``, backends that call a model take the rest."""
         if options.max_attempts is not None:
             self.max_attempts = options.max_attempts

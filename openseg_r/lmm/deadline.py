@@ -5,7 +5,8 @@ server that sends one byte a second keeps a request open for as long as it likes
 thread blocked in that read cannot be interrupted. So a request runs on a daemon thread of
 its own, and the caller waits for it, for at most the time left, while watching two
 cancel tokens: the work's own (a server's time limit, ``stop()``, SIGTERM to a server) and
-the process's (:func:`openseg_r.cancel.process_token`, set by the command line on Ctrl-C). Whichever comes first, the
+the process's (:func:`openseg_r._support.cancel.process_token`, set by the command line on
+Ctrl-C). Whichever comes first, the
 caller leaves at once; the abandoned request ends on its own, and being a daemon thread
 it never keeps the process alive.
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from openseg_r.cancel import current_token, process_token
+from openseg_r._support.cancel import current_token, process_token
 
 R = TypeVar("R")
 
@@ -45,7 +46,7 @@ class Deadline:
 
 def run_abandonable(work: Callable[[], R], timeout: float | None, name: str = "openseg-r LMM request") -> R:
     """``work()`` on a daemon thread, its result or exception here; :class:`RequestTimedOut`
-    after ``timeout`` seconds, :class:`~openseg_r.cancel.Cancelled` as soon as the work's or
+    after ``timeout`` seconds, :class:`~openseg_r._support.cancel.Cancelled` as soon as the work's or
     the process's token is set."""
     for token in _tokens():
         token.check()
@@ -68,7 +69,7 @@ def run_abandonable(work: Callable[[], R], timeout: float | None, name: str = "o
 
 
 def sleep_unless_cancelled(seconds: float) -> None:
-    """``time.sleep``, cut short (with :class:`~openseg_r.cancel.Cancelled`) by either token."""
+    """``time.sleep``, cut short (with :class:`~openseg_r._support.cancel.Cancelled`) by either token."""
     _wait_unless_cancelled(threading.Event(), seconds)
 
 

@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from openseg_r.state import Fallback
+from openseg_r.schemas import Fallback
 
 NOT_ASKED = "no further LMM call in this run: bare class names, no image reasoning, no self-check answers"
 

@@ -20,10 +20,11 @@ from threading import Lock
 
 from PIL import Image
 
+from openseg_r.config.settings import LMMOptions
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
 from openseg_r.lmm.health import RequestUnsupported
-from openseg_r.state import LMMOptions, Usage
+from openseg_r.schemas import Usage
 
 
 class HuggingFaceLMM(BaseLMMBackend):

@@ -27,10 +27,11 @@ from threading import Lock
 import numpy as np
 from PIL import Image
 
+from openseg_r.config.settings import LMMOptions
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, reask_text
 from openseg_r.lmm.deadline import Deadline, RequestTimedOut, run_abandonable, sleep_unless_cancelled
 from openseg_r.lmm.health import BackendUnavailable, unavailable_cause
-from openseg_r.state import LMMOptions, Usage
+from openseg_r.schemas import Usage
 
 DEFAULT_API_KEY_ENVS = ("OPENSEG_R_API_KEY", "OPENAI_API_KEY")
 OLLAMA_URL = "http://127.0.0.1:11434/v1"

@@ -15,7 +15,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from openseg_r.lmm.upstream import parse_free_text
-from openseg_r.state import ClassReasoning
+from openseg_r.schemas import ClassReasoning
 
 T = TypeVar("T", bound=BaseModel)
 

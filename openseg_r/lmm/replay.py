@@ -19,10 +19,11 @@ from threading import Lock
 
 import numpy as np
 
+from openseg_r.config.settings import LMMOptions
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest
 from openseg_r.lmm.upstream import load_generic_file, load_image_file
-from openseg_r.state import LMMOptions, Usage
+from openseg_r.schemas import Usage
 
 
 def fingerprint(request: LMMRequest, feedback: str | None) -> str:

@@ -25,7 +25,7 @@ from threading import Lock
 
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest
-from openseg_r.state import Usage
+from openseg_r.schemas import Usage
 
 SUBJECT_KEYED_STEPS = {"generic_reasoning"}
 

@@ -20,7 +20,7 @@ argument; the ``OPENSEG_R_LMM`` environment variable; ``lmm = "..."`` in the con
 file (``$OPENSEG_R_CONFIG``, else ``~/.config/openseg-r/config.toml``), or ``spec`` in
 its ``[lmm]`` table; ``none``.
 
-How the backend is called (:class:`~openseg_r.state.LMMOptions`: ``max_tokens``,
+How the backend is called (:class:`~openseg_r.config.settings.LMMOptions`: ``max_tokens``,
 ``timeout``, ``temperature``, ``max_attempts``, ``concurrency``) comes from the config
 file's ``[lmm]`` table, with ``--lmm-option key=value`` or ``lmm_options=`` over it key
 by key::
@@ -37,9 +37,9 @@ import os
 import tomllib
 from pathlib import Path
 
+from openseg_r.config.settings import LMMOptions
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, NoLMM
-from openseg_r.state import LMMOptions
 
 KINDS = ("none", "scripted", "replay", "openai", "ollama", "hf")
 SPEC_KEY = "spec"  # the spec's key inside the config file's [lmm] table
@@ -103,7 +103,7 @@ def names_an_lmm(spec: str | None) -> bool:
 def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None,
                       options: LMMOptions | dict | None = None) -> BaseLMMBackend:
     """Build the backend; with ``record``, every call is appended to that JSONL file.
-    ``options`` (:class:`~openseg_r.state.LMMOptions` or a dict of them) set how it is
+    ``options`` (:class:`~openseg_r.config.settings.LMMOptions` or a dict of them) set how it is
     called; a backend object given as ``spec`` takes them too."""
     options = LMMOptions.parse(options)
     backend = spec if isinstance(spec, BaseLMMBackend) else _build(spec)

@@ -3,7 +3,7 @@
 1. exact match against any synonym; 2. match after normalisation (case,
 punctuation, whitespace, simple plurals); 3. nearest text embedding above
 ``settings.align_threshold``; 4. otherwise the name is dropped. Every decision
-is recorded. The matching itself is :class:`openseg_r.matching.NameMatcher`.
+is recorded. The matching itself is :class:`openseg_r.nodes.matching.NameMatcher`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.context import OpenSegContext
-from openseg_r.matching import NameMatcher
-from openseg_r.state import ClassAlignment, Fallback, ImageReasoning, Settings, Vocabulary
+from openseg_r.config.settings import Settings
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.nodes.matching import NameMatcher
+from openseg_r.schemas import ClassAlignment, Fallback, ImageReasoning, Vocabulary
 
 STEP = "class_alignment"
 

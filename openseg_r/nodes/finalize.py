@@ -6,8 +6,8 @@ import numpy as np
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
-from openseg_r.context import OpenSegContext
-from openseg_r.state import (
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import (
     ClassSummary,
     SegmentationOutput,
     SegmentationReport,

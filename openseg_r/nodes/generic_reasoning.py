@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.context import OpenSegContext
+from openseg_r.config.settings import Settings
 from openseg_r.lmm.base import LMMRequest, ask_in_run
 from openseg_r.lmm.health import unavailable_fallback
+from openseg_r.nodes.context import OpenSegContext
 from openseg_r.prompts.reasoning import GENERIC_REASONING
-from openseg_r.state import ClassReasoning, Fallback, LMMCall, Settings, Vocabulary, dropped_attribute_fallbacks
+from openseg_r.schemas import ClassReasoning, Fallback, LMMCall, Vocabulary, dropped_attribute_fallbacks
 
 STEP = "generic_reasoning"
 

@@ -16,10 +16,11 @@ import json
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.context import OpenSegContext
+from openseg_r.config.settings import Settings
 from openseg_r.lmm.base import LMMRequest, ask_in_run
 from openseg_r.lmm.health import unavailable_fallback
-from openseg_r.matching import NameMatcher, normalise_name
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.nodes.matching import NameMatcher, normalise_name
 from openseg_r.prompts.reasoning import (
     CANDIDATE_REASONING,
     CANDIDATE_SEARCH,
@@ -28,7 +29,7 @@ from openseg_r.prompts.reasoning import (
     class_list_text,
     quoted,
 )
-from openseg_r.state import (
+from openseg_r.schemas import (
     CandidateReasons,
     CandidateSearch,
     ClassReasoning,
@@ -37,7 +38,6 @@ from openseg_r.state import (
     ImageReasoning,
     ImageRef,
     LMMCall,
-    Settings,
     Vocabulary,
     dropped_attribute_fallbacks,
 )

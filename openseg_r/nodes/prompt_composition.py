@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from openseg_r.state import ClassAlignment, ClassPrompts, ClassReasoning, PromptSet, Settings, Vocabulary
+from openseg_r.config.settings import Settings
+from openseg_r.schemas import ClassAlignment, ClassPrompts, ClassReasoning, PromptSet, Vocabulary
 
 
 class PromptCompositionInput(BaseModel):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field
 
-from openseg_r.context import OpenSegContext
-from openseg_r.segmenter_io import ClassFilter
-from openseg_r.state import ClassAlignment, ImageRef, PromptSet, SegmentationOutput, Settings, Vocabulary
+from openseg_r.config.settings import Settings
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.schemas import ClassAlignment, ImageRef, PromptSet, SegmentationOutput, Vocabulary
+from openseg_r.segmenters.base import ClassFilter
 
 
 class SegmentationInput(BaseModel):

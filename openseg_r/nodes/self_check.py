@@ -22,12 +22,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, ValidationError
 
-from openseg_r.context import OpenSegContext
+from openseg_r._support.store import ArtifactStore
+from openseg_r.config.settings import Settings
 from openseg_r.lmm.base import LMMRequest, ask_in_run
 from openseg_r.lmm.health import unavailable_fallback
-from openseg_r.matching import NameMatcher, normalise_name
-from openseg_r.prompts.reasoning import CROP_AND_CONTEXT_NOTE, CROP_NOTE, SELF_CHECK, class_list_text, quoted
-from openseg_r.regions import (
+from openseg_r.nodes.context import OpenSegContext
+from openseg_r.nodes.matching import NameMatcher, normalise_name
+from openseg_r.nodes.regions import (
     context_image,
     crop_box,
     full_mask,
@@ -36,11 +37,11 @@ from openseg_r.regions import (
     relabel,
     reweight,
 )
-from openseg_r.regions import (
+from openseg_r.nodes.regions import (
     find_ambiguous_regions as find_regions,
 )
-from openseg_r.segmenter_io import SegmentationArrays
-from openseg_r.state import (
+from openseg_r.prompts.reasoning import CROP_AND_CONTEXT_NOTE, CROP_NOTE, SELF_CHECK, class_list_text, quoted
+from openseg_r.schemas import (
     AmbiguousRegion,
     ClassAlignment,
     ClassReasoning,
@@ -54,11 +55,10 @@ from openseg_r.state import (
     SegmentationOutput,
     SelfCheckRound,
     SelfCheckState,
-    Settings,
     Vocabulary,
     VocabularyClass,
 )
-from openseg_r.store import ArtifactStore
+from openseg_r.segmenters.base import SegmentationArrays
 
 STEP = "self_check"
 NONE_OF_THESE = "none of these"

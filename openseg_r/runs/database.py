@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from openseg_r._support.sqlite_files import check_own_tables, check_sqlite_path
 from openseg_r.errors import ConfigError
 from openseg_r.runs.files import FileArtifactStore
 from openseg_r.runs.owner import HEARTBEAT_SECONDS, owner_is_gone, this_process
-from openseg_r.sqlite_files import check_own_tables, check_sqlite_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS openseg_runs (

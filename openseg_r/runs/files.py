@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from openseg_r.files import write_atomically
-from openseg_r.store import ArtifactStore
+from openseg_r._support.files import write_atomically
+from openseg_r._support.store import ArtifactStore
 
 
 class MissingArtifactError(KeyError):

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from openseg_r.graph.state import OpenSegState
 from openseg_r.runs.database import RunRecord, RunsDB
 from openseg_r.runs.events import to_json
 from openseg_r.runs.files import FileArtifactStore, MissingArtifactError
-from openseg_r.state import OpenSegState
 
 
 @dataclass

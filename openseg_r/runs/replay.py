@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from openseg_r.graph.state import OpenSegState
 from openseg_r.runs.database import RunRecord, RunsDBError
-from openseg_r.state import OpenSegState
 
 # replay from -> (written as the output of, how to recognise the state before it)
 REPLAY_POINTS = {

@@ -16,9 +16,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from openseg_r.render import class_colors, format_share, overlay_image
+from openseg_r._support.render import class_colors, format_share, overlay_image
+from openseg_r.graph.state import OpenSegState
 from openseg_r.runs.inspect import RecordedRun
-from openseg_r.state import OpenSegState, region_order
+from openseg_r.schemas import region_order
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}

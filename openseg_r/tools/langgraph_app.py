@@ -6,7 +6,7 @@ same safety limits. The ``segment`` node runs the OpenSeg-R graph as a subgraph,
 Studio shows each of its steps; the output is the tools' structured result.
 
 The server process builds the model once, from the environment
-(:meth:`ModelOptions.from_environment <openseg_r.options.ModelOptions.from_environment>`:
+(:meth:`ModelOptions.from_environment <openseg_r.config.options.ModelOptions.from_environment>`:
 ``OPENSEG_R_CLIP_MODEL``, ``OPENSEG_R_CLIP_PRETRAINED`` (``none`` for random weights),
 ``OPENSEG_R_DEVICE``, ``OPENSEG_R_PRECISION``, ``OPENSEG_R_ATTENTION``, ``OPENSEG_R_CACHE``,
 ``OPENSEG_R_RUNS_DB``, ``OPENSEG_R_TEXT_CACHE``, ``OPENSEG_R_BATCH_SIZE``,
@@ -23,8 +23,8 @@ import functools
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
-from openseg_r.facade import OpenSegR
-from openseg_r.options import ModelOptions
+from openseg_r.config.options import ModelOptions
+from openseg_r.model import OpenSegR
 from openseg_r.tools.output import SegmentOutput
 from openseg_r.tools.safety import SafetyLimits, ToolInputError
 from openseg_r.tools.service import SegmentationService, SegmentRequest

@@ -21,7 +21,7 @@ import numpy as np
 from openseg_r.lmm.base import BaseLMMBackend, LMMRequest, NoLMM, backend_label
 from openseg_r.lmm.health import unavailable_message
 from openseg_r.prompts.reasoning import GENERIC_REASONING, IMAGE_REASONING_SINGLE, class_list_text
-from openseg_r.state import ClassReasoning, ImageReasoning
+from openseg_r.schemas import ClassReasoning, ImageReasoning
 
 GENERIC_STEP, IMAGE_STEP = "generic_reasoning", "image_reasoning"  # as a run names them (scripts, replays)
 

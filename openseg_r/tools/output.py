@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from openseg_r.render import format_share, label_image
+from openseg_r._support.render import format_share, label_image
 from openseg_r.result import SegmentationResult
 
 MaskFormat = Literal["rle", "png", "none"]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openseg_r.errors import ConfigError, OpenSegRError, clipped, describe_validation_error
-from openseg_r.state import Vocabulary
+from openseg_r.schemas import Vocabulary
 from openseg_r.vocab import BUILTIN_FILES, load_builtin, parse_class_list
 
 MAX_REDIRECTS = 3

@@ -20,13 +20,13 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from openseg_r.cancel import CancelToken, result_unless_cancelled
+from openseg_r._support.cancel import CancelToken, result_unless_cancelled
+from openseg_r._support.images import UNREADABLE, load_image
 from openseg_r.errors import ImageError, OpenSegRError
-from openseg_r.facade import OpenSegR
-from openseg_r.images import UNREADABLE, load_image
 from openseg_r.lmm.base import NoLMM
+from openseg_r.model import OpenSegR
 from openseg_r.prompts.templates import templates_for
-from openseg_r.state import Vocabulary
+from openseg_r.schemas import Vocabulary
 from openseg_r.tools.output import MaskFormat, SegmentOutput, build_output, overlay_png_base64
 from openseg_r.tools.safety import (
     SafetyLimits,

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from openseg_r.errors import VocabularyError
-from openseg_r.state import Vocabulary, VocabularyClass
+from openseg_r.schemas import Vocabulary, VocabularyClass
 
 MAX_CLASSES = 5000
 MAX_NAME_CHARS = 200

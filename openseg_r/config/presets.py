@@ -1,0 +1,97 @@
+"""Evaluation protocols: the settings behind a published table, per benchmark.
+
+NACLIP's published mIoU (ViT-B/16, OpenAI weights; ``test_all.sh reduced naclip 5 on``)
+comes from per-benchmark settings in its configs: the image's short side (336, 560 for
+Cityscapes; the long side at most 2048), the whole image for VOC20/VOC21 and 224/112
+windows elsewhere, a background threshold (``prob_thd``) of 0.1 for VOC21, PC60 and
+COCO-Object, its own class-name files (the built-in vocabularies are the same lists),
+the 80 ImageNet templates with the softmax over all names before the max over each
+class's names, and PAMR (10 iterations, dilations 8 and 16) on the logits.
+
+A :class:`Protocol` holds those as fields of :class:`SegmenterConfig` and
+:class:`Settings`, and pins fp32 on a CPU (where ``auto`` would pick bf16).
+``openseg-r eval --dataset X`` applies X's protocol by default
+(``--protocol none`` turns it off, single flags override single fields); ``segment
+--protocol X`` and :meth:`Protocol.apply` do the same for one image or from Python.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openseg_r.config.options import ModelOptions
+from openseg_r.config.settings import Settings, merged_settings
+from openseg_r.errors import ConfigError
+
+NACLIP_TEXT = {"templates": "imagenet", "score_order": "softmax_then_max", "logit_scale": 40.0}
+NACLIP_PAMR = {"pamr_steps": 10, "pamr_dilations": (8, 16)}
+NACLIP_WINDOWS = {"slide": True, "crop": 224, "stride": 112}
+
+
+class Protocol(BaseModel):
+    """Segmenter and scoring settings that reproduce a published evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: str = Field(description="where the settings come from")
+    vocabulary: str = Field(description="the built-in vocabulary with the benchmark's class names")
+    segmenter: dict = Field(default_factory=dict, description="SegmenterConfig fields")
+    settings: dict = Field(default_factory=dict, description="Settings fields")
+
+    def apply(self, options: ModelOptions, settings: Settings | None = None) -> tuple[ModelOptions, Settings]:
+        """``options`` with the protocol's segmenter fields, and ``settings`` (default: the
+        defaults) with its scoring fields; apply single-field overrides after this."""
+        applied = options.with_overrides(segmenter=self.segmenter)
+        if applied.precision == "auto" and _on_cpu(applied.device):  # the published numbers are fp32 there
+            applied = applied.with_overrides(precision="fp32")
+        return applied, merged_settings(settings or Settings(), self.settings)
+
+    def describe(self) -> dict:
+        """Every field the protocol sets, for reports."""
+        return {"name": self.name, "source": self.source, "vocabulary": self.vocabulary,
+                "segmenter": dict(self.segmenter), "settings": dict(self.settings)}
+
+
+def _on_cpu(device: str | None) -> bool:
+    if device is not None and device != "auto":
+        return str(device).startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _naclip(dataset: str, *, short_side: int = 336, whole_image: bool = False, background: float = 0.0) -> Protocol:
+    windows = {"slide": False} if whole_image else NACLIP_WINDOWS
+    return Protocol(
+        name=f"naclip-{dataset}",
+        source="NACLIP (WACV 2025) configs, test_all.sh reduced naclip 5 on",
+        vocabulary=dataset,
+        segmenter={"attention": "naclip", "gaussian_sigma": 5.0, "short_side": short_side, "max_long_side": 2048,
+                   **windows, **NACLIP_PAMR},
+        settings={**NACLIP_TEXT, "background_threshold": background},
+    )
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "voc21": _naclip("voc21", whole_image=True, background=0.1),
+    "voc20": _naclip("voc20", whole_image=True),
+    "pc60": _naclip("pc60", background=0.1),
+    "pc59": _naclip("pc59"),
+    "coco_object": _naclip("coco_object", background=0.1),
+    "coco_stuff171": _naclip("coco_stuff171"),
+    "ade150": _naclip("ade150"),
+    "cityscapes": _naclip("cityscapes", short_side=560),
+}
+NONE = "none"
+
+
+def protocol_for(name: str) -> Protocol | None:
+    """A benchmark's protocol by dataset name (``naclip-voc21`` works too); None for ``none``."""
+    key = name.strip().lower().replace("-", "_")
+    if key == NONE:
+        return None
+    key = key.removeprefix("naclip_")
+    if key not in PROTOCOLS:
+        raise ConfigError(f"no protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}, or none")
+    return PROTOCOLS[key]

@@ -1,0 +1,108 @@
+"""What a segmenter is asked and what it answers, as plain data (numpy, no torch).
+
+The segmentation node hands a segmenter a :class:`ClassFilter` and gets back
+:class:`SegmentationArrays`. Both live here, below the segmenters and the nodes, so
+that any segmenter (the dense-CLIP one, or a trained one later) and the self-check's
+array code share them without importing each other (docs/design.md §3.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from openseg_r.schemas import PromptSet
+
+FilterMode = Literal["hard", "zero", "soft", "none"]
+
+
+@dataclass
+class ClassFilter:
+    """Which classes image reasoning found, and how to treat the others.
+
+    ``hard`` (OpenSeg-R's rule): the softmax runs over the present classes (and ``keep``)
+    only; the others get 0. ``zero``: the softmax runs over every class, then the absent
+    ones are set to 0 without renormalising. ``soft``: absent classes' probabilities are
+    multiplied by ``soft_weight``. ``none``: no filtering."""
+
+    present: list[int] | None = None  # None: no filtering
+    mode: FilterMode = "hard"
+    soft_weight: float = 0.3  # soft: absent classes' probabilities are multiplied by this
+    keep: tuple[int, ...] = ()  # never filtered (the background class)
+
+    def suppressed(self, num_classes: int) -> list[int]:
+        """Indices of the classes this filter removes or down-weights."""
+        if self.present is None or self.mode == "none":
+            return []
+        kept = set(self.present) | set(self.keep)
+        return [c for c in range(num_classes) if c not in kept]
+
+
+@dataclass
+class SegmentationArrays:
+    """Per-pixel outputs at the input image's size."""
+
+    labels: np.ndarray  # (H, W) int32 index into the vocabulary; UNKNOWN_LABEL for "none of these"
+    confidence: np.ndarray  # (H, W) float32 probability of the chosen class
+    runner_up: np.ndarray  # (H, W) int32 second-best class, -1 when there is none
+    margin: np.ndarray  # (H, W) float32 top-1 minus top-2 probability (before the background threshold)
+    runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
+    suppressed: list[int] = field(default_factory=list)
+    background_pixels: int = 0
+
+
+@dataclass
+class SegmentJob:
+    """One image to segment, with everything :meth:`Segmenter.segment` takes: the unit of
+    ``segment_batch`` and of the micro-batcher's queue."""
+
+    rgb: np.ndarray  # uint8 (H, W, 3)
+    bank: Any  # the segmenter's query bank for this image's prompts
+    class_filter: ClassFilter | None = None
+    logit_scale: float = 40.0
+    background_index: int | None = None
+    background_threshold: float = 0.0
+    image_key: str | None = None  # content hash: the same image scored again may reuse work
+    cancel: Any = None  # the caller's CancelToken (openseg_r._support.cancel): once set, the image is dropped
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Scores every pixel of an image against composed prompts.
+
+    ``query_bank`` is the text side: it turns the prompts into whatever the image side
+    needs (embeddings, a classifier) and may cache by phrase. ``segment`` is the image
+    side: uint8 RGB (H, W, 3) in, :class:`SegmentationArrays` at the image's size out,
+    with ``class_filter`` applied (see :class:`ClassFilter`) and, when
+    ``background_index`` is set, pixels under ``background_threshold`` set to it.
+    ``image_key`` is the image's content hash: a segmenter may reuse work for the same
+    image scored again. ``describe`` says what the segmenter is (recorded with results).
+
+    A segmenter that also has ``embed_names(names) -> (N, D)`` normalised vectors gives
+    the class aligner its default embeddings (:class:`EmbedsNames`)."""
+
+    def query_bank(self, prompts: PromptSet) -> Any: ...
+
+    def segment(
+        self,
+        rgb: np.ndarray,
+        bank: Any,
+        *,
+        class_filter: ClassFilter | None = None,
+        logit_scale: float = 40.0,
+        background_index: int | None = None,
+        background_threshold: float = 0.0,
+        image_key: str | None = None,
+    ) -> SegmentationArrays: ...
+
+    def describe(self) -> dict: ...
+
+
+@runtime_checkable
+class EmbedsNames(Protocol):
+    """Optional: a segmenter whose text side can embed bare names for the class aligner."""
+
+    def embed_names(self, names: list[str]) -> Any: ...
