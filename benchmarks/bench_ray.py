@@ -183,7 +183,7 @@ def main() -> None:
 
         def on_ray(actors: int, cpus: int = 1):
             return lambda out: run_eval_on_ray(options, voc21, root, out, ablation=args.ablation, actors=actors,
-                                               batch_size=args.batch_size, cpus_per_actor=cpus)
+                                               images_per_task=args.batch_size, cpus_per_actor=cpus)
 
         threaded = f"ray, 1 actor x {args.threads} cpus"
         engines = {"local runner": local, "ray, 1 actor": on_ray(1), "ray, 2 actors": on_ray(2),
@@ -204,7 +204,7 @@ def main() -> None:
 
     print(f"images={images} (the mini benchmark's VOC photo + {args.images} {args.size}x{args.size} crops), "
           f"clip={args.clip} on the CPU, lmm=scripted (no latency), settings={'ablation (5)' if args.ablation else 1}, "
-          f"batch_size={args.batch_size} (local runner: concurrency {args.batch_size}), "
+          f"images_per_task={args.batch_size} (local runner: concurrency {args.batch_size}), "
           f"ray.init(num_cpus={args.cpus}) on {os.cpu_count()} cores, local runner {torch.get_num_threads()} "
           f"torch threads, actors 1 CPU (1 thread) unless named, repeats={args.repeats}")
     print(f"local Ray cluster started in {cluster_s:.1f} s (not counted below)")

@@ -11,6 +11,7 @@ and text embeddings and generic reasoning are reused between calls.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 import uuid
@@ -25,16 +26,9 @@ from PIL import Image
 from openseg_r._support.cache import open_reasoning_cache
 from openseg_r._support.cancel import CancelToken, cancellable
 from openseg_r._support.flights import SingleFlight
-from openseg_r._support.images import DEFAULT_MAX_PIXELS, load_image
+from openseg_r._support.images import load_image
 from openseg_r._support.store import ArtifactStore
-from openseg_r.config.options import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_LMM_CONCURRENCY,
-    ModelOptions,
-    SegmenterConfig,
-)
+from openseg_r.config.options import DEFAULT_CONCURRENCY, DEFAULT_LMM_CONCURRENCY, UNREGISTERED, ModelOptions
 from openseg_r.config.settings import LMMOptions, Settings, merged_settings
 from openseg_r.errors import ConfigError, OpenSegRError, ReasoningUnavailableError
 from openseg_r.graph import build_graph, recursion_limit
@@ -47,8 +41,9 @@ from openseg_r.nodes.context import LMMBackend, OpenSegContext, ReasoningCache
 from openseg_r.nodes.stages import ReasoningSlots
 from openseg_r.result import ImageOutcome, SegmentationResult
 from openseg_r.schemas import DROPPED_ATTRIBUTES_USED, ImageRef, Vocabulary, final_output, region_order
-from openseg_r.segmenters.base import Segmenter
+from openseg_r.segmenters.base import BuildRequest, Segmenter
 from openseg_r.segmenters.batching import MicroBatcher
+from openseg_r.segmenters.registry import build_segmenter, get_kind
 from openseg_r.vocab import resolve_vocabulary
 
 if TYPE_CHECKING:
@@ -60,121 +55,92 @@ ImageInput = str | Path | bytes | np.ndarray | Image.Image
 class OpenSegR:
     def __init__(
         self,
-        clip_model: str = DEFAULT_CLIP_MODEL,
-        clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
+        options: ModelOptions | None = None,
         *,
+        segmenter: Segmenter | None = None,
         lmm: str | LMMBackend | None = None,
-        lmm_record: str | Path | None = None,
+        settings: Settings | None = None,
         reasoning_cache: str | Path | ReasoningCache | None = None,
         aligner: str | Callable | None = None,
-        settings: Settings | None = None,
-        segmenter: Segmenter | None = None,
-        device: str | None = None,
-        precision: str = "auto",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
         runs_db: "str | Path | RunsDB | None" = None,
-        redact: bool = False,
-        text_cache: str | Path | None = None,
-        batch_size: int = 8,
-        batch_wait_ms: float = 5.0,
-        lmm_concurrency: int | None = None,
-        lmm_options: LMMOptions | dict | None = None,
-        **segmenter_config,
+        **option_values,
     ) -> None:
-        """``lmm`` is a backend or a spec string (see :mod:`openseg_r.lmm.spec`); None takes
-        ``OPENSEG_R_LMM`` or the config file. Reasoning is on by default when there is an
-        LMM and off otherwise; ``settings`` overrides that. ``lmm_record`` appends every
-        LMM call to a JSONL file (replay it with ``replay:FILE``). ``reasoning_cache`` is
-        an SQLite path, ``"user"`` for the user cache file, or a cache object; None keeps
-        reasoning in memory. ``aligner`` is ``clip`` (default), ``minilm``, a
-        sentence-transformers model, or a callable. ``segmenter`` is any
-        :class:`~openseg_r.segmenters.base.Segmenter` (default: a dense-CLIP one built from the
-        CLIP options and ``segmenter_config``, see :class:`SegmenterConfig`).
-        ``runs_db`` (a path or a :class:`~openseg_r.runs.RunsDB`) records every run:
-        checkpoints, arrays and a row per run, for ``openseg-r runs``; with ``redact``
-        images are kept out of it (only their hashes).
+        """A model built from ``options`` (:class:`~openseg_r.config.options.ModelOptions`:
+        which segmenter kind and its options, the LMM, caches, batching, limits), with any
+        of its fields given here as keywords over it: ``OpenSegR(lmm="scripted:a.json",
+        segmenter="dense-clip", clip_model="ViT-B-16", attention="sclip")``. A keyword that
+        is an option of the segmenter kind (``clip_model``, ``attention``, ...) goes to
+        ``segmenter_options``. Every default is the options models' own.
 
-        Throughput (README, Throughput): ``text_cache`` keeps text embeddings in an SQLite
-        file (``"user"``: the user cache file; None: memory only). Runs in flight at once
-        (:meth:`segment_many`, threads, a server) share forward passes of up to
-        ``batch_size`` images, a pass waiting at most ``batch_wait_ms`` for more, and keep
-        at most ``lmm_concurrency`` LMM calls in flight between them (None: the LMM option
-        ``concurrency``, else 32).
+        Objects already built are used instead of what the options name: ``segmenter``
+        (any :class:`~openseg_r.segmenters.base.Segmenter`), ``lmm`` (a backend),
+        ``reasoning_cache`` (a cache), ``aligner`` (a callable) and ``runs_db`` (a
+        :class:`~openseg_r.runs.RunsDB`); given as strings they are options. ``settings``
+        are the per-run defaults (reasoning is on when there is an LMM, off otherwise).
 
-        ``lmm_options`` (:class:`~openseg_r.config.settings.LMMOptions` or a dict: ``max_tokens``,
-        ``timeout``, ``temperature``, ``max_attempts``, ``concurrency``) set how the LMM is
-        called, over the config file's ``[lmm]`` table; they are recorded with each result.
         A run that asked for reasoning and got none at all (the LMM server unreachable, or
         every answer unusable) raises :class:`~openseg_r.errors.ReasoningUnavailableError`,
-        unless the settings say ``allow_fallback=True``.
-
-        Applications that read their configuration from a file, flags or the
-        environment build through :meth:`from_options` instead."""
+        unless the settings say ``allow_fallback=True``."""
+        if isinstance(segmenter, str):
+            option_values["segmenter"] = segmenter
+            segmenter = None
         if segmenter is not None and not isinstance(segmenter, Segmenter):
             raise ConfigError(f"{type(segmenter).__name__} is not a segmenter: it needs query_bank(), segment() "
                               "and describe() (see openseg_r.segmenters.base.Segmenter)")
+        given = {"lmm": lmm, "reasoning_cache": reasoning_cache, "aligner": aligner, "runs_db": runs_db}
+        injected = {k: v for k, v in given.items() if v is not None and not isinstance(v, (str, Path))}
+        option_values |= {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
+        options = _with_keywords(options or ModelOptions(), option_values)
         # The LMM first: a bad spec fails at once, before weights load.
-        spec = None if isinstance(lmm, LMMBackend) else configured_spec(lmm)
-        explicit = LMMOptions.parse(lmm_options)
-        if lmm_concurrency is not None and explicit.concurrency not in (None, lmm_concurrency):
-            raise ConfigError(f"lmm_concurrency={lmm_concurrency} and the LMM option concurrency="
-                              f"{explicit.concurrency} disagree: give one of them")
+        backend = injected.get("lmm")
+        if backend is not None and not isinstance(backend, LMMBackend):
+            raise ConfigError(f"lmm must be a spec string or a backend, got {type(backend).__name__}")
+        spec = None if backend is not None else configured_spec(options.lmm)
+        explicit = options.lmm_options or LMMOptions()
         # A backend object takes only the options given here; one built from a spec, the config's too.
         lmm_options = explicit if spec is None else configured_options(explicit)
-        if lmm_concurrency is None:
-            lmm_concurrency = lmm_options.concurrency or DEFAULT_LMM_CONCURRENCY
+        lmm_concurrency = options.lmm_concurrency or lmm_options.concurrency or DEFAULT_LMM_CONCURRENCY
         calls = lmm_options.model_copy(update={"concurrency": None})  # how each call is made
-        self.lmm = backend_from_spec(lmm if spec is None else spec, record=lmm_record, options=calls)
+        self.lmm = backend_from_spec(backend if spec is None else spec, record=options.lmm_record, options=calls)
         lmm_options = lmm_options.model_copy(update={"concurrency": lmm_concurrency})
-        built_here = segmenter is None
-        if built_here:
-            from openseg_r.segmenters.dense_clip.segmenter import CLIPSegmenter
-
-            segmenter = CLIPSegmenter.from_pretrained(
-                clip_model, clip_pretrained, device=device, precision=precision,
-                text_cache=None if text_cache is None else str(text_cache), **segmenter_config
-            )
+        self._unregistered: dict | None = None  # what an injected segmenter no registry names says of itself
+        if segmenter is None:
+            request = BuildRequest(device=options.device, precision=options.precision, text_cache=options.text_cache)
+            segmenter = build_segmenter(options.segmenter, options.segmenter_options, request)
+        else:
+            options, self._unregistered = _options_for_injected(options, segmenter)
         self.segmenter = segmenter
         self._runs = _RunCounter()  # shared with with_lmm()'s siblings, as the micro-batcher is
         self.batcher = None  # concurrent runs' images share forward passes through it
-        if batch_size > 1 and hasattr(segmenter, "segment_batch"):
+        if options.batch_size > 1 and hasattr(segmenter, "segment_batch"):
             # a bound method of the model (not of the counter): the batcher's worker thread must not hold
             # the last reference to the model, or torch objects get freed in it at interpreter exit (abort)
-            self.batcher = MicroBatcher(segmenter, batch_size, batch_wait_ms, expected_callers=self.runs_in_flight)
+            self.batcher = MicroBatcher(segmenter, options.batch_size, options.batch_wait_ms,
+                                        expected_callers=self.runs_in_flight)
         self.lmm_concurrency = lmm_concurrency
         self._lmm_slots = threading.BoundedSemaphore(max(1, lmm_concurrency))
         self._flights = SingleFlight()
         has_lmm = not isinstance(self.lmm, NoLMM)
-        self.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=has_lmm)
-        self.aligner = resolve_aligner(aligner)
+        cache_choice = injected.get("reasoning_cache", options.reasoning_cache)
+        self.reasoning_cache = open_reasoning_cache(cache_choice, has_lmm=has_lmm)
+        self.aligner = resolve_aligner(injected.get("aligner", options.aligner))
         self.settings = settings or Settings(reasoning=has_lmm)
-        self.max_pixels = max_pixels
-        self.redact = redact
+        self.max_pixels = options.max_pixels
+        self.redact = options.redact
         self.runs_db = None
-        if runs_db is not None:
+        db = injected.get("runs_db", options.runs_db)
+        if db is not None:
             from openseg_r.runs.database import RunsDB
 
-            self.runs_db = runs_db if isinstance(runs_db, RunsDB) else RunsDB(runs_db)
+            self.runs_db = db if isinstance(db, RunsDB) else RunsDB(db)
         # How to build this model again: recorded with each run, for `runs resume/replay`.
-        described = {} if built_here else self.segmenter.describe()
-        self.options = ModelOptions.build(
-            clip_model=described.get("clip_model", clip_model),
-            clip_pretrained=described.get("clip_pretrained", clip_pretrained) or "none",
-            device=device,
-            precision=precision,
-            segmenter=segmenter_config if built_here else {
-                k: v for k, v in described.items() if k in SegmenterConfig.model_fields},
-            lmm=spec or getattr(self.lmm, "spec", None) or "none",
-            reasoning_cache=_cache_choice(reasoning_cache, self.reasoning_cache),
-            aligner=aligner if isinstance(aligner, str) else None,
-            max_pixels=max_pixels,
-            redact=redact,
-            text_cache=_cache_choice(text_cache, None),
-            batch_size=batch_size,
-            batch_wait_ms=batch_wait_ms,
-            lmm_concurrency=lmm_concurrency,
-            lmm_options=lmm_options,
-        )
+        self.options = options.model_copy(update={
+            "lmm": spec or getattr(self.lmm, "spec", None) or "none",
+            "reasoning_cache": _cache_choice(cache_choice, self.reasoning_cache),
+            "aligner": options.aligner if "aligner" not in injected else ModelOptions().aligner,
+            "lmm_concurrency": lmm_concurrency,
+            "lmm_options": lmm_options,
+        })
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
         self._unrecorded: dict[bool, Any] = {}  # graphs for runs kept out of the runs database, by interactive
@@ -189,31 +155,20 @@ class OpenSegR:
         lmm: LMMBackend | None = None,
         runs_db: "RunsDB | None" = None,
     ) -> "OpenSegR":
-        """The one builder every entry point ends at: the command line, the servers, the
-        LangGraph app, ``runs replay/resume`` and applications. ``segmenter``, ``lmm`` and
-        ``runs_db`` are objects already built, used instead of what the options name."""
-        options = options or ModelOptions()
-        return cls(
-            options.clip_model,
-            options.clip_pretrained,
-            lmm=lmm if lmm is not None else options.lmm,
-            lmm_record=options.lmm_record,
-            reasoning_cache=options.reasoning_cache,
-            aligner=options.aligner,
-            settings=settings,
-            segmenter=segmenter,
-            device=options.device,
-            precision=options.precision,
-            max_pixels=options.max_pixels,
-            runs_db=runs_db if runs_db is not None else options.runs_db,
-            redact=options.redact,
-            text_cache=options.text_cache,
-            batch_size=options.batch_size,
-            batch_wait_ms=options.batch_wait_ms,
-            lmm_concurrency=options.lmm_concurrency,
-            lmm_options=options.lmm_options,
-            **(options.segmenter.model_dump() if segmenter is None else {}),
-        )
+        """``OpenSegR(options, ...)``: the name applications that read their configuration
+        from a file, flags or the environment use."""
+        return cls(options, settings=settings, segmenter=segmenter, lmm=lmm, runs_db=runs_db)
+
+    def recorded_options(self) -> dict:
+        """What a recorded run keeps to build this model again (``runs resume/replay``): the
+        options, and for a segmenter object no registry names, what it says of itself (such
+        a run cannot be built again, and replay says so)."""
+        recorded = self.options.recorded()
+        if self._unregistered is not None:
+            recorded["segmenter"] = UNREGISTERED + str(self._unregistered.get("kind") or
+                                                       type(self.segmenter).__name__)
+            recorded["segmenter_options"] = self._unregistered
+        return recorded
 
     def context(self, store: ArtifactStore | None = None) -> OpenSegContext:
         return OpenSegContext(
@@ -429,7 +384,7 @@ class OpenSegR:
             classes=len(vocab.classes),
             backend=backend_label(self.lmm) if settings.reasoning or settings.self_check.enabled else "none",
             settings=settings.model_dump(mode="json"),
-            options=self.options.recorded(),
+            options=self.recorded_options(),
             redact=int(self.redact),
             **extra,
         )
@@ -504,7 +459,11 @@ class OpenSegR:
         )
 
     def describe_segmenter(self) -> dict:
-        return self.segmenter.describe()
+        """What segmented (recorded in result.json and an eval's run.json): the kind, its
+        options, and what the segmenter says of itself (device, dtype, its weights' identity)."""
+        recorded = self.recorded_options()
+        options = recorded["segmenter_options"] if self._unregistered is None else {}
+        return {"kind": recorded["segmenter"], **options, **self.segmenter.describe()}
 
     def describe_lmm(self) -> dict:
         """The backend, its generation parameters and the call options in force."""
@@ -707,4 +666,26 @@ def _cache_choice(given, cache) -> str | None:
     return str(cache.path) if getattr(cache, "path", None) else None
 
 
-__all__ = ["ImageOutcome", "OpenSegR", "SegmentationRun", "SegmenterConfig"]
+__all__ = ["ImageOutcome", "OpenSegR", "SegmentationRun"]
+
+
+def _with_keywords(options: ModelOptions, values: dict) -> ModelOptions:
+    """``options`` with keyword values over it (ModelOptions fields, and the segmenter kind's
+    own options such as ``clip_model`` or ``attention``)."""
+    return options.with_overrides(**values) if values else options
+
+
+def _options_for_injected(options: ModelOptions, segmenter: Segmenter) -> tuple[ModelOptions, dict | None]:
+    """The options recorded for a segmenter object passed in: its kind and options when it
+    names a registered kind (``describe()["kind"]``), else the options as they were and what
+    it says of itself (such a run cannot be built again)."""
+    described = dict(segmenter.describe() or {})
+    try:
+        kind = get_kind(described.get("kind"))
+    except ConfigError:
+        return options, json.loads(json.dumps(described, default=str))
+    own = {k: v for k, v in described.items() if k in kind.options.model_fields}
+    if own.get("clip_pretrained", "") is None:
+        own["clip_pretrained"] = "none"
+    rebuilt = ModelOptions.validated(options.model_dump() | {"segmenter": kind.name, "segmenter_options": own})
+    return rebuilt, None

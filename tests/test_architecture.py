@@ -83,7 +83,7 @@ def test_a_second_segmenter_runs_the_whole_graph(voc):
     assert segmenter.filters[0].present == sorted(names.index(n) for n in present)
     assert sorted(np.unique(result.labels).tolist()) == kept
     assert result.state.segmentation.suppressed_classes == [n for i, n in enumerate(names) if i not in kept]
-    assert result.to_json()["segmenter"] == {"segmenter": "bands"}
+    assert result.to_json()["segmenter"] == {"kind": "unregistered:BandSegmenter", "segmenter": "bands"}
     assert result.classes[kept[1]].pixels > 0
 
 

@@ -207,7 +207,7 @@ def test_snapshot_covers_every_command():
     assert {" ".join(p) for p in PATHS} == {
         "", "segment", "vocabularies", "reason", "reason generic", "reason export", "reason import",
         "runs", "runs list", "runs show", "runs diff", "runs replay", "runs resume", "runs report",
-        "graph", "eval", "eval-merge", "serve", "serve mcp", "serve web", "lmm", "lmm check", "lmm serve",
+        "graph", "eval", "eval-merge", "serve", "serve mcp", "serve web", "lmm", "lmm check", "lmm serve", "segmenters",
     }
 
 

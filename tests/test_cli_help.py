@@ -11,7 +11,7 @@ from openseg_r.cli.main import build_parser
 from openseg_r.cli.options import RECORDED_DEFAULT, Parser, model_option_values, settings_overrides
 from openseg_r.config.options import DEFAULT_CONCURRENCY, ModelOptions, field_default
 from openseg_r.config.settings import SelfCheckSettings, Settings
-from openseg_r.segmenters.dense_clip.options import SegmenterConfig
+from openseg_r.segmenters.dense_clip.options import DenseCLIPOptions, SegmenterConfig
 from openseg_r.tools.safety import SafetyLimits
 
 RECORDED_COMMANDS = {("runs", "replay"), ("runs", "resume")}  # model options default to the run's own
@@ -36,6 +36,7 @@ def model_fields(parser: argparse.ArgumentParser) -> dict[str, tuple[type, str]]
     """Flag dest -> (model, field) it sets, found by passing a marker through the same
     functions the commands use to turn flags into ModelOptions and Settings."""
     namespace = argparse.Namespace(**{a.dest: f"<{a.dest}>" for a in flags(parser)})
+    namespace.segmenter_option = None  # KEY=VALUE pairs: no single field
     found: dict[str, tuple[type, str]] = {}
 
     def collect(values: dict, model: type) -> None:
@@ -44,7 +45,7 @@ def model_fields(parser: argparse.ArgumentParser) -> dict[str, tuple[type, str]]
                 found[value[1:-1]] = (model, field)
 
     options = model_option_values(namespace)
-    collect(options.pop("segmenter"), SegmenterConfig)
+    collect(options.pop("segmenter_options") or {}, DenseCLIPOptions)
     collect(options, ModelOptions)
     overrides = settings_overrides(namespace)
     collect(overrides.pop("self_check", None) or {}, SelfCheckSettings)
@@ -72,7 +73,7 @@ def help_problems(path: tuple[str, ...], parser: argparse.ArgumentParser) -> lis
         if action.dest in fields:
             model, field = fields[action.dest]
             default = field_default(model, field)
-            if path in RECORDED_COMMANDS and (model is SegmenterConfig or field in RECORDED_OPTIONS):
+            if path in RECORDED_COMMANDS and (model is DenseCLIPOptions or field in RECORDED_OPTIONS):
                 expected = RECORDED_DEFAULT.strip()
             elif isinstance(action, argparse.BooleanOptionalAction):
                 expected = f"(default: --{'' if default else 'no-'}{field.replace('_', '-')})"
@@ -121,8 +122,8 @@ def test_the_flags_named_in_the_issue_show_their_defaults():
     assert f"(default: {SegmenterConfig().crop})" in help_of(segment, "--crop")
     assert f"(default: {SegmenterConfig().stride})" in help_of(segment, "--stride")
     assert f"(default: {Settings().n_attributes})" in help_of(segment, "--n-attributes")
-    assert f"(default: {ModelOptions().clip_model})" in help_of(segment, "--clip-model")
-    assert f"(default: {ModelOptions().clip_pretrained})" in help_of(segment, "--clip-pretrained")
+    assert f"(default: {ModelOptions().segmenter_options.clip_model})" in help_of(segment, "--clip-model")
+    assert f"(default: {ModelOptions().segmenter_options.clip_pretrained})" in help_of(segment, "--clip-pretrained")
     assert "(default: 8765)" in help_of(("serve", "mcp"), "--port")
     assert f"(default: {SafetyLimits().max_pixels})" in help_of(("serve", "mcp"), "--max-pixels")
     # replay and resume take the model the run was recorded with, the LMM and its cache included
@@ -146,5 +147,5 @@ def test_the_check_finds_a_missing_help_a_hard_coded_default_and_a_switch_that_i
     switch = Parser(prog="probe")
     switch.add_argument("--slide", action="store_true", default=None, help="sliding windows")
     assert help_problems(("probe",), switch) == [
-        "probe --slide: a switch that turns on SegmenterConfig.slide, which is on already"
+        "probe --slide: a switch that turns on DenseCLIPOptions.slide, which is on already"
     ]

@@ -64,17 +64,31 @@ def test_a_bad_setting_is_one_line():
 
 
 def test_none_means_the_default_and_none_as_text_means_random_weights_or_memory():
-    options = ModelOptions.build(clip_model=None, clip_pretrained="None", reasoning_cache="none",
-                                 segmenter={"crop": 96, "stride": None})
-    assert options.clip_model == ModelOptions().clip_model and options.clip_pretrained is None
+    options = ModelOptions.build(
+        clip_model=None, clip_pretrained="None", reasoning_cache="none", segmenter_options={"crop": 96, "stride": None}
+    )
+    assert (
+        options.segmenter_options.clip_model == ModelOptions().segmenter_options.clip_model
+        and options.segmenter_options.clip_pretrained is None
+    )
     assert options.reasoning_cache is None
-    assert options.segmenter == SegmenterConfig(crop=96)
+    assert options.segmenter_options.inference() == SegmenterConfig(crop=96)
     # an override keeps what was set, random weights included
-    assert options.with_overrides(device="cpu", segmenter={"attention": "sclip"}).clip_pretrained is None
+    assert (
+        options.with_overrides(device="cpu", segmenter_options={"attention": "sclip"}).segmenter_options.clip_pretrained
+        is None
+    )
 
 
-@pytest.mark.parametrize("values", [{"precision": "fp8"}, {"segmenter": {"crop": 0}}, {"colour": "red"},
-                                    {"segmenter": {"attention": "magic"}}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"precision": "fp8"},
+        {"segmenter_options": {"crop": 0}},
+        {"colour": "red"},
+        {"segmenter_options": {"attention": "magic"}},
+    ],
+)
 def test_bad_model_options_are_one_line(values):
     with pytest.raises(ConfigError) as caught:
         ModelOptions.build(**values)
@@ -82,20 +96,35 @@ def test_bad_model_options_are_one_line(values):
 
 
 def test_options_from_the_environment():
-    options = ModelOptions.from_environment({
-        "OPENSEG_R_CLIP_MODEL": "ViT-L-14", "OPENSEG_R_CLIP_PRETRAINED": "none", "OPENSEG_R_DEVICE": "cpu",
-        "OPENSEG_R_ATTENTION": "sclip", "OPENSEG_R_CACHE": "/tmp/x.sqlite", "OPENSEG_R_PRECISION": "",
-    })
-    assert (options.clip_model, options.clip_pretrained, options.device) == ("ViT-L-14", None, "cpu")
-    assert options.segmenter.attention == "sclip" and options.reasoning_cache == "/tmp/x.sqlite"
+    options = ModelOptions.from_environment(
+        {
+            "OPENSEG_R_CLIP_MODEL": "ViT-L-14",
+            "OPENSEG_R_CLIP_PRETRAINED": "none",
+            "OPENSEG_R_DEVICE": "cpu",
+            "OPENSEG_R_ATTENTION": "sclip",
+            "OPENSEG_R_CACHE": "/tmp/x.sqlite",
+            "OPENSEG_R_PRECISION": "",
+        }
+    )
+    assert (options.segmenter_options.clip_model, options.segmenter_options.clip_pretrained, options.device) == (
+        "ViT-L-14",
+        None,
+        "cpu",
+    )
+    assert options.segmenter_options.attention == "sclip" and options.reasoning_cache == "/tmp/x.sqlite"
     assert options.precision == ModelOptions().precision
     assert ModelOptions.from_environment({}) == ModelOptions()
 
 
 def test_throughput_options_from_the_environment():
-    options = ModelOptions.from_environment({
-        "OPENSEG_R_BATCH_SIZE": "16", "OPENSEG_R_BATCH_WAIT_MS": "2.5", "OPENSEG_R_LMM_CONCURRENCY": "32",
-        "OPENSEG_R_TEXT_CACHE": "none"})
+    options = ModelOptions.from_environment(
+        {
+            "OPENSEG_R_BATCH_SIZE": "16",
+            "OPENSEG_R_BATCH_WAIT_MS": "2.5",
+            "OPENSEG_R_LMM_CONCURRENCY": "32",
+            "OPENSEG_R_TEXT_CACHE": "none",
+        }
+    )
     assert (options.batch_size, options.batch_wait_ms, options.lmm_concurrency) == (16, 2.5, 32)
     assert options.text_cache is None
     with pytest.raises(ConfigError, match="batch_size") as caught:
@@ -104,30 +133,50 @@ def test_throughput_options_from_the_environment():
 
 
 def test_recorded_options_round_trip_and_leave_out_where_files_go():
-    options = ModelOptions.build(clip_pretrained="none", lmm="scripted:x.json", runs_db="runs.sqlite",
-                                 lmm_record="calls.jsonl", segmenter={"slide": False})
+    options = ModelOptions.build(
+        clip_pretrained="none",
+        lmm="scripted:x.json",
+        runs_db="runs.sqlite",
+        lmm_record="calls.jsonl",
+        segmenter_options={"slide": False},
+    )
     recorded = options.recorded()
     assert "runs_db" not in recorded and "lmm_record" not in recorded
     assert ModelOptions.from_recorded(json.loads(json.dumps(recorded))) == options.model_copy(
-        update={"runs_db": None, "lmm_record": None})
+        update={"runs_db": None, "lmm_record": None}
+    )
 
 
-FIRST_FORMAT = {"clip_model": "tiny.json", "clip_pretrained": None, "device": None, "precision": "auto",
-                "lmm": "scripted", "segmenter_config": {"attention": "naclip", "short_side": 64, "max_long_side": 2048,
-                                                       "crop": 32, "stride": 16, "slide": True,
-                                                       "window_batch_size": None, "gaussian_sigma": 5.0}}
+FIRST_FORMAT = {
+    "clip_model": "tiny.json",
+    "clip_pretrained": None,
+    "device": None,
+    "precision": "auto",
+    "lmm": "scripted",
+    "segmenter_config": {
+        "attention": "naclip",
+        "short_side": 64,
+        "max_long_side": 2048,
+        "crop": 32,
+        "stride": 16,
+        "slide": True,
+        "window_batch_size": None,
+        "gaussian_sigma": 5.0,
+    },
+}
 
 
 def test_options_recorded_before_model_options_still_read():
     options = ModelOptions.from_recorded(FIRST_FORMAT)
-    assert options.clip_model == "tiny.json" and options.clip_pretrained is None
-    assert options.segmenter.short_side == 64 and options.segmenter.crop == 32
+    assert options.segmenter_options.clip_model == "tiny.json" and options.segmenter_options.clip_pretrained is None
+    assert options.segmenter_options.short_side == 64 and options.segmenter_options.crop == 32
     assert options.lmm == "none"  # a backend's bare name is not a spec: no guessing
     assert ModelOptions.from_recorded(FIRST_FORMAT | {"lmm": "scripted:a.json"}).lmm == "scripted:a.json"
 
 
-@pytest.mark.parametrize("stored", [{}, {"format": 99}, FIRST_FORMAT | {"mystery": 1},
-                                    {"format": 2, "clip_model": 5, "precision": "fp8"}])
+@pytest.mark.parametrize(
+    "stored", [{}, {"format": 99}, FIRST_FORMAT | {"mystery": 1}, {"format": 2, "clip_model": 5, "precision": "fp8"}]
+)
 def test_unreadable_recorded_options_are_a_clear_error(stored):
     with pytest.raises(ConfigError) as caught:
         ModelOptions.from_recorded(stored)
@@ -160,9 +209,24 @@ def test_an_unset_flag_is_none_and_takes_the_models_default():
     args = _parse("segment", "photo.jpg", "--classes", "cat", "--out", "out")
     assert model_options(args) == ModelOptions()
     assert settings_overrides(args) == {}
-    args = _parse("segment", "photo.jpg", "--classes", "cat", "--out", "out", "--crop", "96", "--no-slide",
-                  "--self-check-k", "4", "--class-filter", "soft", "--cache", "none")
-    assert model_options(args).segmenter == SegmenterConfig(crop=96, slide=False)
+    args = _parse(
+        "segment",
+        "photo.jpg",
+        "--classes",
+        "cat",
+        "--out",
+        "out",
+        "--crop",
+        "96",
+        "--no-slide",
+        "--self-check-k",
+        "4",
+        "--class-filter",
+        "soft",
+        "--cache",
+        "none",
+    )
+    assert model_options(args).segmenter_options.inference() == SegmenterConfig(crop=96, slide=False)
     assert model_options(args).reasoning_cache is None
     assert settings_overrides(args) == {"class_filter": "soft", "self_check": {"top_k": 4}}
 
@@ -175,11 +239,17 @@ def test_help_texts_show_the_models_defaults():
         if found and action.option_strings:
             shown[action.option_strings[0].lstrip("-")] = found.group(1)
     expected = {
-        "crop": SegmenterConfig().crop, "stride": SegmenterConfig().stride, "short-side": SegmenterConfig().short_side,
-        "n-attributes": Settings().n_attributes, "background-threshold": Settings().background_threshold,
-        "self-check-k": SelfCheckSettings().top_k, "self-check-margin": SelfCheckSettings().margin_threshold,
-        "clip-model": ModelOptions().clip_model, "max-pixels": ModelOptions().max_pixels,
-        "templates": Settings().templates, "attention": SegmenterConfig().attention,
+        "crop": SegmenterConfig().crop,
+        "stride": SegmenterConfig().stride,
+        "short-side": SegmenterConfig().short_side,
+        "n-attributes": Settings().n_attributes,
+        "background-threshold": Settings().background_threshold,
+        "self-check-k": SelfCheckSettings().top_k,
+        "self-check-margin": SelfCheckSettings().margin_threshold,
+        "clip-model": ModelOptions().segmenter_options.clip_model,
+        "max-pixels": ModelOptions().max_pixels,
+        "templates": Settings().templates,
+        "attention": SegmenterConfig().attention,
     }
     assert {flag: shown.get(flag) for flag in expected} == {flag: str(value) for flag, value in expected.items()}
 
@@ -205,11 +275,27 @@ def test_segment_ends_at_the_builder(builds, tmp_path, voc, capsys):
     from PIL import Image
 
     Image.fromarray(voc["rgb"]).save(tmp_path / "photo.png")
-    code = main(["segment", str(tmp_path / "photo.png"), "--classes", "cat, dog", "--out", str(tmp_path / "out"),
-                 "--clip-pretrained", "none", "--crop", "96", "--lmm", f"scripted:{SCRIPT}", "--class-filter", "soft"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "photo.png"),
+            "--classes",
+            "cat, dog",
+            "--out",
+            str(tmp_path / "out"),
+            "--clip-pretrained",
+            "none",
+            "--crop",
+            "96",
+            "--lmm",
+            f"scripted:{SCRIPT}",
+            "--class-filter",
+            "soft",
+        ]
+    )
     assert code == 2 and "stopped at the builder" in capsys.readouterr().err
-    (options, objects), = builds
-    assert options.clip_pretrained is None and options.segmenter.crop == 96
+    ((options, objects),) = builds
+    assert options.segmenter_options.clip_pretrained is None and options.segmenter_options.crop == 96
     assert options.lmm == f"scripted:{SCRIPT}" and options.reasoning_cache == "user"
     assert objects["settings"].class_filter == "soft" and objects["settings"].reasoning
 
@@ -218,11 +304,28 @@ def test_eval_and_serve_end_at_the_builder(builds, tmp_path, capsys):
     from make_mini_benchmark import build
 
     roots = build(tmp_path / "mini")
-    assert main(["eval", "--dataset", "voc21", "--root", str(roots["voc21"]), "--out", str(tmp_path / "eval"),
-                 "--clip-pretrained", "none", "--attention", "sclip", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                "voc21",
+                "--root",
+                str(roots["voc21"]),
+                "--out",
+                str(tmp_path / "eval"),
+                "--clip-pretrained",
+                "none",
+                "--attention",
+                "sclip",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert main(["serve", "mcp", "--clip-pretrained", "none", "--max-pixels", "1000000", "--precision", "fp32"]) == 2
     (evaluated, _), (served, _) = builds
-    assert evaluated.segmenter.attention == "sclip" and evaluated.clip_pretrained is None
+    assert evaluated.segmenter_options.attention == "sclip" and evaluated.segmenter_options.clip_pretrained is None
     assert served.max_pixels == 1_000_000 and served.precision == "fp32"
 
 
@@ -235,8 +338,8 @@ def test_the_langgraph_app_ends_at_the_builder(builds, monkeypatch):
     with pytest.raises(ConfigError, match="stopped at the builder"):
         langgraph_app.service_from_environment()
     langgraph_app.service_from_environment.cache_clear()
-    (options, _), = builds
-    assert options.clip_pretrained is None and options.segmenter.attention == "clearclip"
+    ((options, _),) = builds
+    assert options.segmenter_options.clip_pretrained is None and options.segmenter_options.attention == "clearclip"
 
 
 @pytest.fixture
@@ -259,8 +362,9 @@ def test_a_run_stores_its_model_options(recorded_run, tiny_segmenter):
     stored = db.get_run(run_id).options
     db.close()
     options = ModelOptions.from_recorded(stored)
-    assert stored["format"] == 2
-    assert options.segmenter == tiny_segmenter.config and options.clip_pretrained == tiny_segmenter.clip.pretrained
+    assert stored["format"] == 3 and stored["segmenter"] == "dense-clip"
+    assert options.segmenter_options.inference() == tiny_segmenter.config
+    assert options.segmenter_options.clip_pretrained == tiny_segmenter.clip.pretrained
     assert options.lmm == "none"  # a backend object has no spec to rebuild it from
 
 
@@ -268,19 +372,35 @@ def test_replay_ends_at_the_builder_with_the_recorded_options(builds, recorded_r
     db_path, run_id = recorded_run
     code = main(["runs", "--runs-db", str(db_path), "replay", run_id, "--from", "segmentation", "--device", "cpu"])
     assert code == 2
-    (options, objects), = builds
-    assert options.device == "cpu" and options.segmenter.crop == SegmenterConfig().crop
+    ((options, objects),) = builds
+    assert options.device == "cpu" and options.segmenter_options.crop == SegmenterConfig().crop
     assert isinstance(objects["runs_db"], RunsDB)
 
 
 def test_a_run_recorded_in_the_first_format_still_replays(recorded_run, tiny_model_files, tmp_path, capsys):
     db_path, run_id = recorded_run
     config, weights = tiny_model_files
-    first = FIRST_FORMAT | {"clip_model": str(config), "clip_pretrained": str(weights),
-                            "segmenter_config": SegmenterConfig().model_dump()}
+    first = FIRST_FORMAT | {
+        "clip_model": str(config),
+        "clip_pretrained": str(weights),
+        "segmenter_config": SegmenterConfig().model_dump(),
+    }
     _set_recorded_options(db_path, run_id, first)
-    code = main(["runs", "--runs-db", str(db_path), "replay", run_id, "--from", "segmentation",
-                 "--set", "class_filter=soft", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "runs",
+            "--runs-db",
+            str(db_path),
+            "replay",
+            run_id,
+            "--from",
+            "segmentation",
+            "--set",
+            "class_filter=soft",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
     assert saved["settings"]["class_filter"] == "soft"
@@ -299,12 +419,20 @@ def test_a_run_with_unreadable_options_fails_in_one_line(recorded_run, capsys):
 def test_the_readme_options_example_builds_with_a_given_segmenter(tmp_path):
     from test_architecture import BandSegmenter
 
-    options = ModelOptions(clip_model="ViT-B-16", clip_pretrained="openai", lmm=f"scripted:{SCRIPT}",
-                           reasoning_cache=str(tmp_path / "reasoning.sqlite"),
-                           segmenter={"attention": "sclip", "crop": 336, "stride": 168})
-    assert options.segmenter == SegmenterConfig(attention="sclip", crop=336, stride=168)
+    options = ModelOptions(
+        clip_model="ViT-B-16",
+        clip_pretrained="openai",
+        lmm=f"scripted:{SCRIPT}",
+        reasoning_cache=str(tmp_path / "reasoning.sqlite"),
+        segmenter_options={"attention": "sclip", "crop": 336, "stride": 168},
+    )
+    assert options.segmenter_options.inference() == SegmenterConfig(attention="sclip", crop=336, stride=168)
     model = OpenSegR.from_options(options, segmenter=BandSegmenter())
     assert isinstance(model.reasoning_cache, SQLiteReasoningCache)
     assert model.lmm.model_id and model.settings.reasoning
-    assert model.options.segmenter == SegmenterConfig()  # a foreign segmenter has no CLIP settings to record
-    assert model.describe_segmenter() == {"segmenter": "bands"}
+    assert model.describe_segmenter() == {"kind": "unregistered:BandSegmenter", "segmenter": "bands"}
+    # a segmenter object no registry names is recorded as what it is, never as the dense CLIP it is not
+    recorded = model.recorded_options()
+    assert recorded["segmenter"] == "unregistered:BandSegmenter" and recorded["segmenter_options"] == {
+        "segmenter": "bands"
+    }

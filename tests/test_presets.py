@@ -32,7 +32,7 @@ NACLIP_TABLE = {
 @pytest.mark.parametrize("dataset", sorted(NACLIP_TABLE))
 def test_each_protocol_holds_naclips_published_settings(dataset):
     protocol = protocol_for(dataset)
-    segmenter = SegmenterConfig(**protocol.segmenter)
+    segmenter = SegmenterConfig(**protocol.segmenter_options)
     settings = Settings(**protocol.settings)
     short_side, slide, background = NACLIP_TABLE[dataset]
     assert (segmenter.short_side, segmenter.max_long_side, segmenter.slide) == (short_side, 2048, slide)
@@ -56,10 +56,10 @@ def test_protocols_cover_naclips_eight_benchmarks_and_unknown_names_are_one_line
 
 def test_a_protocol_applies_under_single_overrides():
     options, settings = protocol_for("voc21").apply(ModelOptions(clip_pretrained="none"), Settings(reasoning=False))
-    assert options.segmenter.slide is False and options.segmenter.pamr_steps == 10
-    assert options.clip_pretrained is None  # what it does not set stays
+    assert options.segmenter_options.slide is False and options.segmenter_options.pamr_steps == 10
+    assert options.segmenter_options.clip_pretrained is None  # what it does not set stays
     assert settings.background_threshold == 0.1 and settings.reasoning is False
-    assert options.with_overrides(segmenter={"pamr_steps": 0}).segmenter.slide is False
+    assert options.with_overrides(segmenter_options={"pamr_steps": 0}).segmenter_options.slide is False
 
 
 def _eval(tmp_path, root, out, *extra, tiny):

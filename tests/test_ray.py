@@ -238,7 +238,7 @@ def test_two_actors_give_exactly_the_single_process_totals(cluster, mini, refere
 
     cache = tmp_path / "reasoning.sqlite"
     state = run_eval_on_ray(tiny_options(tiny_model_files, cache), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, batch_size=2)
+                            actors=2, images_per_task=2)
     assert state.done == set(reference.records) and not state.failed
     assert_same_as_reference(tmp_path / "out", reference)
     assert {name: t.counts.union.tolist() for name, t in state.totals.items()} == {
@@ -263,7 +263,7 @@ def test_actors_run_the_threads_of_their_cpus_and_give_a_one_thread_local_run_ex
 
     one_thread = run_reference(tmp_path / "reference", mini, tiny_model_files, threads=1)
     state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, batch_size=2, cpus_per_actor=2)
+                            actors=2, images_per_task=2, cpus_per_actor=2)
     assert state.done == set(one_thread.records) and not state.failed
     assert {threads for _, _, threads in faults.seen_with_threads()} == {2}
     assert_same_as_reference(tmp_path / "out", one_thread)
@@ -280,7 +280,7 @@ from openseg_r.distributed import run_eval_on_ray
 from openseg_r.evals.datasets import get_dataset
 from openseg_r.config.options import ModelOptions
 run_eval_on_ray(ModelOptions.model_validate(args["options"]), get_dataset("voc21"), args["root"], args["out"],
-                ablation=True, actors=1, batch_size=1)
+                ablation=True, actors=1, images_per_task=1)
 """
 
 
@@ -318,7 +318,7 @@ def test_a_killed_driver_resumes_to_identical_totals(cluster, mini, reference, t
     assert len(written) < len(reference.records)
 
     faults.clear_seen()
-    state = run_eval_on_ray(options, VOC21, mini, out, ablation=True, actors=1, batch_size=2)
+    state = run_eval_on_ray(options, VOC21, mini, out, ablation=True, actors=1, images_per_task=2)
     hold_file.unlink()  # lets the killed job's actors go, if Ray has not ended them yet
     assert state.done == set(reference.records)
     evaluated = sorted(ident for ident, _ in faults.seen())
@@ -346,7 +346,7 @@ def test_an_actor_killed_mid_batch_loses_and_double_counts_nothing(cluster, mini
 
     faults.crash_once("crop2")
     state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, batch_size=2)
+                            actors=2, images_per_task=2)
     assert faults.marker.exists(), "the actor was never killed: the test tested nothing"
     attempts = [pid for ident, pid in faults.seen() if ident == "crop2"]
     assert len(attempts) >= 2 and len(set(attempts)) >= 2, f"crop2 was not evaluated again elsewhere: {attempts}"
@@ -365,7 +365,7 @@ def test_an_image_that_always_kills_its_actor_fails_after_its_crash_budget(clust
 
     faults.set(crash_always=["crop2"])
     state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, batch_size=2)
+                            actors=2, images_per_task=2)
     attempts = [pid for ident, pid in faults.seen() if ident == "crop2"]
     assert len(attempts) == DEFAULT_CRASH_BUDGET and len(set(attempts)) == DEFAULT_CRASH_BUDGET
     assert set(state.failed) == {"crop2"} and "crashed its Ray worker 2 time(s)" in state.failed["crop2"]
@@ -492,7 +492,7 @@ def test_segment_dataset_on_a_users_ray_dataset(cluster, voc, tiny_model_files):
     options = tiny_options(tiny_model_files)
     crops = [voc["rgb"][:160, :200], voc["rgb"][150:310, 210:400], voc["rgb"][100:300, 50:200]]  # sizes differ
     dataset = ray.data.from_items([{"image": np.ascontiguousarray(crop)} for crop in crops])
-    results = segment_dataset(dataset, vocabulary, options=options, actors=1, batch_size=2)
+    results = segment_dataset(dataset, vocabulary, options=options, actors=1, images_per_task=2)
     assert isinstance(results, ray.data.Dataset)
     rows = results.take_all()
     assert len(rows) == len(crops)

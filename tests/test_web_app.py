@@ -426,7 +426,7 @@ def test_live_runs_drop_the_oldest_beyond_their_capacity(gated_model):
 
 def test_live_runs_drop_the_oldest_beyond_their_pixel_budget(gated_model):
     service = SegmentationService(gated_model)
-    runs = LiveRuns(max_pixels=150)  # two 8x8 images fit, a third does not
+    runs = LiveRuns(max_held_pixels=150)  # two 8x8 images fit, a third does not
     first, second, third = (runs.add(idle_run(service)) for _ in range(3))
     assert runs.get(second.id) is second and runs.get(third.id) is third
     with pytest.raises(ToolInputError, match="no longer kept"):

@@ -114,7 +114,7 @@ def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, c
         raise ConfigError("--shard splits the work by hand: with --engine ray the cluster shares it out, drop --shard")
     state = run_eval_on_ray(options, dataset, args.root, args.out, split=args.split, limit=args.limit, seed=args.seed,
                             ablation=args.ablation, vocabulary=vocabulary, settings=settings,
-                            protocol=protocol.describe() if protocol else None, batch_size=concurrency,
+                            protocol=protocol.describe() if protocol else None, images_per_task=concurrency,
                             progress=not args.no_progress and sys.stderr.isatty(), **engine)
     _print_summary(args.out)
     return EXIT_SOME_FAILED if state.failed else EXIT_OK

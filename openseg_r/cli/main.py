@@ -16,14 +16,14 @@ import os
 import sys
 import traceback
 
-from openseg_r.cli import evaluate, lmm, reason, runs, segment, serve
+from openseg_r.cli import evaluate, lmm, reason, runs, segment, segmenters, serve
 from openseg_r.cli.options import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_REASONING, EXIT_USAGE, Parser
-from openseg_r.config.options import RANDOM_WEIGHTS
+from openseg_r.segmenters.dense_clip.options import RANDOM_WEIGHTS
 
 # What loading.looks_like_path calls a file; importing loading would import torch and open_clip.
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
-COMMAND_GROUPS = (segment, reason, lmm, runs, evaluate, serve)  # each adds its parsers and handlers
-COMMAND_NAMES = "{segment,vocabularies,reason,lmm,runs,graph,eval,eval-merge,serve}"
+COMMAND_GROUPS = (segment, reason, segmenters, lmm, runs, evaluate, serve)  # each adds its parsers and handlers
+COMMAND_NAMES = "{segment,vocabularies,reason,segmenters,lmm,runs,graph,eval,eval-merge,serve}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 way their values become :class:`ModelOptions` and :class:`Settings`.
 
 Every option defaults to None, meaning "not given": the defaults live in
-:class:`~openseg_r.config.options.ModelOptions`, :class:`~openseg_r.config.options.SegmenterConfig`
+:class:`~openseg_r.config.options.ModelOptions`, each segmenter kind's options model
 and :class:`~openseg_r.config.settings.Settings`, and help texts read them from there. Only
 pydantic and the standard library are imported here, so ``--help`` stays fast.
 """
@@ -18,11 +18,12 @@ from openseg_r.config.options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CPUS_PER_ACTOR,
     ModelOptions,
-    SegmenterConfig,
     checked_cpus_per_actor,
     field_default,
 )
 from openseg_r.config.settings import LMMOptions, SelfCheckSettings, Settings, merged_settings
+from openseg_r.segmenters.dense_clip.options import DenseCLIPOptions, SegmenterConfig
+from openseg_r.segmenters.registry import option_pairs
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_SOME_FAILED = 3  # segment on many images: at least one image failed (listed in index.jsonl)
@@ -90,13 +91,18 @@ def choices_of(model: type[BaseModel], name: str) -> tuple:
 
 
 def add_model_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
-    """Which CLIP model, weights, last block, device and precision."""
+    """Which segmenter (and, for dense CLIP, which model, weights and last block), device and precision."""
 
     def text(model, name, words=None):
         return described_or_recorded(model, name, words, defaults_from_run)
 
-    parser.add_argument("--clip-model", default=None, help=text(ModelOptions, "clip_model"))
-    parser.add_argument("--clip-pretrained", default=None, help=text(ModelOptions, "clip_pretrained"))
+    parser.add_argument("--segmenter", default=None, metavar="KIND", help=text(ModelOptions, "segmenter"))
+    parser.add_argument("--segmenter-option", action="append", default=None, dest="segmenter_option",
+                        metavar="KEY=VALUE", help=text(ModelOptions, "segmenter_options"))
+    parser.add_argument("--clip-model", default=None, help=text(DenseCLIPOptions, "clip_model", "dense-clip: "
+                        + DenseCLIPOptions.model_fields["clip_model"].description))
+    parser.add_argument("--clip-pretrained", default=None, help=text(DenseCLIPOptions, "clip_pretrained",
+                        "dense-clip: " + DenseCLIPOptions.model_fields["clip_pretrained"].description))
     parser.add_argument("--attention", default=None, choices=choices_of(SegmenterConfig, "attention"),
                         help=text(SegmenterConfig, "attention"))
     parser.add_argument("--device", default=None, help=text(ModelOptions, "device"))
@@ -358,9 +364,22 @@ def model_options(args: argparse.Namespace, **overrides) -> ModelOptions:
 def model_option_values(args: argparse.Namespace) -> dict:
     """Flag values by ModelOptions field, None where a flag was not given (or not offered)."""
     flag = lambda name: getattr(args, name, None)  # noqa: E731
-    return {
+    dense_clip_flags = {  # today's flags: options of the dense-clip kind
         "clip_model": flag("clip_model"),
         "clip_pretrained": flag("clip_pretrained"),
+        "attention": flag("attention"),
+        "short_side": flag("short_side"),
+        "crop": flag("crop"),
+        "stride": flag("stride"),
+        "slide": flag("slide"),
+        "pamr_steps": flag("pamr_steps"),
+        "compile": flag("compile"),
+    }
+    segmenter_options = option_pairs(flag("segmenter_option") or []) | {
+        k: v for k, v in dense_clip_flags.items() if v is not None}
+    return {
+        "segmenter": flag("segmenter"),
+        "segmenter_options": segmenter_options or None,
         "device": flag("device"),
         "precision": flag("precision"),
         "lmm": flag("lmm"),
@@ -373,15 +392,6 @@ def model_option_values(args: argparse.Namespace) -> dict:
         "batch_wait_ms": flag("batch_wait_ms"),
         "lmm_concurrency": flag("lmm_concurrency"),
         "lmm_options": flag("lmm_option"),
-        "segmenter": {
-            "attention": flag("attention"),
-            "short_side": flag("short_side"),
-            "crop": flag("crop"),
-            "stride": flag("stride"),
-            "slide": flag("slide"),
-            "pamr_steps": flag("pamr_steps"),
-            "compile": flag("compile"),
-        },
     }
 
 
@@ -418,9 +428,10 @@ def options_and_settings(args: argparse.Namespace, protocol, base: Settings, **o
     """(ModelOptions, Settings) in layers: the models' defaults, then the protocol (a
     :class:`~openseg_r.config.presets.Protocol` or None), then each option given on the command line."""
     values = model_option_values(args) | overrides
-    segmenter = values.pop("segmenter")
+    segmenter_options = values.pop("segmenter_options")
     options = ModelOptions.build(**values)
     settings = base
     if protocol is not None:
         options, settings = protocol.apply(options, base)
-    return options.with_overrides(segmenter=segmenter), merged_settings(settings, settings_overrides(args))
+    options = options.with_overrides(segmenter_options=segmenter_options)
+    return options, merged_settings(settings, settings_overrides(args))

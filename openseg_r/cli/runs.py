@@ -178,10 +178,14 @@ def _replay(db, args) -> int:
 
 def _model_for(record, args, db):
     """The model recorded with the run (its ModelOptions), with the options given here on top."""
-    from openseg_r.config.options import ModelOptions
+    from openseg_r.config.options import ModelOptions, upgraded_record
     from openseg_r.model import OpenSegR
 
-    options = ModelOptions.from_recorded(record.options).with_overrides(**model_option_values(args))
+    given = model_option_values(args)
+    stored = upgraded_record(record.options or {})
+    if given.get("segmenter") and given["segmenter"] != stored.get("segmenter"):  # another kind: not its options
+        stored = {k: v for k, v in stored.items() if k != "segmenter_options"} | {"segmenter": given["segmenter"]}
+    options = ModelOptions.from_recorded(stored).with_overrides(**given)
     return OpenSegR.from_options(options.model_copy(update={"redact": bool(record.redact)}), runs_db=db)
 
 

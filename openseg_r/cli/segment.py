@@ -118,7 +118,7 @@ def run_segment(args: argparse.Namespace) -> int:
     uses_lmm = reasoning or asks_lmm
     options = options.model_copy(update={"lmm": spec if uses_lmm else "none",
                                          "lmm_record": options.lmm_record if uses_lmm else None})
-    if options.clip_pretrained is None and not options.clip_model.startswith(("hf-hub:", "local-dir:")):
+    if getattr(options.segmenter_options, "random_weights", False):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     if plan is not None:
         _same_run_or_refuse(plan.out, _run_record(vocabulary, settings, options), args.resume)
@@ -212,10 +212,10 @@ FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batc
 def _run_record(vocabulary, settings, options) -> dict:
     """What the images of one --out are segmented with: all of it must match on --resume."""
     from openseg_r.config.settings import POLICY_ONLY_SETTINGS
-    from openseg_r.segmenters.dense_clip.options import SPEED_ONLY_FIELDS
 
     model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
-    model["segmenter"] = {k: v for k, v in model["segmenter"].items() if k not in SPEED_ONLY_FIELDS}
+    speed_only = options.kind.speed_only
+    model["segmenter_options"] = {k: v for k, v in model["segmenter_options"].items() if k not in speed_only}
     # How many calls at once changes no answer; no options at all reads as folders written before them.
     options_given = {k: v for k, v in (model.pop("lmm_options", None) or {}).items() if k != "concurrency"}
     if any(v is not None for v in options_given.values()):
@@ -236,7 +236,11 @@ def _same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
             earlier = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:
             raise ConfigError(f"cannot read {path} ({exc}); resume into another --out") from None
+        from openseg_r.config.options import upgraded_record
+
         now = json.loads(json.dumps(record))
+        if isinstance(earlier.get("model"), dict):  # folders written before segmenters had names
+            earlier["model"] = upgraded_record(earlier["model"])
         changed = [key for key in record if earlier.get(key) != now[key]]
         if changed:
             raise ConfigError(f"{out} was segmented with other {' and '.join(changed)}; resume with the same "
@@ -404,7 +408,7 @@ def _segment_many_on_ray(plan: _Plan, vocabulary, options, settings, concurrency
     counts = {"ok": 0, "failed": 0}
     try:
         for row in segment_files_on_ray([image for image, _ in plan.todo], vocabulary, options=options,
-                                        settings=settings, batch_size=concurrency, **engine):
+                                        settings=settings, images_per_task=concurrency, **engine):
             image = row["path"]
             folder = folders[image]
             error = _reason(row["error"], image) if row["error"] else None

@@ -36,13 +36,16 @@ class Protocol(BaseModel):
     name: str
     source: str = Field(description="where the settings come from")
     vocabulary: str = Field(description="the built-in vocabulary with the benchmark's class names")
-    segmenter: dict = Field(default_factory=dict, description="SegmenterConfig fields")
+    segmenter: str = Field("dense-clip", description="the segmenter kind the published numbers were made with")
+    segmenter_options: dict = Field(default_factory=dict, description="that kind's options")
     settings: dict = Field(default_factory=dict, description="Settings fields")
 
     def apply(self, options: ModelOptions, settings: Settings | None = None) -> tuple[ModelOptions, Settings]:
-        """``options`` with the protocol's segmenter fields, and ``settings`` (default: the
-        defaults) with its scoring fields; apply single-field overrides after this."""
-        applied = options.with_overrides(segmenter=self.segmenter)
+        """``options`` with the protocol's segmenter options (when ``options`` name the same
+        kind: another kind keeps its own), and ``settings`` (default: the defaults) with its
+        scoring fields; apply single-field overrides after this."""
+        same_kind = options.segmenter == self.segmenter
+        applied = options.with_overrides(segmenter_options=self.segmenter_options) if same_kind else options
         if applied.precision == "auto" and _on_cpu(applied.device):  # the published numbers are fp32 there
             applied = applied.with_overrides(precision="fp32")
         return applied, merged_settings(settings or Settings(), self.settings)
@@ -50,7 +53,8 @@ class Protocol(BaseModel):
     def describe(self) -> dict:
         """Every field the protocol sets, for reports."""
         return {"name": self.name, "source": self.source, "vocabulary": self.vocabulary,
-                "segmenter": dict(self.segmenter), "settings": dict(self.settings)}
+                "segmenter": self.segmenter, "segmenter_options": dict(self.segmenter_options),
+                "settings": dict(self.settings)}
 
 
 def _on_cpu(device: str | None) -> bool:
@@ -67,8 +71,8 @@ def _naclip(dataset: str, *, short_side: int = 336, whole_image: bool = False, b
         name=f"naclip-{dataset}",
         source="NACLIP (WACV 2025) configs, test_all.sh reduced naclip 5 on",
         vocabulary=dataset,
-        segmenter={"attention": "naclip", "gaussian_sigma": 5.0, "short_side": short_side, "max_long_side": 2048,
-                   **windows, **NACLIP_PAMR},
+        segmenter_options={"attention": "naclip", "gaussian_sigma": 5.0, "short_side": short_side,
+                           "max_long_side": 2048, **windows, **NACLIP_PAMR},
         settings={**NACLIP_TEXT, "background_threshold": background},
     )
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from openseg_r.config.options import ModelOptions
+from openseg_r.config.options import DEFAULT_IMAGES_PER_TASK, ModelOptions
 from openseg_r.distributed.actors import EvalActor
 from openseg_r.distributed.cluster import (
     DEFAULT_CPUS_PER_ACTOR,
@@ -42,22 +42,38 @@ from openseg_r.evals.runner import (
 FAILED_FILE = "failed.jsonl"
 
 
-def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Path, out: str | Path, *,
-                    split: str | None = None, limit: int | None = None, seed: int = 0, ablation: bool = False,
-                    vocabulary=None, protocol: dict | None = None, settings=None, address: str | None = None,
-                    actors: int = 2, gpus_per_actor: float = 0.0, cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
-                    batch_size: int = 4, lmm_concurrency: int | None = None, progress: bool = False,
-                    reasoning_cache=None) -> EvalState:
+def run_eval_on_ray(
+    options: ModelOptions,
+    dataset: DatasetSpec,
+    root: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    ablation: bool = False,
+    vocabulary=None,
+    protocol: dict | None = None,
+    settings=None,
+    address: str | None = None,
+    actors: int = 2,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
+    images_per_task: int = DEFAULT_IMAGES_PER_TASK,
+    lmm_concurrency: int | None = None,
+    progress: bool = False,
+    reasoning_cache=None,
+) -> EvalState:
     """Evaluate ``dataset`` on a Ray cluster (``address``: see :func:`connect`) with ``actors``
     actors of ``gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs each (torch runs as many
-    threads as whole CPUs, at least 1), ``batch_size`` images per batch (evaluated at
+    threads as whole CPUs, at least 1), ``images_per_task`` images per batch (evaluated at
     once in an actor) and ``lmm_concurrency`` LMM calls in flight per actor. Writes the
     same folder as :func:`openseg_r.evals.runner.run_eval`, plus failed.jsonl. Image
     reasoning is merged into ``reasoning_cache`` (default: the options' cache)."""
     from openseg_r.model import OpenSegR
     from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
 
-    _check_counts(actors, gpus_per_actor, batch_size)
+    _check_counts(actors, gpus_per_actor, images_per_task)
     checked_cpus_per_actor(cpus_per_actor)
     ray = require_ray()
     out = Path(out)
@@ -71,13 +87,30 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
 
         model.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=True)
     setting_list = eval_settings(model, ablation)
-    throughput = {"engine": "ray", "actors": actors, "gpus_per_actor": gpus_per_actor,
-                  "cpus_per_actor": cpus_per_actor, **torch_numerics(), "torch_threads": actor_threads(cpus_per_actor),
-                  "batch_size": batch_size, "lmm_concurrency": lmm_concurrency}
-    config = run_config(model, dataset, root, split, setting_list, vocabulary, limit=limit, seed=seed, shard=None,
-                        protocol=protocol, throughput=throughput)
-    config["model"] = dict(config["model"], device=options.device or "auto (per actor)",
-                           dtype=options.precision)
+    throughput = {
+        "engine": "ray",
+        "actors": actors,
+        "gpus_per_actor": gpus_per_actor,
+        "cpus_per_actor": cpus_per_actor,
+        **torch_numerics(),
+        "torch_threads": actor_threads(cpus_per_actor),
+        "images_per_task": images_per_task,
+        "lmm_concurrency": lmm_concurrency,
+    }
+    config = run_config(
+        model,
+        dataset,
+        root,
+        split,
+        setting_list,
+        vocabulary,
+        limit=limit,
+        seed=seed,
+        shard=None,
+        protocol=protocol,
+        throughput=throughput,
+    )
+    config["model"] = dict(config["model"], device=options.device or "auto (per actor)", dtype=options.precision)
     state = open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
     if todo:
@@ -92,37 +125,46 @@ def run_eval_on_ray(options: ModelOptions, dataset: DatasetSpec, root: str | Pat
         ledger = start_ledger(ray)  # images that crash their worker get a budget, not endless retries
         (out / FAILED_FILE).unlink(missing_ok=True)  # the images that failed last time are tried again
         rows = [{"id": s.id, "image": str(s.image), "label": str(s.label)} for s in todo]
-        blocks = max(1, -(-len(rows) // batch_size))  # one block per batch: every actor gets work
+        blocks = max(1, -(-len(rows) // images_per_task))  # one block per batch: every actor gets work
         results = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             EvalActor,
-            fn_constructor_kwargs={"options": options.model_dump(mode="json"),
-                                   "settings": model.settings.model_dump(mode="json"),
-                                   "vocabulary": vocabulary.model_dump(mode="json"), "dataset": dataset.name,
-                                   "setting_overrides": [list(pair) for pair in setting_list], "generic": generic,
-                                   "lmm_concurrency": lmm_concurrency, "threads": actor_threads(cpus_per_actor),
-                                   "ledger": ledger},
+            fn_constructor_kwargs={
+                "options": options.model_dump(mode="json"),
+                "settings": model.settings.model_dump(mode="json"),
+                "vocabulary": vocabulary.model_dump(mode="json"),
+                "dataset": dataset.name,
+                "setting_overrides": [list(pair) for pair in setting_list],
+                "generic": generic,
+                "lmm_concurrency": lmm_concurrency,
+                "threads": actor_threads(cpus_per_actor),
+                "ledger": ledger,
+            },
             # Ray Data restarts a dead actor and runs its batch again (max_restarts and
             # max_task_retries are -1 for actor pools): the ids already written are skipped.
-            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+            batch_size=images_per_task,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus_per_actor or None,
+            num_cpus=cpus_per_actor,
+        )
         try:
             _collect(results, state, out, model.reasoning_cache, len(samples), progress, dataset.name)
         finally:
             ray.kill(ledger)  # one job's ledger; a driver that runs several jobs keeps none
     write_reports(state, out)
     if state.failed:
-        print(f"{len(state.failed)} image(s) failed (see {out / FAILED_FILE}); the others are evaluated",
-              file=sys.stderr)
+        print(
+            f"{len(state.failed)} image(s) failed (see {out / FAILED_FILE}); the others are evaluated", file=sys.stderr
+        )
     return state
 
 
-def _check_counts(actors: int, gpus_per_actor: float, batch_size: int) -> None:
+def _check_counts(actors: int, gpus_per_actor: float, images_per_task: int) -> None:
     if not isinstance(actors, int) or actors < 1:
         raise ConfigError(f"--actors must be a positive number of actors, got {actors!r}")
     if gpus_per_actor < 0:
         raise ConfigError(f"--gpus-per-actor must be 0 or more, got {gpus_per_actor!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"the batch size must be a positive number of images, got {batch_size!r}")
+    if not isinstance(images_per_task, int) or images_per_task < 1:
+        raise ConfigError(f"the batch size must be a positive number of images, got {images_per_task!r}")
 
 
 def _reason_generic(model, vocabulary, context, reason_generic_ahead) -> None:
@@ -164,8 +206,10 @@ def _collect(results, state: EvalState, out: Path, cache, total: int, progress: 
             record = json.loads(row["record"])
             log.write(row["record"] + "\n")
             log.flush()
-            counts = {setting: AreaCounts.from_sparse(entry["counts"], len(state.class_names))
-                      for setting, entry in record["settings"].items()}
+            counts = {
+                setting: AreaCounts.from_sparse(entry["counts"], len(state.class_names))
+                for setting, entry in record["settings"].items()
+            }
             add_record(state, record, counts)
             if bar is not None:
                 bar.set_postfix({"img/s": f"{number / (time.perf_counter() - started):.2f}"})

@@ -7,7 +7,7 @@ import base64
 import json
 from collections.abc import Iterator
 
-from openseg_r.config.options import ModelOptions
+from openseg_r.config.options import DEFAULT_IMAGES_PER_TASK, ModelOptions
 from openseg_r.distributed.actors import SegmentActor
 from openseg_r.distributed.cluster import (
     DEFAULT_CPUS_PER_ACTOR,
@@ -19,9 +19,19 @@ from openseg_r.distributed.cluster import (
 from openseg_r.errors import ConfigError
 
 
-def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, actors: int = 2,
-                    gpus_per_actor: float = 0.0, cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR, batch_size: int = 4,
-                    masks: str = "rle", files: bool = False):
+def segment_dataset(
+    ds,
+    vocabulary,
+    *,
+    options: ModelOptions,
+    settings=None,
+    actors: int = 2,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
+    images_per_task: int = DEFAULT_IMAGES_PER_TASK,
+    masks: str = "rle",
+    files: bool = False,
+):
     """``ds`` (rows {"path"} or {"image"}: an HxWx3 uint8 array) segmented by ``actors``
     actors (each with ``cpus_per_actor`` CPUs: torch runs as many threads), lazily: a
     :class:`ray.data.Dataset` of the rows :class:`SegmentActor` returns.
@@ -31,22 +41,40 @@ def segment_dataset(ds, vocabulary, *, options: ModelOptions, settings=None, act
     ray = require_ray()
     if masks not in ("rle", "array"):
         raise ConfigError(f"masks must be 'rle' or 'array', got {masks!r}")
-    if not isinstance(actors, int) or actors < 1 or gpus_per_actor < 0 or batch_size < 1:
-        raise ConfigError("actors and batch_size must be positive and gpus_per_actor 0 or more")
+    if not isinstance(actors, int) or actors < 1 or gpus_per_actor < 0 or images_per_task < 1:
+        raise ConfigError("actors and images_per_task must be positive and gpus_per_actor 0 or more")
     checked_cpus_per_actor(cpus_per_actor)
     vocabulary, settings, generic = _prepare(vocabulary, options, settings)
     return ds.map_batches(
         SegmentActor,
-        fn_constructor_kwargs={"options": options.model_dump(mode="json"), "settings": settings,
-                               "vocabulary": vocabulary.model_dump(mode="json"), "generic": generic,
-                               "masks": masks, "files": files, "threads": actor_threads(cpus_per_actor)},
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+        fn_constructor_kwargs={
+            "options": options.model_dump(mode="json"),
+            "settings": settings,
+            "vocabulary": vocabulary.model_dump(mode="json"),
+            "generic": generic,
+            "masks": masks,
+            "files": files,
+            "threads": actor_threads(cpus_per_actor),
+        },
+        batch_size=images_per_task,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor or None,
+        num_cpus=cpus_per_actor,
+    )
 
 
-def segment_files_on_ray(paths: list[str], vocabulary, *, options: ModelOptions, settings=None,
-                         address: str | None = None, actors: int = 2, gpus_per_actor: float = 0.0,
-                         cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR, batch_size: int = 4) -> Iterator[dict]:
+def segment_files_on_ray(
+    paths: list[str],
+    vocabulary,
+    *,
+    options: ModelOptions,
+    settings=None,
+    address: str | None = None,
+    actors: int = 2,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
+    images_per_task: int = DEFAULT_IMAGES_PER_TASK,
+) -> Iterator[dict]:
     """Each image file's row as it finishes, with its result folder's files ("files":
     {relative path: bytes}); the caller writes them (``openseg-r segment --engine ray``)."""
     ray = require_ray()
@@ -54,11 +82,19 @@ def segment_files_on_ray(paths: list[str], vocabulary, *, options: ModelOptions,
     rows = [{"path": str(path)} for path in paths]
     if not rows:
         return
-    blocks = max(1, -(-len(rows) // batch_size))
+    blocks = max(1, -(-len(rows) // images_per_task))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    results = segment_dataset(ds, vocabulary, options=options, settings=settings, actors=actors,
-                              gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
-                              files=True)
+    results = segment_dataset(
+        ds,
+        vocabulary,
+        options=options,
+        settings=settings,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        images_per_task=images_per_task,
+        files=True,
+    )
     for row in results.iter_rows():
         row = dict(row)
         row["files"] = {name: base64.b64decode(data) for name, data in json.loads(row["files"] or "{}").items()}
@@ -79,8 +115,9 @@ def _prepare(vocabulary, options: ModelOptions, settings):
     elif isinstance(vocabulary, (list, tuple)):
         vocabulary = parse_class_list(", ".join(vocabulary))
     elif not isinstance(vocabulary, Vocabulary):
-        raise ConfigError(f"the vocabulary must be a Vocabulary, a list of names or a string, not "
-                          f"{type(vocabulary).__name__}")
+        raise ConfigError(
+            f"the vocabulary must be a Vocabulary, a list of names or a string, not {type(vocabulary).__name__}"
+        )
     model = OpenSegR.from_options(options.with_overrides(device="cpu"), settings=settings)
     generic = []
     if model.settings.reasoning:

@@ -29,7 +29,7 @@ from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetError, DatasetSpec, Sample, select
 from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
 from openseg_r.nodes.stages import ReasoningSlots
-from openseg_r.segmenters.dense_clip.options import SPEED_ONLY_FIELDS
+from openseg_r.segmenters.registry import get_kind
 
 ABLATION: list[tuple[str, dict]] = [
     ("bare names", {"reasoning": False}),
@@ -273,8 +273,17 @@ def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, 
 def _segmenter_settings(model: dict | None) -> dict | None:
     """What the segmenter computes with; where and how fast it ran (device, dtype, window
     batches, torch.compile) may change on resume."""
-    ignored = ("device", "dtype", *SPEED_ONLY_FIELDS)
-    return None if model is None else {k: v for k, v in model.items() if k not in ignored}
+    if model is None:
+        return None
+    model = {"kind": "dense-clip"} | model  # runs written before segmenters had names were dense CLIP
+    if "weights" not in model and "clip_model" in model:
+        model["weights"] = f"{model['clip_model']}|{model.get('clip_pretrained')}"
+    try:
+        speed_only = get_kind(model["kind"]).speed_only
+    except Exception:  # a kind not installed here: every option counts
+        speed_only = ()
+    ignored = ("device", "dtype", *speed_only)
+    return {k: v for k, v in model.items() if k not in ignored}
 
 
 def open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
@@ -396,11 +405,19 @@ def _fmt(value, sign=False) -> str:
         return "–"
     return f"{value:+.2f}" if sign else f"{value:.2f}"
 
+def _segmenter_line(model: dict) -> str:
+    """The segmenter in a few words: its kind, and for dense CLIP the model and last block."""
+    kind = model.get("kind", "dense-clip")
+    if "clip_model" in model:
+        return f"{kind} (CLIP {model.get('clip_model')}, {model.get('attention')})"
+    return str(kind)
+
+
 def _markdown(summary: dict, names: list[str]) -> str:
     config = summary["config"]
     lines = [f"# openseg-r evaluation: {config['dataset']} ({config['split']})", "",
-             f"{summary['images']} image(s); LMM {config['lmm']}; CLIP {config['model'].get('clip_model')} "
-             f"({config['model'].get('attention')}); vocabulary {config.get('vocabulary')}", "",
+             f"{summary['images']} image(s); LMM {config['lmm']}; segmenter {_segmenter_line(config['model'])}; "
+             f"vocabulary {config.get('vocabulary')}", "",
              *_protocol_lines(config), "",
              "| setting | mIoU | Δ mIoU | fwIoU | aAcc | mAcc | LMM calls / image | tokens / image | s / image |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

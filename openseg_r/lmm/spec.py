@@ -34,35 +34,15 @@ by key::
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
+from openseg_r.config.file import config_file, read_config
 from openseg_r.config.settings import LMMOptions
 from openseg_r.errors import ConfigError
 from openseg_r.lmm.base import BaseLMMBackend, NoLMM
 
 KINDS = ("none", "scripted", "replay", "openai", "ollama", "hf")
 SPEC_KEY = "spec"  # the spec's key inside the config file's [lmm] table
-
-
-def config_file() -> Path:
-    explicit = os.environ.get("OPENSEG_R_CONFIG")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "openseg-r" / "config.toml"
-
-
-def read_config() -> dict:
-    path = config_file()
-    if not path.is_file():
-        if os.environ.get("OPENSEG_R_CONFIG"):
-            raise ConfigError(f"config file not found: {path}")
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def configured_spec(explicit: str | None = None) -> str:

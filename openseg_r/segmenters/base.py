@@ -106,3 +106,33 @@ class EmbedsNames(Protocol):
     """Optional: a segmenter whose text side can embed bare names for the class aligner."""
 
     def embed_names(self, names: list[str]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What every segmenter is built with besides its own options (from ``ModelOptions``)."""
+
+    device: str | None = None  # cpu, cuda, cuda:1; None: the GPU if there is one
+    precision: str = "auto"
+    text_cache: str | None = None  # an SQLite file for text embeddings, "user", or None (memory)
+
+
+@dataclass(frozen=True)
+class SegmenterKind:
+    """One registry entry: a name, the pydantic model of its options (defaults and help
+    texts), and the factory that turns validated options into a :class:`Segmenter`.
+
+    ``build`` is ``"module:function"`` (imported only when a model is built, so listing
+    kinds never loads torch) or the function itself: ``build(options, request) -> Segmenter``.
+    ``speed_only`` names options that change how fast results come, never the results
+    (a resumed run may change them); ``variants`` lists an option's values for
+    ``openseg-r segmenters``. Third-party kinds are objects of this class named by an
+    entry point in the ``openseg_r.segmenters`` group."""
+
+    name: str
+    summary: str
+    options: type
+    build: Any
+    speed_only: tuple[str, ...] = ()
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    origin: str = "built in"

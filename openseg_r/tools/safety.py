@@ -56,10 +56,10 @@ class SafetyLimits(BaseModel):
 
     @classmethod
     def from_config(cls, data: dict | None = None, **overrides) -> "SafetyLimits":
-        """The ``[safety]`` table of the config file (see ``openseg_r.lmm.spec.config_file``),
+        """The ``[safety]`` table of the config file (see ``openseg_r.config.file.config_file``),
         with explicit overrides (None values are ignored)."""
         if data is None:
-            from openseg_r.lmm.spec import read_config
+            from openseg_r.config.file import read_config
 
             data = read_config().get("safety", {})
         merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}

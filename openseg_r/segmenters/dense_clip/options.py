@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from openseg_r.segmenters.base import SegmenterKind
 
 ATTENTION_VARIANTS = ("naclip", "sclip", "clearclip", "maskclip", "vanilla")
 Attention = Literal[ATTENTION_VARIANTS]  # type: ignore[valid-type]
@@ -38,3 +40,40 @@ class SegmenterConfig(BaseModel):
 
 # SegmenterConfig fields that change how fast results come, never the results themselves.
 SPEED_ONLY_FIELDS = ("window_batch_size", "compile")
+
+
+class DenseCLIPOptions(SegmenterConfig):
+    """The dense-CLIP kind's options: the weights, and the inference settings above."""
+
+    clip_model: str = Field(
+        DEFAULT_CLIP_MODEL, description="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON"
+    )
+    clip_pretrained: str | None = Field(
+        DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
+    )
+
+    @field_validator("clip_pretrained", mode="before")
+    @classmethod
+    def _random_weights(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in RANDOM_WEIGHTS:
+            return None
+        return value
+
+    @property
+    def random_weights(self) -> bool:
+        """No trained weights: the segmentation is meaningless (tests, benchmarks)."""
+        return self.clip_pretrained is None and not self.clip_model.startswith(("hf-hub:", "local-dir:"))
+
+    def inference(self) -> SegmenterConfig:
+        """The inference settings alone (what :class:`CLIPSegmenter` takes beside the model)."""
+        return SegmenterConfig(**self.model_dump(exclude={"clip_model", "clip_pretrained"}))
+
+
+DENSE_CLIP = SegmenterKind(
+    name="dense-clip",
+    summary="training-free dense CLIP (NACLIP and its relatives): every pixel scored against the prompts",
+    options=DenseCLIPOptions,
+    build="openseg_r.segmenters.dense_clip.segmenter:build",
+    speed_only=SPEED_ONLY_FIELDS,
+    variants={"attention": ATTENTION_VARIANTS},
+)

@@ -19,11 +19,17 @@ from pydantic import ValidationError
 from openseg_r._support.cancel import current_token
 from openseg_r.errors import ConfigError, describe_validation_error
 from openseg_r.schemas import PromptSet
-from openseg_r.segmenters.base import ClassFilter, SegmentationArrays, SegmentJob
+from openseg_r.segmenters.base import BuildRequest, ClassFilter, SegmentationArrays, SegmentJob
 from openseg_r.segmenters.dense_clip.dense import DenseCLIPEncoder
 from openseg_r.segmenters.dense_clip.loading import LoadedCLIP, load_clip
 from openseg_r.segmenters.dense_clip.numerics import make_thread_invariant, resize_bilinear
-from openseg_r.segmenters.dense_clip.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, SegmenterConfig
+from openseg_r.segmenters.dense_clip.options import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DENSE_CLIP,
+    DenseCLIPOptions,
+    SegmenterConfig,
+)
 from openseg_r.segmenters.dense_clip.pamr import BandRefiner
 from openseg_r.segmenters.dense_clip.scoring import QueryBank, apply_class_filter, build_query_bank
 from openseg_r.segmenters.dense_clip.sliding import RowResampler, resize_shape, window_boxes
@@ -83,6 +89,8 @@ class CLIPSegmenter:
     def describe(self) -> dict:
         """What this segmenter is: recorded with results and evaluation runs."""
         return {
+            "kind": DENSE_CLIP.name,
+            "weights": self.clip.identity,
             "clip_model": self.clip.model_name,
             "clip_pretrained": self.clip.pretrained,
             "device": str(self.clip.device),
@@ -383,3 +391,11 @@ def _fetch(on_device: list[dict]) -> list[dict]:
         host.append(pinned)
     torch.cuda.current_stream(on_device[0]["indices"].device).synchronize()
     return [{name: tensor.numpy() for name, tensor in arrays.items()} for arrays in host]
+
+
+def build(options: DenseCLIPOptions, request: BuildRequest) -> CLIPSegmenter:
+    """The registry's factory for the ``dense-clip`` kind."""
+    return CLIPSegmenter.from_pretrained(
+        options.clip_model, options.clip_pretrained, device=request.device, precision=request.precision,
+        text_cache=request.text_cache, **options.inference().model_dump(),
+    )

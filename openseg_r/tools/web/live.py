@@ -189,12 +189,12 @@ class LiveRun:
 
 class LiveRuns:
     """The runs pages are following, by id: at most ``capacity``, holding at most
-    ``max_pixels`` image pixels between them (each keeps its image and, once done, its
+    ``max_held_pixels`` image pixels between them (each keeps its image and, once done, its
     result's arrays), the oldest dropped first; each is forgotten ``idle_s`` after its last
     step (a tab closed mid-question)."""
 
-    def __init__(self, capacity: int = 32, idle_s: float = 3600.0, max_pixels: int = 200_000_000) -> None:
-        self.capacity, self.idle_s, self.max_pixels = capacity, idle_s, max_pixels
+    def __init__(self, capacity: int = 32, idle_s: float = 3600.0, max_held_pixels: int = 200_000_000) -> None:
+        self.capacity, self.idle_s, self.max_held_pixels = capacity, idle_s, max_held_pixels
         self._runs: OrderedDict[str, LiveRun] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -202,7 +202,7 @@ class LiveRuns:
         with self._lock:
             self._expire()
             self._runs[live.id] = live
-            while len(self._runs) > 1 and (len(self._runs) > self.capacity or self._pixels() > self.max_pixels):
+            while len(self._runs) > 1 and (len(self._runs) > self.capacity or self._pixels() > self.max_held_pixels):
                 self._runs.popitem(last=False)
         return live
 
