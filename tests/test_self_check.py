@@ -27,7 +27,7 @@ from openseg_r.nodes.context import OpenSegContext
 from openseg_r.nodes.regions import (
     OUTLINE_COLOUR,
     crop_box,
-    find_ambiguous_regions,
+    locate_ambiguous_regions,
     marked_crop,
 )
 from openseg_r.schemas import UNKNOWN_LABEL, ImageRef, RegionVerdict, Usage
@@ -140,7 +140,7 @@ def region_mask(box):
 def test_detection_finds_the_two_contested_boxes_ranked_by_area_times_doubt():
     arrays, _ = synthetic_case()
     view = arrays
-    regions = find_ambiguous_regions(view, SelfCheckSettings(enabled=True))
+    regions = locate_ambiguous_regions(view, SelfCheckSettings(enabled=True))
     assert [r.box for r in regions] == [WRONG_BOX, RIGHT_BOX]  # 50x40 before 36x20
     wrong = regions[0]
     assert wrong.area == 50 * 40 and not wrong.at_border
@@ -149,10 +149,10 @@ def test_detection_finds_the_two_contested_boxes_ranked_by_area_times_doubt():
     assert wrong.competing[0][2] == 1.0 and wrong.competing[1][2] == 0.0  # top-1 shares
     assert wrong.score == pytest.approx(2000 * 0.95)
     # asked pixels are never part of a new region; small regions are ignored
-    unasked = find_ambiguous_regions(view, SelfCheckSettings(), asked=region_mask(WRONG_BOX))
+    unasked = locate_ambiguous_regions(view, SelfCheckSettings(), asked=region_mask(WRONG_BOX))
     assert [r.box for r in unasked] == [RIGHT_BOX]
-    assert [r.box for r in find_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=721))] == [WRONG_BOX]
-    assert find_ambiguous_regions(view, SelfCheckSettings(margin_threshold=0.04)) == []
+    assert [r.box for r in locate_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=721))] == [WRONG_BOX]
+    assert locate_ambiguous_regions(view, SelfCheckSettings(margin_threshold=0.04)) == []
 
 
 def test_detection_splits_a_blob_by_the_pair_of_classes_that_compete():
@@ -163,7 +163,7 @@ def test_detection_splits_a_blob_by_the_pair_of_classes_that_compete():
     view = SegmentationArrays(
         labels, probs, runner_up, margin=np.full((40, 40), 0.05, np.float32), runner_up_confidence=probs - 0.05
     )
-    regions = find_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=10))
+    regions = locate_ambiguous_regions(view, SelfCheckSettings(min_area_pixels=10))
     assert sorted((r.box, tuple(c for c, _, _ in r.competing)) for r in regions) == [
         ((0, 0, 20, 40), (0, 1)),
         ((20, 0, 40, 40), (0, 2)),
@@ -180,7 +180,7 @@ def test_one_class_has_no_runner_up_and_so_nothing_is_ambiguous():
         margin=np.ones((32, 32), np.float32),
         runner_up_confidence=np.zeros((32, 32), np.float32),
     )
-    assert find_ambiguous_regions(view, SelfCheckSettings(margin_threshold=1.0)) == []
+    assert locate_ambiguous_regions(view, SelfCheckSettings(margin_threshold=1.0)) == []
 
 
 # --------------------------------------------------------------------------- crops

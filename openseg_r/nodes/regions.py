@@ -39,7 +39,7 @@ class FoundRegion:
 MAX_PAIRS = 64  # the most class pairs examined per round (the largest first)
 
 
-def find_ambiguous_regions(
+def locate_ambiguous_regions(
     arrays: SegmentationArrays, settings: SelfCheckSettings, asked: np.ndarray | None = None
 ) -> list[FoundRegion]:
     """Regions where two classes compete: 8-connected pixels whose top two classes are

@@ -32,13 +32,11 @@ from openseg_r.nodes.regions import (
     context_image,
     crop_box,
     full_mask,
+    locate_ambiguous_regions,
     mark_unknown,
     marked_crop,
     relabel,
     reweight,
-)
-from openseg_r.nodes.regions import (
-    find_ambiguous_regions as find_regions,
 )
 from openseg_r.prompts.reasoning import CROP_AND_CONTEXT_NOTE, CROP_NOTE, SELF_CHECK, class_list_text, quoted
 from openseg_r.schemas import (
@@ -91,7 +89,7 @@ def find_ambiguous_regions(state: FindRegionsInput, runtime: Runtime[OpenSegCont
     check = (state.self_check or SelfCheckState(output=state.segmentation)).model_copy(deep=True)
     arrays = load_arrays(ctx.store, check.output)
     asked = ctx.store.get(check.asked_key) if check.asked_key else None
-    found = find_regions(arrays, cfg, asked)
+    found = locate_ambiguous_regions(arrays, cfg, asked)
     first = check.round == 0
     if not found:
         check.stopped = "no ambiguous region found" if first else "nothing ambiguous left"

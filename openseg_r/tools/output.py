@@ -46,6 +46,7 @@ class SegmentOutput(BaseModel):
     label_map_png: str | None = Field(None, description="base64 PNG; pixel value = index into label_names")
     unknown_pixels: int = 0
     notes: list[str] = Field(default_factory=list, description="fallbacks and settings that were changed")
+    segmenter: str | None = Field(None, description="the segmenter kind that segmented (openseg-r segmenters)")
 
 
 def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, notes: list[str]) -> SegmentOutput:
@@ -72,6 +73,7 @@ def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, n
         label_names=result.names,
         unknown_pixels=result.state.report.unknown_pixels if result.state.report else 0,
         notes=notes,
+        segmenter=result.segmenter.get("kind"),
     )
     if masks == "rle":
         output.masks = {c.name: encode_rle(result.labels == c.index) for c in classes}

@@ -27,9 +27,17 @@ class ToyBandsSegmenter:
     def query_bank(self, prompts) -> int:
         return len(prompts.classes)
 
-    def segment(self, rgb, bank, *, class_filter: ClassFilter | None = None, logit_scale: float = 40.0,
-                background_index: int | None = None, background_threshold: float = 0.0,
-                image_key: str | None = None) -> SegmentationArrays:
+    def segment(
+        self,
+        rgb,
+        bank,
+        *,
+        class_filter: ClassFilter | None = None,
+        logit_scale: float = 40.0,
+        background_index: int | None = None,
+        background_threshold: float = 0.0,
+        image_key: str | None = None,
+    ) -> SegmentationArrays:
         classes = int(bank)
         level = rgb.astype(np.float32).mean(axis=2) / 255.0
         if self.options.invert:
@@ -44,17 +52,24 @@ class ToyBandsSegmenter:
         order = np.argsort(-probs, axis=0, kind="stable")
         top, second = order[0], order[1] if classes > 1 else np.full_like(order[0], -1)
         confidence = np.take_along_axis(probs, top[None], 0)[0]
-        runner = np.take_along_axis(probs, np.maximum(second, 0)[None], 0)[0] if classes > 1 else np.zeros_like(confidence)
+        runner = (
+            np.take_along_axis(probs, np.maximum(second, 0)[None], 0)[0] if classes > 1 else np.zeros_like(confidence)
+        )
         labels = top.astype(np.int32)
         background = 0
         if background_index is not None:
             low = confidence < background_threshold
             labels[low] = background_index
             background = int(low.sum())
-        return SegmentationArrays(labels=labels, confidence=confidence.astype(np.float32),
-                                  runner_up=second.astype(np.int32), margin=(confidence - runner).astype(np.float32),
-                                  runner_up_confidence=runner.astype(np.float32), suppressed=suppressed,
-                                  background_pixels=background)
+        return SegmentationArrays(
+            labels=labels,
+            confidence=confidence.astype(np.float32),
+            runner_up=second.astype(np.int32),
+            margin=(confidence - runner).astype(np.float32),
+            runner_up_confidence=runner.astype(np.float32),
+            suppressed=suppressed,
+            background_pixels=background,
+        )
 
     def describe(self) -> dict:
         return {"kind": KIND.name, **self.options.model_dump(), "device": self.request.device or "cpu"}
@@ -64,5 +79,9 @@ def build(options: ToyBandsOptions, request: BuildRequest) -> ToyBandsSegmenter:
     return ToyBandsSegmenter(options, request)
 
 
-KIND = SegmenterKind(name="toy-bands", summary="brightness bands (a test plugin)", options=ToyBandsOptions,
-                     build="toy_bands_segmenter:build")
+KIND = SegmenterKind(
+    name="toy-bands",
+    summary="brightness bands (a test plugin)",
+    options=ToyBandsOptions,
+    build="toy_bands_segmenter:build",
+)
