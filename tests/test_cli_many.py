@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from openseg_r import cli
-from openseg_r.cli.inputs import expand_inputs, output_names
+from openseg_r.runs.inputs import expand_inputs, output_names
 
 CLASSES = "person, table, chair"
 

@@ -1,7 +1,7 @@
 """``openseg-r segment`` (one image, or many) and ``openseg-r vocabularies``.
 
 One image file writes its results straight into ``--out``. Several images (several
-arguments, a folder or a glob; see :mod:`openseg_r.cli.inputs`) write one folder per image
+arguments, a folder or a glob; see :mod:`openseg_r.runs.inputs`) write one folder per image
 under ``--out`` and ``--out/index.jsonl``, one line per image as it finishes; exit code
 :data:`EXIT_SOME_FAILED` says that at least one image failed.
 """
@@ -9,8 +9,6 @@ under ``--out`` and ``--out/index.jsonl``, one line per image as it finishes; ex
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +29,7 @@ from openseg_r.cli.options import (
     options_and_settings,
     runs_db_option,
 )
-
-INDEX_NAME = "index.jsonl"
+from openseg_r.runs.folder import plan_folder, run_record, same_run_or_refuse, segment_folder, segment_folder_on_ray
 
 
 def add_parsers(commands) -> None:
@@ -76,11 +73,11 @@ def run_vocabularies(args: argparse.Namespace) -> int:
 
 def run_segment(args: argparse.Namespace) -> int:
     from openseg_r._support.images import load_image
-    from openseg_r.cli.inputs import expand_inputs
     from openseg_r.config.presets import NONE, protocol_for
     from openseg_r.config.settings import Settings
     from openseg_r.errors import ConfigError
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
+    from openseg_r.runs.inputs import expand_inputs
     from openseg_r.vocab import load_named_vocabulary, parse_class_list
 
     # Cheap checks first, so bad input fails before any model loads; the image is decoded once.
@@ -103,7 +100,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ConfigError("--engine ray segments many images (a folder, a glob or several files); "
                           "one image runs here, without it")
     if inputs.many:
-        plan = _plan_many(args, inputs, settings)
+        plan = plan_folder(args.out, inputs, settings, resume=args.resume, trace_jsonl=args.trace_jsonl)
     else:
         if args.resume:
             raise ConfigError("--resume continues --out on several images (a folder, a glob or several files); "
@@ -121,18 +118,20 @@ def run_segment(args: argparse.Namespace) -> int:
     if getattr(options.segmenter_options, "random_weights", False):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     if plan is not None:
-        _same_run_or_refuse(plan.out, _run_record(vocabulary, settings, options), args.resume)
+        same_run_or_refuse(plan.out, run_record(vocabulary, settings, options), args.resume)
     if plan is not None and not plan.todo:
         print(f"nothing to do: all {len(plan.done)} image(s) are already done in {plan.out} (--resume)")
         return EXIT_OK
     if engine:
-        return _segment_many_on_ray(plan, vocabulary, options, settings, concurrency, engine)
+        failed = segment_folder_on_ray(plan, vocabulary, options, settings, concurrency, engine)
+        return EXIT_SOME_FAILED if failed else EXIT_OK
     from openseg_r.model import OpenSegR  # imports torch: only once the input has been checked
 
     model = OpenSegR.from_options(options, settings=settings)
     show_progress = bool(args.progress or sys.stderr.isatty())
     if plan is not None:
-        return _segment_many(model, plan, vocabulary, concurrency, show_progress)
+        failed = segment_folder(model, plan, vocabulary, concurrency, show_progress)
+        return EXIT_SOME_FAILED if failed else EXIT_OK
     human = check.enabled and check.mode == "human"
     on_question = _ask_at_terminal(args.out) if human else None
     handlers = []
@@ -158,308 +157,11 @@ def run_segment(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --------------------------------------------------------------------------- many images
-
-
-class _Plan:
-    """What a run on many images will do: every image, its folder, and which are done already."""
-
-    def __init__(self, out: Path, images: list[str], folders: list[str], done: set[str]) -> None:
-        self.out, self.images, self.folders, self.done = out, images, folders, done
-        self.todo = [(image, folder) for image, folder in zip(images, folders) if image not in done]
-
-
-def _plan_many(args: argparse.Namespace, inputs, settings) -> _Plan:
-    """Check what a run on many images needs before any model loads, and plan it."""
-    from openseg_r.cli.inputs import output_names
-    from openseg_r.errors import ConfigError
-
-    check = settings.self_check
-    if check.enabled and check.mode == "human":
-        raise ConfigError("--self-check-mode human asks you about one image at a time: give one image file, "
-                          "or use the lmm self-check mode for many")
-    if args.trace_jsonl:
-        raise ConfigError("--trace-jsonl writes the step log of one image; for many, record them (--record or "
-                          "--runs-db: each image is a run, see `openseg-r runs show RUN`)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
-    index = out / INDEX_NAME
-    if index.exists() and not args.resume:
-        raise ConfigError(f"{index} already exists: add --resume to continue that run, or choose another --out")
-    for argument in inputs.unmatched:
-        print(f"note: no image files in {argument}", file=sys.stderr)
-    # Earlier lines, by image path (spelled either way: ./a.jpg is a.jpg, from the same folder)
-    records = _read_index(index) if args.resume and index.is_file() else {}
-    wanted = {_path_key(image): image for image in inputs.images}
-    earlier = {wanted[key]: record["out"] for key, record in records.items()
-               if key in wanted and _folder_name_ok(record.get("out"))}
-    taken = {INDEX_NAME, RUN_NAME} | {record["out"] for key, record in records.items()
-                            if key not in wanted and _folder_name_ok(record.get("out"))}
-    folders = output_names(inputs.images, inputs.base, reserved=earlier, taken=taken)
-    done = {image for image, folder in zip(inputs.images, folders)
-            if records.get(_path_key(image), {}).get("ok") is True and earlier.get(image) == folder
-            and (out / folder / "result.json").is_file()}
-    return _Plan(out, inputs.images, folders, done)
-
-
-RUN_NAME = "run.json"
-# Where and how fast a run goes, not what it computes: free to change on --resume.
-FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batch_wait_ms", "lmm_concurrency",
-                  "redact")
-
-
-def _run_record(vocabulary, settings, options) -> dict:
-    """What the images of one --out are segmented with: all of it must match on --resume."""
-    from openseg_r.config.settings import POLICY_ONLY_SETTINGS
-
-    model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
-    speed_only = options.kind.speed_only
-    model["segmenter_options"] = {k: v for k, v in model["segmenter_options"].items() if k not in speed_only}
-    # How many calls at once changes no answer; no options at all reads as folders written before them.
-    options_given = {k: v for k, v in (model.pop("lmm_options", None) or {}).items() if k != "concurrency"}
-    if any(v is not None for v in options_given.values()):
-        model["lmm_options"] = options_given
-    classes = [{"name": c.name, "queries": list(c.queries)} for c in vocabulary.classes]
-    return {"vocabulary": classes, "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
-            "model": model}
-
-
-def _same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
-    """Write --out/run.json, or on --resume check that this run computes what it recorded, so
-    one index never mixes images segmented two ways."""
-    from openseg_r.errors import ConfigError
-
-    path = out / RUN_NAME
-    if resume and path.is_file():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"cannot read {path} ({exc}); resume into another --out") from None
-        from openseg_r.config.options import upgraded_record
-
-        now = json.loads(json.dumps(record))
-        if isinstance(earlier.get("model"), dict):  # folders written before segmenters had names
-            earlier["model"] = upgraded_record(earlier["model"])
-        changed = [key for key in record if earlier.get(key) != now[key]]
-        if changed:
-            raise ConfigError(f"{out} was segmented with other {' and '.join(changed)}; resume with the same "
-                              "options, or choose another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-
-def _read_index(path: Path) -> dict[str, dict]:
-    """The last well-formed line of index.jsonl for each image, by its absolute path (a cut or
-    corrupt line is ignored)."""
-    records: dict[str, dict] = {}
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("image"), str):
-                records[_path_key(record["image"])] = record
-    return records
-
-
-def _path_key(path: str) -> str:
-    return os.path.normcase(os.path.abspath(path))
-
-
-def _folder_name_ok(name) -> bool:
-    """A folder name from index.jsonl is used only if it is one plain name inside --out."""
-    return (isinstance(name, str) and name not in ("", ".", "..", INDEX_NAME, RUN_NAME)
-            and "/" not in name and "\\" not in name and Path(name).name == name)
-
-
-class _Index:
-    """index.jsonl, appended one flushed line per image; created with the first line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = None
-
-    def write(self, record: dict) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            cut = self.path.is_file() and self.path.stat().st_size > 0 and _last_byte(self.path) != b"\n"
-            # backslashreplace: a lone surrogate of an undecodable file name stays a valid JSON escape
-            self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace")
-            if cut:  # a line a crash cut short must not swallow the next one
-                self._file.write("\n")
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _last_byte(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1)
-
-
-def _segment_many(model, plan: _Plan, vocabulary, concurrency: int, show_progress: bool) -> int:
-    """Segment the plan's images, ``concurrency`` at once; write each image's folder and
-    index line as it finishes. Exit code 0, or :data:`EXIT_SOME_FAILED`.
-
-    Files are written by a few writer threads (PNG encoding takes about 0.1 s for a VOC
-    photo, which would otherwise cap a fast GPU); at most 2 x writers results wait for one,
-    and a full queue stops taking outcomes, so memory stays bounded."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    from contextlib import closing
-
-    from tqdm import tqdm
-
-    from openseg_r._support.render import format_share
-
-    index = _Index(plan.out / INDEX_NAME)
-    counts = {"ok": 0, "failed": 0}
-    bugs: list[BaseException] = []
-    lock = threading.Lock()
-    writers = min(4, concurrency)
-    room = threading.BoundedSemaphore(2 * writers)
-    bar = tqdm(total=len(plan.todo), unit="image", desc="segment", file=sys.stderr, disable=not show_progress,
-               dynamic_ncols=True)
-
-    def say(line: str, stream) -> None:
-        encoding = getattr(stream, "encoding", None) or "utf-8"  # undecodable file names print escaped
-        line = line.encode(encoding, "backslashreplace").decode(encoding, "replace")
-        if show_progress:
-            bar.write(line, file=stream)
-        else:
-            print(line, file=stream, flush=True)
-
-    def finish(outcome) -> None:
-        """Write one image's folder, then its index line and its line of output."""
-        try:
-            image, folder = plan.todo[outcome.index]
-            error = None if outcome.ok else _reason(outcome.error or "unknown error", image)
-            if outcome.ok:
-                try:
-                    outcome.result.save(plan.out / folder)
-                except OSError as exc:
-                    error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
-                except Exception as exc:  # e.g. a file name result.json cannot hold: this image only
-                    error = f"could not write {plan.out / folder}: {type(exc).__name__}: {exc}"
-            result = outcome.result if error is None else None
-            classes = {c.name: round(c.area_fraction, 6) for c in sorted(result.classes, key=lambda c: -c.pixels)
-                       if c.pixels} if result is not None else {}
-            with lock:
-                index.write({"image": image, "out": folder if result is not None else None,
-                             "ok": result is not None, "error": error, "seconds": round(outcome.seconds, 3),
-                             "classes": classes, "run_id": result.run_id if result is not None else None})
-                bar.update(1)
-                if result is None:
-                    counts["failed"] += 1
-                    say(f"openseg-r: skipped {image}: {error}", sys.stderr)
-                else:
-                    counts["ok"] += 1
-                    found = ", ".join(f"{name} {format_share(share)}" for name, share in list(classes.items())[:3])
-                    more = f" (+{len(classes) - 3} more)" if len(classes) > 3 else ""
-                    say(f"{image} -> {plan.out / folder}: {found or 'no class'}{more}", sys.stdout)
-        except BaseException as exc:  # a bug here: raised in the main thread once the others are written
-            bugs.append(exc)
-        finally:
-            room.release()
-
-    outcomes = model.iter_segment_many([image for image, _ in plan.todo], vocabulary, concurrency=concurrency)
-    unavailable = None  # the LMM backend's failure, when it stopped the run
-    try:
-        with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="openseg-r-writer") as pool:
-            with closing(outcomes):  # on an interrupt too: images not started are dropped
-                for outcome in outcomes:
-                    room.acquire()
-                    pool.submit(finish, outcome)
-                    if bugs:
-                        break
-                    if not outcome.ok and (unavailable := _backend_down(model)):
-                        break  # every later image would fail the same way: stop asking
-    finally:
-        bar.close()
-        index.close()
-    if bugs:
-        raise bugs[0]
-    already = f", {len(plan.done)} already done" if plan.done else ""
-    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
-          f"index: {plan.out / INDEX_NAME}")
-    if unavailable:
-        from openseg_r.errors import ReasoningUnavailableError
-
-        raise ReasoningUnavailableError(f"{unavailable}; stopped: --resume continues once it answers, "
-                                        "--allow-fallback segments with bare class names", unavailable=True)
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
-
-
-def _segment_many_on_ray(plan: _Plan, vocabulary, options, settings, concurrency: int, engine: dict) -> int:
-    """--engine ray: the actors segment --concurrency images per batch and send back each
-    image's files; this process writes the folders and index.jsonl as for a local run."""
-    from openseg_r._support.files import write_atomically
-    from openseg_r.distributed import segment_files_on_ray
-
-    index = _Index(plan.out / INDEX_NAME)
-    folders = dict(plan.todo)
-    counts = {"ok": 0, "failed": 0}
-    try:
-        for row in segment_files_on_ray([image for image, _ in plan.todo], vocabulary, options=options,
-                                        settings=settings, images_per_task=concurrency, **engine):
-            image = row["path"]
-            folder = folders[image]
-            error = _reason(row["error"], image) if row["error"] else None
-            if error is None:
-                try:
-                    for name, data in row["files"].items():
-                        target = plan.out / folder / name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        write_atomically(target, lambda handle, data=data: handle.write(data))
-                except OSError as exc:
-                    error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
-            classes = {c["name"]: round(c["area_fraction"], 6)
-                       for c in sorted(json.loads(row["classes"]), key=lambda c: -c["pixels"])} if not error else {}
-            run_id = None
-            if error is None:
-                run_id = json.loads((plan.out / folder / "result.json").read_text(encoding="utf-8")).get("run_id")
-            index.write({"image": image, "out": folder if error is None else None, "ok": error is None,
-                         "error": error, "seconds": json.loads(row["trace"])["seconds"], "classes": classes,
-                         "run_id": run_id})
-            counts["failed" if error else "ok"] += 1
-            if error:
-                print(f"openseg-r: skipped {image}: {error}", file=sys.stderr, flush=True)
-            else:
-                print(f"{image} -> {plan.out / folder}: {', '.join(list(classes)[:3]) or 'no class'}", flush=True)
-    finally:
-        index.close()
-    already = f", {len(plan.done)} already done" if plan.done else ""
-    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
-          f"index: {plan.out / INDEX_NAME}")
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
-
-
-def _backend_down(model) -> str | None:
-    """Why the model's LMM backend cannot be used right now, if it cannot."""
-    health = getattr(model.lmm, "health", None)
-    return getattr(health, "down", None)
-
-
-def _reason(error: str, image: str) -> str:
-    """An image's error without its path (the line already names the image)."""
-    for label in {image, str(Path(image))}:
-        error = error.replace(f": {label}", "")
-    return error
-
-
 # --------------------------------------------------------------------------- helpers
 
 
 def _ask_at_terminal(out_dir: str):
     """Human-mode self-check at the terminal: show where the crop is, read a choice from stdin."""
-    from pathlib import Path
 
     from PIL import Image
 
