@@ -11,6 +11,7 @@ cycle means two parts that each reach into the other.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 import grimp
@@ -58,6 +59,11 @@ def part_of(module: str, package: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 else module
 
 
+def _is_package(module: str) -> bool:
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.submodule_search_locations is not None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", default="openseg_r")
@@ -81,6 +87,8 @@ def main() -> int:
     for cycle in module_cycles:
         print("  " + " <-> ".join(cycle))
     print(f"parts: {len(parts)}, edges between parts: {sum(len(t) for t in parts.values())}")
+    root = sorted(p.split(".", 1)[1] for p in parts if "." in p and not _is_package(p))
+    print(f"modules at the package root: {len(root)} ({', '.join(root)})")
     print(f"part cycles: {len(part_cycles)}")
     for cycle in part_cycles:
         print("  " + " <-> ".join(cycle))

@@ -29,7 +29,7 @@ from openseg_r.cli.options import (
     options_and_settings,
     runs_db_option,
 )
-from openseg_r.runs.folder import plan_folder, run_record, same_run_or_refuse, segment_folder, segment_folder_on_ray
+from openseg_r.runs.folder import plan_folder, run_record, same_run_or_refuse, segment_folder
 
 
 def add_parsers(commands) -> None:
@@ -123,6 +123,8 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"nothing to do: all {len(plan.done)} image(s) are already done in {plan.out} (--resume)")
         return EXIT_OK
     if engine:
+        from openseg_r.distributed.folder import segment_folder_on_ray
+
         failed = segment_folder_on_ray(plan, vocabulary, options, settings, concurrency, engine)
         return EXIT_SOME_FAILED if failed else EXIT_OK
     from openseg_r.model import OpenSegR  # imports torch: only once the input has been checked

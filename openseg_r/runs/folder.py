@@ -195,7 +195,7 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
         """Write one image's folder, then its index line and its line of output."""
         try:
             image, folder = plan.todo[outcome.index]
-            error = None if outcome.ok else _reason(outcome.error or "unknown error", image)
+            error = None if outcome.ok else error_without_path(outcome.error or "unknown error", image)
             if outcome.ok:
                 try:
                     outcome.result.save(plan.out / folder)
@@ -252,57 +252,13 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
     return counts["failed"]
 
 
-def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concurrency: int, engine: dict) -> int:
-    """--engine ray: the actors segment --concurrency images per batch and send back each
-    image's files; this process writes the folders and index.jsonl as for a local run."""
-    from openseg_r._support.files import write_atomically
-    from openseg_r.distributed import segment_files_on_ray
-
-    index = IndexFile(plan.out / INDEX_NAME)
-    folders = dict(plan.todo)
-    counts = {"ok": 0, "failed": 0}
-    try:
-        for row in segment_files_on_ray([image for image, _ in plan.todo], vocabulary, options=options,
-                                        settings=settings, images_per_task=concurrency, **engine):
-            image = row["path"]
-            folder = folders[image]
-            error = _reason(row["error"], image) if row["error"] else None
-            if error is None:
-                try:
-                    for name, data in row["files"].items():
-                        target = plan.out / folder / name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        write_atomically(target, lambda handle, data=data: handle.write(data))
-                except OSError as exc:
-                    error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
-            classes = {c["name"]: round(c["area_fraction"], 6)
-                       for c in sorted(json.loads(row["classes"]), key=lambda c: -c["pixels"])} if not error else {}
-            run_id = None
-            if error is None:
-                run_id = json.loads((plan.out / folder / "result.json").read_text(encoding="utf-8")).get("run_id")
-            index.write({"image": image, "out": folder if error is None else None, "ok": error is None,
-                         "error": error, "seconds": json.loads(row["trace"])["seconds"], "classes": classes,
-                         "run_id": run_id})
-            counts["failed" if error else "ok"] += 1
-            if error:
-                print(f"openseg-r: skipped {image}: {error}", file=sys.stderr, flush=True)
-            else:
-                print(f"{image} -> {plan.out / folder}: {', '.join(list(classes)[:3]) or 'no class'}", flush=True)
-    finally:
-        index.close()
-    already = f", {len(plan.done)} already done" if plan.done else ""
-    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
-          f"index: {plan.out / INDEX_NAME}")
-    return counts["failed"]
-
-
 def _backend_down(model) -> str | None:
     """Why the model's LMM backend cannot be used right now, if it cannot."""
     health = getattr(model.lmm, "health", None)
     return getattr(health, "down", None)
 
 
-def _reason(error: str, image: str) -> str:
+def error_without_path(error: str, image: str) -> str:
     """An image's error without its path (the line already names the image)."""
     for label in {image, str(Path(image))}:
         error = error.replace(f": {label}", "")
