@@ -4,7 +4,7 @@
   077), the atomic writes of ``segment``, ``runs report`` and ``eval`` included.
 - A class that is present never reads as 0%.
 - The backend has one name: the same in ``result.json``, the trace and ``runs list``.
-- The README's Python API example keeps its reasoning cache in the user cache folder,
+- The Python guide's example (docs/python.md) keeps its reasoning cache in the user cache folder,
   not in the working directory; the repository tracks no run state.
 - ``benchmarks/make_mini_benchmark.py`` says in one line where ``imgviz`` comes from.
 """
@@ -179,27 +179,27 @@ def test_the_backend_has_one_name_in_result_json_the_trace_and_runs_list(tmp_pat
 
 
 def python_api_example() -> str:
-    """The first Python block of the README's "Python API" section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The first Python block of the Python guide's "Python API" section."""
+    readme = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
     section = readme.split("\n## Python API\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
 
 
-def test_the_readme_python_example_keeps_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch,
+def test_the_python_guides_example_keeps_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch,
                                                                              tiny_model_files):
-    """Run the README's example as it is, with the tiny CLIP in place of the downloaded one,
-    in an empty working directory: only its ``out/`` appears there."""
+    """Run the Python guide's example as it is, with the tiny CLIP in place of the downloaded
+    one, in an empty working directory: only its ``out/`` appears there."""
     config, weights = tiny_model_files
 
     class TinyOpenSegR(OpenSegR):
-        def __init__(self, clip_model, clip_pretrained, **kwargs):
-            super().__init__(str(config), str(weights), **kwargs)
+        def __init__(self, options=None, **kwargs):
+            super().__init__(options, clip_model=str(config), clip_pretrained=str(weights), **kwargs)
 
     work = tmp_path / "work"
     shutil.copytree(ROOT / "examples", work / "examples")
     monkeypatch.chdir(work)
     monkeypatch.setattr(openseg_r, "OpenSegR", TinyOpenSegR)
-    exec(compile(python_api_example(), "README.md", "exec"), {})
+    exec(compile(python_api_example(), "docs/python.md", "exec"), {})
     assert sorted(p.name for p in work.iterdir()) == ["examples", "out"]
     assert sorted(p.name for p in (work / "out").iterdir()) == ["labels.png", "overlay.png", "result.json"]
     cache = default_cache_path()

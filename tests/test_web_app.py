@@ -835,12 +835,12 @@ def test_the_page_ships_the_repository_example_photo():
     assert shipped.read_bytes() == PHOTO.read_bytes()
 
 
-def test_the_readmes_serve_web_usage_names_only_flags_it_takes():
+def test_the_cli_guides_serve_web_usage_names_only_flags_it_takes():
     import argparse
 
     from openseg_r.cli.main import build_parser
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     usage = readme.split("openseg-r serve web [", 1)[1].split("(see Web app)", 1)[0]
     named = set(re.findall(r"(--[a-z][a-z-]*[a-z])", usage)) - {"--self-check", "--root", "--allow-urls"}
     serve = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
