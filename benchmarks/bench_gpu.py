@@ -61,17 +61,20 @@ def main() -> None:
     reference = CLIPSegmenter(loaded_clip(base, device, torch.float32), SegmenterConfig())
     flops = flops_per_image(reference, images[0], bank)
     reference_labels = [a.labels for a in reference.segment_batch(jobs(images[: args.check_images], bank))]
-    print(f"device={_device_name(device)} torch={torch.__version__} image={height}x{width} (HxW) "
-          f"windows/image={windows} classes={args.classes} compile={args.compile} FLOPs/image={flops / 1e9:.1f} G "
-          f"(vision tower + scoring, 2 per multiply-add)")
+    print(
+        f"device={_device_name(device)} torch={torch.__version__} image={height}x{width} (HxW) "
+        f"windows/image={windows} classes={args.classes} compile={args.compile} FLOPs/image={flops / 1e9:.1f} G "
+        f"(vision tower + scoring, 2 per multiply-add)"
+    )
 
     rows, peaks = [], {}
     for precision in args.precisions:
         dtype = DTYPES[precision]
         if precision not in peaks:
             peaks[precision] = matmul_peak(device, dtype, args.peak_size, args.peak_size, args.peak_size)
-            print(f"dense matmul peak {precision} ({args.peak_size}^3, best of 5): "
-                  f"{peaks[precision] / 1e12:.2f} TFLOP/s")
+            print(
+                f"dense matmul peak {precision} ({args.peak_size}^3, best of 5): {peaks[precision] / 1e12:.2f} TFLOP/s"
+            )
         for mode in args.modes:
             if precision == "fp32" and mode == "autocast":
                 continue
@@ -93,8 +96,12 @@ def measure(args, device, base, bank, images, reference_labels, precision, mode,
     with context():
         labels = [a.labels for a in segmenter.segment_batch(jobs(images[: args.check_images], bank))]
         loop = [naclip_loop(segmenter, rgb, bank)["labels"] for rgb in images[: args.check_images]]
-        loop_seconds = timed(lambda: [naclip_loop(segmenter, rgb, bank) for rgb in images[: args.loop_images]],
-                             device, args.warmup, args.repeats)
+        loop_seconds = timed(
+            lambda: [naclip_loop(segmenter, rgb, bank) for rgb in images[: args.loop_images]],
+            device,
+            args.warmup,
+            args.repeats,
+        )
     agree = sum(int((a == b).sum()) for a, b in zip(labels, reference_labels)) / sum(a.size for a in labels)
     loop_agree = sum(int((a == b).sum()) for a, b in zip(labels, loop)) / sum(a.size for a in labels)
     rows = []
@@ -104,13 +111,21 @@ def measure(args, device, base, bank, images, reference_labels, precision, mode,
         with context():
             seconds = timed(lambda: segmenter.segment_batch(batch_jobs), device, args.warmup, args.repeats)
             tower = timed(lambda: segmenter.encoder(crops), device, args.warmup, args.repeats)
-        rows.append({
-            "precision": precision, "mode": mode, "batch": batch,
-            "images_per_s": batch / seconds, "tower_images_per_s": batch / tower,
-            "roofline": batch / seconds * flops / peak, "tower_roofline": batch / tower * flops / peak,
-            "loop_images_per_s": args.loop_images / loop_seconds, "labels_as_fp32": agree,
-            "labels_as_loop": loop_agree, "peak_tflops": peak / 1e12,
-        })
+        rows.append(
+            {
+                "precision": precision,
+                "mode": mode,
+                "batch": batch,
+                "images_per_s": batch / seconds,
+                "tower_images_per_s": batch / tower,
+                "roofline": batch / seconds * flops / peak,
+                "tower_roofline": batch / tower * flops / peak,
+                "loop_images_per_s": args.loop_images / loop_seconds,
+                "labels_as_fp32": agree,
+                "labels_as_loop": loop_agree,
+                "peak_tflops": peak / 1e12,
+            }
+        )
         print(f"  {precision} {mode} batch {batch}: {_num(rows[-1]['images_per_s'])} img/s", flush=True)
     return rows
 
@@ -142,15 +157,19 @@ def timed(run, device, warmup: int, repeats: int) -> float:
 
 def print_table(rows: list[dict]) -> None:
     print()
-    print("| precision | mode | batch | segment_batch img/s | % of peak | vision tower img/s | % of peak "
-          "| NACLIP loop img/s | batch / loop | labels = fp32 | labels = loop |")
+    print(
+        "| precision | mode | batch | segment_batch img/s | % of peak | vision tower img/s | % of peak "
+        "| NACLIP loop img/s | batch / loop | labels = fp32 | labels = loop |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['precision']} | {r['mode']} | {r['batch']} | {_num(r['images_per_s'])} "
-              f"| {100 * r['roofline']:.1f} | {_num(r['tower_images_per_s'])} | {100 * r['tower_roofline']:.1f} "
-              f"| {_num(r['loop_images_per_s'])} "
-              f"| {r['images_per_s'] / r['loop_images_per_s']:.2f}x | {100 * r['labels_as_fp32']:.2f}% "
-              f"| {100 * r['labels_as_loop']:.2f}% |")
+        print(
+            f"| {r['precision']} | {r['mode']} | {r['batch']} | {_num(r['images_per_s'])} "
+            f"| {100 * r['roofline']:.1f} | {_num(r['tower_images_per_s'])} | {100 * r['tower_roofline']:.1f} "
+            f"| {_num(r['loop_images_per_s'])} "
+            f"| {r['images_per_s'] / r['loop_images_per_s']:.2f}x | {100 * r['labels_as_fp32']:.2f}% "
+            f"| {100 * r['labels_as_loop']:.2f}% |"
+        )
     print()
 
 
@@ -160,13 +179,17 @@ def verdict(rows: list[dict], device: torch.device) -> str:
     where = f"{best['precision']} {best['mode']} batch {best['batch']}"
     met = best["roofline"] >= GOAL_FRACTION and best["images_per_s"] >= GOAL_IMAGES_PER_S
     if device.type != "cuda":
-        return (f"verdict: smoke check only ({device.type}); the goal (>= {GOAL_FRACTION:.0%} of roofline, "
-                f">= {GOAL_IMAGES_PER_S:.0f} img/s) is for an H100. Best here: {_num(best['images_per_s'])} img/s, "
-                f"{best['roofline']:.1%} of roofline ({where})")
-    return (f"verdict: {'goal met' if met else 'goal NOT met'}: best {best['images_per_s']:.0f} img/s and "
-            f"{best['roofline']:.1%} of roofline ({where}) against >= {GOAL_IMAGES_PER_S:.0f} img/s and "
-            f">= {GOAL_FRACTION:.0%}; vision tower alone {best['tower_images_per_s']:.0f} img/s, "
-            f"{best['tower_roofline']:.1%}")
+        return (
+            f"verdict: smoke check only ({device.type}); the goal (>= {GOAL_FRACTION:.0%} of roofline, "
+            f">= {GOAL_IMAGES_PER_S:.0f} img/s) is for an H100. Best here: {_num(best['images_per_s'])} img/s, "
+            f"{best['roofline']:.1%} of roofline ({where})"
+        )
+    return (
+        f"verdict: {'goal met' if met else 'goal NOT met'}: best {best['images_per_s']:.0f} img/s and "
+        f"{best['roofline']:.1%} of roofline ({where}) against >= {GOAL_IMAGES_PER_S:.0f} img/s and "
+        f">= {GOAL_FRACTION:.0%}; vision tower alone {best['tower_images_per_s']:.0f} img/s, "
+        f"{best['tower_roofline']:.1%}"
+    )
 
 
 def _num(value: float) -> str:
@@ -183,8 +206,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precisions", default="fp16,bf16,fp32", help="comma-separated: fp16, bf16, fp32")
-    parser.add_argument("--mode", default="both", choices=("cast", "autocast", "both"),
-                        help="cast: the whole model in the dtype (what load_clip does); autocast: fp32 weights")
+    parser.add_argument(
+        "--mode",
+        default="both",
+        choices=("cast", "autocast", "both"),
+        help="cast: the whole model in the dtype (what load_clip does); autocast: fp32 weights",
+    )
     parser.add_argument("--compile", action="store_true", help="SegmenterConfig(compile=True)")
     parser.add_argument("--batches", default="1,8,32,64", help="images per segment_batch call, comma-separated")
     parser.add_argument("--classes", type=int, default=59)

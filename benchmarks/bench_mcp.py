@@ -38,8 +38,22 @@ async def main(args) -> None:
     pretrained = args.pretrained or "none"
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "openseg_r.cli", "serve", "mcp", "--clip-model", "ViT-B-16", "--clip-pretrained", pretrained,
-              "--lmm", f"scripted:{SCRIPT}", "--cache", "none", "--root", str(ROOT / "examples")],
+        args=[
+            "-m",
+            "openseg_r.cli",
+            "serve",
+            "mcp",
+            "--clip-model",
+            "ViT-B-16",
+            "--clip-pretrained",
+            pretrained,
+            "--lmm",
+            f"scripted:{SCRIPT}",
+            "--cache",
+            "none",
+            "--root",
+            str(ROOT / "examples"),
+        ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     started = time.perf_counter()

@@ -54,15 +54,19 @@ def segmenter_for(precision: str, pamr_steps: int = 0) -> CLIPSegmenter:
     device = torch.device("cpu")
     dtype = resolve_dtype(precision, device)
     model = open_clip_model().eval().requires_grad_(False).to(dtype=dtype)
-    clip = LoadedCLIP(model, open_clip.get_tokenizer("ViT-B-16"), "ViT-B-16-quickgelu", None, device, dtype,
-                      OPENAI_MEAN, OPENAI_STD)
+    clip = LoadedCLIP(
+        model, open_clip.get_tokenizer("ViT-B-16"), "ViT-B-16-quickgelu", None, device, dtype, OPENAI_MEAN, OPENAI_STD
+    )
     return CLIPSegmenter(clip, SegmenterConfig(pamr_steps=pamr_steps))
 
 
 def voc_prompts() -> PromptSet:
     names = load_builtin("voc21").names
-    return PromptSet(templates="imagenet", score_order="softmax_then_max",
-                     classes=[ClassPrompts(name=n, queries=[n], slots=[None], source="bare") for n in names])
+    return PromptSet(
+        templates="imagenet",
+        score_order="softmax_then_max",
+        classes=[ClassPrompts(name=n, queries=[n], slots=[None], source="bare") for n in names],
+    )
 
 
 def labels(segmenter: CLIPSegmenter, bank, rgb: np.ndarray) -> np.ndarray:
@@ -81,9 +85,11 @@ def main() -> None:
     with np.load(ROOT / "tests" / "data" / "naclip_golden_inputs.npz") as data:
         golden = data["image"]
     auto = resolve_dtype("auto", torch.device("cpu"))
-    print(f"torch={torch.__version__} threads={torch.get_num_threads()} cpu computes bf16: {cpu_computes_bf16()} "
-          f"-> auto is {str(auto).replace('torch.', '')}; ViT-B/16 (golden random weights), VOC-21 names, "
-          f"batch of {args.batch} x 500x375")
+    print(
+        f"torch={torch.__version__} threads={torch.get_num_threads()} cpu computes bf16: {cpu_computes_bf16()} "
+        f"-> auto is {str(auto).replace('torch.', '')}; ViT-B/16 (golden random weights), VOC-21 names, "
+        f"batch of {args.batch} x 500x375"
+    )
     prompts = voc_prompts()
 
     # agreement with fp32
@@ -95,8 +101,10 @@ def main() -> None:
         for name, rgb in (("golden input 336x448", golden), ("examples/voc.jpg 500x375", photo)):
             maps = {p: labels(segmenters[p], banks[p], rgb) for p in PRECISIONS}
             shares = {p: float((maps[p] == maps["fp32"]).mean()) for p in ("bf16", "auto")}
-            print(f"| {name} | {'10 steps' if pamr else 'off'} | {100 * shares['bf16']:.2f}% | "
-                  f"{100 * shares['auto']:.2f}% |")
+            print(
+                f"| {name} | {'10 steps' if pamr else 'off'} | {100 * shares['bf16']:.2f}% | "
+                f"{100 * shares['auto']:.2f}% |"
+            )
 
     # speed
     segmenters = {p: segmenter_for(p) for p in PRECISIONS}
@@ -106,7 +114,7 @@ def main() -> None:
         segmenters[p].segment_batch([SegmentJob(rgb, banks[p]) for rgb in images[:1]])
     rates: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for repeat in range(args.repeats):
-        for p in (PRECISIONS if repeat % 2 == 0 else PRECISIONS[::-1]):
+        for p in PRECISIONS if repeat % 2 == 0 else PRECISIONS[::-1]:
             started = time.perf_counter()
             segmenters[p].segment_batch([SegmentJob(rgb, banks[p]) for rgb in images])
             rates[p].append(len(images) / (time.perf_counter() - started))
@@ -114,8 +122,10 @@ def main() -> None:
     print("| --- | --- | ---: | ---: |")
     for p in PRECISIONS:
         dtype = str(resolve_dtype(p, torch.device("cpu"))).replace("torch.", "")
-        print(f"| {p} | {dtype} | {max(rates[p]):.3f} ({', '.join(f'{r:.3f}' for r in rates[p])}) | "
-              f"{max(rates[p]) / max(rates['fp32']):.2f}x |")
+        print(
+            f"| {p} | {dtype} | {max(rates[p]):.3f} ({', '.join(f'{r:.3f}' for r in rates[p])}) | "
+            f"{max(rates[p]) / max(rates['fp32']):.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -80,9 +80,10 @@ def build_data(folder: Path, images: int, size: int) -> Path:
         y, x = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
         ident = f"crop{n:02d}"
         ids.append(ident)
-        Image.fromarray(voc["rgb"][y:y + size, x:x + size]).save(base / "JPEGImages" / f"{ident}.jpg", quality=95)
-        Image.fromarray(voc["class_label"][y:y + size, x:x + size].astype(np.uint8)).save(
-            base / "SegmentationClass" / f"{ident}.png")
+        Image.fromarray(voc["rgb"][y : y + size, x : x + size]).save(base / "JPEGImages" / f"{ident}.jpg", quality=95)
+        Image.fromarray(voc["class_label"][y : y + size, x : x + size].astype(np.uint8)).save(
+            base / "SegmentationClass" / f"{ident}.png"
+        )
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     return root
 
@@ -151,8 +152,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160, help="the crops' side in pixels")
     parser.add_argument("--clip", choices=("tiny", "vit-b-16"), default="tiny")
     parser.add_argument("--ablation", action="store_true", help="the five reasoning settings per image")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="images per Ray batch (evaluated at once in an actor); the local runner's concurrency")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="images per Ray batch (evaluated at once in an actor); the local runner's concurrency",
+    )
     parser.add_argument("--cpus", type=int, default=4, help="ray.init(num_cpus=...): logical CPUs Ray schedules")
     parser.add_argument("--threads", type=int, default=2, help="CPUs (so torch threads) of the many-thread actor")
     parser.add_argument("--repeats", type=int, default=1)
@@ -168,31 +173,54 @@ def main() -> None:
         root = build_data(tmp / "data", args.images, args.size)
         images = len(voc21.samples(root))
         clip_model, clip_pretrained = clip_files(tmp, args.clip)
-        options = ModelOptions.build(clip_model=clip_model, clip_pretrained=clip_pretrained, device="cpu",
-                                     lmm=f"scripted:{SCRIPT}", reasoning_cache="none", text_cache="none")
+        options = ModelOptions.build(
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            device="cpu",
+            lmm=f"scripted:{SCRIPT}",
+            reasoning_cache="none",
+            text_cache="none",
+        )
         started = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
         cluster_s = time.perf_counter() - started
 
         def local(out: Path):
             model = OpenSegR.from_options(options)  # built inside the timed call, as an actor builds its own
-            return run_eval(model, voc21, root, out, ablation=args.ablation, progress=False,
-                            concurrency=args.batch_size)
+            return run_eval(
+                model, voc21, root, out, ablation=args.ablation, progress=False, concurrency=args.batch_size
+            )
 
         def on_ray(actors: int, cpus: int = 1):
-            return lambda out: run_eval_on_ray(options, voc21, root, out, ablation=args.ablation, actors=actors,
-                                               images_per_task=args.batch_size, cpus_per_actor=cpus)
+            return lambda out: run_eval_on_ray(
+                options,
+                voc21,
+                root,
+                out,
+                ablation=args.ablation,
+                actors=actors,
+                images_per_task=args.batch_size,
+                cpus_per_actor=cpus,
+            )
 
         threaded = f"ray, 1 actor x {args.threads} cpus"
-        engines = {"local runner": local, "ray, 1 actor": on_ray(1), "ray, 2 actors": on_ray(2),
-                   threaded: on_ray(1, args.threads)}
+        engines = {
+            "local runner": local,
+            "ray, 1 actor": on_ray(1),
+            "ray, 2 actors": on_ray(2),
+            threaded: on_ray(1, args.threads),
+        }
         local(tmp / "warm-up")  # untimed: torch's first passes, the page cache
         expected = counts(tmp / "warm-up")
         results: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name in engines}
         for repeat in range(args.repeats):
-            for name in (list(engines) if repeat % 2 == 0 else list(engines)[::-1]):
+            for name in list(engines) if repeat % 2 == 0 else list(engines)[::-1]:
                 out = tmp / f"{name.replace(' ', '').replace(',', '-')}-{repeat}"
                 with LineWatcher(out / "images.jsonl") as watcher:
                     started = time.perf_counter()
@@ -202,11 +230,13 @@ def main() -> None:
                 results[name].append((wall, watcher.times[0] - started, watcher.steady_rate()))
         ray.shutdown()
 
-    print(f"images={images} (the mini benchmark's VOC photo + {args.images} {args.size}x{args.size} crops), "
-          f"clip={args.clip} on the CPU, lmm=scripted (no latency), settings={'ablation (5)' if args.ablation else 1}, "
-          f"images_per_task={args.batch_size} (local runner: concurrency {args.batch_size}), "
-          f"ray.init(num_cpus={args.cpus}) on {os.cpu_count()} cores, local runner {torch.get_num_threads()} "
-          f"torch threads, actors 1 CPU (1 thread) unless named, repeats={args.repeats}")
+    print(
+        f"images={images} (the mini benchmark's VOC photo + {args.images} {args.size}x{args.size} crops), "
+        f"clip={args.clip} on the CPU, lmm=scripted (no latency), settings={'ablation (5)' if args.ablation else 1}, "
+        f"images_per_task={args.batch_size} (local runner: concurrency {args.batch_size}), "
+        f"ray.init(num_cpus={args.cpus}) on {os.cpu_count()} cores, local runner {torch.get_num_threads()} "
+        f"torch threads, actors 1 CPU (1 thread) unless named, repeats={args.repeats}"
+    )
     print(f"local Ray cluster started in {cluster_s:.1f} s (not counted below)")
     rates = {}
     for name, runs in results.items():
@@ -214,19 +244,27 @@ def main() -> None:
         first = statistics.median(f for _, f, _ in runs)
         steady = [s for _, _, s in runs if s is not None]
         rates[name] = (images / wall, statistics.median(steady) if steady else None)
-        print(f"{name:24s} wall {wall:6.1f} s = {rates[name][0]:5.2f} images/s; first record after {first:5.1f} s; "
-              "steady " + (f"{rates[name][1]:5.2f} images/s" if rates[name][1] else "n/a"))
+        print(
+            f"{name:24s} wall {wall:6.1f} s = {rates[name][0]:5.2f} images/s; first record after {first:5.1f} s; "
+            "steady " + (f"{rates[name][1]:5.2f} images/s" if rates[name][1] else "n/a")
+        )
     base_wall, base_steady = rates["local runner"]
     for name in ("ray, 1 actor", "ray, 2 actors"):
         wall, steady = rates[name]
-        print(f"{name} / local runner: wall {wall / base_wall:.2f}x"
-              + (f", steady {steady / base_steady:.2f}x" if steady and base_steady else ""))
+        print(
+            f"{name} / local runner: wall {wall / base_wall:.2f}x"
+            + (f", steady {steady / base_steady:.2f}x" if steady and base_steady else "")
+        )
     one, two = rates["ray, 1 actor"], rates["ray, 2 actors"]
-    print(f"ray 2 actors / 1 actor: wall {two[0] / one[0]:.2f}x"
-          + (f", steady {two[1] / one[1]:.2f}x" if one[1] and two[1] else ""))
+    print(
+        f"ray 2 actors / 1 actor: wall {two[0] / one[0]:.2f}x"
+        + (f", steady {two[1] / one[1]:.2f}x" if one[1] and two[1] else "")
+    )
     many = rates[threaded]
-    print(f"ray 1 actor, {args.threads} cpus / 1 cpu: wall {many[0] / one[0]:.2f}x"
-          + (f", steady {many[1] / one[1]:.2f}x" if one[1] and many[1] else ""))
+    print(
+        f"ray 1 actor, {args.threads} cpus / 1 cpu: wall {many[0] / one[0]:.2f}x"
+        + (f", steady {many[1] / one[1]:.2f}x" if one[1] and many[1] else "")
+    )
     print("all runs recorded every image with the local runner's counts")
 
 

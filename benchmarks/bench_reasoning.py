@@ -77,11 +77,14 @@ def main() -> None:
     counter_name, count = token_counter()
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     single = script["image_reasoning"]
-    chain = dict(script, image_reasoning=[
-        {"description": single["description"]},
-        {"present": [c["name"] for c in single["candidates"]]},
-        {"candidates": single["candidates"]},
-    ])
+    chain = dict(
+        script,
+        image_reasoning=[
+            {"description": single["description"]},
+            {"present": [c["name"] for c in single["candidates"]]},
+            {"candidates": single["candidates"]},
+        ],
+    )
     photo = ROOT / "examples" / "voc.jpg"
     print(f"tokens counted with: {counter_name}; image tokens as Qwen2.5-VL counts them")
     print(f"{'mode':8s} {'step':18s} {'calls':>5s} {'prompt tok':>10s} {'answer tok':>10s}")
@@ -103,8 +106,10 @@ def main() -> None:
             result = pipeline.segment(photo, "voc21")
             stats = result.reasoning_cache
             total = stats["hits"] + stats["misses"]
-            print(f"{run} run with the SQLite cache: {stats['hits']}/{total} hits "
-                  f"({100 * stats['hits'] / total:.0f}%), {len(result.state.lmm_calls)} LMM calls")
+            print(
+                f"{run} run with the SQLite cache: {stats['hits']}/{total} hits "
+                f"({100 * stats['hits'] / total:.0f}%), {len(result.state.lmm_calls)} LMM calls"
+            )
 
 
 if __name__ == "__main__":

@@ -61,13 +61,17 @@ def main() -> None:
     cfg = segmenter.config
     boxes = window_boxes(height, width, cfg.crop, cfg.stride)
     flops = flops_per_image(segmenter, images[0], bank)
-    print(f"cpu threads={torch.get_num_threads()} torch={torch.__version__} image={height}x{width} (HxW) "
-          f"windows/image={len(boxes)} classes={args.classes} FLOPs/image={flops / 1e9:.1f} G "
-          f"load average before={load_before[0]:.2f}")
+    print(
+        f"cpu threads={torch.get_num_threads()} torch={torch.__version__} image={height}x{width} (HxW) "
+        f"windows/image={len(boxes)} classes={args.classes} FLOPs/image={flops / 1e9:.1f} G "
+        f"load average before={load_before[0]:.2f}"
+    )
 
     tokens = len(boxes) * (1 + (cfg.crop // segmenter.encoder.patch_size[0]) ** 2)
-    peaks_before = {"tower-shaped": matmul_peak(device, torch.float32, tokens, 768, 3072),
-                    "2048^3": matmul_peak(device, torch.float32, 2048, 2048, 2048)}
+    peaks_before = {
+        "tower-shaped": matmul_peak(device, torch.float32, tokens, 768, 3072),
+        "2048^3": matmul_peak(device, torch.float32, 2048, 2048, 2048),
+    }
 
     # warm-up: every shape once (allocator, oneDNN kernel choice)
     segmenter.segment_batch([SegmentJob(images[0], bank)])
@@ -80,12 +84,19 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = ["one batch of 6", "6 batches of 1"][:: 1 if repeat % 2 == 0 else -1]
         for name in order:
-            tower[name].append(seconds(lambda n=name: segmenter.encoder(crops) if n == "one batch of 6"
-                                       else [segmenter.encoder(c[None]) for c in crops]))
+            tower[name].append(
+                seconds(
+                    lambda n=name: (
+                        segmenter.encoder(crops)
+                        if n == "one batch of 6"
+                        else [segmenter.encoder(c[None]) for c in crops]
+                    )
+                )
+            )
         for batch in batches:
             chosen = images[:batch]
             timings = {}
-            for name in (["segment_batch", "loop"] if repeat % 2 == 0 else ["loop", "segment_batch"]):
+            for name in ["segment_batch", "loop"] if repeat % 2 == 0 else ["loop", "segment_batch"]:
                 if name == "segment_batch":
                     timings[name] = seconds(lambda: segmenter.segment_batch([SegmentJob(rgb, bank) for rgb in chosen]))
                 else:
@@ -93,13 +104,18 @@ def main() -> None:
             runs[batch]["segment_batch"].append(batch / timings["segment_batch"])
             runs[batch]["loop"].append(batch / timings["loop"])
             runs[batch]["ratio"].append(timings["loop"] / timings["segment_batch"])
-            print(f"  repeat {repeat + 1} batch {batch}: segment_batch {batch / timings['segment_batch']:.3f} img/s, "
-                  f"loop {batch / timings['loop']:.3f} img/s", flush=True)
+            print(
+                f"  repeat {repeat + 1} batch {batch}: segment_batch {batch / timings['segment_batch']:.3f} img/s, "
+                f"loop {batch / timings['loop']:.3f} img/s",
+                flush=True,
+            )
 
-    peaks_after = {"tower-shaped": matmul_peak(device, torch.float32, tokens, 768, 3072),
-                   "2048^3": matmul_peak(device, torch.float32, 2048, 2048, 2048)}
+    peaks_after = {
+        "tower-shaped": matmul_peak(device, torch.float32, tokens, 768, 3072),
+        "2048^3": matmul_peak(device, torch.float32, 2048, 2048, 2048),
+    }
     report(args, runs, tower, flops, peaks_before, peaks_after, tokens, load_before)
-    precision_rows(args, segmenter, bank, images[:max(batches)], device)
+    precision_rows(args, segmenter, bank, images[: max(batches)], device)
 
 
 def precision_rows(args, fp32_segmenter, bank, images, device) -> None:
@@ -117,18 +133,22 @@ def precision_rows(args, fp32_segmenter, bank, images, device) -> None:
     labels = {name: [a.labels for a in s.segment_batch(jobs[name])] for name, s in segmenters.items()}  # + warm-up
     rates: dict[str, list[float]] = {name: [] for name in segmenters}
     for repeat in range(args.repeats):
-        for name in (list(segmenters) if repeat % 2 == 0 else list(segmenters)[::-1]):
+        for name in list(segmenters) if repeat % 2 == 0 else list(segmenters)[::-1]:
             rates[name].append(len(images) / seconds(lambda n=name: segmenters[n].segment_batch(jobs[n])))
     print()
-    print(f"| precision ({len(images)} images per call) | dtype | segment_batch img/s, best (median) | vs fp32 "
-          "| labels equal to fp32 |")
+    print(
+        f"| precision ({len(images)} images per call) | dtype | segment_batch img/s, best (median) | vs fp32 "
+        "| labels equal to fp32 |"
+    )
     print("| --- | --- | ---: | ---: | ---: |")
     for name, segmenter in segmenters.items():
         same = sum(int((a == b).sum()) for a, b in zip(labels[name], labels["fp32"]))
         total = sum(a.size for a in labels["fp32"])
-        print(f"| {name} | {str(segmenter.clip.dtype).replace('torch.', '')} | {max(rates[name]):.3f} "
-              f"({statistics.median(rates[name]):.3f}) | {max(rates[name]) / max(rates['fp32']):.2f}x "
-              f"| {100 * same / total:.2f}% |")
+        print(
+            f"| {name} | {str(segmenter.clip.dtype).replace('torch.', '')} | {max(rates[name]):.3f} "
+            f"({statistics.median(rates[name]):.3f}) | {max(rates[name]) / max(rates['fp32']):.2f}x "
+            f"| {100 * same / total:.2f}% |"
+        )
 
 
 def seconds(run) -> float:
@@ -139,40 +159,56 @@ def seconds(run) -> float:
 
 def report(args, runs, tower, flops, peaks_before, peaks_after, tokens, load_before) -> None:
     print()
-    print("| images per call | segment_batch img/s, best (median) | NACLIP loop img/s, best (median) "
-          "| ratio of bests | ratio per repeat |")
+    print(
+        "| images per call | segment_batch img/s, best (median) | NACLIP loop img/s, best (median) "
+        "| ratio of bests | ratio per repeat |"
+    )
     print("| ---: | ---: | ---: | ---: | --- |")
     for batch, r in runs.items():
-        print(f"| {batch} | {max(r['segment_batch']):.3f} ({statistics.median(r['segment_batch']):.3f}) "
-              f"| {max(r['loop']):.3f} ({statistics.median(r['loop']):.3f}) "
-              f"| {max(r['segment_batch']) / max(r['loop']):.2f}x | {', '.join(f'{x:.2f}' for x in r['ratio'])} |")
+        print(
+            f"| {batch} | {max(r['segment_batch']):.3f} ({statistics.median(r['segment_batch']):.3f}) "
+            f"| {max(r['loop']):.3f} ({statistics.median(r['loop']):.3f}) "
+            f"| {max(r['segment_batch']) / max(r['loop']):.2f}x | {', '.join(f'{x:.2f}' for x in r['ratio'])} |"
+        )
     print()
     gflop = flops / 1e9  # per image; the scoring matmul is < 0.1% of it
     for name, times in tower.items():
-        print(f"vision tower, one image's windows as {name}: best {min(times):.3f} s ({gflop / min(times):.1f} "
-              f"GFLOP/s), median {statistics.median(times):.3f} s")
+        print(
+            f"vision tower, one image's windows as {name}: best {min(times):.3f} s ({gflop / min(times):.1f} "
+            f"GFLOP/s), median {statistics.median(times):.3f} s"
+        )
     gain = min(tower["6 batches of 1"]) / min(tower["one batch of 6"])
     print(f"batching gain of the vision tower alone (best against best): {gain:.2f}x")
     for batch, r in runs.items():  # what is left once the vision tower's share is taken out
         rest_batch = 1 / max(r["segment_batch"]) - min(tower["one batch of 6"])
         rest_loop = 1 / max(r["loop"]) - min(tower["6 batches of 1"])
-        print(f"outside the vision tower, {batch} image(s) per call (bests): segment_batch ~{rest_batch:.3f} s/image, "
-              f"loop ~{rest_loop:.3f} s/image")
+        print(
+            f"outside the vision tower, {batch} image(s) per call (bests): segment_batch ~{rest_batch:.3f} s/image, "
+            f"loop ~{rest_loop:.3f} s/image"
+        )
     for name in peaks_before:
         shape = f"{tokens}x768x3072" if name == "tower-shaped" else "2048x2048x2048"
-        print(f"fp32 GEMM peak {shape}: {peaks_before[name] / 1e9:.1f} GFLOP/s before, "
-              f"{peaks_after[name] / 1e9:.1f} after (best of 5)")
+        print(
+            f"fp32 GEMM peak {shape}: {peaks_before[name] / 1e9:.1f} GFLOP/s before, "
+            f"{peaks_after[name] / 1e9:.1f} after (best of 5)"
+        )
     load_after = os.getloadavg()[0]
     print(f"load average before {load_before[0]:.2f}, after {load_after:.2f} on {os.cpu_count()} cores")
     ratios = {batch: max(r["segment_batch"]) / max(r["loop"]) for batch, r in runs.items()}
     spread = max(max(r["ratio"]) / min(r["ratio"]) for r in runs.values())
     busy = max(load_before[0], load_after) > (os.cpu_count() or 1) + 0.5 or spread > 1.5
     batch, best_ratio = max(ratios.items(), key=lambda item: item[1])
-    print(f"verdict: segment_batch is {best_ratio:.2f}x the NACLIP loop at best ({batch} image(s) per call); the goal "
-          f"of >= {GOAL_RATIO:.0f}x is {'met' if best_ratio >= GOAL_RATIO else 'NOT met'} on this CPU; batching the "
-          f"vision tower alone gains {gain:.2f}x here"
-          + ("; UNRELIABLE: other processes loaded the machine (ratios per repeat differ by up to "
-             f"{spread:.1f}x); rerun on an idle machine" if busy else ""))
+    print(
+        f"verdict: segment_batch is {best_ratio:.2f}x the NACLIP loop at best ({batch} image(s) per call); the goal "
+        f"of >= {GOAL_RATIO:.0f}x is {'met' if best_ratio >= GOAL_RATIO else 'NOT met'} on this CPU; batching the "
+        f"vision tower alone gains {gain:.2f}x here"
+        + (
+            "; UNRELIABLE: other processes loaded the machine (ratios per repeat differ by up to "
+            f"{spread:.1f}x); rerun on an idle machine"
+            if busy
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,13 +70,19 @@ def main() -> None:
     node_seconds = sum(t.seconds for t in result.state.timings if t.node in SELF_CHECK_NODES)
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     calls = [c for c in result.state.lmm_calls if c.step == "self_check"]
-    print(f"device={seg.segmenter.clip.device} weights={'random' if args.pretrained is None else args.pretrained} "
-          f"image={rgb.shape[1]}x{rgb.shape[0]} vocabulary=voc21 settings=defaults")
-    print(f"self-check: {sum(len(r.regions) for r in check.rounds)} region(s) in {check.round} round(s), "
-          f"{len(calls)} LMM call(s) per image, {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; "
-          f"stopped: {check.stopped}")
-    print(f"tokens per image (self-check): prompt {sum(c.usage.prompt_tokens for c in calls)}, "
-          f"completion {sum(c.usage.completion_tokens for c in calls)}")
+    print(
+        f"device={seg.segmenter.clip.device} weights={'random' if args.pretrained is None else args.pretrained} "
+        f"image={rgb.shape[1]}x{rgb.shape[0]} vocabulary=voc21 settings=defaults"
+    )
+    print(
+        f"self-check: {sum(len(r.regions) for r in check.rounds)} region(s) in {check.round} round(s), "
+        f"{len(calls)} LMM call(s) per image, {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; "
+        f"stopped: {check.stopped}"
+    )
+    print(
+        f"tokens per image (self-check): prompt {sum(c.usage.prompt_tokens for c in calls)}, "
+        f"completion {sum(c.usage.completion_tokens for c in calls)}"
+    )
     print(f"median s/image: without {off:.3f}, with {on:.3f}; added {on - off:+.3f} s ({on / off:.2f}x)")
     print(f"self-check nodes alone (last run): {node_seconds:.3f} s")
 

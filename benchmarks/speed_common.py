@@ -38,16 +38,18 @@ def random_vit_b16(device: torch.device, seed: int = 0) -> torch.nn.Module:
 
 def loaded_clip(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> LoadedCLIP:
     """``model`` as the loader would hand it over; ``dtype`` is what it is recorded as."""
-    return LoadedCLIP(model, open_clip.get_tokenizer("ViT-B-16"), "ViT-B-16", None, device, dtype,
-                      OPENAI_MEAN, OPENAI_STD)
+    return LoadedCLIP(
+        model, open_clip.get_tokenizer("ViT-B-16"), "ViT-B-16", None, device, dtype, OPENAI_MEAN, OPENAI_STD
+    )
 
 
 def random_bank(num_classes: int, dim: int, device: torch.device, seed: int = 0) -> QueryBank:
     generator = torch.Generator().manual_seed(seed)
     embeddings = F.normalize(torch.randn(num_classes, dim, generator=generator), dim=-1)
     index = torch.arange(num_classes)
-    return QueryBank(embeddings.to(device), index, index.clone(), torch.zeros(num_classes, dtype=torch.long),
-                     num_classes, 1)
+    return QueryBank(
+        embeddings.to(device), index, index.clone(), torch.zeros(num_classes, dtype=torch.long), num_classes, 1
+    )
 
 
 def random_images(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:

@@ -85,8 +85,10 @@ class OpenSegR:
             option_values["segmenter"] = segmenter
             segmenter = None
         if segmenter is not None and not isinstance(segmenter, Segmenter):
-            raise ConfigError(f"{type(segmenter).__name__} is not a segmenter: it needs query_bank(), segment() "
-                              "and describe() (see openseg_r.segmenters.base.Segmenter)")
+            raise ConfigError(
+                f"{type(segmenter).__name__} is not a segmenter: it needs query_bank(), segment() "
+                "and describe() (see openseg_r.segmenters.base.Segmenter)"
+            )
         given = {"lmm": lmm, "reasoning_cache": reasoning_cache, "aligner": aligner, "runs_db": runs_db}
         injected = {k: v for k, v in given.items() if v is not None and not isinstance(v, (str, Path))}
         option_values |= {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
@@ -115,8 +117,9 @@ class OpenSegR:
         if options.batch_size > 1 and hasattr(segmenter, "segment_batch"):
             # a bound method of the model (not of the counter): the batcher's worker thread must not hold
             # the last reference to the model, or torch objects get freed in it at interpreter exit (abort)
-            self.batcher = MicroBatcher(segmenter, options.batch_size, options.batch_wait_ms,
-                                        expected_callers=self.runs_in_flight)
+            self.batcher = MicroBatcher(
+                segmenter, options.batch_size, options.batch_wait_ms, expected_callers=self.runs_in_flight
+            )
         self.lmm_concurrency = lmm_concurrency
         self._lmm_slots = threading.BoundedSemaphore(max(1, lmm_concurrency))
         self._flights = SingleFlight()
@@ -134,13 +137,15 @@ class OpenSegR:
 
             self.runs_db = db if isinstance(db, RunsDB) else RunsDB(db)
         # How to build this model again: recorded with each run, for `runs resume/replay`.
-        self.options = options.model_copy(update={
-            "lmm": spec or getattr(self.lmm, "spec", None) or "none",
-            "reasoning_cache": _cache_choice(cache_choice, self.reasoning_cache),
-            "aligner": options.aligner if "aligner" not in injected else ModelOptions().aligner,
-            "lmm_concurrency": lmm_concurrency,
-            "lmm_options": lmm_options,
-        })
+        self.options = options.model_copy(
+            update={
+                "lmm": spec or getattr(self.lmm, "spec", None) or "none",
+                "reasoning_cache": _cache_choice(cache_choice, self.reasoning_cache),
+                "aligner": options.aligner if "aligner" not in injected else ModelOptions().aligner,
+                "lmm_concurrency": lmm_concurrency,
+                "lmm_options": lmm_options,
+            }
+        )
         self.graph = build_graph(checkpointer=self.runs_db.checkpointer if self.runs_db else None)
         self._interactive_graph = self.graph if self.runs_db else None  # human mode needs a checkpointer
         self._unrecorded: dict[bool, Any] = {}  # graphs for runs kept out of the runs database, by interactive
@@ -165,8 +170,7 @@ class OpenSegR:
         a run cannot be built again, and replay says so)."""
         recorded = self.options.recorded()
         if self._unregistered is not None:
-            recorded["segmenter"] = UNREGISTERED + str(self._unregistered.get("kind") or
-                                                       type(self.segmenter).__name__)
+            recorded["segmenter"] = UNREGISTERED + str(self._unregistered.get("kind") or type(self.segmenter).__name__)
             recorded["segmenter_options"] = self._unregistered
         return recorded
 
@@ -200,7 +204,8 @@ class OpenSegR:
         sibling = copy.copy(self)
         sibling.lmm = backend_from_spec(lmm if spec is None else spec, options=calls)
         sibling.options = self.options.model_copy(
-            update={"lmm": spec or getattr(sibling.lmm, "spec", None) or "none", "lmm_record": None})
+            update={"lmm": spec or getattr(sibling.lmm, "spec", None) or "none", "lmm_record": None}
+        )
         return sibling
 
     def segment(
@@ -233,13 +238,20 @@ class OpenSegR:
         ``record=False`` keeps this run out of the model's runs database. ``output``: the
         folder the caller writes the result to, kept with a recorded run (``runs resume``
         writes there again)."""
-        run = self.start(image, vocabulary, graph_config=graph_config, on_event=on_event, image_name=image_name,
-                         cancel=cancel, record=record, output=output, **settings_overrides)
+        run = self.start(
+            image,
+            vocabulary,
+            graph_config=graph_config,
+            on_event=on_event,
+            image_name=image_name,
+            cancel=cancel,
+            record=record,
+            output=output,
+            **settings_overrides,
+        )
         while run.result is None:
             if on_question is None:
-                raise ConfigError(
-                    "the self-check is in human mode: pass on_question=..., or use start() and answer()"
-                )
+                raise ConfigError("the self-check is in human mode: pass on_question=..., or use start() and answer()")
             run.answer({q["region_id"]: on_question(q, run.crop(q)) for q in run.questions})
         return run.result
 
@@ -256,8 +268,9 @@ class OpenSegR:
         the model's ``lmm_concurrency``) and their forward passes are shared (up to
         ``batch_size`` images). Outcomes come back in input order; an image that fails
         has its one-line error in its outcome and the others go on."""
-        outcomes = self.iter_segment_many(images, vocabulary, concurrency=concurrency, names=names,
-                                          **settings_overrides)
+        outcomes = self.iter_segment_many(
+            images, vocabulary, concurrency=concurrency, names=names, **settings_overrides
+        )
         return sorted(outcomes, key=lambda outcome: outcome.index)
 
     def iter_segment_many(
@@ -278,8 +291,10 @@ class OpenSegR:
         ``names`` name images given as pixels."""
         settings = merged_settings(self.settings, settings_overrides)
         if settings.self_check.enabled and settings.self_check.mode == "human":
-            raise ConfigError("the human-mode self-check cannot ask you about many images at once: "
-                              "use the lmm self-check mode, or segment() one image at a time")
+            raise ConfigError(
+                "the human-mode self-check cannot ask you about many images at once: "
+                "use the lmm self-check mode, or segment() one image at a time"
+            )
         slots = ReasoningSlots(concurrency)  # checks it; as many again may be past their reasoning
         vocab = resolve_vocabulary(vocabulary)  # a bad vocabulary fails every image: say it once
         items = iter(enumerate(images))
@@ -311,11 +326,19 @@ class OpenSegR:
         loop stays free; outcomes in input order."""
         import asyncio
 
-        return await asyncio.to_thread(self.segment_many, images, vocabulary, concurrency=concurrency,
-                                       names=names, **settings_overrides)
+        return await asyncio.to_thread(
+            self.segment_many, images, vocabulary, concurrency=concurrency, names=names, **settings_overrides
+        )
 
-    def _outcome(self, index: int, image: ImageInput, vocab: Vocabulary, name: str | None,
-                 settings_overrides: dict, slots: ReasoningSlots) -> ImageOutcome:
+    def _outcome(
+        self,
+        index: int,
+        image: ImageInput,
+        vocab: Vocabulary,
+        name: str | None,
+        settings_overrides: dict,
+        slots: ReasoningSlots,
+    ) -> ImageOutcome:
         """One image of :meth:`iter_segment_many`, its failure caught as its own."""
         source = name if name is not None else str(image) if isinstance(image, (str, Path)) else None
         started = time.perf_counter()
@@ -325,14 +348,25 @@ class OpenSegR:
         except OpenSegRError as exc:
             return ImageOutcome(index, source, error=str(exc), seconds=time.perf_counter() - started)
         except Exception as exc:  # a bug shows as this image's failure, named, not as everyone's
-            return ImageOutcome(index, source, error=f"internal error: {type(exc).__name__}: {exc}",
-                                seconds=time.perf_counter() - started)
+            return ImageOutcome(
+                index,
+                source,
+                error=f"internal error: {type(exc).__name__}: {exc}",
+                seconds=time.perf_counter() - started,
+            )
         return ImageOutcome(index, source, result=result, seconds=time.perf_counter() - started)
 
     def start(
-        self, image: ImageInput, vocabulary: str | list[str] | Vocabulary, *, graph_config: dict | None = None,
-        on_event: Callable[[dict], None] | None = None, image_name: str | None = None,
-        cancel: CancelToken | None = None, record: bool | None = None, output: str | Path | None = None,
+        self,
+        image: ImageInput,
+        vocabulary: str | list[str] | Vocabulary,
+        *,
+        graph_config: dict | None = None,
+        on_event: Callable[[dict], None] | None = None,
+        image_name: str | None = None,
+        cancel: CancelToken | None = None,
+        record: bool | None = None,
+        output: str | Path | None = None,
         **settings_overrides,
     ) -> "SegmentationRun":
         """Begin a run. It completes at once, unless the human-mode self-check pauses it
@@ -355,8 +389,9 @@ class OpenSegR:
         graph = self._graph_for(interactive, kept_out=self.runs_db is not None and record is False)
         run = SegmentationRun(self, graph, store, rgb, settings, graph_config, on_event=on_event, cancel=cancel)
         if recorded:
-            self._record_start(run.thread_id, ref, vocab, settings,
-                               output=None if output is None else str(Path(output).resolve()))
+            self._record_start(
+                run.thread_id, ref, vocab, settings, output=None if output is None else str(Path(output).resolve())
+            )
             run.recorded = True
         run._advance(state)
         return run
@@ -425,14 +460,21 @@ class OpenSegR:
         values["settings"] = settings
         run = SegmentationRun(self, self.graph, store, rgb, settings, on_event=on_event)
         run.recorded = True
-        self._record_start(run.thread_id, values["image"], values["vocabulary"], settings,
-                           parent_run=record.run_id, replay_from=from_node)
+        self._record_start(
+            run.thread_id,
+            values["image"],
+            values["vocabulary"],
+            settings,
+            parent_run=record.run_id,
+            replay_from=from_node,
+        )
         self.graph.update_state(run._config, values, as_node=as_node)
         run._advance(None)
         return run
 
-    def _result(self, final, store: ArtifactStore, rgb: np.ndarray, cache_before: tuple[int, int],
-                run_id: str | None = None) -> SegmentationResult:
+    def _result(
+        self, final, store: ArtifactStore, rgb: np.ndarray, cache_before: tuple[int, int], run_id: str | None = None
+    ) -> SegmentationResult:
         if not isinstance(final, OpenSegState):
             final = OpenSegState.model_validate({k: v for k, v in dict(final).items() if not k.startswith("__")})
         state = final
@@ -494,7 +536,9 @@ class OpenSegR:
             cause = f"every LMM answer was unusable (first: {failures[0].reason[:200]})"
         return ReasoningUnavailableError(
             f"no LMM reasoning in this run: {cause} (--allow-fallback or allow_fallback=True keeps the "
-            "bare-name result)", unavailable=down is not None)
+            "bare-name result)",
+            unavailable=down is not None,
+        )
 
 
 class SegmentationRun:
@@ -502,9 +546,16 @@ class SegmentationRun:
     holds the human-mode self-check questions it is paused on."""
 
     def __init__(
-        self, model: OpenSegR, graph, store: ArtifactStore, rgb: np.ndarray, settings: Settings,
-        graph_config: dict | None = None, on_event: Callable[[dict], None] | None = None,
-        thread_id: str | None = None, cancel: CancelToken | None = None,
+        self,
+        model: OpenSegR,
+        graph,
+        store: ArtifactStore,
+        rgb: np.ndarray,
+        settings: Settings,
+        graph_config: dict | None = None,
+        on_event: Callable[[dict], None] | None = None,
+        thread_id: str | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
         self.model, self.graph, self.store, self.rgb = model, graph, store, rgb
         self.cancel = cancel  # read at every text batch, window pass and graph step
@@ -599,8 +650,11 @@ class SegmentationRun:
         state = self.result.state
         shortfall = None if state.settings.allow_fallback else self.model.reasoning_shortfall(state)
         if self.recorded:  # recorded as what it was: a run without the reasoning it asked for failed
-            self.model.runs_db.finish_run(self.run_id, "done" if shortfall is None else "failed",
-                                          error=None if shortfall is None else f"no reasoning: {shortfall}"[:2000])
+            self.model.runs_db.finish_run(
+                self.run_id,
+                "done" if shortfall is None else "failed",
+                error=None if shortfall is None else f"no reasoning: {shortfall}"[:2000],
+            )
         if shortfall is not None:  # asked for reasoning, got none: no silent bare-name result
             shortfall.result = self.result
             raise shortfall

@@ -117,8 +117,9 @@ class SegmentationResult:
             for key, suffix in ((answer.crop_key, ""), (answer.context_key, "-context")):
                 if key in self.self_check_images:
                     picture = Image.fromarray(self.self_check_images[key])
-                    write_atomically(out / "self_check" / f"{answer.region_id}{suffix}.png",
-                                     lambda f: picture.save(f, format="PNG"))
+                    write_atomically(
+                        out / "self_check" / f"{answer.region_id}{suffix}.png", lambda f: picture.save(f, format="PNG")
+                    )
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
         write_atomically(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths

@@ -35,14 +35,18 @@ def _clean_text(value: object, limit: int = MAX_TEXT) -> str:
     zero-width characters and lone surrogates removed."""
     if value is None:
         return ""
-    text = "".join(" " if ch.isspace() else ch for ch in str(value)
-                   if ch.isspace() or unicodedata.category(ch) not in _UNSAFE_CATEGORIES)
+    text = "".join(
+        " " if ch.isspace() else ch
+        for ch in str(value)
+        if ch.isspace() or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
+    )
     return " ".join(text.split())[:limit]
 
 
 def _describe_dropped(position: int, item: object) -> str:
     kind = {dict: "an object", list: "a list", tuple: "a list", bool: "a true/false value"}.get(
-        type(item), "a number" if isinstance(item, (int, float)) else type(item).__name__)
+        type(item), "a number" if isinstance(item, (int, float)) else type(item).__name__
+    )
     try:
         shown = json.dumps(item, ensure_ascii=True, default=str)
     except (TypeError, ValueError):
@@ -79,8 +83,9 @@ class ClassReasoning(BaseModel):
         items = data.get("attributes")
         if isinstance(items, (list, tuple)):
             data["attributes"] = [item for item in items if isinstance(item, str)]
-            data["dropped"] = [_describe_dropped(i, item) for i, item in enumerate(items, start=1)
-                               if not isinstance(item, str)][:MAX_ATTRIBUTES]
+            data["dropped"] = [
+                _describe_dropped(i, item) for i, item in enumerate(items, start=1) if not isinstance(item, str)
+            ][:MAX_ATTRIBUTES]
         return data
 
     @field_validator("name", mode="before")
@@ -455,9 +460,14 @@ def dropped_attribute_fallbacks(step: str, reasoning: ClassReasoning, subject: s
     """One recorded fallback when an answer's attribute list held items that are not text."""
     if not reasoning.dropped:
         return []
-    return [Fallback(step=step, subject=subject or reasoning.name,
-                     reason=f"{len(reasoning.dropped)} attribute(s) were not text: " + "; ".join(reasoning.dropped),
-                     used=DROPPED_ATTRIBUTES_USED)]
+    return [
+        Fallback(
+            step=step,
+            subject=subject or reasoning.name,
+            reason=f"{len(reasoning.dropped)} attribute(s) were not text: " + "; ".join(reasoning.dropped),
+            used=DROPPED_ATTRIBUTES_USED,
+        )
+    ]
 
 
 class NodeTiming(BaseModel):

@@ -29,10 +29,12 @@ FILES = {  # built-in name -> (upstream file, what it is)
 
 
 def convert(source: Path, title: str) -> str:
-    lines = [f"# {title}, with the synonyms OpenSeg-R's classifiers use; label id = line index.",
-             f"# Source: OpenSeg-R (MAFT+) maft/data/datasets/{source.name}; MIT, see LICENSE-openseg-r.txt.",
-             "# Converted by scripts/import_upstream_vocab.py (invalid_class_id placeholders dropped);",
-             '# a class whose first name repeats an earlier one is shown as "name (id N)", its names unchanged.']
+    lines = [
+        f"# {title}, with the synonyms OpenSeg-R's classifiers use; label id = line index.",
+        f"# Source: OpenSeg-R (MAFT+) maft/data/datasets/{source.name}; MIT, see LICENSE-openseg-r.txt.",
+        "# Converted by scripts/import_upstream_vocab.py (invalid_class_id placeholders dropped);",
+        '# a class whose first name repeats an earlier one is shown as "name (id N)", its names unchanged.',
+    ]
     shown: set[str] = set()
     for raw in source.read_text(encoding="utf-8").splitlines():
         if not raw.strip():

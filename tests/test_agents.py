@@ -42,12 +42,17 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", LANGSMITH_TR
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny PNG file whose header claims 10 gigapixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +77,9 @@ def limits(image_root):
 
 @pytest.fixture(scope="module")
 def service(tiny_segmenter, limits):
-    return SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))),
-                               limits)
+    return SegmentationService(
+        OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))), limits
+    )
 
 
 # --------------------------------------------------------------------------- safety rules
@@ -175,10 +181,23 @@ def test_a_real_loopback_server_is_never_fetched():
 
 @pytest.mark.parametrize(
     "address, public",
-    [("8.8.8.8", True), ("2606:4700:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False),
-     ("192.168.1.1", False), ("172.16.0.1", False), ("169.254.1.1", False), ("::1", False), ("fe80::1", False),
-     ("fc00::1", False), ("::ffff:127.0.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("100.64.0.1", False),
-     ("not an ip", False)],
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.1.1", False),
+        ("172.16.0.1", False),
+        ("169.254.1.1", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("100.64.0.1", False),
+        ("not an ip", False),
+    ],
 )
 def test_public_address_rule(address, public):
     assert is_public_address(address) is public
@@ -276,14 +295,33 @@ def test_langchain_agent_loop_drives_the_tool(service):
     from openseg_r.tools.langchain_tool import TOOL_NAME, segment_tool
 
     tool = segment_tool(service)
-    model = GenericFakeChatModel(messages=iter([
-        AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "id": "call-1",
-                                           "args": {"image_path": "voc.jpg",
-                                                    "vocabulary": ["person", "chair", "table"]}}]),
-        AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "id": "call-2",
-                                           "args": {"image_path": "../secret.png", "vocabulary": ["cat"]}}]),
-        AIMessage(content="There are people at a table."),
-    ]))
+    model = GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[
+                        {
+                            "name": TOOL_NAME,
+                            "id": "call-1",
+                            "args": {"image_path": "voc.jpg", "vocabulary": ["person", "chair", "table"]},
+                        }
+                    ],
+                ),
+                AIMessage(
+                    content="",
+                    tool_calls=[
+                        {
+                            "name": TOOL_NAME,
+                            "id": "call-2",
+                            "args": {"image_path": "../secret.png", "vocabulary": ["cat"]},
+                        }
+                    ],
+                ),
+                AIMessage(content="There are people at a table."),
+            ]
+        )
+    )
     builder = StateGraph(MessagesState)
     builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
     builder.add_node("tools", ToolNode([tool]))
@@ -304,9 +342,12 @@ def test_langchain_tool_async_variant(service):
     from openseg_r.tools.langchain_tool import segment_tool
 
     tool = segment_tool(service)
-    call = {"type": "tool_call", "name": tool.name, "id": "a1",
-            "args": {"image_base64": base64.b64encode(PHOTO.read_bytes()).decode(), "vocabulary": "voc21",
-                     "masks": "none"}}
+    call = {
+        "type": "tool_call",
+        "name": tool.name,
+        "id": "a1",
+        "args": {"image_base64": base64.b64encode(PHOTO.read_bytes()).decode(), "vocabulary": "voc21", "masks": "none"},
+    }
     message = asyncio.run(tool.ainvoke(call))
     assert message.artifact["masks"] is None and message.artifact["classes"]
     bad = asyncio.run(tool.ainvoke({**call, "args": {"vocabulary": "voc21"}}))
@@ -318,18 +359,45 @@ def test_langchain_tool_async_variant(service):
 
 def serve_args(tiny_model_files, image_root, *extra) -> list[str]:
     config, weights = tiny_model_files
-    return [sys.executable, "-m", "openseg_r.cli", "serve", "mcp", "--clip-model", str(config),
-            "--clip-pretrained", str(weights), "--lmm", f"scripted:{SCRIPT}", "--cache", "none",
-            "--root", str(image_root), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "mcp",
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--cache",
+        "none",
+        "--root",
+        str(image_root),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def http_server(tiny_model_files, image_root):
     port = free_port()
     process = subprocess.Popen(
-        serve_args(tiny_model_files, image_root, "--http", "--port", str(port), "--max-concurrent", "2",
-                   "--queue-timeout", "60"),
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        serve_args(
+            tiny_model_files,
+            image_root,
+            "--http",
+            "--port",
+            str(port),
+            "--max-concurrent",
+            "2",
+            "--queue-timeout",
+            "60",
+        ),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     wait_until_listening(process, port)
     yield f"http://127.0.0.1:{port}/mcp", process
@@ -359,8 +427,11 @@ async def _exercise(client) -> None:
 def test_mcp_over_stdio_with_the_official_client(tiny_model_files, image_root):
     from mcp import Client, StdioServerParameters
 
-    params = StdioServerParameters(command=sys.executable, args=serve_args(tiny_model_files, image_root)[1:],
-                                   env={k: v for k, v in ENV.items() if isinstance(v, str)})
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=serve_args(tiny_model_files, image_root)[1:],
+        env={k: v for k, v in ENV.items() if isinstance(v, str)},
+    )
 
     async def main():
         async with Client(params) as client:
@@ -433,9 +504,9 @@ def test_mcp_ten_concurrent_calls_at_a_limit_of_two(http_server):
 
     async def one(index: int):
         async with Client(url) as client:
-            return await client.call_tool("segment", {"image_path": "voc.jpg",
-                                                      "vocabulary": ["person", "chair", "table"],
-                                                      "masks": "none"})
+            return await client.call_tool(
+                "segment", {"image_path": "voc.jpg", "vocabulary": ["person", "chair", "table"], "masks": "none"}
+            )
 
     async def main():
         return await asyncio.gather(*(one(i) for i in range(10)))
@@ -445,15 +516,21 @@ def test_mcp_ten_concurrent_calls_at_a_limit_of_two(http_server):
     for result in results:
         assert not result.is_error or "busy" in result.content[0].text
     assert sum(not r.is_error for r in results) >= 2 and process.poll() is None
-    assert (len({r.structured_content["trace_id"] for r in results if not r.is_error})
-            == sum(not r.is_error for r in results))
+    assert len({r.structured_content["trace_id"] for r in results if not r.is_error}) == sum(
+        not r.is_error for r in results
+    )
 
 
 def test_serve_refuses_a_bad_safety_config(tmp_path, tiny_model_files, image_root):
     bad = tmp_path / "safety.toml"
     bad.write_text("[safety]\nmax_concurrent = 0\n")
-    proc = subprocess.run(serve_args(tiny_model_files, image_root, "--safety-config", bad), env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        serve_args(tiny_model_files, image_root, "--safety-config", bad),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "max_concurrent" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -468,8 +545,13 @@ def test_langgraph_dev_serves_the_graph(tiny_model_files, image_root, tmp_path):
     settings = tmp_path / "config.toml"
     settings.write_text(f'[safety]\nallowed_roots = ["{image_root}"]\n')
     port = free_port()
-    env = dict(ENV, OPENSEG_R_CONFIG=str(settings), OPENSEG_R_CLIP_MODEL=str(config),
-               OPENSEG_R_CLIP_PRETRAINED=str(weights), OPENSEG_R_LMM=f"scripted:{SCRIPT}")
+    env = dict(
+        ENV,
+        OPENSEG_R_CONFIG=str(settings),
+        OPENSEG_R_CLIP_MODEL=str(config),
+        OPENSEG_R_CLIP_PRETRAINED=str(weights),
+        OPENSEG_R_LMM=f"scripted:{SCRIPT}",
+    )
     # `langgraph dev` keeps its state in .langgraph_api/ under its working directory, and
     # resolves the graph's file from there: run it in tmp_path, with the repository's
     # langgraph.json pointing at the repository (issue 13: the tests rewrote committed pickles).
@@ -481,9 +563,22 @@ def test_langgraph_dev_serves_the_graph(tiny_model_files, image_root, tmp_path):
     (work / "langgraph.json").write_text(json.dumps(manifest))
     root_before = _repository_root_state()
     langgraph = Path(sys.executable).with_name("langgraph")
-    process = subprocess.Popen([str(langgraph), "dev", "--no-browser", "--no-reload", "--port", str(port),
-                                "--config", str(work / "langgraph.json")],
-                               cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            str(langgraph),
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--port",
+            str(port),
+            "--config",
+            str(work / "langgraph.json"),
+        ],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = get_sync_client(url=f"http://127.0.0.1:{port}")
         deadline = time.time() + 120
@@ -499,8 +594,9 @@ def test_langgraph_dev_serves_the_graph(tiny_model_files, image_root, tmp_path):
         thread = client.threads.create()
         out = client.runs.wait(thread["thread_id"], "openseg-r", input={"image_path": "voc.jpg", "vocabulary": "voc21"})
         assert out["error"] is None and out["output"]["summary"].startswith("Segmented a 500x375 image")
-        refused = client.runs.wait(thread["thread_id"], "openseg-r",
-                                   input={"image_path": "escape.jpg", "vocabulary": ["cat"]})
+        refused = client.runs.wait(
+            thread["thread_id"], "openseg-r", input={"image_path": "escape.jpg", "vocabulary": ["cat"]}
+        )
         assert "outside the allowed folders" in refused["error"] and refused["output"] is None
     finally:
         process.terminate()

@@ -39,8 +39,17 @@ class BandSegmenter:
         self.banks.append(prompts)
         return prompts
 
-    def segment(self, rgb, bank, *, class_filter=None, logit_scale=40.0, background_index=None,
-                background_threshold=0.0, image_key=None) -> SegmentationArrays:
+    def segment(
+        self,
+        rgb,
+        bank,
+        *,
+        class_filter=None,
+        logit_scale=40.0,
+        background_index=None,
+        background_threshold=0.0,
+        image_key=None,
+    ) -> SegmentationArrays:
         class_filter = class_filter or ClassFilter()
         self.filters.append(class_filter)
         num_classes = len(bank.classes)
@@ -126,8 +135,11 @@ def test_no_module_imports_a_private_name_from_another():
     for path in _python_files():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("openseg_r"):
-                crossings += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
-                              if a.name.startswith("_") and not a.name.startswith("__")]
+                crossings += [
+                    f"{path.relative_to(ROOT)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert crossings == []
 
 
@@ -153,8 +165,10 @@ def test_the_graph_and_the_command_line_parser_load_without_torch():
     import subprocess
     import sys
 
-    probe = ("import sys, openseg_r.graph, openseg_r.nodes.context, openseg_r.cli; openseg_r.cli.build_parser(); "
-             "print(sorted(m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules))")
+    probe = (
+        "import sys, openseg_r.graph, openseg_r.nodes.context, openseg_r.cli; openseg_r.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

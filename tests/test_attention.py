@@ -82,7 +82,10 @@ def test_dense_features_match_plain_computation(tiny_clip, variant):
         side = int(math.sqrt(pos.shape[0] - 1))
         grid_pos = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         grid_pos = F.interpolate(  # NACLIP's interpolate_pos_encoding: scale (g + 0.1) / n, not g / n
-            grid_pos, mode="bicubic", scale_factor=(3.1 / side, 5.1 / side), align_corners=False,
+            grid_pos,
+            mode="bicubic",
+            scale_factor=(3.1 / side, 5.1 / side),
+            align_corners=False,
             recompute_scale_factor=False,
         )
         pos = torch.cat([pos[:1], grid_pos.permute(0, 2, 3, 1).reshape(15, -1)])
@@ -138,8 +141,11 @@ def clearclip_published(visual, pixels):
     pos = visual.positional_embedding
     side = int(math.sqrt(pos.shape[0] - 1))
     grid = (pixels.shape[-2] // 16 + 0.1, pixels.shape[-1] // 16 + 0.1)  # its interpolate_pos_encoding
-    patch_pos = F.interpolate(pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
-                              scale_factor=(grid[0] / side, grid[1] / side), mode="bicubic")
+    patch_pos = F.interpolate(
+        pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2),
+        scale_factor=(grid[0] / side, grid[1] / side),
+        mode="bicubic",
+    )
     x = x + torch.cat([pos[:1], patch_pos.permute(0, 2, 3, 1).reshape(-1, pos.shape[1])])
     x = visual.ln_pre(x)
     for block in visual.transformer.resblocks[:-1]:

@@ -172,8 +172,9 @@ def test_a_text_cache_replaced_during_a_run_is_switched_off_not_moved(tmp_path):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300
+    )
 
 
 @pytest.mark.parametrize("flag", ["--cache", "--text-cache"])
@@ -183,8 +184,22 @@ def test_segment_cli_refuses_a_folder_in_one_line_and_leaves_it(tmp_path, tiny_m
     data.mkdir()
     folder, _ = make_bad_path(data, "folder")
     before = snapshot(data)
-    proc = cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "person, chair", "--lmm", f"scripted:{SCRIPT}",
-               flag, folder, "--clip-model", config, "--clip-pretrained", weights, "--out", tmp_path / "out")
+    proc = cli(
+        "segment",
+        ROOT / "examples" / "voc.jpg",
+        "--classes",
+        "person, chair",
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        flag,
+        folder,
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert f"{folder} is a folder, not an SQLite file" in proc.stderr

@@ -205,16 +205,41 @@ def test_parser_matches_the_snapshot():
 
 def test_snapshot_covers_every_command():
     assert {" ".join(p) for p in PATHS} == {
-        "", "segment", "vocabularies", "reason", "reason generic", "reason export", "reason import",
-        "runs", "runs list", "runs show", "runs diff", "runs replay", "runs resume", "runs report",
-        "graph", "eval", "eval-merge", "serve", "serve mcp", "serve web", "lmm", "lmm check", "lmm serve", "segmenters",
+        "",
+        "segment",
+        "vocabularies",
+        "reason",
+        "reason generic",
+        "reason export",
+        "reason import",
+        "runs",
+        "runs list",
+        "runs show",
+        "runs diff",
+        "runs replay",
+        "runs resume",
+        "runs report",
+        "graph",
+        "eval",
+        "eval-merge",
+        "serve",
+        "serve mcp",
+        "serve web",
+        "lmm",
+        "lmm check",
+        "lmm serve",
+        "segmenters",
     }
 
 
 def test_contract_diff_names_what_changed():
     old = {"commands": {"openseg-r x": {"positionals": [], "arguments": {"--a": {"required": False}}}}}
-    new = {"commands": {"openseg-r x": {"positionals": [], "arguments": {"--a": {"required": True}, "--b": {}}},
-                        "openseg-r y": {"positionals": [], "arguments": {}}}}
+    new = {
+        "commands": {
+            "openseg-r x": {"positionals": [], "arguments": {"--a": {"required": True}, "--b": {}}},
+            "openseg-r y": {"positionals": [], "arguments": {}},
+        }
+    }
     assert contract_diff(old, new) == [
         "added command: openseg-r y",
         "openseg-r x: added argument --b {}",
@@ -350,8 +375,11 @@ def test_segment_unknown_vocabulary_file_exits_2(tmp_path, capsys):
     one_line(capsys)
 
 
-@pytest.mark.parametrize("action", [["replay", "nosuchrun", "--from", "segmentation"], ["resume", "nosuchrun"],
-                                    ["show", "nosuchrun"]], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "action",
+    [["replay", "nosuchrun", "--from", "segmentation"], ["resume", "nosuchrun"], ["show", "nosuchrun"]],
+    ids=lambda a: a[0],
+)
 def test_runs_unknown_run_exits_2_with_one_line(action, tmp_path, capsys):
     db = tmp_path / "runs.sqlite"
     RunsDB(db).close()  # an empty database (a missing one has its own message, tests/test_runs_lifecycle.py)

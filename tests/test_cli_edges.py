@@ -24,8 +24,13 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
 
 def cli(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        timeout=timeout,
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -46,8 +51,9 @@ def a_file(tmp_path) -> Path:
 
 @pytest.mark.parametrize("where", ["an existing file", "under a file", "under /proc"])
 def test_a_bad_out_is_one_line_and_exit_2_before_any_model_loads(where, a_file, tmp_path, capsys, monkeypatch):
-    out = {"an existing file": a_file, "under a file": a_file / "out",
-           "under /proc": Path("/proc/openseg-r-test/out")}[where]
+    out = {"an existing file": a_file, "under a file": a_file / "out", "under /proc": Path("/proc/openseg-r-test/out")}[
+        where
+    ]
     loaded = []
     monkeypatch.setattr("openseg_r.model.OpenSegR.from_options", lambda *a, **k: loaded.append(1))
     code = call("segment", PHOTO, "--vocab", "voc21", "--clip-pretrained", "none", "--out", out)
@@ -93,8 +99,13 @@ def test_a_closed_pipe_ends_quietly_as_a_unix_tool(command, tmp_path):
             for number in range(2000):
                 db.start_run(f"{number:032x}", image=f"image-{number}.jpg", vocabulary="voc21")
     line = " ".join(f"'{a}'" for a in [sys.executable, "-m", "openseg_r.cli", *args])
-    shell = subprocess.run(["bash", "-c", f"{line} | (exec 0<&-; sleep 0.1); echo \"status ${{PIPESTATUS[0]}}\""],
-                           capture_output=True, text=True, env=ENV, timeout=120)
+    shell = subprocess.run(
+        ["bash", "-c", f'{line} | (exec 0<&-; sleep 0.1); echo "status ${{PIPESTATUS[0]}}"'],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert shell.stderr == "", shell.stderr
     assert shell.stdout.strip() in ("status 141", "status 0"), shell.stdout  # 0: all was written before it closed
 
@@ -106,10 +117,17 @@ def test_a_closed_pipe_mid_output_is_exit_141_and_no_traceback(tmp_path):
     with RunsDB(runs_db) as db:
         for number in range(3000):
             db.start_run(f"{number:032x}", image=f"image-{number}.jpg", vocabulary="voc21")
-    line = " ".join(f"'{a}'" for a in [sys.executable, "-m", "openseg_r.cli", "runs", "--runs-db", runs_db, "list",
-                                        "--limit", "3000"])
-    shell = subprocess.run(["bash", "-c", f"{line} | head -1 >/dev/null; echo \"status ${{PIPESTATUS[0]}}\""],
-                           capture_output=True, text=True, env=ENV, timeout=120)
+    line = " ".join(
+        f"'{a}'"
+        for a in [sys.executable, "-m", "openseg_r.cli", "runs", "--runs-db", runs_db, "list", "--limit", "3000"]
+    )
+    shell = subprocess.run(
+        ["bash", "-c", f'{line} | head -1 >/dev/null; echo "status ${{PIPESTATUS[0]}}"'],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert shell.stderr == "" and shell.stdout.strip() == "status 141", (shell.stdout, shell.stderr)
 
 
@@ -133,9 +151,23 @@ def drip():
 def test_a_dripping_lmm_ends_the_run_at_its_timeout_with_exit_4(drip, tiny_model_files, tmp_path):
     config, weights = tiny_model_files
     started = time.monotonic()
-    proc = cli("segment", PHOTO, "--classes", "cat, dog, person", "--lmm", f"openai:drip@{drip.url}",
-               "--lmm-option", "timeout=5", "--clip-model", config, "--clip-pretrained", weights,
-               "--out", tmp_path / "out", timeout=120)
+    proc = cli(
+        "segment",
+        PHOTO,
+        "--classes",
+        "cat, dog, person",
+        "--lmm",
+        f"openai:drip@{drip.url}",
+        "--lmm-option",
+        "timeout=5",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--out",
+        tmp_path / "out",
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 4, proc.stderr
     assert "timed out: no complete answer within the 5 s timeout" in proc.stderr
@@ -145,9 +177,24 @@ def test_a_dripping_lmm_ends_the_run_at_its_timeout_with_exit_4(drip, tiny_model
 
 def test_with_allow_fallback_a_dripping_lmm_is_a_recorded_fallback(drip, tiny_model_files, tmp_path):
     config, weights = tiny_model_files
-    proc = cli("segment", PHOTO, "--classes", "cat, dog", "--lmm", f"openai:drip@{drip.url}", "--lmm-option",
-               "timeout=3", "--allow-fallback", "--clip-model", config, "--clip-pretrained", weights,
-               "--out", tmp_path / "out", timeout=120)
+    proc = cli(
+        "segment",
+        PHOTO,
+        "--classes",
+        "cat, dog",
+        "--lmm",
+        f"openai:drip@{drip.url}",
+        "--lmm-option",
+        "timeout=3",
+        "--allow-fallback",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--out",
+        tmp_path / "out",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert any("timed out" in (f.get("reason") or "") for f in result["fallbacks"]), result["fallbacks"]
@@ -156,10 +203,30 @@ def test_with_allow_fallback_a_dripping_lmm_is_a_recorded_fallback(drip, tiny_mo
 def test_ctrl_c_abandons_an_lmm_call_in_flight_at_once(drip, tiny_model_files, tmp_path):
     config, weights = tiny_model_files
     process = subprocess.Popen(
-        [sys.executable, "-m", "openseg_r.cli", "segment", str(PHOTO), "--classes", "cat, dog", "--lmm",
-         f"openai:drip@{drip.url}", "--lmm-option", "timeout=600", "--clip-model", str(config),
-         "--clip-pretrained", str(weights), "--out", str(tmp_path / "out")], env=ENV, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "segment",
+            str(PHOTO),
+            "--classes",
+            "cat, dog",
+            "--lmm",
+            f"openai:drip@{drip.url}",
+            "--lmm-option",
+            "timeout=600",
+            "--clip-model",
+            str(config),
+            "--clip-pretrained",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while drip.chats == 0:
@@ -193,8 +260,11 @@ def test_reason_export_names_the_model_as_a_person_reads_it(tmp_path):
     assert model_label("scripted:658da4d8edfa|{}") == "scripted:658da4d8edfa"
     assert model_label('openai:qwen|{"temperature": 0.2}') == "openai:qwen (temperature 0.2)"
     cache = tmp_path / "cache.sqlite"
-    SQLiteReasoningCache(cache).put("generic", {"model": "scripted:658da4d8edfa|{}", "subject": "cat"},
-                                    {"name": "cat", "general_category": "animal", "attributes": ["fur"]})
+    SQLiteReasoningCache(cache).put(
+        "generic",
+        {"model": "scripted:658da4d8edfa|{}", "subject": "cat"},
+        {"name": "cat", "general_category": "animal", "attributes": ["fur"]},
+    )
     proc = cli("reason", "export", "--cache", cache, "--out", tmp_path / "out.json")
     assert proc.returncode == 0, proc.stderr
     assert "scripted:658da4d8edfa to" in proc.stdout and "|{}" not in proc.stdout

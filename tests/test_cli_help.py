@@ -137,11 +137,16 @@ def test_the_check_finds_a_missing_help_a_hard_coded_default_and_a_switch_that_i
     parser.add_argument("--crop", type=int, default=None, help="sliding-window size (default: 999)")
     parser.add_argument("--stride", type=int, default=None)
     parser.add_argument("--port", type=int, default=8765, help="HTTP port")
-    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
-                        help="sliding windows (default: --no-slide)")
+    parser.add_argument(
+        "--slide", action=argparse.BooleanOptionalAction, default=None, help="sliding windows (default: --no-slide)"
+    )
     problems = help_problems(("probe",), parser)
-    assert [p.split(":")[0] for p in problems] == ["probe --crop", "probe --stride", "probe --port",
-                                                   "probe --slide/--no-slide"]
+    assert [p.split(":")[0] for p in problems] == [
+        "probe --crop",
+        "probe --stride",
+        "probe --port",
+        "probe --slide/--no-slide",
+    ]
     assert f"(default: {SegmenterConfig().crop})" in problems[0] and "no help text" in problems[1]
 
     switch = Parser(prog="probe")

@@ -21,8 +21,17 @@ CLASSES = "person, table, chair"
 @pytest.fixture
 def tiny_args(tiny_model_files):
     config, weights = tiny_model_files
-    return ["--clip-model", str(config), "--clip-pretrained", str(weights), "--classes", CLASSES,
-            "--no-reasoning", "--concurrency", "2"]
+    return [
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--classes",
+        CLASSES,
+        "--no-reasoning",
+        "--concurrency",
+        "2",
+    ]
 
 
 @pytest.fixture
@@ -78,7 +87,8 @@ def test_folder_with_a_corrupt_file(tmp_path, photos, voc, tiny_args, capsys):
         assert {p.name for p in (out / folder).iterdir()} == {"labels.png", "overlay.png", "result.json"}
     lines = index_lines(out)
     assert sorted(line["image"] for line in lines) == sorted(
-        str(p) for p in (photos / "a.jpg", photos / "sub" / "b.png", photos / "sub" / "c.PNG", bad))
+        str(p) for p in (photos / "a.jpg", photos / "sub" / "b.png", photos / "sub" / "c.PNG", bad)
+    )
     by_image = {line["image"]: line for line in lines}
     failed = by_image[str(bad)]
     assert failed["ok"] is False and failed["out"] is None and failed["classes"] == {}
@@ -135,11 +145,13 @@ def test_resume_refuses_other_classes_or_settings_but_not_other_speeds(tmp_path,
     code, _, err = segment(capsys, photos, *other_classes, "--out", out, "--resume")
     assert code == 2 and openseg_lines(err) == [
         f"openseg-r: error: {out} was segmented with other vocabulary; resume with the same options, "
-        "or choose another --out"]
+        "or choose another --out"
+    ]
     code, _, err = segment(capsys, photos, *tiny_args, "--crop", "32", "--out", out, "--resume")
     assert code == 2 and "other model" in err
-    code, stdout, err = segment(capsys, photos, *tiny_args, "--batch-size", "1", "--concurrency", "1",
-                                "--out", out, "--resume")
+    code, stdout, err = segment(
+        capsys, photos, *tiny_args, "--batch-size", "1", "--concurrency", "1", "--out", out, "--resume"
+    )
     assert code == 0, err
     assert "segmented 1 of 1 image(s)" in stdout
 
@@ -150,8 +162,10 @@ def test_an_existing_index_is_refused_without_resume(tmp_path, photos, tiny_args
     (out / "index.jsonl").write_text("earlier\n")
     code, stdout, err = segment(capsys, photos, *tiny_args, "--out", out)
     assert code == 2 and "Traceback" not in err
-    assert openseg_lines(err) == [f"openseg-r: error: {out / 'index.jsonl'} already exists: add --resume to "
-                                  "continue that run, or choose another --out"]
+    assert openseg_lines(err) == [
+        f"openseg-r: error: {out / 'index.jsonl'} already exists: add --resume to "
+        "continue that run, or choose another --out"
+    ]
     assert (out / "index.jsonl").read_text() == "earlier\n" and sorted(out.iterdir()) == [out / "index.jsonl"]
 
 
@@ -175,11 +189,14 @@ def test_one_file_writes_straight_into_out(tmp_path, photos, tiny_args, capsys):
     assert f"wrote {out / 'labels.png'}" in stdout
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--self-check", "--self-check-mode", "human"], "asks you about one image at a time"),
-    (["--trace-jsonl", "trace.jsonl"], "--trace-jsonl writes the step log of one image"),
-    (["--concurrency", "0"], "--concurrency must be between 1 and 1024"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--self-check", "--self-check-mode", "human"], "asks you about one image at a time"),
+        (["--trace-jsonl", "trace.jsonl"], "--trace-jsonl writes the step log of one image"),
+        (["--concurrency", "0"], "--concurrency must be between 1 and 1024"),
+    ],
+)
 def test_what_many_images_refuse(flags, message, tmp_path, photos, tiny_args, capsys):
     code, stdout, err = segment(capsys, photos, *tiny_args, *flags, "--out", tmp_path / "out")
     assert code == 2 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err
@@ -237,16 +254,23 @@ def test_folders_are_expanded_recursively_in_order_without_the_output_folder(tmp
 
 def test_folder_names_are_unique_and_stable():
     base = "/data"
-    images = ["/data/a/b/cat.jpg", "/data/a__b/cat.png", "/data/Dog.jpg", "/data/dog.JPG", "/data/x/bird.jpg",
-              "/data/" + "long" * 60 + ".jpg"]
+    images = [
+        "/data/a/b/cat.jpg",
+        "/data/a__b/cat.png",
+        "/data/Dog.jpg",
+        "/data/dog.JPG",
+        "/data/x/bird.jpg",
+        "/data/" + "long" * 60 + ".jpg",
+    ]
     names = output_names(images, base)
     assert names[:5] == ["a__b__cat_jpg", "a__b__cat_png", "Dog_jpg", "dog_JPG-2", "x__bird"]
     assert len(names[5].encode()) <= 120 and names[5].startswith("longlong")
     assert len({n.casefold() for n in names}) == len(names)
     assert output_names(images, base) == names  # deterministic
     # --resume: an image keeps its earlier folder; names other images had stay theirs
-    kept = output_names(["/data/x/bird.jpg", "/data/y.jpg"], base, reserved={"/data/x/bird.jpg": "bird"},
-                        taken={"y", "index.jsonl"})
+    kept = output_names(
+        ["/data/x/bird.jpg", "/data/y.jpg"], base, reserved={"/data/x/bird.jpg": "bird"}, taken={"y", "index.jsonl"}
+    )
     assert kept == ["bird", "y-2"]
 
 

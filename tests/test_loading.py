@@ -95,8 +95,11 @@ def test_unknown_model_and_bad_settings(tiny_model_files, tmp_path):
         load_clip("ViT-Z-99", None)
     with pytest.raises(WeightsError, match="model folder not found"):
         load_clip("local-dir:/nonexistent/folder", None)
-    with pytest.raises(WeightsError, match=r"^CLIP weights 'laion' are neither a pretrained tag of tiny-clip "
-                                           r"\(tags: none\) nor a file$"):
+    with pytest.raises(
+        WeightsError,
+        match=r"^CLIP weights 'laion' are neither a pretrained tag of tiny-clip "
+        r"\(tags: none\) nor a file$",
+    ):
         load_clip(str(config), "laion")
     with pytest.raises(WeightsError, match=r"is a folder, not a weights file .*--clip-model local-dir:"):
         load_clip(str(config), str(tmp_path))
@@ -116,8 +119,6 @@ def test_openai_weights_run_with_quick_gelu():
 
 
 # --------------------------------------------------------------------------- the hub and its cache
-
-
 
 
 class LoopbackHub:
@@ -210,8 +211,9 @@ def spies(monkeypatch):
     calls = {"create_model": [], "download_pretrained": []}
     for name in calls:
         real = getattr(open_clip, name)
-        monkeypatch.setattr(open_clip, name, lambda *a, _real=real, _name=name, **k: calls[_name].append(a)
-                            or _real(*a, **k))
+        monkeypatch.setattr(
+            open_clip, name, lambda *a, _real=real, _name=name, **k: calls[_name].append(a) or _real(*a, **k)
+        )
     return calls
 
 
@@ -221,8 +223,12 @@ def test_a_cached_tag_is_loaded_without_asking_the_hub(tiny_model_files, online,
 
     put_in_hub_cache(hub_cache, "test-org/tiny-clip", "open_clip_pytorch_model.bin", weights.read_bytes())
     save_file(torch.load(weights), hub_cache / "quick.safetensors")
-    put_in_hub_cache(hub_cache, "test-org/tiny-clip-quick", "open_clip_model.safetensors",
-                     (hub_cache / "quick.safetensors").read_bytes())
+    put_in_hub_cache(
+        hub_cache,
+        "test-org/tiny-clip-quick",
+        "open_clip_model.safetensors",
+        (hub_cache / "quick.safetensors").read_bytes(),
+    )
     hub = hang_up_server()
     monkeypatch.setattr(online, "ENDPOINT", hub.url)
     try:
@@ -254,8 +260,9 @@ def test_nothing_cached_and_offline_is_one_line_before_anything_is_built(tiny_mo
 
 
 @pytest.mark.parametrize("hub_kind", ["closed port", "resets connections"])
-def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(tiny_model_files, online, spies,
-                                                                       monkeypatch, hub_kind):
+def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(
+    tiny_model_files, online, spies, monkeypatch, hub_kind
+):
     config, _ = tiny_model_files
     hub = hang_up_server() if hub_kind == "resets connections" else None
     url = hub.url if hub else closed_port_url()
@@ -268,8 +275,10 @@ def test_nothing_cached_and_hub_unreachable_is_one_line_without_retries(tiny_mod
             hub.close()
     message = str(raised.value)
     assert f"and cannot be downloaded ({url} is not reachable: " in message and "\n" not in message
-    assert message.endswith("pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache from a "
-                            "machine with network and set HF_HUB_OFFLINE=1 (README, Models)")
+    assert message.endswith(
+        "pass a weights file with --clip-pretrained FILE, or copy the Hugging Face cache from a "
+        "machine with network and set HF_HUB_OFFLINE=1 (README, Models)"
+    )
     assert spies == {"create_model": [], "download_pretrained": []}  # huggingface_hub and its retries never ran
     if hub:
         assert hub.connections == 1  # the one short probe
@@ -281,9 +290,11 @@ def test_openai_tag_without_network_names_what_it_looked_for(spies):
     message = str(raised.value)
     assert message.startswith("CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face cache (")
     assert "repo timm/vit_base_patch16_clip_224.openai) and HF_HUB_OFFLINE is set" in message
-    assert message.endswith(": pass a weights file with --clip-pretrained FILE (with --clip-model ViT-B-16-quickgelu: "
-                            "these weights run with QuickGELU), or copy the Hugging Face cache from a machine with "
-                            "network (README, Models)")
+    assert message.endswith(
+        ": pass a weights file with --clip-pretrained FILE (with --clip-model ViT-B-16-quickgelu: "
+        "these weights run with QuickGELU), or copy the Hugging Face cache from a machine with "
+        "network (README, Models)"
+    )
     assert spies["create_model"] == []
 
 
@@ -294,21 +305,29 @@ def test_a_file_of_quick_gelu_weights_runs_with_the_quickgelu_config(tiny_model_
     quick_config = tmp_path / "tiny-clip-quickgelu.json"
     quick_config.write_text(json.dumps({**json.loads(config.read_text()), "quick_gelu": True}))
     loaded = load_clip(str(quick_config), str(weights), device="cpu", precision="fp32")
-    assert all(isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
-               for block in loaded.model.visual.transformer.resblocks)
-    with pytest.raises(WeightsError, match=r"--clip-pretrained FILE \(with --clip-model tiny-clip-quickgelu: these "
-                                           r"weights run with QuickGELU\)"):
+    assert all(
+        isinstance(block.mlp.gelu, open_clip.transformer.QuickGELU)
+        for block in loaded.model.visual.transformer.resblocks
+    )
+    with pytest.raises(
+        WeightsError,
+        match=r"--clip-pretrained FILE \(with --clip-model tiny-clip-quickgelu: these "
+        r"weights run with QuickGELU\)",
+    ):
         load_clip(str(config), "quick", device="cpu", precision="fp32")  # offline, nothing cached
     with pytest.raises(WeightsError) as raised:
         load_clip(str(config), "hubtag", device="cpu", precision="fp32")  # GELU weights: no such advice
     assert "quickgelu" not in str(raised.value)
     # the name the advice gives for OpenAI's weights is ViT-B-16 with QuickGELU, nothing else changed
-    assert open_clip.get_model_config("ViT-B-16-quickgelu") == {**open_clip.get_model_config("ViT-B-16"),
-                                                                "quick_gelu": True}
+    assert open_clip.get_model_config("ViT-B-16-quickgelu") == {
+        **open_clip.get_model_config("ViT-B-16"),
+        "quick_gelu": True,
+    }
 
 
-def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_model_files, online, hub_cache,
-                                                                       spies, monkeypatch):
+def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(
+    tiny_model_files, online, hub_cache, spies, monkeypatch
+):
     """``hf-hub:ORG/REPO``: config and weights from the cache; open_clip would ask the hub
     for both first (a minute of retries offline), and go on with random weights if the
     weights could not be had."""
@@ -318,8 +337,11 @@ def test_an_hf_hub_model_in_the_cache_is_loaded_without_asking_the_hub(tiny_mode
     hub = hang_up_server()
     monkeypatch.setattr(online, "ENDPOINT", hub.url)
     try:
-        with pytest.raises(WeightsError, match=r"^CLIP weights of hf-hub:test-org/tiny-hub are not in the Hugging "
-                                               r"Face cache .* and cannot be downloaded \(http://127"):
+        with pytest.raises(
+            WeightsError,
+            match=r"^CLIP weights of hf-hub:test-org/tiny-hub are not in the Hugging "
+            r"Face cache .* and cannot be downloaded \(http://127",
+        ):
             load_clip("hf-hub:test-org/tiny-hub", None, device="cpu")  # the config alone is not enough
         assert hub.connections == 1 and spies["create_model"] == []
         put_in_hub_cache(hub_cache, "test-org/tiny-hub", "open_clip_pytorch_model.bin", weights.read_bytes())
@@ -351,8 +373,9 @@ def test_a_tag_is_downloaded_once_then_read_from_the_cache(tiny_model_files, hub
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env |= {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(hub_cache), "NO_PROXY": "127.0.0.1,localhost"}
     try:
-        proc = subprocess.run([sys.executable, "-c", DOWNLOAD, str(config)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", DOWNLOAD, str(config)], capture_output=True, text=True, env=env, timeout=300
+        )
     finally:
         hub.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -383,9 +406,25 @@ def test_the_cli_start_without_weights_is_one_quiet_line(tmp_path):
     # unreachable first: huggingface_hub reads HF_HUB_OFFLINE once, when the first case imports it
     cases = [("unreachable", {}), ("offline", {"HF_HUB_OFFLINE": "1"})]
     try:
-        proc = subprocess.run([sys.executable, "-c", CLI, json.dumps(cases), "segment", PHOTO, "--vocab", "voc21",
-                               "--no-reasoning", "--out", str(tmp_path / "out")],
-                              capture_output=True, text=True, env=env, timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CLI,
+                json.dumps(cases),
+                "segment",
+                PHOTO,
+                "--vocab",
+                "voc21",
+                "--no-reasoning",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     finally:
         hub.close()
     said = proc.stderr.split("=== ")[1:]
@@ -394,8 +433,10 @@ def test_the_cli_start_without_weights_is_one_quiet_line(tmp_path):
         name, lines = block.split("\n", 1)
         assert name == case and exit_line.strip() == "exit 2", proc.stderr[-3000:]
         assert len(lines.splitlines()) == 1, lines
-        assert lines.startswith("openseg-r: error: CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face "
-                                f"cache ({tmp_path / 'hf' / 'hub'}, repo timm/vit_base_patch16_clip_224.openai)")
+        assert lines.startswith(
+            "openseg-r: error: CLIP weights 'openai' of ViT-B-16 are not in the Hugging Face "
+            f"cache ({tmp_path / 'hf' / 'hub'}, repo timm/vit_base_patch16_clip_224.openai)"
+        )
         assert "--clip-pretrained FILE" in lines and "HF_HUB_OFFLINE" in lines
     assert f"cannot be downloaded ({hub.url} is not reachable" in said[0]
     assert hub.connections == 1
@@ -418,8 +459,9 @@ def test_the_cli_keeps_library_logging_quiet():
     # In-process CLI calls of other tests set HF_HUB_VERBOSITY in this process: start clean.
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_VERBOSITY"}
     quiet = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=120, env=env)
-    debug = subprocess.run([sys.executable, "-c", QUIET, "--debug"], capture_output=True, text=True, timeout=120,
-                           env=env)
+    debug = subprocess.run(
+        [sys.executable, "-c", QUIET, "--debug"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert quiet.returncode == 0 and debug.returncode == 0, quiet.stderr + debug.stderr
     assert quiet.stderr == ""
     assert "Retrying in 1s" in debug.stderr and "Failed to download weights" in debug.stderr

@@ -30,8 +30,9 @@ def test_segment_many_returns_each_image_in_input_order_like_segment(tiny_segmen
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(b"not an image at all")
     model = OpenSegR(segmenter=tiny_segmenter, lmm="none", batch_size=4)
-    outcomes = model.segment_many([images[0], images[1], str(corrupt), images[2], images[3], images[4]],
-                                  VOCAB, concurrency=3)
+    outcomes = model.segment_many(
+        [images[0], images[1], str(corrupt), images[2], images[3], images[4]], VOCAB, concurrency=3
+    )
     assert [o.index for o in outcomes] == list(range(6))
     assert [o.ok for o in outcomes] == [True, True, False, True, True, True]
     assert outcomes[2].source == str(corrupt) and "\n" not in outcomes[2].error

@@ -44,9 +44,21 @@ def server(smollm_gguf, tmp_path_factory):
     cache = tmp_path_factory.mktemp("serve-cache")
     env = dict(os.environ, HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(cache))
     process = subprocess.Popen(
-        [sys.executable, "-m", "openseg_r.cli", "lmm", "serve", str(smollm_gguf), "--port", str(port),
-         "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "lmm",
+            "serve",
+            str(smollm_gguf),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -84,7 +96,10 @@ def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     said = {name: [call.raw_text for call in out.lmm_calls if call.subject == name] for name in vocab.names}
     assert said == {name: SMOLLM2_ANSWERS[name] for name in vocab.names}  # the model's side first
     assert [(c.subject, c.attempt, c.ok, c.error) for c in out.lmm_calls] == [
-        ("cat", 1, False, NO_JSON), ("cat", 2, False, NO_JSON), ("sofa", 1, False, NO_JSON), ("sofa", 2, True, None),
+        ("cat", 1, False, NO_JSON),
+        ("cat", 2, False, NO_JSON),
+        ("sofa", 1, False, NO_JSON),
+        ("sofa", 2, True, None),
     ]
     assert [(f.subject, f.reason, f.used) for f in out.fallbacks] == [("cat", NO_JSON, "bare class name")]
     assert out.generic_reasoning == {
@@ -97,11 +112,10 @@ def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     assert all(c.backend == f"openai:{model}" for c in out.lmm_calls)
 
 
-
-
 def request():
-    return LMMRequest(step="generic_reasoning", subject="cat", prompt="Reason about cat.", prompt_version="t",
-                      schema=ClassReasoning)
+    return LMMRequest(
+        step="generic_reasoning", subject="cat", prompt="Reason about cat.", prompt_version="t", schema=ClassReasoning
+    )
 
 
 def test_a_server_that_times_out_is_a_bounded_recorded_failure():
@@ -177,7 +191,8 @@ def test_rejected_response_format_is_recognised():
     response = httpx.Response(400, request=httpx.Request("POST", "http://x/v1/chat/completions"))
     rejected = openai.BadRequestError("response_format is not supported", response=response, body=None)
     assert _is_rejected_request(rejected)
-    unauthorised = openai.AuthenticationError("bad key", response=httpx.Response(401, request=response.request),
-                                              body=None)
+    unauthorised = openai.AuthenticationError(
+        "bad key", response=httpx.Response(401, request=response.request), body=None
+    )
     assert not _is_rejected_request(unauthorised)
     assert not _is_rejected_request(openai.APIConnectionError(request=response.request))

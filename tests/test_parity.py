@@ -173,8 +173,14 @@ def test_pamr_in_blocks_and_chunks_equals_whole_image(outputs, golden, pixels):
     steps, dilations = int(inputs["pamr_steps"]), tuple(int(d) for d in inputs["pamr_dilations"])
     whole = outputs["naclip"]["pamr_logits"]
     refiner = BandRefiner.from_inference(
-        outputs["naclip"]["slide_logits"], pixels[0], height, width, steps, dilations,
-        block_rows=190, tile_elements=2_200_000,  # two channels per tile
+        outputs["naclip"]["slide_logits"],
+        pixels[0],
+        height,
+        width,
+        steps,
+        dilations,
+        block_rows=190,
+        tile_elements=2_200_000,  # two channels per tile
     )
     assert refiner.halo == 160
     banded = torch.cat([refiner.band(start, min(height, start + 20)) for start in range(0, height, 20)], dim=1)
@@ -193,8 +199,14 @@ def test_pamr_in_blocks_and_chunks_equals_whole_image(outputs, golden, pixels):
 def test_pamr_block_rows_follow_the_budget():
     """ADE-847 x 3 slots (2,541 channels) on a 512x683 image: a block and its weights fit the budget."""
     refiner = BandRefiner(
-        lambda c0, c1, a, b: torch.zeros(c1 - c0, b - a, 683), lambda a, b: torch.zeros(3, b - a, 683),
-        2541, 512, 683, 10, (8, 16), block_elements=128_000_000,
+        lambda c0, c1, a, b: torch.zeros(c1 - c0, b - a, 683),
+        lambda a, b: torch.zeros(3, b - a, 683),
+        2541,
+        512,
+        683,
+        10,
+        (8, 16),
+        block_elements=128_000_000,
     )
     values_per_row = (2541 + 16) * 683
     weights_halo = 16 * 2 * 160 * 683

@@ -20,8 +20,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=30,
 )
-KEYS = st.sampled_from(["name", "attributes", "general_category", "sub_category", "description", "candidates",
-                        "present"])
+KEYS = st.sampled_from(
+    ["name", "attributes", "general_category", "sub_category", "description", "candidates", "present"]
+)
 near_schema = st.dictionaries(KEYS, json_values, max_size=6)
 
 
@@ -52,8 +53,9 @@ def test_json_shaped_answers_in_prose_and_fences(value, schema, prose, fence):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    general=st.text(alphabet=st.characters(blacklist_characters="[]\n", blacklist_categories=("Cs",)), min_size=1,
-                    max_size=20),
+    general=st.text(
+        alphabet=st.characters(blacklist_characters="[]\n", blacklist_categories=("Cs",)), min_size=1, max_size=20
+    ),
     attributes=st.lists(st.text(alphabet="abcdefgh ijk-", min_size=1, max_size=15), min_size=1, max_size=8),
 )
 def test_upstream_free_text_round_trip(general, attributes):

@@ -23,8 +23,13 @@ ENV = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ign
 # NACLIP's configs/cfg_*.py and test_all.sh (reduced naclip 5 on): short side, whole image or
 # 224/112 windows, prob_thd.
 NACLIP_TABLE = {
-    "voc21": (336, False, 0.1), "voc20": (336, False, 0.0), "pc60": (336, True, 0.1), "pc59": (336, True, 0.0),
-    "coco_object": (336, True, 0.1), "coco_stuff171": (336, True, 0.0), "ade150": (336, True, 0.0),
+    "voc21": (336, False, 0.1),
+    "voc20": (336, False, 0.0),
+    "pc60": (336, True, 0.1),
+    "pc59": (336, True, 0.0),
+    "coco_object": (336, True, 0.1),
+    "coco_stuff171": (336, True, 0.0),
+    "ade150": (336, True, 0.0),
     "cityscapes": (560, True, 0.0),
 }
 
@@ -64,10 +69,31 @@ def test_a_protocol_applies_under_single_overrides():
 
 def _eval(tmp_path, root, out, *extra, tiny):
     config, weights = tiny
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", str(root),
-                           "--out", str(tmp_path / out), "--clip-model", str(config), "--clip-pretrained",
-                           str(weights), "--cache", "none", *map(str, extra)],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / out),
+            "--clip-model",
+            str(config),
+            "--clip-pretrained",
+            str(weights),
+            "--cache",
+            "none",
+            *map(str, extra),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +128,18 @@ def test_eval_applies_and_states_the_datasets_protocol(tmp_path, mini, tiny_mode
 
 
 def test_eval_with_the_synonym_vocabulary_and_a_wrong_one(tmp_path, mini, tiny_model_files):
-    synonyms = _eval(tmp_path, mini, "syn", "--protocol", "none", "--vocab", "voc21-syn", "--lmm", f"scripted:{SCRIPT}",
-                     tiny=tiny_model_files)
+    synonyms = _eval(
+        tmp_path,
+        mini,
+        "syn",
+        "--protocol",
+        "none",
+        "--vocab",
+        "voc21-syn",
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        tiny=tiny_model_files,
+    )
     assert synonyms.returncode == 0, synonyms.stderr
     config = json.loads((tmp_path / "syn" / "summary.json").read_text())["config"]
     assert config["vocabulary"] == "voc21_syn" and config["base_settings"]["reasoning"] is True
@@ -113,10 +149,31 @@ def test_eval_with_the_synonym_vocabulary_and_a_wrong_one(tmp_path, mini, tiny_m
 
 def test_segment_takes_a_protocol(tmp_path, tiny_model_files):
     config, weights = tiny_model_files
-    done = subprocess.run([sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"),
-                           "--vocab", "voc21", "--protocol", "voc21", "--pamr-steps", "0", "--clip-model", str(config),
-                           "--clip-pretrained", str(weights), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "segment",
+            str(ROOT / "examples" / "voc.jpg"),
+            "--vocab",
+            "voc21",
+            "--protocol",
+            "voc21",
+            "--pamr-steps",
+            "0",
+            "--clip-model",
+            str(config),
+            "--clip-pretrained",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["segmenter"]["slide"] is False and result["segmenter"]["pamr_steps"] == 0

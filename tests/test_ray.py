@@ -47,8 +47,13 @@ TESTS = Path(__file__).resolve().parent
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"
 VOC21 = get_dataset("voc21")
 # (top, left, height, width) of the crops added to the mini benchmark's one VOC photo (375 x 500)
-CROPS = {"crop0": (0, 0, 150, 200), "crop1": (100, 150, 150, 200), "crop2": (175, 250, 200, 250),
-         "crop3": (40, 300, 160, 200), "crop4": (200, 0, 175, 220)}
+CROPS = {
+    "crop0": (0, 0, 150, 200),
+    "crop1": (100, 150, 150, 200),
+    "crop2": (175, 250, 200, 250),
+    "crop3": (40, 300, 160, 200),
+    "crop4": (200, 0, 175, 220),
+}
 
 
 def child_env() -> dict:
@@ -72,8 +77,13 @@ def cluster(tmp_path_factory):
     """A local Ray cluster for the whole session, its workers offline and with the faults hook."""
     faults_file = tmp_path_factory.mktemp("ray_faults") / "faults.json"
     python_path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": python_path, FAULTS_VARIABLE: str(faults_file)}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": python_path,
+        FAULTS_VARIABLE: str(faults_file),
+    }
     runtime_env = {"env_vars": env, "worker_process_setup_hook": "ray_faults.install"}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -134,10 +144,12 @@ def mini(tmp_path_factory, voc) -> Path:
     root = _make_mini_benchmark().build(tmp_path_factory.mktemp("mini"))["voc21"]
     base = root / "VOCdevkit" / "VOC2012"
     for ident, (top, left, height, width) in CROPS.items():
-        Image.fromarray(voc["rgb"][top:top + height, left:left + width]).save(
-            base / "JPEGImages" / f"{ident}.jpg", quality=95)
-        Image.fromarray(voc["class_label"][top:top + height, left:left + width].astype(np.uint8)).save(
-            base / "SegmentationClass" / f"{ident}.png")
+        Image.fromarray(voc["rgb"][top : top + height, left : left + width]).save(
+            base / "JPEGImages" / f"{ident}.jpg", quality=95
+        )
+        Image.fromarray(voc["class_label"][top : top + height, left : left + width].astype(np.uint8)).save(
+            base / "SegmentationClass" / f"{ident}.png"
+        )
     ids = (base / "ImageSets" / "Segmentation" / "val.txt").read_text().split() + list(CROPS)
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     assert [s.id for s in VOC21.samples(root)] == ids
@@ -148,9 +160,15 @@ def tiny_options(tiny_model_files, reasoning_cache: Path | None = None) -> Model
     """fp32: the bit-for-bit promise across engines is fp32's (docs/design.md §2.5); in bf16 a
     different grouping of images into forward passes can move near-ties."""
     config, weights = tiny_model_files
-    return ModelOptions.build(clip_model=str(config), clip_pretrained=str(weights), device="cpu",
-                              precision="fp32", lmm=f"scripted:{SCRIPT}",
-                              reasoning_cache=str(reasoning_cache or "none"), text_cache="none")
+    return ModelOptions.build(
+        clip_model=str(config),
+        clip_pretrained=str(weights),
+        device="cpu",
+        precision="fp32",
+        lmm=f"scripted:{SCRIPT}",
+        reasoning_cache=str(reasoning_cache or "none"),
+        text_cache="none",
+    )
 
 
 @dataclass
@@ -158,7 +176,6 @@ class Reference:
     out: Path
     records: dict[str, dict[str, dict]]  # image id -> setting -> sparse counts
     cache: Path  # the reasoning cache the run filled
-
 
 
 def run_reference(folder: Path, mini: Path, tiny_model_files, threads: int) -> Reference:
@@ -195,8 +212,10 @@ def totals(records: dict[str, dict[str, dict]], classes: int = 21) -> dict[str, 
         for name, sparse in settings.items():
             counts = AreaCounts.from_sparse(sparse, classes)
             added[name] = added[name] + counts if name in added else counts
-    return {name: {field: getattr(c, field).tolist() for field in ("intersect", "union", "pred", "label")}
-            for name, c in added.items()}
+    return {
+        name: {field: getattr(c, field).tolist() for field in ("intersect", "union", "pred", "label")}
+        for name, c in added.items()
+    }
 
 
 def comparable_summary(out: Path) -> dict:
@@ -204,9 +223,12 @@ def comparable_summary(out: Path) -> dict:
     (the Ray driver asks generic reasoning once, outside any image) and the run's config."""
     summary = json.loads((out / "summary.json").read_text())
     speed = ("seconds_per_image", "lmm_calls_per_image", "tokens_per_image")
-    return {"images": summary["images"], "per_class": summary["per_class"],
-            "largest_class_changes": summary["largest_class_changes"],
-            "table": [{k: v for k, v in row.items() if k not in speed} for row in summary["table"]]}
+    return {
+        "images": summary["images"],
+        "per_class": summary["per_class"],
+        "largest_class_changes": summary["largest_class_changes"],
+        "table": [{k: v for k, v in row.items() if k not in speed} for row in summary["table"]],
+    }
 
 
 def assert_same_as_reference(out: Path, reference: Reference, without: tuple[str, ...] = ()) -> None:
@@ -232,17 +254,20 @@ def cache_entries(path: Path, kind: str) -> list[str]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def test_two_actors_give_exactly_the_single_process_totals(cluster, mini, reference, tiny_model_files, tmp_path,
-                                                           faults):
+def test_two_actors_give_exactly_the_single_process_totals(
+    cluster, mini, reference, tiny_model_files, tmp_path, faults
+):
     from openseg_r.distributed import run_eval_on_ray
 
     cache = tmp_path / "reasoning.sqlite"
-    state = run_eval_on_ray(tiny_options(tiny_model_files, cache), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, images_per_task=2)
+    state = run_eval_on_ray(
+        tiny_options(tiny_model_files, cache), VOC21, mini, tmp_path / "out", ablation=True, actors=2, images_per_task=2
+    )
     assert state.done == set(reference.records) and not state.failed
     assert_same_as_reference(tmp_path / "out", reference)
     assert {name: t.counts.union.tolist() for name, t in state.totals.items()} == {
-        name: t["union"] for name, t in totals(reference.records).items()}
+        name: t["union"] for name, t in totals(reference.records).items()
+    }
     assert not (tmp_path / "out" / "failed.jsonl").exists()
     assert sorted(ident for ident, _ in faults.seen()) == sorted(reference.records)  # each image evaluated once
     # Generic reasoning was asked once, on the driver: the actors asked none.
@@ -256,14 +281,23 @@ def test_two_actors_give_exactly_the_single_process_totals(cluster, mini, refere
 
 
 def test_actors_run_the_threads_of_their_cpus_and_give_a_one_thread_local_run_exactly(
-        cluster, mini, tiny_model_files, tmp_path, faults):
+    cluster, mini, tiny_model_files, tmp_path, faults
+):
     """The other direction: the local runner with 1 thread, two actors of 2 CPUs each (so
     2 torch threads each: the cluster has 4 CPUs)."""
     from openseg_r.distributed import run_eval_on_ray
 
     one_thread = run_reference(tmp_path / "reference", mini, tiny_model_files, threads=1)
-    state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, images_per_task=2, cpus_per_actor=2)
+    state = run_eval_on_ray(
+        tiny_options(tiny_model_files),
+        VOC21,
+        mini,
+        tmp_path / "out",
+        ablation=True,
+        actors=2,
+        images_per_task=2,
+        cpus_per_actor=2,
+    )
     assert state.done == set(one_thread.records) and not state.failed
     assert {threads for _, _, threads in faults.seen_with_threads()} == {2}
     assert_same_as_reference(tmp_path / "out", one_thread)
@@ -295,15 +329,23 @@ def test_a_killed_driver_resumes_to_identical_totals(cluster, mini, reference, t
     hold_file.touch()
     killed_faults = tmp_path / "killed-job-faults.json"  # the killed job's workers read this one
     killed_faults.write_text(json.dumps({"hold": {"ids": held, "while_exists": str(hold_file)}}))
-    runtime_env = {**cluster.runtime_env,
-                   "env_vars": {**cluster.runtime_env["env_vars"], FAULTS_VARIABLE: str(killed_faults)}}
+    runtime_env = {
+        **cluster.runtime_env,
+        "env_vars": {**cluster.runtime_env["env_vars"], FAULTS_VARIABLE: str(killed_faults)},
+    }
     options = tiny_options(tiny_model_files)
-    args = {"address": cluster.address, "runtime_env": runtime_env, "options": options.model_dump(mode="json"),
-            "root": str(mini), "out": str(out)}
+    args = {
+        "address": cluster.address,
+        "runtime_env": runtime_env,
+        "options": options.model_dump(mode="json"),
+        "root": str(mini),
+        "out": str(out),
+    }
     log = tmp_path / "driver.log"
     with log.open("w") as output:
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], env=child_env(), stdout=output,
-                                  stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(args)], env=child_env(), stdout=output, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 180
         while not _whole_lines(out / "images.jsonl"):
@@ -338,15 +380,17 @@ def _whole_lines(path: Path) -> list[str]:
     return whole
 
 
-def test_an_actor_killed_mid_batch_loses_and_double_counts_nothing(cluster, mini, reference, tiny_model_files,
-                                                                   tmp_path, faults):
+def test_an_actor_killed_mid_batch_loses_and_double_counts_nothing(
+    cluster, mini, reference, tiny_model_files, tmp_path, faults
+):
     """The actor evaluating crop2 dies (os._exit) on the first attempt: Ray restarts it and
     runs its batch again; every image is recorded exactly once, with the reference counts."""
     from openseg_r.distributed import run_eval_on_ray
 
     faults.crash_once("crop2")
-    state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, images_per_task=2)
+    state = run_eval_on_ray(
+        tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True, actors=2, images_per_task=2
+    )
     assert faults.marker.exists(), "the actor was never killed: the test tested nothing"
     attempts = [pid for ident, pid in faults.seen() if ident == "crop2"]
     assert len(attempts) >= 2 and len(set(attempts)) >= 2, f"crop2 was not evaluated again elsewhere: {attempts}"
@@ -355,8 +399,9 @@ def test_an_actor_killed_mid_batch_loses_and_double_counts_nothing(cluster, mini
     assert_same_as_reference(tmp_path / "out", reference)
 
 
-def test_an_image_that_always_kills_its_actor_fails_after_its_crash_budget(cluster, mini, reference,
-                                                                          tiny_model_files, tmp_path, faults):
+def test_an_image_that_always_kills_its_actor_fails_after_its_crash_budget(
+    cluster, mini, reference, tiny_model_files, tmp_path, faults
+):
     """crop2 kills every actor that evaluates it: after DEFAULT_CRASH_BUDGET crashes it is in
     failed.jsonl with one line, and every other image has the reference counts (the batch
     beside it, run one image at a time after the first crash, is not blamed)."""
@@ -364,8 +409,9 @@ def test_an_image_that_always_kills_its_actor_fails_after_its_crash_budget(clust
     from openseg_r.distributed.ledger import DEFAULT_CRASH_BUDGET
 
     faults.set(crash_always=["crop2"])
-    state = run_eval_on_ray(tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True,
-                            actors=2, images_per_task=2)
+    state = run_eval_on_ray(
+        tiny_options(tiny_model_files), VOC21, mini, tmp_path / "out", ablation=True, actors=2, images_per_task=2
+    )
     attempts = [pid for ident, pid in faults.seen() if ident == "crop2"]
     assert len(attempts) == DEFAULT_CRASH_BUDGET and len(set(attempts)) == DEFAULT_CRASH_BUDGET
     assert set(state.failed) == {"crop2"} and "crashed its Ray worker 2 time(s)" in state.failed["crop2"]
@@ -390,18 +436,54 @@ def mini_with_a_corrupt_image(mini, tmp_path) -> Path:
 
 
 def test_cli_eval_on_ray_records_a_corrupt_image_as_failed_and_the_rest_exactly(
-        cluster, mini_with_a_corrupt_image, reference, tiny_model_files, tmp_path):
+    cluster, mini_with_a_corrupt_image, reference, tiny_model_files, tmp_path
+):
     """`openseg-r eval --engine ray`, a driver of its own joining the cluster: the corrupt
     image is in failed.jsonl and stderr (one line, exit 3), every other image is evaluated
     with the reference counts, and summary.json counts the failure."""
     config, weights = tiny_model_files
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "openseg_r.cli", "eval", "--dataset", "voc21", "--root", mini_with_a_corrupt_image,
-         "--lmm", f"scripted:{SCRIPT}", "--ablation", "--out", out, "--clip-model", config, "--clip-pretrained",
-         weights, "--device", "cpu", "--precision", "fp32", "--cache", "none", "--protocol", "none", "--engine", "ray",
-         "--address", cluster.address, "--actors", "1", "--cpus-per-actor", "2"],
-        capture_output=True, text=True, env=child_env(), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "eval",
+            "--dataset",
+            "voc21",
+            "--root",
+            mini_with_a_corrupt_image,
+            "--lmm",
+            f"scripted:{SCRIPT}",
+            "--ablation",
+            "--out",
+            out,
+            "--clip-model",
+            config,
+            "--clip-pretrained",
+            weights,
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--cache",
+            "none",
+            "--protocol",
+            "none",
+            "--engine",
+            "ray",
+            "--address",
+            cluster.address,
+            "--actors",
+            "1",
+            "--cpus-per-actor",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr
     assert json.loads((out / "run.json").read_text())["throughput"]["torch_threads"] == 2  # against the reference's 4
     assert "Traceback" not in proc.stderr
@@ -434,8 +516,24 @@ def photos(tmp_path, voc) -> Path:
 
 def segment_args(tiny_model_files) -> list[str]:
     config, weights = tiny_model_files
-    return ["--clip-model", str(config), "--clip-pretrained", str(weights), "--device", "cpu", "--precision", "fp32",
-            "--vocab", "voc21", "--lmm", f"scripted:{SCRIPT}", "--cache", "none", "--concurrency", "2"]
+    return [
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--vocab",
+        "voc21",
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--cache",
+        "none",
+        "--concurrency",
+        "2",
+    ]
 
 
 # What a result.json may differ in between engines: when and how fast it ran, the LMM calls
@@ -448,8 +546,19 @@ def test_cli_segment_on_ray_writes_what_a_local_run_writes(cluster, photos, tiny
     from openseg_r import cli
 
     local_code = cli.main(["segment", str(photos), *segment_args(tiny_model_files), "--out", str(tmp_path / "local")])
-    ray_code = cli.main(["segment", str(photos), *segment_args(tiny_model_files), "--out", str(tmp_path / "ray"),
-                         "--engine", "ray", "--actors", "1"])
+    ray_code = cli.main(
+        [
+            "segment",
+            str(photos),
+            *segment_args(tiny_model_files),
+            "--out",
+            str(tmp_path / "ray"),
+            "--engine",
+            "ray",
+            "--actors",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert (local_code, ray_code) == (3, 3), err
     assert "Traceback" not in err
@@ -473,11 +582,13 @@ def test_cli_segment_on_ray_writes_what_a_local_run_writes(cluster, photos, tiny
         assert np.array_equal(*labels), f"{folder}: the label maps differ"
         ours, theirs = (json.loads((f / "result.json").read_text()) for f in (on_ray, local))
         assert {k: v for k, v in ours.items() if k not in VARYING} == {
-            k: v for k, v in theirs.items() if k not in VARYING}
+            k: v for k, v in theirs.items() if k not in VARYING
+        }
         pixels = [[(c["name"], c["pixels"]) for c in result["classes"]] for result in (ours, theirs)]
         assert pixels[0] == pixels[1]
         assert [c["mean_confidence"] for c in ours["classes"]] == pytest.approx(
-            [c["mean_confidence"] for c in theirs["classes"]], abs=1e-5)
+            [c["mean_confidence"] for c in theirs["classes"]], abs=1e-5
+        )
 
 
 def test_segment_dataset_on_a_users_ray_dataset(cluster, voc, tiny_model_files):

@@ -34,26 +34,59 @@ def folder_dataset(tmp_path):
 
 
 def test_engine_flags_without_engine_ray_are_a_usage_error(folder_dataset, tmp_path, capsys):
-    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
-                "--actors", "2") == 2
+    assert (
+        call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out", "--actors", "2") == 2
+    )
     assert "--actors need --engine ray" in error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("cpus", ["0", "-1", "nan", "inf"])
 def test_cpus_per_actor_must_be_a_positive_number(folder_dataset, tmp_path, capsys, cpus):
-    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
-                "--engine", "ray", "--cpus-per-actor", cpus) == 2
+    assert (
+        call(
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            folder_dataset,
+            "--out",
+            tmp_path / "out",
+            "--engine",
+            "ray",
+            "--cpus-per-actor",
+            cpus,
+        )
+        == 2
+    )
     assert f"--cpus-per-actor must be a positive number of CPUs, got {float(cpus)!r}" in error_line(capsys)
     assert not (tmp_path / "out").exists()
-    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
-                "--cpus-per-actor", "2") == 2
+    assert (
+        call(
+            "eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out", "--cpus-per-actor", "2"
+        )
+        == 2
+    )
     assert "--cpus-per-actor need --engine ray" in error_line(capsys)
 
 
 def test_shard_with_engine_ray_is_refused_in_one_line(folder_dataset, tmp_path, capsys):
-    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
-                "--engine", "ray", "--shard", "0/2") == 2
+    assert (
+        call(
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            folder_dataset,
+            "--out",
+            tmp_path / "out",
+            "--engine",
+            "ray",
+            "--shard",
+            "0/2",
+        )
+        == 2
+    )
     assert "drop --shard" in error_line(capsys)
 
 
@@ -61,6 +94,7 @@ def test_without_ray_the_engine_says_how_to_install_it(folder_dataset, tmp_path,
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(ConfigError, match="pip install 'openseg-r\\[ray\\]'"):
         require_ray()
-    assert call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out",
-                "--engine", "ray") == 2
+    assert (
+        call("eval", "--dataset", "folder", "--root", folder_dataset, "--out", tmp_path / "out", "--engine", "ray") == 2
+    )
     assert error_line(capsys) == f"openseg-r: error: {INSTALL_HINT}"

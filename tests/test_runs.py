@@ -27,8 +27,9 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300
+    )
 
 
 @pytest.fixture

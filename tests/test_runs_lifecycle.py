@@ -30,10 +30,13 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
-
-
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 def row_line(listing: str, run_id: str) -> str:
@@ -46,10 +49,29 @@ def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path
     server = silent_server()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"), "--vocab", "voc21",
-             "--lmm", f"openai:somemodel@http://127.0.0.1:{server.port}/v1", "--clip-model", str(config),
-             "--clip-pretrained", str(weights), "--runs-db", str(db_path), "--out", str(tmp_path / "killed")],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "openseg_r.cli",
+                "segment",
+                str(ROOT / "examples" / "voc.jpg"),
+                "--vocab",
+                "voc21",
+                "--lmm",
+                f"openai:somemodel@http://127.0.0.1:{server.port}/v1",
+                "--clip-model",
+                str(config),
+                "--clip-pretrained",
+                str(weights),
+                "--runs-db",
+                str(db_path),
+                "--out",
+                str(tmp_path / "killed"),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert server.called.wait(240), "the run never asked the LMM"
@@ -86,8 +108,19 @@ def test_a_killed_run_shows_interrupted_and_resumes_with_its_start_time(tmp_path
     assert "<div id=status class='banner interrupted'><b>interrupted</b>" in (tmp_path / "report.html").read_text()
 
     assert not (tmp_path / "killed").exists()  # killed before it wrote anything
-    resumed = cli("runs", "--runs-db", db_path, "resume", running.run_id[:12], "--lmm", f"scripted:{SCRIPT}",
-                  "--clip-model", config, "--clip-pretrained", weights)  # no --out: the run's own
+    resumed = cli(
+        "runs",
+        "--runs-db",
+        db_path,
+        "resume",
+        running.run_id[:12],
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+    )  # no --out: the run's own
     assert resumed.returncode == 0, resumed.stderr
     assert {p.name for p in (tmp_path / "killed").iterdir()} >= {"labels.png", "overlay.png", "result.json"}
     assert f"run {running.run_id} (resumed)" in resumed.stdout
@@ -108,11 +141,14 @@ def test_a_run_killed_before_its_first_checkpoint_is_a_clear_error(tmp_path, tin
         key = db.artifacts().put(np.zeros((8, 8, 3), np.uint8), kind="image")
         db.start_run("0123456789ab", image="a.jpg", image_key=key, options=options)
         fake_owner(db, "0123456789ab", owner_pid=0, heartbeat=0)  # its process is long gone
-    proc = cli("runs", "--runs-db", db_path, "resume", "0123456789ab", "--clip-model", config,
-               "--clip-pretrained", weights)
+    proc = cli(
+        "runs", "--runs-db", db_path, "resume", "0123456789ab", "--clip-model", config, "--clip-pretrained", weights
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("openseg-r: error: run 0123456789ab stopped before its first checkpoint was "
-                                   "written: there is nothing to resume; run it again")
+    assert proc.stderr.strip() == (
+        "openseg-r: error: run 0123456789ab stopped before its first checkpoint was "
+        "written: there is nothing to resume; run it again"
+    )
     with RunsDB(db_path, read_only=True) as db:
         assert db.get_run("0123456789ab").status == "interrupted"  # left as it was
 
@@ -135,8 +171,9 @@ def test_a_task_s_writes_are_all_saved_or_none_when_the_process_is_killed(tmp_pa
     writes must not leave a resumable run with half a state (image gone, lists there)."""
     path = tmp_path / "runs.sqlite"
     RunsDB(path).close()
-    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, str(path)], env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_WRITING, str(path)], env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 0
@@ -226,11 +263,35 @@ def test_a_human_self_check_killed_while_waiting_reads_interrupted(tmp_path, tin
     config, weights = tiny_model_files
     db_path = tmp_path / "runs.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"), "--vocab", "voc21",
-         "--no-reasoning", "--self-check", "--self-check-mode", "human", "--self-check-margin", "0.9",
-         "--clip-model", str(config), "--clip-pretrained", str(weights), "--runs-db", str(db_path),
-         "--out", str(tmp_path / "out")],
-        env=ENV, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "segment",
+            str(ROOT / "examples" / "voc.jpg"),
+            "--vocab",
+            "voc21",
+            "--no-reasoning",
+            "--self-check",
+            "--self-check-mode",
+            "human",
+            "--self-check-margin",
+            "0.9",
+            "--clip-model",
+            str(config),
+            "--clip-pretrained",
+            str(weights),
+            "--runs-db",
+            str(db_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         status = None
@@ -253,8 +314,22 @@ def test_a_run_that_exits_4_is_recorded_as_failed(tmp_path, tiny_model_files):
     useless = tmp_path / "useless.json"
     useless.write_text(json.dumps({"generic_reasoning": "no JSON here", "image_reasoning": "nor here"}))
     db_path = tmp_path / "runs.sqlite"
-    proc = cli("segment", ROOT / "examples" / "voc.jpg", "--classes", "cat, dog", "--lmm", f"scripted:{useless}",
-               "--clip-model", config, "--clip-pretrained", weights, "--runs-db", db_path, "--out", tmp_path / "out")
+    proc = cli(
+        "segment",
+        ROOT / "examples" / "voc.jpg",
+        "--classes",
+        "cat, dog",
+        "--lmm",
+        f"scripted:{useless}",
+        "--clip-model",
+        config,
+        "--clip-pretrained",
+        weights,
+        "--runs-db",
+        db_path,
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 4, proc.stderr
     with RunsDB(db_path, read_only=True) as db:
         (record,) = db.list_runs()
@@ -333,9 +408,17 @@ def test_an_older_database_is_read_as_it_is_and_migrated_when_written(tmp_path):
 # ------------------------------------------------------------------ reading creates nothing
 
 
-@pytest.mark.parametrize("action", [["list"], ["show", "abcd"], ["diff", "abcd", "efgh"],
-                                    ["report", "abcd", "-o", "REPORT"], ["resume", "abcd"],
-                                    ["replay", "abcd", "--from", "segmentation"]])
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["list"],
+        ["show", "abcd"],
+        ["diff", "abcd", "efgh"],
+        ["report", "abcd", "-o", "REPORT"],
+        ["resume", "abcd"],
+        ["replay", "abcd", "--from", "segmentation"],
+    ],
+)
 def test_runs_commands_on_a_missing_database_create_nothing(tmp_path, action):
     path = tmp_path / "nowhere" / "runs.sqlite"
     args = [str(tmp_path / "r.html") if a == "REPORT" else a for a in action]

@@ -18,29 +18,43 @@ from openseg_r.nodes.context import OpenSegContext
 from openseg_r.schemas import CandidateSearch, ClassReasoning, ImageRef, RegionVerdict
 from openseg_r.vocab import parse_class_list
 
-NESTED = {"name": "dress", "general_category": "clothing",
-          "attributes": ["long hem", {"category": "dresses", "sub_category": "dresses"}, ["sleeves"], 3, True,
-                         None, "fitted waist"]}
+NESTED = {
+    "name": "dress",
+    "general_category": "clothing",
+    "attributes": [
+        "long hem",
+        {"category": "dresses", "sub_category": "dresses"},
+        ["sleeves"],
+        3,
+        True,
+        None,
+        "fitted waist",
+    ],
+}
 
 
 def test_non_text_attributes_are_dropped_not_stringified():
     reasoning = ClassReasoning.model_validate(NESTED)
     assert reasoning.attributes == ["long hem", "fitted waist"]
     assert len(reasoning.dropped) == 5 and "an object" in reasoning.dropped[0] and "a list" in reasoning.dropped[1]
-    assert "dropped" not in reasoning.model_dump() and "dropped" not in json.dumps(ClassReasoning.model_json_schema()
-                                                                                   ["properties"])
+    assert "dropped" not in reasoning.model_dump() and "dropped" not in json.dumps(
+        ClassReasoning.model_json_schema()["properties"]
+    )
     # an answer cannot fill the record of drops itself
     assert ClassReasoning.model_validate({"name": "x", "dropped": ["made up"]}).dropped == []
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("sofa\u202e", "sofa"),                       # right-to-left override
-    ("\u2066cushions\u2069", "cushions"),        # bidi isolates
-    ("zero\u200bwidth", "zerowidth"),            # zero-width space
-    ("bell\x07 and\x1b[31m red", "bell and[31m red"),  # control characters (escape sequences lose their ESC)
-    ("lone \ud800 surrogate", "lone surrogate"),
-    ("tabs\tand\nnewlines", "tabs and newlines"),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("sofa\u202e", "sofa"),  # right-to-left override
+        ("\u2066cushions\u2069", "cushions"),  # bidi isolates
+        ("zero\u200bwidth", "zerowidth"),  # zero-width space
+        ("bell\x07 and\x1b[31m red", "bell and[31m red"),  # control characters (escape sequences lose their ESC)
+        ("lone \ud800 surrogate", "lone surrogate"),
+        ("tabs\tand\nnewlines", "tabs and newlines"),
+    ],
+)
 def test_control_bidi_and_surrogates_are_removed(raw, clean):
     assert ClassReasoning(name="x", attributes=[raw]).attributes == [clean]
     assert RegionVerdict(choice=raw, confidence=1).choice == clean
@@ -55,8 +69,9 @@ def test_a_name_that_is_not_text_is_refused():
 
 def test_the_generic_node_records_each_drop_and_keeps_the_text():
     lmm = ScriptedLMM({"generic_reasoning": {"dress": NESTED}})
-    out = generic_reasoning(GenericReasoningInput(vocabulary=parse_class_list("dress")), Runtime(
-        context=OpenSegContext(lmm=lmm)))
+    out = generic_reasoning(
+        GenericReasoningInput(vocabulary=parse_class_list("dress")), Runtime(context=OpenSegContext(lmm=lmm))
+    )
     assert out.generic_reasoning["dress"].attributes == ["long hem", "fitted waist"]
     (fallback,) = out.fallbacks
     assert fallback.subject == "dress" and "5 attribute(s) were not text" in fallback.reason
@@ -67,11 +82,18 @@ def test_the_image_node_records_drops_per_candidate(rng):
     store = ArtifactStore()
     rgb = rng.integers(0, 255, (32, 32, 3), dtype="uint8")
     image = ImageRef(key=store.put(rgb), width=32, height=32)
-    answer = {"description": "a room", "candidates": [{"name": "sofa", "attributes": ["cushions", {"x": 1}]},
-                                                      {"name": "lamp", "attributes": ["shade"]}]}
+    answer = {
+        "description": "a room",
+        "candidates": [
+            {"name": "sofa", "attributes": ["cushions", {"x": 1}]},
+            {"name": "lamp", "attributes": ["shade"]},
+        ],
+    }
     lmm = ScriptedLMM({"image_reasoning": answer})
-    out = image_reasoning(ImageReasoningInput(image=image, vocabulary=parse_class_list("sofa, lamp")),
-                          Runtime(context=OpenSegContext(lmm=lmm, store=store)))
+    out = image_reasoning(
+        ImageReasoningInput(image=image, vocabulary=parse_class_list("sofa, lamp")),
+        Runtime(context=OpenSegContext(lmm=lmm, store=store)),
+    )
     assert [c.attributes for c in out.image_reasoning.candidates] == [["cushions"], ["shade"]]
     assert [f.subject for f in out.fallbacks] == ["sofa"]
 

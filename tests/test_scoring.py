@@ -81,8 +81,10 @@ def test_softmax_over_all_names_then_max_is_the_reference_order():
     probs = bank.class_probabilities(scores[:, None], logit_scale=40.0)[:, 0].numpy()
     cos = {p: float(v @ feature) for p, v in TABLE.items()}
     expected = np.zeros(2)
-    for slot_names in (["sofa that has cushions", "couch that has cushions", "chair that has legs"],
-                       ["sofa", "couch", "chair"]):
+    for slot_names in (
+        ["sofa that has cushions", "couch that has cushions", "chair that has legs"],
+        ["sofa", "couch", "chair"],
+    ):
         p = softmax([cos[n] for n in slot_names], 40)
         expected += [max(p[0], p[1]), p[2]]
     assert np.allclose(probs, expected / 2, atol=1e-5)
@@ -135,11 +137,22 @@ def test_resize_keeps_aspect_and_caps_the_long_side():
 def _random_bank(score_order: str, num_classes=6, synonyms=2, slots=3, dim=16, seed=0):
     """A bank over random unit vectors: class c has `synonyms` synonyms x `slots` attribute slots."""
     rng = np.random.default_rng(seed)
-    classes = [ClassPrompts(name=f"c{c}", queries=[f"c{c}s{s}" for s in range(synonyms)],
-                            slots=[f"a{j}" for j in range(slots)], source="generic") for c in range(num_classes)]
+    classes = [
+        ClassPrompts(
+            name=f"c{c}",
+            queries=[f"c{c}s{s}" for s in range(synonyms)],
+            slots=[f"a{j}" for j in range(slots)],
+            source="generic",
+        )
+        for c in range(num_classes)
+    ]
     prompts = PromptSet(templates="vild", score_order=score_order, classes=classes)
-    table = {p: torch.tensor(rng.standard_normal(dim), dtype=torch.float32) for c in classes for row in c.phrases()
-             for p in row}
+    table = {
+        p: torch.tensor(rng.standard_normal(dim), dtype=torch.float32)
+        for c in classes
+        for row in c.phrases()
+        for p in row
+    }
     table = {p: v / v.norm() for p, v in table.items()}
     embed = lambda phrases, templates: torch.stack([table[p] for p in phrases])  # noqa: E731
     return prompts, embed
@@ -151,8 +164,9 @@ def test_hard_filter_equals_a_classifier_built_from_the_present_classes_only(sco
     background): computed here directly, on a bank of those classes alone."""
     prompts, embed = _random_bank(score_order)
     bank = build_query_bank(prompts, embed)
-    features = torch.nn.functional.normalize(torch.randn(100, 200, 16, generator=torch.Generator().manual_seed(1)),
-                                             dim=-1)
+    features = torch.nn.functional.normalize(
+        torch.randn(100, 200, 16, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     present, background = [2, 4], 0
     hard = ClassFilter(present=present, mode="hard", keep=(background,))
     logits = bank.channel_scores(features).permute(2, 0, 1)

@@ -129,32 +129,50 @@ def _assert_same_arrays(batched, single):
     assert batched.labels.dtype == np.int32 and batched.confidence.dtype == np.float32
 
 
-@pytest.mark.parametrize("config", [
-    dict(short_side=96, crop=64, stride=32, window_batch_size=5),  # forward passes cut across images
-    dict(short_side=96, crop=64, stride=32),  # all windows of the batch in one pass
-    dict(short_side=80, slide=False),  # whole images, grouped by size
-    dict(short_side=96, crop=64, stride=32, pamr_steps=2, pamr_dilations=(1, 2)),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(short_side=96, crop=64, stride=32, window_batch_size=5),  # forward passes cut across images
+        dict(short_side=96, crop=64, stride=32),  # all windows of the batch in one pass
+        dict(short_side=80, slide=False),  # whole images, grouped by size
+        dict(short_side=96, crop=64, stride=32, pamr_steps=2, pamr_dilations=(1, 2)),
+    ],
+)
 def test_segment_batch_equals_segment_image_by_image(tiny_clip, rng, config):
     from openseg_r.segmenters.base import SegmentJob
 
     seg = CLIPSegmenter(tiny_clip, SegmenterConfig(**config))
-    banks = [seg.query_bank(prompts(["background", "cat", "dog", "tree"])),
-             seg.query_bank(prompts(["sky", "road"], slots=("red", "blue")))]
+    banks = [
+        seg.query_bank(prompts(["background", "cat", "dog", "tree"])),
+        seg.query_bank(prompts(["sky", "road"], slots=("red", "blue"))),
+    ]
     jobs = [
         SegmentJob(rng.integers(0, 255, (120, 170, 3), dtype=np.uint8), banks[0]),
         SegmentJob(rng.integers(0, 255, (90, 90, 3), dtype=np.uint8), banks[1], logit_scale=20.0),
-        SegmentJob(rng.integers(0, 255, (150, 100, 3), dtype=np.uint8), banks[0],
-                   class_filter=ClassFilter(present=[1], keep=(0,)), background_index=0, background_threshold=0.6),
-        SegmentJob(rng.integers(0, 255, (120, 170, 3), dtype=np.uint8), banks[0],
-                   class_filter=ClassFilter(present=[2], mode="soft")),
+        SegmentJob(
+            rng.integers(0, 255, (150, 100, 3), dtype=np.uint8),
+            banks[0],
+            class_filter=ClassFilter(present=[1], keep=(0,)),
+            background_index=0,
+            background_threshold=0.6,
+        ),
+        SegmentJob(
+            rng.integers(0, 255, (120, 170, 3), dtype=np.uint8),
+            banks[0],
+            class_filter=ClassFilter(present=[2], mode="soft"),
+        ),
     ]
     batched = seg.segment_batch(jobs)
     assert len(batched) == len(jobs)
     for job, arrays in zip(jobs, batched):
         single = CLIPSegmenter(tiny_clip, SegmenterConfig(**config)).segment(
-            job.rgb, job.bank, class_filter=job.class_filter, logit_scale=job.logit_scale,
-            background_index=job.background_index, background_threshold=job.background_threshold)
+            job.rgb,
+            job.bank,
+            class_filter=job.class_filter,
+            logit_scale=job.logit_scale,
+            background_index=job.background_index,
+            background_threshold=job.background_threshold,
+        )
         assert arrays.labels.shape == job.rgb.shape[:2]
         _assert_same_arrays(arrays, single)
     assert batched[2].background_pixels > 0  # the threshold did something: the test can tell
@@ -169,8 +187,9 @@ def test_segment_batch_reuses_kept_window_features(tiny_clip, rng):
     images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
     first = seg.segment_batch([SegmentJob(rgb, bank, image_key=f"k{i}") for i, rgb in enumerate(images)])
     assert seg.encoded_images == 3
-    again = seg.segment_batch([SegmentJob(images[1], bank, image_key="k1"),
-                               SegmentJob(images[2], bank, image_key="new")])
+    again = seg.segment_batch(
+        [SegmentJob(images[1], bank, image_key="k1"), SegmentJob(images[2], bank, image_key="new")]
+    )
     assert seg.encoded_images == 4  # k1 was kept, "new" was encoded
     _assert_same_arrays(again[0], first[1])
     _assert_same_arrays(again[1], first[2])
@@ -183,8 +202,12 @@ def test_segment_batch_refuses_an_image_too_small_to_encode(tiny_clip, rng):
     seg = CLIPSegmenter(tiny_clip, SegmenterConfig(short_side=96, crop=64, stride=32))
     bank = seg.query_bank(prompts(["cat", "dog"]))
     with pytest.raises(ConfigError, match="smaller than one"):
-        seg.segment_batch([SegmentJob(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), bank),
-                           SegmentJob(rng.integers(0, 255, (2, 4000, 3), dtype=np.uint8), bank)])
+        seg.segment_batch(
+            [
+                SegmentJob(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), bank),
+                SegmentJob(rng.integers(0, 255, (2, 4000, 3), dtype=np.uint8), bank),
+            ]
+        )
 
 
 def test_compiled_passes_are_padded_to_a_power_of_two(tiny_clip, rng):

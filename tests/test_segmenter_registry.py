@@ -44,8 +44,14 @@ def plugin_env(tmp_path: Path, **extra) -> dict:
 
 def cli(tmp_path: Path, *args: str, plugin: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     env = plugin_env(tmp_path) if plugin else {k: v for k, v in plugin_env(tmp_path).items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "openseg_r.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
 
 
 @pytest.fixture
@@ -96,7 +102,8 @@ def test_a_built_in_name_cannot_be_taken_over_and_a_broken_plugin_is_named_when_
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugins\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[openseg_r.segmenters]\ndense-clip = no_such_module:KIND\nmissing = no_such_module:KIND\n"
-        "not-a-kind = json:dumps\n")
+        "not-a-kind = json:dumps\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert registry.get_kind("dense-clip") is registry.BUILT_IN["dense-clip"]
     for name, words in (("missing", "does not load: ModuleNotFoundError"), ("not-a-kind", "is not a SegmenterKind")):
@@ -107,12 +114,15 @@ def test_a_built_in_name_cannot_be_taken_over_and_a_broken_plugin_is_named_when_
     assert listed["missing"].startswith("broken: ") and "dense-clip" in listed  # the others still list
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"segmenter": "no-such-kind"}, "unknown segmenter 'no-such-kind'; known: dense-clip"),
-    ({"segmenter_options": {"colour": "red"}}, "unknown option 'colour' for the dense-clip segmenter"),
-    ({"attention": "magic"}, "invalid dense-clip segmenter option: attention"),
-    ({"sharpness": 2}, "unknown option 'sharpness': the options are ModelOptions' fields"),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"segmenter": "no-such-kind"}, "unknown segmenter 'no-such-kind'; known: dense-clip"),
+        ({"segmenter_options": {"colour": "red"}}, "unknown option 'colour' for the dense-clip segmenter"),
+        ({"attention": "magic"}, "invalid dense-clip segmenter option: attention"),
+        ({"sharpness": 2}, "unknown option 'sharpness': the options are ModelOptions' fields"),
+    ],
+)
 def test_bad_kinds_and_options_are_one_line(values, words):
     with pytest.raises(ConfigError) as caught:
         ModelOptions.build(**values)
@@ -168,8 +178,21 @@ def test_the_langgraph_app_reads_the_kind_from_the_environment(with_plugin):
 
 
 def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
-    done = cli(tmp_path, "segment", str(PHOTO), "--classes", "cat, sofa, floor", "--segmenter", "toy-bands",
-               "--segmenter-option", "sharpness=3", "--runs-db", "runs.sqlite", "--out", "out")
+    done = cli(
+        tmp_path,
+        "segment",
+        str(PHOTO),
+        "--classes",
+        "cat, sofa, floor",
+        "--segmenter",
+        "toy-bands",
+        "--segmenter-option",
+        "sharpness=3",
+        "--runs-db",
+        "runs.sqlite",
+        "--out",
+        "out",
+    )
     assert done.returncode == 0, done.stderr
     first = json.loads((tmp_path / "out" / "result.json").read_text())
     assert first["segmenter"] == {"kind": "toy-bands", "sharpness": 3.0, "invert": False, "device": "cpu"}
@@ -177,26 +200,53 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
     (record,) = db.list_runs()
     db.close()
     assert record.options["segmenter"] == "toy-bands" and record.options["segmenter_options"]["sharpness"] == 3.0
-    replay = cli(tmp_path, "runs", "--runs-db", "runs.sqlite", "replay", record.run_id, "--from", "segmentation",
-                 "--out", "replayed")
+    replay = cli(
+        tmp_path,
+        "runs",
+        "--runs-db",
+        "runs.sqlite",
+        "replay",
+        record.run_id,
+        "--from",
+        "segmentation",
+        "--out",
+        "replayed",
+    )
     assert replay.returncode == 0, replay.stderr
     again = json.loads((tmp_path / "replayed" / "result.json").read_text())
     assert again["segmenter"] == first["segmenter"]
     labels = [np.asarray(Image.open(tmp_path / folder / "labels.png")) for folder in ("out", "replayed")]
     assert np.array_equal(*labels)
     # without the plugin installed, replay says so in one line instead of building something else
-    missing = cli(tmp_path, "runs", "--runs-db", "runs.sqlite", "replay", record.run_id, "--from", "segmentation",
-                  "--out", "elsewhere", plugin=False)
+    missing = cli(
+        tmp_path,
+        "runs",
+        "--runs-db",
+        "runs.sqlite",
+        "replay",
+        record.run_id,
+        "--from",
+        "segmentation",
+        "--out",
+        "elsewhere",
+        plugin=False,
+    )
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "unknown segmenter 'toy-bands'" in missing.stderr and not (tmp_path / "elsewhere").exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, toy-bands"),
-    (["--segmenter", "toy-bands", "--attention", "sclip"], "unknown option 'attention' for the toy-bands segmenter"),
-    (["--segmenter", "toy-bands", "--segmenter-option", "sharpness=-1"], "invalid toy-bands segmenter option"),
-    (["--segmenter-option", "sharpness"], "--segmenter-option takes key=value"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, toy-bands"),
+        (
+            ["--segmenter", "toy-bands", "--attention", "sclip"],
+            "unknown option 'attention' for the toy-bands segmenter",
+        ),
+        (["--segmenter", "toy-bands", "--segmenter-option", "sharpness=-1"], "invalid toy-bands segmenter option"),
+        (["--segmenter-option", "sharpness"], "--segmenter-option takes key=value"),
+    ],
+)
 def test_cli_refuses_bad_segmenter_choices_in_one_line(tmp_path, args, words):
     done = cli(tmp_path, "segment", str(PHOTO), "--classes", "cat", *args, "--out", "out")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
@@ -207,8 +257,18 @@ def test_the_built_in_kind_by_name_is_what_the_clip_flags_build(tmp_path, tiny_m
     config, weights = tiny_model_files
     common = ["segment", str(PHOTO), "--classes", "cat, sofa", "--clip-pretrained", str(weights)]
     by_flags = cli(tmp_path, *common, "--clip-model", str(config), "--out", "flags")
-    by_name = cli(tmp_path, *common, "--segmenter", "dense-clip", "--segmenter-option", f"clip_model={config}",
-                  "--segmenter-option", "attention=naclip", "--out", "named")
+    by_name = cli(
+        tmp_path,
+        *common,
+        "--segmenter",
+        "dense-clip",
+        "--segmenter-option",
+        f"clip_model={config}",
+        "--segmenter-option",
+        "attention=naclip",
+        "--out",
+        "named",
+    )
     assert by_flags.returncode == by_name.returncode == 0, by_flags.stderr + by_name.stderr
     labels = [np.asarray(Image.open(tmp_path / folder / "labels.png")) for folder in ("flags", "named")]
     assert np.array_equal(*labels)
@@ -233,14 +293,27 @@ def test_mcp_serves_a_plugin_segmenter(tmp_path):
 
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "voc.jpg").write_bytes(PHOTO.read_bytes())
-    args = ["-m", "openseg_r.cli", "serve", "mcp", "--segmenter", "toy-bands", "--segmenter-option", "sharpness=3",
-            "--lmm", "none", "--root", str(tmp_path / "images")]
+    args = [
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "mcp",
+        "--segmenter",
+        "toy-bands",
+        "--segmenter-option",
+        "sharpness=3",
+        "--lmm",
+        "none",
+        "--root",
+        str(tmp_path / "images"),
+    ]
     params = StdioServerParameters(command=sys.executable, args=args, env=plugin_env(tmp_path))
 
     async def run():
         async with Client(params) as client:
-            result = await client.call_tool("segment", {"image_path": "voc.jpg", "vocabulary": ["cat", "sofa"],
-                                                        "reasoning": False})
+            result = await client.call_tool(
+                "segment", {"image_path": "voc.jpg", "vocabulary": ["cat", "sofa"], "reasoning": False}
+            )
             assert not result.is_error, result.content
             return result.structured_content
 
@@ -253,13 +326,28 @@ def test_serve_web_builds_the_plugin_segmenter(with_plugin, monkeypatch, tmp_pat
 
     pages = []
     monkeypatch.setattr(server, "serve_web", lambda web, listening, on_ready: pages.append(web))
-    code = main(["serve", "web", "--segmenter", "toy-bands", "--segmenter-option", "invert=true", "--lmm", "none",
-                 "--port", "0"])
+    code = main(
+        [
+            "serve",
+            "web",
+            "--segmenter",
+            "toy-bands",
+            "--segmenter-option",
+            "invert=true",
+            "--lmm",
+            "none",
+            "--port",
+            "0",
+        ]
+    )
     assert code == 0 and len(pages) == 1
     service = pages[0].service  # what the page segments with
     assert service.model.segmenter.options.invert is True
-    request = {"image_base64": base64.b64encode(PHOTO.read_bytes()).decode(), "vocabulary": ["cat", "sofa"],
-               "reasoning": False}
+    request = {
+        "image_base64": base64.b64encode(PHOTO.read_bytes()).decode(),
+        "vocabulary": ["cat", "sofa"],
+        "reasoning": False,
+    }
     output, _ = service.segment(request)
     assert output.segmenter == "toy-bands"
 
@@ -270,8 +358,16 @@ def test_ray_segments_with_a_plugin_segmenter(tmp_path):
     images.mkdir()
     for name in ("a.jpg", "b.jpg"):
         (images / name).write_bytes(PHOTO.read_bytes())
-    common = ["segment", str(images), "--classes", "cat, sofa", "--segmenter", "toy-bands", "--segmenter-option",
-              "sharpness=3"]
+    common = [
+        "segment",
+        str(images),
+        "--classes",
+        "cat, sofa",
+        "--segmenter",
+        "toy-bands",
+        "--segmenter-option",
+        "sharpness=3",
+    ]
     local = cli(tmp_path, *common, "--out", "local")
     on_ray = cli(tmp_path, *common, "--out", "ray", "--engine", "ray", "--actors", "1", timeout=600)
     assert local.returncode == on_ray.returncode == 0, local.stderr + on_ray.stderr[-2000:]
@@ -301,12 +397,13 @@ def _defaults_written_again() -> list[str]:
                     continue
                 args = node.args
                 positional = args.posonlyargs + args.args
-                pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+                pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
                 pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
                 for arg, default in pairs:
                     if arg.arg in names and not (isinstance(default, ast.Constant) and default.value is None):
-                        found.append(f"{source.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg}="
-                                     f"{ast.unparse(default)})")
+                        found.append(
+                            f"{source.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg}={ast.unparse(default)})"
+                        )
     return found
 
 

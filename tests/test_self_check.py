@@ -56,8 +56,11 @@ def synthetic_case():
         confidence[y0:y1, x0:x1] = 0.45
         runner_up_confidence[y0:y1, x0:x1] = 0.40
     arrays = SegmentationArrays(
-        labels=labels, confidence=confidence, runner_up=runner_up,
-        margin=confidence - runner_up_confidence, runner_up_confidence=runner_up_confidence,
+        labels=labels,
+        confidence=confidence,
+        runner_up=runner_up,
+        margin=confidence - runner_up_confidence,
+        runner_up_confidence=runner_up_confidence,
     )
     return arrays, truth
 
@@ -86,8 +89,9 @@ class InjectedSegmenter:
 
     def segment(self, rgb, bank, **kwargs):
         a = self.arrays
-        return SegmentationArrays(a.labels.copy(), a.confidence.copy(), a.runner_up.copy(), a.margin.copy(),
-                                  a.runner_up_confidence.copy())
+        return SegmentationArrays(
+            a.labels.copy(), a.confidence.copy(), a.runner_up.copy(), a.margin.copy(), a.runner_up_confidence.copy()
+        )
 
 
 class TruthLMM(BaseLMMBackend):

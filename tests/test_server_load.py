@@ -47,8 +47,11 @@ def fresh_clip(tiny_model_files):
 
 
 def prompts(names):
-    return PromptSet(templates="vild", score_order="max_then_softmax",
-                     classes=[ClassPrompts(name=n, queries=[n], slots=[None], source="bare") for n in names])
+    return PromptSet(
+        templates="vild",
+        score_order="max_then_softmax",
+        classes=[ClassPrompts(name=n, queries=[n], slots=[None], source="bare") for n in names],
+    )
 
 
 def in_thread(function, *args, name: str | None = None):
@@ -101,7 +104,8 @@ class GatedEncode:
 
 
 def test_lookups_never_wait_for_another_calls_encoding_and_phrases_in_flight_are_awaited(
-        tiny_model_files, tmp_path, monkeypatch):
+    tiny_model_files, tmp_path, monkeypatch
+):
     store = open_text_cache(tmp_path / "text.sqlite")
     TextEmbedder(fresh_clip(tiny_model_files), store=store).embed(["cat", "dog"], "vild")  # in the store only
     embedder = TextEmbedder(fresh_clip(tiny_model_files), store=store)
@@ -266,8 +270,9 @@ def test_a_caller_cancelled_while_queued_leaves_at_once(tiny_clip, rng):
 
 
 def test_the_sentence_budget_refuses_up_front_with_the_number(tiny_segmenter):
-    service = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm="none"),
-                                  SafetyLimits(allowed_roots=[str(ROOT / "examples")]))
+    service = SegmentationService(
+        OpenSegR(segmenter=tiny_segmenter, lmm="none"), SafetyLimits(allowed_roots=[str(ROOT / "examples")])
+    )
     vocabulary = huge_vocabulary()
     before = tiny_segmenter.text.encoded_sentences
     with pytest.raises(ToolInputError) as refused:
@@ -276,8 +281,9 @@ def test_the_sentence_budget_refuses_up_front_with_the_number(tiny_segmenter):
     assert "\n" not in message and "350,000" in message and "50,000" in message and "25,000" in message
     assert tiny_segmenter.text.encoded_sentences == before  # nothing was encoded (nor the image read)
     service.check_text_budget(load_builtin("ade847_syn"))  # 1,298 x 14 = 18,172: allowed
-    imagenet = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm="none",
-                                            settings=Settings(reasoning=False, templates="imagenet")))
+    imagenet = SegmentationService(
+        OpenSegR(segmenter=tiny_segmenter, lmm="none", settings=Settings(reasoning=False, templates="imagenet"))
+    )
     with pytest.raises(ToolInputError, match=r"2,000,000 text sentences .*25,000 names and synonyms x 80 templates"):
         imagenet.check_text_budget(parse_class_list(vocabulary))
 
@@ -308,12 +314,19 @@ def live_server(tiny_model_files, tmp_path):
     __import__("PIL.Image", fromlist=["Image"]).fromarray(wide).save(tmp_path / "wide.png")
     segmenter = CLIPSegmenter(fresh_clip(tiny_model_files))
     model = OpenSegR(segmenter=segmenter, lmm="none", settings=Settings(reasoning=False))
-    limits = SafetyLimits(allowed_roots=[tmp_path], max_concurrent=2, queue_timeout_s=60, call_timeout_s=600,
-                          max_text_sentences=400_000)
+    limits = SafetyLimits(
+        allowed_roots=[tmp_path], max_concurrent=2, queue_timeout_s=60, call_timeout_s=600, max_text_sentences=400_000
+    )
     service = SegmentationService(model, limits)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_mcp_server(service).streamable_http_app(host="127.0.0.1"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_mcp_server(service).streamable_http_app(host="127.0.0.1"),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -395,8 +408,10 @@ def test_work_that_ignores_the_stop_is_abandoned_after_the_grace_period(tiny_seg
             return tiny_segmenter.describe()
 
     stuck = Stuck()
-    service = SegmentationService(OpenSegR(segmenter=stuck, lmm="none", settings=Settings(reasoning=False)),
-                                  SafetyLimits(allowed_roots=[str(ROOT / "examples")]))
+    service = SegmentationService(
+        OpenSegR(segmenter=stuck, lmm="none", settings=Settings(reasoning=False)),
+        SafetyLimits(allowed_roots=[str(ROOT / "examples")]),
+    )
     exits, exited = [], threading.Event()
     monkeypatch.setattr(lifecycle, "STOP_GRACE_S", 0.5)
     monkeypatch.setattr(lifecycle, "EXIT_GRACE_S", 0.1)
@@ -412,7 +427,8 @@ def test_work_that_ignores_the_stop_is_abandoned_after_the_grace_period(tiny_seg
             service.segment({"image_path": "voc.jpg", "vocabulary": ["cat"]})
         assert exited.wait(30) and exits == [130]
         assert capsys.readouterr().err.splitlines() == [
-            "openseg-r: interrupted; a segmentation still running 0.5 s later was abandoned"]
+            "openseg-r: interrupted; a segmentation still running 0.5 s later was abandoned"
+        ]
     finally:
         stuck.release.set()
     assert service.wait_idle(30)
@@ -420,9 +436,28 @@ def test_work_that_ignores_the_stop_is_abandoned_after_the_grace_period(tiny_seg
 
 def serve_command(tiny_model_files, root, *extra) -> list[str]:
     config, weights = tiny_model_files
-    return [sys.executable, "-m", "openseg_r.cli", "serve", "mcp", "--clip-model", str(config),
-            "--clip-pretrained", str(weights), "--lmm", "none", "--cache", "none", "--root", str(root),
-            "--call-timeout", "600", "--max-text-sentences", "400000", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "mcp",
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        "none",
+        "--cache",
+        "none",
+        "--root",
+        str(root),
+        "--call-timeout",
+        "600",
+        "--max-text-sentences",
+        "400000",
+        *extra,
+    ]
 
 
 def long_call() -> dict:
@@ -430,14 +465,18 @@ def long_call() -> dict:
     return {"image_path": "voc.jpg", "vocabulary": huge_vocabulary(), "reasoning": False, "masks": "none"}
 
 
-
 def test_sigint_stops_the_http_server_during_a_long_call(tiny_model_files, tmp_path):
     from mcp import Client
 
     shutil.copy(PHOTO, tmp_path / "voc.jpg")
     port = free_port()
-    process = subprocess.Popen(serve_command(tiny_model_files, tmp_path, "--http", "--port", str(port)),
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        serve_command(tiny_model_files, tmp_path, "--http", "--port", str(port)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     calling = threading.Event()
 
     async def client():
@@ -467,21 +506,38 @@ def test_sigint_stops_the_http_server_during_a_long_call(tiny_model_files, tmp_p
             process.wait()
 
 
-@pytest.mark.parametrize("stop, code, last_line", [(signal.SIGINT, 130, "openseg-r: interrupted"),
-                                                    (signal.SIGTERM, 0, "openseg-r: stopped")])
+@pytest.mark.parametrize(
+    "stop, code, last_line", [(signal.SIGINT, 130, "openseg-r: interrupted"), (signal.SIGTERM, 0, "openseg-r: stopped")]
+)
 def test_a_signal_stops_the_stdio_server_during_a_long_call(tiny_model_files, tmp_path, stop, code, last_line):
     import json
 
     shutil.copy(PHOTO, tmp_path / "voc.jpg")
-    process = subprocess.Popen(serve_command(tiny_model_files, tmp_path), env=ENV, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        serve_command(tiny_model_files, tmp_path),
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def send(message):
             process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
             process.stdin.flush()
 
-        send({"id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}})
+        send(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"},
+                },
+            }
+        )
         assert json.loads(process.stdout.readline())["id"] == 1  # the model is loaded and the server answers
         send({"method": "notifications/initialized"})
         send({"id": 2, "method": "tools/call", "params": {"name": "segment", "arguments": long_call()}})

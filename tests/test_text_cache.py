@@ -77,12 +77,12 @@ def test_other_weights_of_the_same_name_or_random_weights_never_share(tiny_model
     path = tmp_path / "text.sqlite"
     base = TextEmbedder(fresh_clip(tiny_model_files), store=open_text_cache(path))
     base.embed(PHRASES, "vild")
-    other = TextEmbedder(fresh_clip(tiny_model_files, other_weights(tmp_path / "other", seed=1)),
-                         store=open_text_cache(path))
+    other = TextEmbedder(
+        fresh_clip(tiny_model_files, other_weights(tmp_path / "other", seed=1)), store=open_text_cache(path)
+    )
     other.embed(PHRASES, "vild")
     assert other.identity != base.identity and other.encoded_sentences == 3 * TEMPLATES
-    randoms = [TextEmbedder(fresh_clip(tiny_model_files, weights=False), store=open_text_cache(path))
-               for _ in range(2)]
+    randoms = [TextEmbedder(fresh_clip(tiny_model_files, weights=False), store=open_text_cache(path)) for _ in range(2)]
     for embedder in randoms:
         embedder.embed(PHRASES, "vild")
         assert embedder.encoded_sentences == 3 * TEMPLATES
@@ -159,8 +159,10 @@ def test_a_stored_vector_of_the_wrong_size_or_not_finite_is_a_miss(tiny_model_fi
     vector = {"short": np.ones(16), "nan": np.full(32, np.nan), "lying_dim": np.ones(16)}[bad]
     blob = np.asarray(vector, np.float32).tobytes()
     with sqlite3.connect(path) as db:  # put_many would refuse NaN, so write the row directly
-        db.execute("UPDATE text_embeddings SET dim = ?, vector = ? WHERE phrase = 'cat'",
-                   (32 if bad == "lying_dim" else len(vector), blob))
+        db.execute(
+            "UPDATE text_embeddings SET dim = ?, vector = ? WHERE phrase = 'cat'",
+            (32 if bad == "lying_dim" else len(vector), blob),
+        )
     embedder = TextEmbedder(fresh_clip(tiny_model_files), store=open_text_cache(path))
     assert torch.equal(embedder.embed(["cat"], "vild"), expected)
     assert embedder.encoded_sentences == TEMPLATES

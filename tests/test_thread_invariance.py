@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2, 3, 4)
 
 
-
 def at_each_thread_count(compute, counts=THREADS) -> list:
     results = []
     for count in counts:
@@ -87,8 +86,9 @@ OUR_KERNELS = {
     "bilinear, 3-channel image down": lambda: numerics.resize_bilinear(IMAGE, (336, 448)),
     "bilinear, 3-channel image up": lambda: numerics.resize_bilinear(IMAGE[:, :, :301, :333], (375, 500)),
     "bilinear, 21 channels up": lambda: numerics.resize_bilinear(LOGITS[None, :, :42, :56], (375, 500)),
-    "bilinear, windows": lambda: numerics.resize_bilinear(LOGITS[:, :14, :14].reshape(1, 21, 14, 14).expand(
-        6, -1, -1, -1), (224, 224)),
+    "bilinear, windows": lambda: numerics.resize_bilinear(
+        LOGITS[:, :14, :14].reshape(1, 21, 14, 14).expand(6, -1, -1, -1), (224, 224)
+    ),
     "QuickGELU": lambda: numerics.QuickGELU()(ACTIVATIONS),
     "SiLU": lambda: numerics.SiLU()(ACTIVATIONS),
     "GELU tanh": lambda: numerics.TanhGELU()(ACTIVATIONS),
@@ -105,11 +105,18 @@ TORCH_KERNELS = {  # used as they are on the dense-CLIP path
     "patch convolution": lambda: F.conv2d(IMAGE[:, :, :224, :224], PATCH_FILTERS, stride=16),
     "multi-head attention": lambda: ATTENTION_WEIGHTS(TOKENS, TOKENS, TOKENS, need_weights=False)[0].detach(),
     "scaled dot-product attention": lambda: F.scaled_dot_product_attention(
-        TOKENS.view(7, 197, 2, 32).transpose(1, 2), TOKENS.view(7, 197, 2, 32).transpose(1, 2),
-        TOKENS.view(7, 197, 2, 32).transpose(1, 2), attn_mask=BIAS),
-    "bicubic positional embedding": lambda: F.interpolate(POSITIONS, scale_factor=(21.1 / 14, 28.1 / 14),
-                                                          mode="bicubic", align_corners=False,
-                                                          recompute_scale_factor=False),
+        TOKENS.view(7, 197, 2, 32).transpose(1, 2),
+        TOKENS.view(7, 197, 2, 32).transpose(1, 2),
+        TOKENS.view(7, 197, 2, 32).transpose(1, 2),
+        attn_mask=BIAS,
+    ),
+    "bicubic positional embedding": lambda: F.interpolate(
+        POSITIONS,
+        scale_factor=(21.1 / 14, 28.1 / 14),
+        mode="bicubic",
+        align_corners=False,
+        recompute_scale_factor=False,
+    ),
     "L2 normalise": lambda: F.normalize(ACTIVATIONS, dim=-1),
     "bf16 linear, ViT-B MLP shape": lambda: F.linear(TOKENS_768, MLP_WEIGHTS),
     "bf16 layer norm": lambda: F.layer_norm(TOKENS_768, (768,)),
@@ -118,8 +125,12 @@ TORCH_KERNELS = {  # used as they are on the dense-CLIP path
     "std over neighbours": lambda: LOGITS[:18].view(3, 6, 375, 500).std(1),
     "top-2 over classes": lambda: LOGITS.topk(2, dim=0).values,
     "max into channels": lambda: torch.full((6, 14, 14, 5), float("-inf")).scatter_reduce(
-        -1, torch.arange(21).remainder(5).expand(6, 14, 14, 21), LOGITS[:, :14, :14].permute(1, 2, 0).expand(
-            6, -1, -1, -1), reduce="amax", include_self=True),
+        -1,
+        torch.arange(21).remainder(5).expand(6, 14, 14, 21),
+        LOGITS[:, :14, :14].permute(1, 2, 0).expand(6, -1, -1, -1),
+        reduce="amax",
+        include_self=True,
+    ),
 }
 
 
@@ -137,8 +148,12 @@ def test_the_invariant_kernels_compute_what_torch_computes():
     assert torch.equal(masked[[3, 4, 17]], torch.zeros_like(masked[[3, 4, 17]]))
     assert torch.allclose(masked, torch.softmax(LOGITS_MASKED, 0), rtol=0, atol=1e-6)
     assert torch.isnan(numerics.softmax(torch.full((3, 2), float("-inf")), 0)).all()  # as torch.softmax
-    for source, size in (((1, 3, 375, 500), (336, 448)), ((2, 5, 14, 14), (224, 224)), ((1, 4, 40, 30), (7, 90)),
-                         ((3, 9, 11), (9, 11))):
+    for source, size in (
+        ((1, 3, 375, 500), (336, 448)),
+        ((2, 5, 14, 14), (224, 224)),
+        ((1, 4, 40, 30), (7, 90)),
+        ((3, 9, 11), (9, 11)),
+    ):
         x = noise(*source)
         expected = F.interpolate(x if x.dim() == 4 else x[None], size=size, mode="bilinear", align_corners=False)
         got = numerics.resize_bilinear(x, size)
@@ -151,8 +166,13 @@ def test_the_invariant_kernels_compute_what_torch_computes():
 
 
 def test_the_activations_that_depend_on_threads_are_swapped_and_the_rest_kept():
-    model = torch.nn.Sequential(open_clip.transformer.QuickGELU(), torch.nn.SiLU(), torch.nn.GELU("tanh"),
-                                torch.nn.GELU(), torch.nn.Sequential(open_clip.transformer.QuickGELU()))
+    model = torch.nn.Sequential(
+        open_clip.transformer.QuickGELU(),
+        torch.nn.SiLU(),
+        torch.nn.GELU("tanh"),
+        torch.nn.GELU(),
+        torch.nn.Sequential(open_clip.transformer.QuickGELU()),
+    )
     assert numerics.make_thread_invariant(model) == 4
     assert [type(m) for m in model[:4]] == [numerics.QuickGELU, numerics.SiLU, numerics.TanhGELU, torch.nn.GELU]
     assert type(model[4][0]) is numerics.QuickGELU
@@ -163,9 +183,11 @@ def test_the_activations_that_depend_on_threads_are_swapped_and_the_rest_kept():
 
 
 def prompts(names: list[str], slots=(None,)) -> PromptSet:
-    return PromptSet(templates="vild", score_order="max_then_softmax",
-                     classes=[ClassPrompts(name=n, queries=[n, f"a {n}"], slots=list(slots), source="bare")
-                              for n in names])
+    return PromptSet(
+        templates="vild",
+        score_order="max_then_softmax",
+        classes=[ClassPrompts(name=n, queries=[n, f"a {n}"], slots=list(slots), source="bare") for n in names],
+    )
 
 
 NAMES = ["background", "person", "chair", "dining table", "bottle", "potted plant", "sofa", "tv monitor"]
@@ -200,8 +222,11 @@ CASES = {
     "naclip, sliding windows": ({}, None, (None,)),
     "sclip with PAMR": ({"attention": "sclip", "pamr_steps": 2, "short_side": 224}, None, (None,)),
     "vanilla, whole image": ({"attention": "vanilla", "slide": False}, None, (None,)),
-    "hard class filter, two slots": ({"short_side": 224}, ClassFilter(present=[1, 2, 3], mode="hard", keep=(0,)),
-                                     ("category", "attributes")),
+    "hard class filter, two slots": (
+        {"short_side": 224},
+        ClassFilter(present=[1, 2, 3], mode="hard", keep=(0,)),
+        ("category", "attributes"),
+    ),
 }
 
 
@@ -211,7 +236,8 @@ def test_the_segmenter_gives_identical_arrays_at_1_2_and_3_threads(case, tiny_cl
     photo = voc["rgb"]
     images = [photo, np.ascontiguousarray(photo[37:300, 11:419])]  # a batch of two sizes
     results = at_each_thread_count(
-        lambda: segment_arrays(tiny_clip, SegmenterConfig(**overrides), images, class_filter, slots), (1, 2, 3))
+        lambda: segment_arrays(tiny_clip, SegmenterConfig(**overrides), images, class_filter, slots), (1, 2, 3)
+    )
     assert_identical(results, case)
     assert len(np.unique(results[0]["0.labels"])) > 1  # a map, not one class: the labels had a chance to differ
 
@@ -220,13 +246,15 @@ def test_in_bf16_too_the_segmenter_gives_identical_arrays_at_1_2_and_3_threads(t
     config, weights = tiny_model_files
     clip = load_clip(str(config), str(weights), device="cpu", precision="bf16")
     results = at_each_thread_count(
-        lambda: segment_arrays(clip, SegmenterConfig(pamr_steps=2, short_side=224), [voc["rgb"]]), (1, 2, 3))
+        lambda: segment_arrays(clip, SegmenterConfig(pamr_steps=2, short_side=224), [voc["rgb"]]), (1, 2, 3)
+    )
     assert_identical(results, "bf16")
 
 
 def test_a_quickgelu_tower_gives_identical_arrays_at_1_2_and_3_threads(quickgelu_clip, voc):
     results = at_each_thread_count(
-        lambda: segment_arrays(quickgelu_clip, SegmenterConfig(short_side=224), [voc["rgb"]]), (1, 2, 3))
+        lambda: segment_arrays(quickgelu_clip, SegmenterConfig(short_side=224), [voc["rgb"]]), (1, 2, 3)
+    )
     assert_identical(results, "QuickGELU tower")
 
 
@@ -242,18 +270,45 @@ def test_two_processes_with_1_and_many_threads_write_the_same_segmentation(tmp_p
     outputs = {}
     for threads in (1, many):
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
-        reported = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                                  capture_output=True, text=True, timeout=120)
+        reported = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert reported.stdout.strip() == str(threads), reported.stderr
         out = tmp_path / f"threads-{threads}"
         proc = subprocess.run(
-            [sys.executable, "-m", "openseg_r.cli", "segment", str(ROOT / "examples" / "voc.jpg"), "--vocab", "voc21",
-             "--lmm", f"scripted:{ROOT / 'examples' / 'voc_reasoning.json'}", "--clip-model", str(config),
-             "--clip-pretrained", str(weights), "--pamr-steps", "2", "--out", str(out)],
-            env=env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "openseg_r.cli",
+                "segment",
+                str(ROOT / "examples" / "voc.jpg"),
+                "--vocab",
+                "voc21",
+                "--lmm",
+                f"scripted:{ROOT / 'examples' / 'voc_reasoning.json'}",
+                "--clip-model",
+                str(config),
+                "--clip-pretrained",
+                str(weights),
+                "--pamr-steps",
+                "2",
+                "--out",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         result = json.loads((out / "result.json").read_text())
-        outputs[threads] = (np.asarray(Image.open(out / "labels.png")),
-                            [(c["name"], c["pixels"], c["mean_confidence"]) for c in result["classes"]])
+        outputs[threads] = (
+            np.asarray(Image.open(out / "labels.png")),
+            [(c["name"], c["pixels"], c["mean_confidence"]) for c in result["classes"]],
+        )
     assert np.array_equal(outputs[1][0], outputs[many][0])
     assert outputs[1][1] == outputs[many][1]

@@ -16,8 +16,15 @@ from openseg_r.vocab import builtin_names, load_builtin
 DATA = Path(__file__).resolve().parent / "data"
 UPSTREAM_REASONING = DATA / "pc59_class_reason.json"
 UPSTREAM_PC59 = DATA / "upstream_vocab" / "pascal_ctx_59_with_prompt_eng.txt"
-SYNONYM_VOCABULARIES = {"voc21_syn": 21, "pc59_syn": 59, "pc459_syn": 459, "ade150_syn": 150, "ade847_syn": 847,
-                        "coco_stuff171_syn": 171, "cityscapes_syn": 19}
+SYNONYM_VOCABULARIES = {
+    "voc21_syn": 21,
+    "pc59_syn": 59,
+    "pc459_syn": 459,
+    "ade150_syn": 150,
+    "ade847_syn": 847,
+    "coco_stuff171_syn": 171,
+    "cityscapes_syn": 19,
+}
 
 
 def upstream_synonyms() -> list[list[str]]:
@@ -55,8 +62,10 @@ def _sentences(vocabulary: str, tiny_segmenter, voc) -> dict[str, Counter]:
 def test_replaying_the_upstream_file_with_pc59_syn_gives_upstream_sentences_for_all_59(tiny_segmenter, voc):
     reasoning = json.loads(UPSTREAM_REASONING.read_text())
     keys = list(reasoning)  # the file's keys, in class order
-    expected = [Counter(f"{s} that has {a}" for s in names for a in reasoning[key]["class_des"][:3])
-                for names, key in zip(upstream_synonyms(), keys, strict=True)]
+    expected = [
+        Counter(f"{s} that has {a}" for s in names for a in reasoning[key]["class_des"][:3])
+        for names, key in zip(upstream_synonyms(), keys, strict=True)
+    ]
     got = list(_sentences("pc59_syn", tiny_segmenter, voc).values())
     assert sum(g == e for g, e in zip(got, expected)) == 59
     # with single names (NACLIP's pc59 list) only the 9 classes without synonyms upstream match

@@ -6,8 +6,16 @@ from openseg_r.errors import VocabularyError
 from openseg_r.vocab import builtin_names, load_builtin, parse_class_list, parse_vocabulary_text, resolve_vocabulary
 
 EXPECTED = {
-    "voc20": 20, "voc21": 21, "pc59": 59, "pc60": 60, "pc459": 459, "ade150": 150, "ade847": 847,
-    "coco_stuff171": 171, "coco_object": 81, "cityscapes": 19,
+    "voc20": 20,
+    "voc21": 21,
+    "pc59": 59,
+    "pc60": 60,
+    "pc459": 459,
+    "ade150": 150,
+    "ade847": 847,
+    "coco_stuff171": 171,
+    "coco_object": 81,
+    "cityscapes": 19,
 }
 
 

@@ -59,8 +59,13 @@ def model(tiny_segmenter, tmp_path_factory):
     """The server's model: a scripted LMM, a runs database, the human self-check's settings
     as the CLI's --self-check-* flags set them, and a micro-batcher its siblings must share."""
     runs_db = tmp_path_factory.mktemp("web_runs") / "runs.sqlite"
-    return OpenSegR(segmenter=tiny_segmenter, lmm=f"scripted:{SCRIPT}", runs_db=runs_db, batch_size=2,
-                    settings=Settings(reasoning=True, self_check=HUMAN_CHECK))
+    return OpenSegR(
+        segmenter=tiny_segmenter,
+        lmm=f"scripted:{SCRIPT}",
+        runs_db=runs_db,
+        batch_size=2,
+        settings=Settings(reasoning=True, self_check=HUMAN_CHECK),
+    )
 
 
 @pytest.fixture
@@ -72,8 +77,9 @@ def uploads(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def make_web(model: OpenSegR, downloads: Path, limits: SafetyLimits | None = None, listed=(),
-             allow_any: bool = False) -> WebApp:
+def make_web(
+    model: OpenSegR, downloads: Path, limits: SafetyLimits | None = None, listed=(), allow_any: bool = False
+) -> WebApp:
     service = SegmentationService(model, limits or SafetyLimits())
     return WebApp(service, BackendChoices(model, list(listed), allow_any=allow_any), downloads)
 
@@ -94,8 +100,14 @@ def upload(folder: Path, data: bytes | None = None, name: str = "voc.jpg") -> di
     return {"path": str(target), "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 
 
-def refusal(web: WebApp, image: dict | None, classes: str = VOCABULARY, backend: str = "",
-            reasoning: bool = False, self_check: str = "off") -> str:
+def refusal(
+    web: WebApp,
+    image: dict | None,
+    classes: str = VOCABULARY,
+    backend: str = "",
+    reasoning: bool = False,
+    self_check: str = "off",
+) -> str:
     """``prepare``'s one-line refusal (the test fails if it is accepted or takes two lines)."""
     with pytest.raises(ToolInputError) as caught:
         web.prepare(image, classes, backend, reasoning, self_check, False)
@@ -175,8 +187,9 @@ def test_a_pasted_image_comes_as_a_data_url_and_is_checked_like_base64(web):
 
 
 @pytest.mark.parametrize("how", ["outside", "symlink", "dot-dot"])
-def test_a_forged_path_outside_the_upload_folder_is_refused_without_reading_it(web, uploads, tmp_path,
-                                                                               monkeypatch, how):
+def test_a_forged_path_outside_the_upload_folder_is_refused_without_reading_it(
+    web, uploads, tmp_path, monkeypatch, how
+):
     """A path the browser names must be one Gradio's upload folder holds; any other file (even a
     valid image, here one over the size limit, so that stat-ing it would show) is never opened."""
     outside = tmp_path / "secret" / "voc.jpg"
@@ -224,9 +237,11 @@ def test_a_file_over_the_size_limit_is_refused_with_both_sizes(model, uploads, t
     assert refusal(web, upload(uploads)) == f"the image file is {size:,} bytes, over the limit of 10,000"
 
 
-@pytest.mark.parametrize("data", [PHOTO.read_bytes()[:5000], bytes(np.random.default_rng(3).integers(0, 256, 4000,
-                                                                                                     np.uint8))],
-                         ids=["truncated-jpeg", "random-bytes"])
+@pytest.mark.parametrize(
+    "data",
+    [PHOTO.read_bytes()[:5000], bytes(np.random.default_rng(3).integers(0, 256, 4000, np.uint8))],
+    ids=["truncated-jpeg", "random-bytes"],
+)
 def test_undecodable_bytes_get_the_message_the_mcp_tool_gives(web, uploads, data):
     with pytest.raises(ToolInputError) as tool:
         web.service.decode_image(data)
@@ -252,14 +267,16 @@ def test_a_vocabulary_over_the_text_budget_is_refused_with_its_cost(model, uploa
     assert cost > 20
     assert refusal(web, upload(uploads), "cat, dog|doggy") == (
         f"the vocabulary costs {cost:,} text sentences to encode (3 names and synonyms x {templates} templates), "
-        "over the limit of 20; use fewer classes or synonyms")
+        "over the limit of 20; use fewer classes or synonyms"
+    )
 
 
 def test_a_backend_not_offered_is_refused_and_a_bad_typed_one_too(model, uploads, tmp_path):
     web = make_web(model, tmp_path / "downloads")
     spec = "openai:gpt@http://attacker.example/v1"
     assert refusal(web, upload(uploads), backend=spec) == (
-        f"the LMM backend {spec!r} is not offered by this server; choose one of: {', '.join(web.backends.choices)}")
+        f"the LMM backend {spec!r} is not offered by this server; choose one of: {', '.join(web.backends.choices)}"
+    )
     typing = make_web(model, tmp_path / "downloads", allow_any=True)
     message = refusal(typing, upload(uploads), backend="nonsense:thing")
     assert "nonsense" in message
@@ -296,14 +313,24 @@ def test_questions_answered_one_at_a_time_in_reverse_give_the_labels_of_answerin
     chosen = {q["region_id"]: q["choices"][1] for q in live.questions}  # the runner-up: labels change
     assert live.segmenter_labels() is not None
     events = []
-    at_once = model.start(live.rgb, live.vocabulary, record=False, on_event=events.append, reasoning=False,
-                          self_check={"enabled": True, "mode": "human"})
+    at_once = model.start(
+        live.rgb,
+        live.vocabulary,
+        record=False,
+        on_event=events.append,
+        reasoning=False,
+        self_check={"enabled": True, "mode": "human"},
+    )
     assert sorted(q["region_id"] for q in at_once.questions) == sorted(chosen)
     for region in reversed([q["region_id"] for q in live.questions]):
         finish(live.answer(region, chosen[region], 1.0))
         assert live.error is None
-    at_once.answer({region: {"choice": choice, "confidence": 1.0, "reason": "answered in the browser"}
-                    for region, choice in chosen.items()})
+    at_once.answer(
+        {
+            region: {"choice": choice, "confidence": 1.0, "reason": "answered in the browser"}
+            for region, choice in chosen.items()
+        }
+    )
     assert live.result is not None and at_once.result is not None
     assert np.array_equal(live.result.labels, at_once.result.labels)
     assert not np.array_equal(live.result.labels, live.segmenter_labels())  # the answers did something
@@ -377,8 +404,10 @@ def test_a_step_past_the_time_limit_ends_with_the_one_line_time_limit(gated, gat
     gated.hold = True
     try:
         finish(live.start())  # the segmenter holds until released: only the limit can end this step
-        assert live.error == ("the segmentation took longer than the limit of 0.2 s and was abandoned; try a smaller "
-                              "image, a smaller vocabulary, or reasoning off")
+        assert live.error == (
+            "the segmentation took longer than the limit of 0.2 s and was abandoned; try a smaller "
+            "image, a smaller vocabulary, or reasoning off"
+        )
         assert live.result is None and "role='alert'" in status_html(live)
         finish(live.start())  # the abandoned work still runs: a retry must not run beside it
         assert live.error == "this run is already working on a step; wait for it to finish"
@@ -431,8 +460,9 @@ def test_live_runs_drop_the_oldest_beyond_their_pixel_budget(gated_model):
     assert runs.get(second.id) is second and runs.get(third.id) is third
     with pytest.raises(ToolInputError, match="no longer kept"):
         runs.get(first.id)
-    huge = runs.add(LiveRun(service, service.model, np.zeros((20, 20, 3), np.uint8), parse_class_list(["cat"]),
-                            dict(PLAIN)))
+    huge = runs.add(
+        LiveRun(service, service.model, np.zeros((20, 20, 3), np.uint8), parse_class_list(["cat"]), dict(PLAIN))
+    )
     assert runs.get(huge.id) is huge  # the newest run is kept even alone over the budget
     with pytest.raises(ToolInputError):
         runs.get(third.id)
@@ -475,8 +505,9 @@ def test_a_run_of_a_sibling_is_counted_by_the_base_model(gated, gated_model):
     sibling = gated_model.with_lmm(None)
     gated.hold = True
     done = []
-    worker = threading.Thread(target=lambda: done.append(sibling.segment(np.zeros((64, 64, 3), np.uint8), "cat, dog",
-                                                                          **PLAIN)), daemon=True)
+    worker = threading.Thread(
+        target=lambda: done.append(sibling.segment(np.zeros((64, 64, 3), np.uint8), "cat, dog", **PLAIN)), daemon=True
+    )
     worker.start()
     try:
         assert gated.entered.wait(60)
@@ -526,8 +557,20 @@ def test_record_per_run(web, uploads, model):
     from openseg_r.cli.main import main
 
     assert main(["runs", "--runs-db", str(model.runs_db.path), "show", recorded.run_id]) == 0
-    assert main(["runs", "--runs-db", str(model.runs_db.path), "report", recorded.run_id,
-                 "-o", str(uploads.parent / "report.html")]) == 0
+    assert (
+        main(
+            [
+                "runs",
+                "--runs-db",
+                str(model.runs_db.path),
+                "report",
+                recorded.run_id,
+                "-o",
+                str(uploads.parent / "report.html"),
+            ]
+        )
+        == 0
+    )
     assert recorded.run_id in (uploads.parent / "report.html").read_text()
 
 
@@ -559,11 +602,14 @@ def test_downloads_are_the_result_files_and_coco_masks_pycocotools_reads(web, up
     coco = COCO(str(paths[3]))
     result = live.result
     assert [coco.cats[i]["name"] for i in sorted(coco.cats)] == result.names == live.vocabulary.names
-    assert coco.imgs[1]["file_name"] == "voc.jpg" and (coco.imgs[1]["height"], coco.imgs[1]["width"]) == \
-        result.labels.shape
+    assert (
+        coco.imgs[1]["file_name"] == "voc.jpg"
+        and (coco.imgs[1]["height"], coco.imgs[1]["width"]) == result.labels.shape
+    )
     annotations = coco.loadAnns(coco.getAnnIds())
     assert sorted(a["category_id"] - 1 for a in annotations) == sorted(
-        int(v) for v in np.unique(result.labels) if 0 <= v < len(result.names))
+        int(v) for v in np.unique(result.labels) if 0 <= v < len(result.names)
+    )
     for annotation in annotations:
         expected = result.labels == annotation["category_id"] - 1
         assert np.array_equal(coco_mask.decode(annotation["segmentation"]).astype(bool), expected)
@@ -605,8 +651,10 @@ def test_comparison_shares_are_the_counted_pixels(rng):
     for index, name in enumerate(names):
         in_run, in_base = int((run == index).sum()), int((base == index).sum())
         if in_run or in_base:
-            expected[name] = (format_share(in_run / run.size, present=in_run > 0),
-                              format_share(in_base / base.size, present=in_base > 0))
+            expected[name] = (
+                format_share(in_run / run.size, present=in_run > 0),
+                format_share(in_base / base.size, present=in_base > 0),
+            )
     assert comparison_rows(page) == expected and "lamp" not in expected and "rug & <mat>" in expected
     changed = int((run != base).sum())
     assert f"differ on {format_share(changed / run.size, present=True)} of the pixels ({changed:,})" in page
@@ -660,8 +708,13 @@ def test_the_report_route_and_the_page(web, uploads):
         by_short = client.get(f"/openseg/report/{short}")
         assert by_short.status_code == 200 and live.run_id in by_short.text
         assert by_short.text.rsplit(" by openseg-r", 1)[0][:-40] == report.text.rsplit(" by openseg-r", 1)[0][:-40]
-        for bad, line in (("not-hex", "not a run id"), ("A" * 32, "not a run id"), ("abc", "not a run id"),
-                          (uuid.uuid4().hex, None), (uuid.uuid4().hex[:12], None)):
+        for bad, line in (
+            ("not-hex", "not a run id"),
+            ("A" * 32, "not a run id"),
+            ("abc", "not a run id"),
+            (uuid.uuid4().hex, None),
+            (uuid.uuid4().hex[:12], None),
+        ):
             answer = client.get(f"/openseg/report/{bad}")
             assert answer.status_code == 404 and answer.text.count("\n") == 1, answer.text
             assert line is None or answer.text == line + "\n"
@@ -680,8 +733,9 @@ def test_gradio_refuses_uploads_over_twice_the_file_limit_and_takes_smaller_ones
     web = make_web(OpenSegR(segmenter=tiny_segmenter, lmm="none"), tmp_path / "downloads", limits)
     with TestClient(create_app(web)) as client:
         small = client.post("/gradio_api/upload", files={"files": ("a.jpg", b"x" * 15_000, "image/jpeg")})
-        big = client.post("/gradio_api/upload",
-                          files={"files": ("b.jpg", b"x" * (UPLOAD_HEADROOM * 10_000 + 1), "image/jpeg")})
+        big = client.post(
+            "/gradio_api/upload", files={"files": ("b.jpg", b"x" * (UPLOAD_HEADROOM * 10_000 + 1), "image/jpeg")}
+        )
     assert small.status_code == 200 and Path(small.json()[0]).is_relative_to(uploads.resolve())
     assert big.status_code == 413, big.text
 
@@ -708,12 +762,26 @@ def test_the_report_route_on_a_server_that_records_nothing(tiny_segmenter, uploa
 
 def serve_web_args(tiny_model_files, *extra) -> list[str]:
     config, weights = tiny_model_files
-    return ["serve", "web", "--clip-model", str(config), "--clip-pretrained", str(weights), "--lmm", "none",
-            "--cache", "none", "--text-cache", "none", *map(str, extra)]
+    return [
+        "serve",
+        "web",
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        "none",
+        "--cache",
+        "none",
+        "--text-cache",
+        "none",
+        *map(str, extra),
+    ]
 
 
-def test_serve_web_on_a_port_in_use_fails_in_one_line_before_the_model_loads(tiny_model_files, uploads,
-                                                                             monkeypatch, capsys):
+def test_serve_web_on_a_port_in_use_fails_in_one_line_before_the_model_loads(
+    tiny_model_files, uploads, monkeypatch, capsys
+):
     from openseg_r.cli.main import main
 
     loads = []
@@ -724,7 +792,8 @@ def test_serve_web_on_a_port_in_use_fails_in_one_line_before_the_model_loads(tin
         port = taken.getsockname()[1]
         assert main(serve_web_args(tiny_model_files, "--port", port)) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"openseg-r: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+        f"openseg-r: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
     assert loads == []
 
 
@@ -739,7 +808,8 @@ def test_serve_web_beyond_this_machine_warns_first(tiny_model_files, uploads, mo
         assert main(serve_web_args(tiny_model_files, "--host", "127.0.0.2", "--port", port)) == 2
     assert capsys.readouterr().err.splitlines() == [
         "warning: serving on 127.0.0.2: other machines can reach this page",
-        f"openseg-r: error: cannot listen on 127.0.0.2:{port}: Address already in use"]
+        f"openseg-r: error: cannot listen on 127.0.0.2:{port}: Address already in use",
+    ]
 
 
 def test_serve_web_with_a_bad_listed_backend_fails_in_one_line(tiny_model_files, uploads, capsys):
@@ -797,8 +867,15 @@ def test_serve_web_stops_on_sigint_with_130_and_one_line(tiny_model_files, tmp_p
     import urllib.request
 
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", LANGSMITH_TRACING="false",
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+        LANGSMITH_TRACING="false",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
+        TMPDIR=str(tmp_path),
+    )
     for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
         env[name] = str(tmp_path / name.lower())
     command = [sys.executable, "-m", "openseg_r.cli", *serve_web_args(tiny_model_files, "--port", port)]
@@ -813,8 +890,9 @@ def test_serve_web_stops_on_sigint_with_130_and_one_line(tiny_model_files, tmp_p
     threading.Thread(target=read, daemon=True).start()
     try:
         ready = lines.get(timeout=300)
-        assert ready is not None and ready.startswith(f"openseg-r web page ready on http://127.0.0.1:{port}/ "
-                                                      "(model loaded in "), ready
+        assert ready is not None and ready.startswith(
+            f"openseg-r web page ready on http://127.0.0.1:{port}/ (model loaded in "
+        ), ready
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as page:  # loopback only
             assert page.status == 200
         process.send_signal(signal.SIGINT)

@@ -35,11 +35,31 @@ def server(tmp_path_factory, tiny_model_files):
     config, weights = tiny_model_files
     port = free_port()
     gradio_folder = folder / "gradio"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(gradio_folder),
-               XDG_CACHE_HOME=str(folder / "cache"), XDG_DATA_HOME=str(folder / "data"),
-               XDG_CONFIG_HOME=str(folder / "config"), PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "openseg_r.cli", "serve", "web", "--port", str(port),
-               "--clip-model", str(config), "--clip-pretrained", str(weights), "--lmm", "none"]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(gradio_folder),
+        XDG_CACHE_HOME=str(folder / "cache"),
+        XDG_DATA_HOME=str(folder / "data"),
+        XDG_CONFIG_HOME=str(folder / "config"),
+        PYTHONWARNINGS="ignore",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "web",
+        "--port",
+        str(port),
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        "none",
+    ]
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
     try:
@@ -56,15 +76,29 @@ def server(tmp_path_factory, tiny_model_files):
 
 def join(server, path: object, timeout: float = 10.0) -> httpx.Response:
     """``POST /gradio_api/queue/join`` for the run button, naming ``path`` as the image."""
-    body = {"data": [{"path": path, "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}}, "cat, dog", "",
-                     False, "off", False],
-            "event_data": None, "fn_index": 2, "trigger_id": 1, "session_hash": "attacker"}
+    body = {
+        "data": [
+            {"path": path, "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}},
+            "cat, dog",
+            "",
+            False,
+            "off",
+            False,
+        ],
+        "event_data": None,
+        "fn_index": 2,
+        "trigger_id": 1,
+        "session_hash": "attacker",
+    }
     return httpx.post(f"{server['url']}/gradio_api/queue/join", json=body, timeout=timeout)
 
 
 def files_under(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()} \
-        if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+        if folder.exists()
+        else {}
+    )
 
 
 def assert_refused(answer: httpx.Response, line: str = GONE) -> None:
@@ -87,12 +121,26 @@ def secret(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("target", ["secret", "missing", "/etc/passwd", "/proc/self/environ", "dot-dot",
-                                    "http://127.0.0.1:9/x.png", "file:///etc/passwd", ""])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "secret",
+        "missing",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "dot-dot",
+        "http://127.0.0.1:9/x.png",
+        "file:///etc/passwd",
+        "",
+    ],
+)
 def test_a_forged_path_is_refused_in_one_line_and_nothing_is_copied(server, secret, target):
     before = files_under(server["gradio"])
-    named = {"secret": str(secret), "missing": str(secret.with_name("missing.png")),
-             "dot-dot": os.path.join(server["gradio"], os.path.relpath(secret, server["gradio"]))}.get(target, target)
+    named = {
+        "secret": str(secret),
+        "missing": str(secret.with_name("missing.png")),
+        "dot-dot": os.path.join(server["gradio"], os.path.relpath(secret, server["gradio"])),
+    }.get(target, target)
     assert_refused(join(server, named))
     assert files_under(server["gradio"]) == before
     assert_still_quick(server)
@@ -132,8 +180,9 @@ def test_a_fifo_or_a_link_planted_in_the_upload_folder_is_refused(server, secret
 
 
 def test_a_real_upload_passes_the_gate_and_is_queued(server):
-    uploaded = httpx.post(f"{server['url']}/gradio_api/upload", files={"files": ("voc.jpg", PHOTO.read_bytes())},
-                          timeout=30)
+    uploaded = httpx.post(
+        f"{server['url']}/gradio_api/upload", files={"files": ("voc.jpg", PHOTO.read_bytes())}, timeout=30
+    )
     assert uploaded.status_code == 200, uploaded.text
     (path,) = uploaded.json()
     answer = join(server, path)
@@ -154,11 +203,36 @@ def test_sigterm_ends_the_process_right_after_its_last_line(tmp_path, tiny_model
     """It used to say "stopped" at once and exit about 10 s later (the interpreter's teardown)."""
     config, weights = tiny_model_files
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_TEMP_DIR=str(tmp_path / "gradio"), PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "openseg_r.cli", "serve", "web", "--port", str(port),
-                                "--clip-model", str(config), "--clip-pretrained", str(weights), "--lmm", "none"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(tmp_path / "gradio"),
+        PYTHONWARNINGS="ignore",
+        PYTHONUNBUFFERED="1",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "serve",
+            "web",
+            "--port",
+            str(port),
+            "--clip-model",
+            str(config),
+            "--clip-pretrained",
+            str(weights),
+            "--lmm",
+            "none",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         wait_until_listening(process, port, "the web app")
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200

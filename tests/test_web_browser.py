@@ -33,11 +33,24 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "examples" / "voc.jpg"
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 SELF_CHECK = {"margin_threshold": 0.5, "rounds": 1, "top_k": 2}  # the server's --self-check-* flags below
-ALL_NODES = ["generic_reasoning", "image_reasoning", "class_alignment", "prompt_composition", "segmentation",
-             "finalize"]
+ALL_NODES = [
+    "generic_reasoning",
+    "image_reasoning",
+    "class_alignment",
+    "prompt_composition",
+    "segmentation",
+    "finalize",
+]
 VOC_CLASSES = "person, chair, diningtable, bottle, background"
 TIMEOUT_MS = 60_000
 
@@ -50,13 +63,39 @@ def server(tmp_path_factory, tiny_model_files):
     folder = tmp_path_factory.mktemp("web")
     config, weights = tiny_model_files
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(folder / "gradio"),
-               XDG_CACHE_HOME=str(folder / "cache"), XDG_DATA_HOME=str(folder / "data"),
-               XDG_CONFIG_HOME=str(folder / "config"), PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "openseg_r.cli", "serve", "web", "--port", str(port),
-               "--clip-model", str(config), "--clip-pretrained", str(weights), "--lmm", f"scripted:{SCRIPT}",
-               "--runs-db", str(folder / "runs.sqlite"), "--self-check-margin", str(SELF_CHECK["margin_threshold"]),
-               "--self-check-rounds", str(SELF_CHECK["rounds"]), "--self-check-k", str(SELF_CHECK["top_k"])]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_TEMP_DIR=str(folder / "gradio"),
+        XDG_CACHE_HOME=str(folder / "cache"),
+        XDG_DATA_HOME=str(folder / "data"),
+        XDG_CONFIG_HOME=str(folder / "config"),
+        PYTHONWARNINGS="ignore",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "serve",
+        "web",
+        "--port",
+        str(port),
+        "--clip-model",
+        str(config),
+        "--clip-pretrained",
+        str(weights),
+        "--lmm",
+        f"scripted:{SCRIPT}",
+        "--runs-db",
+        str(folder / "runs.sqlite"),
+        "--self-check-margin",
+        str(SELF_CHECK["margin_threshold"]),
+        "--self-check-rounds",
+        str(SELF_CHECK["rounds"]),
+        "--self-check-k",
+        str(SELF_CHECK["top_k"]),
+    ]
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
     try:
@@ -93,8 +132,10 @@ class Page:
         self.outside: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-                     else self.outside.append(r.url))
+        self.page.on(
+            "request",
+            lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else self.outside.append(r.url),
+        )
         self.page.goto(server["url"])
         self.page.locator("#run").wait_for()
 
@@ -143,8 +184,9 @@ def save_screenshot(tab, name: str) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     picture = Image.open(io.BytesIO(tab.screenshot(full_page=True))).convert("RGB")
     if picture.width > SCREENSHOT_WIDTH:
-        picture = picture.resize((SCREENSHOT_WIDTH, round(picture.height * SCREENSHOT_WIDTH / picture.width)),
-                                 Image.Resampling.LANCZOS)
+        picture = picture.resize(
+            (SCREENSHOT_WIDTH, round(picture.height * SCREENSHOT_WIDTH / picture.width)), Image.Resampling.LANCZOS
+        )
     picture.quantize(256, method=Image.Quantize.MEDIANCUT).save(Path(folder) / name, optimize=True)
 
 

@@ -117,8 +117,11 @@ def test_events_as_json_render_exactly_like_events_with_models(full_run):
 def test_result_legend_rows_match_the_present_classes_and_their_shares(full_run):
     result = full_run.result
     page = result_html(result)
-    rows = re.findall(r'<tr data-class="([^"]+)"><td><span class="openseg-swatch" style="background:#(\w{6})">'
-                      r"</span></td><td>[^<]*</td><td>([^<]+)</td><td>([^<]+)</td></tr>", page)
+    rows = re.findall(
+        r'<tr data-class="([^"]+)"><td><span class="openseg-swatch" style="background:#(\w{6})">'
+        r"</span></td><td>[^<]*</td><td>([^<]+)</td><td>([^<]+)</td></tr>",
+        page,
+    )
     assert [name for name, *_ in rows] == result.present and result.present
     colours = class_colors(len(result.names))
     for name, colour, share, confidence in rows:
@@ -149,10 +152,13 @@ def test_a_run_without_reasoning_shows_no_reasoning_sections(tiny_segmenter, voc
 
 def test_a_run_that_waits_for_a_person_shows_the_questions_then_resumes_into_the_same_steps(tiny_segmenter, voc):
     trace = LiveTrace()
-    settings = {"reasoning": False, "self_check": {"enabled": True, "mode": "human", "margin_threshold": 0.5,
-                                                   "rounds": 1, "top_k": 2}}
-    run = OpenSegR(segmenter=tiny_segmenter).start(voc["rgb"], "person, chair, sofa, bottle", on_event=trace.add,
-                                                   **settings)
+    settings = {
+        "reasoning": False,
+        "self_check": {"enabled": True, "mode": "human", "margin_threshold": 0.5, "rounds": 1, "top_k": 2},
+    }
+    run = OpenSegR(segmenter=tiny_segmenter).start(
+        voc["rgb"], "person, chair, sofa, bottle", on_event=trace.add, **settings
+    )
     assert len(run.questions) == 2
     assert trace.status_line() == "waiting for your answers: 2 question(s)"
     assert trace.running() == ["check_region", "check_region"]
@@ -169,17 +175,31 @@ def test_a_run_that_waits_for_a_person_shows_the_questions_then_resumes_into_the
 
 def test_hostile_lmm_answers_are_escaped(tiny_segmenter, voc):
     script = {
-        "generic_reasoning": {name: {"name": name, "general_category": "<b onmouseover=x>thing</b>",
-                                     "attributes": ["<script>alert(1)</script>"]} for name in ("person", "chair")},
-        "image_reasoning": {"description": "<img src=x onerror=alert(1)>", "candidates": [
-            {"name": 'chair"><script>alert(2)</script>', "attributes": ["<iframe src=javascript:alert(3)>"]}]},
+        "generic_reasoning": {
+            name: {
+                "name": name,
+                "general_category": "<b onmouseover=x>thing</b>",
+                "attributes": ["<script>alert(1)</script>"],
+            }
+            for name in ("person", "chair")
+        },
+        "image_reasoning": {
+            "description": "<img src=x onerror=alert(1)>",
+            "candidates": [
+                {"name": 'chair"><script>alert(2)</script>', "attributes": ["<iframe src=javascript:alert(3)>"]}
+            ],
+        },
     }
     run = Run(tiny_segmenter, voc["rgb"], script, vocabulary="person, chair")
     page = run.trace().html() + result_html(run.result)
     for hostile in ("<script", "<img", "<iframe", "<b onmouseover", 'chair"><script'):
         assert hostile not in page
-    for escaped in ("&lt;img src=x onerror=alert(1)&gt;", "&lt;script&gt;alert(1)&lt;/script&gt;",
-                    "chair&quot;&gt;&lt;script&gt;alert(2)", "&lt;b onmouseover=x&gt;"):
+    for escaped in (
+        "&lt;img src=x onerror=alert(1)&gt;",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "chair&quot;&gt;&lt;script&gt;alert(2)",
+        "&lt;b onmouseover=x&gt;",
+    ):
         assert escaped in page
 
 
@@ -192,8 +212,7 @@ def test_a_node_is_running_between_its_start_and_its_end():
     trace.add({"event": "node_start", "node": "segmentation", "input": {}})
     assert trace.running() == ["segmentation"] and trace.status_line() == "segmentation"
     page = trace.html()
-    assert ('<li class="node" data-node="segmentation" data-status="running"><span class="openseg-spinner">'
-            in page)
+    assert '<li class="node" data-node="segmentation" data-status="running"><span class="openseg-spinner">' in page
     trace.add({"event": "update", "node": "segmentation", "keys": ["segmentation"]})
     assert trace.running() == ["segmentation"]
     trace.add({"event": "node_end", "node": "segmentation", "seconds": 1.25, "output": {}})
@@ -216,8 +235,16 @@ def test_parallel_region_checks_end_in_any_order():
     for region in ("r1.1", "r1.2"):
         trace.add({"event": "node_start", "node": "check_region", "input": {"region": {"id": region}}})
     assert trace.running() == ["check_region", "check_region"] and trace.status_line() == "check_region ×2"
-    answer = {"region_id": "r1.2", "round": 1, "source": "lmm", "question": "?", "crop_key": "k",
-              "verdict": "class", "choice": "sofa", "confidence": 0.8}
+    answer = {
+        "region_id": "r1.2",
+        "round": 1,
+        "source": "lmm",
+        "question": "?",
+        "crop_key": "k",
+        "verdict": "class",
+        "choice": "sofa",
+        "confidence": 0.8,
+    }
     trace.add({"event": "node_end", "node": "check_region", "seconds": 0.5, "output": {"region_answers": [answer]}})
     states = re.findall(r'data-status="(\w+)">.*?check_region <span class="openseg-muted">(r1\.\d)', trace.html())
     assert states == [("running", "r1.1"), ("done", "r1.2")]
@@ -237,13 +264,38 @@ def test_hostile_text_in_every_section_is_escaped_and_clipped():
     evil = "<script>alert(1)</script>"
     trace = LiveTrace()
     trace.add({"event": "node_start", "node": evil, "input": {"region": {"id": evil}}})
-    trace.add({"event": "node_end", "node": "class_alignment", "seconds": 0.1, "output": {
-        "alignment": {"present": [evil], "decisions": [{"raw": evil, "matched": None, "method": "dropped"}]},
-        "fallbacks": [{"step": evil, "subject": evil, "reason": evil * 100, "used": evil}],
-    }})
-    trace.add({"event": "node_end", "node": "check_region", "seconds": 0.1, "output": {"region_answers": [
-        {"region_id": evil, "round": 1, "source": "human", "question": evil, "crop_key": "k",
-         "verdict": "none_of_these", "raw_choice": evil, "reason": evil}]}})
+    trace.add(
+        {
+            "event": "node_end",
+            "node": "class_alignment",
+            "seconds": 0.1,
+            "output": {
+                "alignment": {"present": [evil], "decisions": [{"raw": evil, "matched": None, "method": "dropped"}]},
+                "fallbacks": [{"step": evil, "subject": evil, "reason": evil * 100, "used": evil}],
+            },
+        }
+    )
+    trace.add(
+        {
+            "event": "node_end",
+            "node": "check_region",
+            "seconds": 0.1,
+            "output": {
+                "region_answers": [
+                    {
+                        "region_id": evil,
+                        "round": 1,
+                        "source": "human",
+                        "question": evil,
+                        "crop_key": "k",
+                        "verdict": "none_of_these",
+                        "raw_choice": evil,
+                        "reason": evil,
+                    }
+                ]
+            },
+        }
+    )
     page = trace.html()
     assert "<script" not in page and page.count("&lt;script&gt;") >= 8
     longest = max(len(cell) for cell in re.findall(r">([^<]*)<", page))
@@ -252,9 +304,18 @@ def test_hostile_text_in_every_section_is_escaped_and_clipped():
 
 def test_long_lists_are_capped_with_a_count_of_the_rest():
     generic = {f"class{i}": {"name": f"class{i}", "attributes": ["a"]} for i in range(MAX_SHOWN_ITEMS + 30)}
-    prompts = {"templates": "vild", "score_order": "max_then_softmax", "classes": [
-        {"name": "cat", "queries": ["cat", "kitty", "kitten"], "slots": ["fur", "whiskers", "tail"],
-         "source": "generic"}]}
+    prompts = {
+        "templates": "vild",
+        "score_order": "max_then_softmax",
+        "classes": [
+            {
+                "name": "cat",
+                "queries": ["cat", "kitty", "kitten"],
+                "slots": ["fur", "whiskers", "tail"],
+                "source": "generic",
+            }
+        ],
+    }
     trace = LiveTrace()
     trace.add({"event": "node_end", "node": "generic_reasoning", "output": {"generic_reasoning": generic}})
     trace.add({"event": "node_end", "node": "prompt_composition", "output": {"prompts": prompts}})
@@ -278,8 +339,14 @@ def test_a_long_timeline_folds_its_oldest_finished_steps_and_keeps_the_running_o
 def test_malformed_events_and_outputs_change_nothing_and_never_raise():
     trace = LiveTrace()
     empty = trace.html()
-    for event in (None, "text", {}, {"event": "progress", "done": "x"}, {"event": "interrupt", "questions": 3},
-                  {"event": "node_end", "node": "prompt_composition", "output": {"prompts": {"classes": 7}}}):
+    for event in (
+        None,
+        "text",
+        {},
+        {"event": "progress", "done": "x"},
+        {"event": "interrupt", "questions": 3},
+        {"event": "node_end", "node": "prompt_composition", "output": {"prompts": {"classes": 7}}},
+    ):
         trace.add(event)
     assert "prompts" not in sections(trace.html())
     assert trace.html() != empty  # the node_end itself is on the timeline

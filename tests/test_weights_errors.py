@@ -133,35 +133,62 @@ BLOCK = "visual.transformer.resblocks"
 # (make the file, what the one line says, whether the model is built before the refusal)
 CASES = {
     "missing file": (missing, r"^CLIP weights file not found: .*missing\.pt$", False),
-    "random bytes": (random_bytes, r"cannot read CLIP weights .*random\.pt: not a PyTorch checkpoint or a "
-                                   r"safetensors file, or a damaged one", False),
-    "truncated zip": (truncated_zip, r"cannot read CLIP weights .*truncated\.pt: the file is damaged or "
-                                     r"incomplete", False),
+    "random bytes": (
+        random_bytes,
+        r"cannot read CLIP weights .*random\.pt: not a PyTorch checkpoint or a "
+        r"safetensors file, or a damaged one",
+        False,
+    ),
+    "truncated zip": (
+        truncated_zip,
+        r"cannot read CLIP weights .*truncated\.pt: the file is damaged or "
+        r"incomplete",
+        False,
+    ),
     "empty file": (empty_file, r"CLIP weights file .*empty\.pt is empty", False),
-    "truncated safetensors": (truncated_safetensors, r"cannot read CLIP weights .*cut\.safetensors: a damaged "
-                                                     r"safetensors file", False),
+    "truncated safetensors": (
+        truncated_safetensors,
+        r"cannot read CLIP weights .*cut\.safetensors: a damaged "
+        r"safetensors file",
+        False,
+    ),
     "TorchScript archive": (torchscript_archive, r"scripted\.pt is a TorchScript archive", False),
-    "pickled Python objects": (python_objects, r"objects\.pt holds Python objects besides tensors "
-                                               r"\(argparse\.Namespace\), which are never unpickled", False),
+    "pickled Python objects": (
+        python_objects,
+        r"objects\.pt holds Python objects besides tensors "
+        r"\(argparse\.Namespace\), which are never unpickled",
+        False,
+    ),
     "a list": (a_list, r"list\.pt holds a list of 1 items, not a state_dict", False),
     "a tensor": (a_tensor, r"tensor\.pt holds a tensor of shape \[3, 4\], not a state_dict", False),
     "a JSON file": (a_json_file, r"config\.json is a text file, not weights", False),
-    "not only tensors": (not_only_tensors, r"epoch\.pt is not a state_dict: 'epoch' holds an int, not a tensor",
-                         False),
+    "not only tensors": (not_only_tensors, r"epoch\.pt is not a state_dict: 'epoch' holds an int, not a tensor", False),
     "an empty dict": (an_empty_dict, r"nothing\.pt holds an empty state_dict", False),
-    "edited keys": (a_key_missing_and_one_unexpected,
-                    r"the weights in .*edited\.pt do not fit tiny-clip: 1 missing key \(visual\.proj\), "
-                    r"1 unexpected key \(extra\.bias\)$", True),
-    "deeper model": (a_deeper_vision_tower,
-                     rf"deeper\.pt do not fit tiny-clip: 12 unexpected keys \({BLOCK}\.2\.ln_1\.weight, "
-                     rf"{BLOCK}\.2\.ln_1\.bias, {BLOCK}\.2\.attn\.in_proj_weight, \.\.\.\)$", True),
-    "shallower model": (a_shallower_vision_tower,
-                        rf"shallower\.pt do not fit tiny-clip: 12 missing keys \({BLOCK}\.1\.ln_1\.weight, "
-                        rf"{BLOCK}\.1\.ln_1\.bias, {BLOCK}\.1\.attn\.in_proj_weight, \.\.\.\)$", True),
-    "wider model": (a_wider_vision_tower,
-                    r"wider\.pt do not fit tiny-clip: 32 tensors of another shape \(visual\.class_embedding \[96\] "
-                    r"here, \[64\] in the model; visual\.positional_embedding \[17, 96\] here, \[17, 64\] in the "
-                    r"model; visual\.proj \[96, 32\] here, \[64, 32\] in the model, \.\.\.\)$", True),
+    "edited keys": (
+        a_key_missing_and_one_unexpected,
+        r"the weights in .*edited\.pt do not fit tiny-clip: 1 missing key \(visual\.proj\), "
+        r"1 unexpected key \(extra\.bias\)$",
+        True,
+    ),
+    "deeper model": (
+        a_deeper_vision_tower,
+        rf"deeper\.pt do not fit tiny-clip: 12 unexpected keys \({BLOCK}\.2\.ln_1\.weight, "
+        rf"{BLOCK}\.2\.ln_1\.bias, {BLOCK}\.2\.attn\.in_proj_weight, \.\.\.\)$",
+        True,
+    ),
+    "shallower model": (
+        a_shallower_vision_tower,
+        rf"shallower\.pt do not fit tiny-clip: 12 missing keys \({BLOCK}\.1\.ln_1\.weight, "
+        rf"{BLOCK}\.1\.ln_1\.bias, {BLOCK}\.1\.attn\.in_proj_weight, \.\.\.\)$",
+        True,
+    ),
+    "wider model": (
+        a_wider_vision_tower,
+        r"wider\.pt do not fit tiny-clip: 32 tensors of another shape \(visual\.class_embedding \[96\] "
+        r"here, \[64\] in the model; visual\.positional_embedding \[17, 96\] here, \[17, 64\] in the "
+        r"model; visual\.proj \[96, 32\] here, \[64, 32\] in the model, \.\.\.\)$",
+        True,
+    ),
 }
 
 
@@ -194,8 +221,9 @@ def test_weights_that_fit_still_load(tiny_model_files, tmp_path):
 
     config, weights = tiny_model_files
     state = tiny_state(weights)
-    torch.save({"epoch": 7, "state_dict": {f"module.{key}": value for key, value in state.items()}},
-               tmp_path / "training.pt")
+    torch.save(
+        {"epoch": 7, "state_dict": {f"module.{key}": value for key, value in state.items()}}, tmp_path / "training.pt"
+    )
     save_file(state, tmp_path / "weights.safetensors")
     for path in (tmp_path / "training.pt", tmp_path / "weights.safetensors"):
         loaded = load_clip(str(config), str(path), device="cpu", precision="fp32").model.state_dict()
@@ -217,10 +245,28 @@ def test_the_cli_says_each_in_one_line(bad_files, tiny_model_files, tmp_path):
     """One process runs the CLI's ``main`` on every case, the missing file first: it is
     reported before torch and open_clip are imported (they take seconds)."""
     config, _ = tiny_model_files
-    cases = [(case, ["segment", PHOTO, "--classes", "cat", "--no-reasoning", "--out", str(tmp_path / "out"),
-                     "--clip-model", str(config), "--clip-pretrained", str(bad_files[case])]) for case in CASES]
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    cases = [
+        (
+            case,
+            [
+                "segment",
+                PHOTO,
+                "--classes",
+                "cat",
+                "--no-reasoning",
+                "--out",
+                str(tmp_path / "out"),
+                "--clip-model",
+                str(config),
+                "--clip-pretrained",
+                str(bad_files[case]),
+            ],
+        )
+        for case in CASES
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(cases)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     blocks = proc.stderr.split("=== ")[1:]
     assert len(blocks) == 2 * len(CASES), proc.stderr[-3000:]
@@ -229,7 +275,7 @@ def test_the_cli_says_each_in_one_line(bad_files, tiny_model_files, tmp_path):
         assert name == case
         lines = said.splitlines()
         assert len(lines) == 1 and lines[0].startswith("openseg-r: error: "), (case, said)
-        assert re.search(message.lstrip("^"), lines[0][len("openseg-r: error: "):]), (case, said)
+        assert re.search(message.lstrip("^"), lines[0][len("openseg-r: error: ") :]), (case, said)
         assert "weights_only" not in said and "Traceback" not in said
         exit_line = blocks[2 * index + 1]
         assert exit_line.startswith("exit 2 "), (case, exit_line)

@@ -30,8 +30,10 @@ MAX_ASPECT_RATIO = 100
 
 UNREADABLE = "not an image file, or a format PIL cannot read"
 
-def load_image(source: str | Path | bytes | np.ndarray | Image.Image, *,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+
+def load_image(
+    source: str | Path | bytes | np.ndarray | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Return an ``H x W x 3`` uint8 RGB array from a path, bytes, PIL image or array."""
     if isinstance(source, np.ndarray):
         return _check_size(_array_to_rgb(source), max_pixels)
@@ -66,8 +68,9 @@ def _decode(handle, label: str, max_pixels: int) -> np.ndarray:
         raise ImageError(f"{UNREADABLE}: {label}") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(f"image is too large to decode safely (its header claims over {limit:,} pixels): "
-                         f"{label}") from None
+        raise ImageError(
+            f"image is too large to decode safely (its header claims over {limit:,} pixels): {label}"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image is corrupt or truncated: {label} ({exc})") from None
     return _check_size(_pil_to_rgb(image), max_pixels)
@@ -90,8 +93,10 @@ def _check_header_size(size: tuple[int, int], max_pixels: int) -> None:
     if min(height, width) < MIN_SIDE:
         raise ImageError(f"image is {width}x{height}; each side must be at least {MIN_SIDE} pixels")
     if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
-        raise ImageError(f"image is {width}x{height}: its long side is more than {MAX_ASPECT_RATIO} times its "
-                         "short side; crop it into pieces closer to square")
+        raise ImageError(
+            f"image is {width}x{height}: its long side is more than {MAX_ASPECT_RATIO} times its "
+            "short side; crop it into pieces closer to square"
+        )
 
 
 def _check_size(rgb: np.ndarray, max_pixels: int) -> np.ndarray:

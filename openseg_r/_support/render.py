@@ -30,7 +30,7 @@ def format_share(fraction: float, decimals: int = 1, present: bool = False) -> s
     reads as 0%, nor one that is not everything as 100%: shares that round to either
     show as ``"<0.1%"`` and ``">99.9%"``. ``present`` says the class has pixels even
     where its stored fraction (rounded to 6 decimals) is 0."""
-    percent, step = 100 * fraction, 10.0 ** -decimals
+    percent, step = 100 * fraction, 10.0**-decimals
     text = f"{percent:.{decimals}f}"
     if (0 < percent or present) and float(text) == 0:
         return f"<{step:.{decimals}f}%"

@@ -31,22 +31,35 @@ def add_parsers(commands) -> None:
     from openseg_r.evals.datasets import DATASETS
 
     run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
-    run.add_argument("--dataset", required=True, choices=list(DATASETS),
-                     help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder (see README)")
+    run.add_argument(
+        "--dataset",
+        required=True,
+        choices=list(DATASETS),
+        help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder (see README)",
+    )
     run.add_argument("--root", required=True, help="the dataset folder, as the mmseg/detectron2 scripts lay it out")
     run.add_argument("--split", default=None, help="default: the dataset's validation split")
-    run.add_argument("--ablation", action="store_true",
-                     help="bare names, generic, generic+image, +class filter, +self-check in one pass")
+    run.add_argument(
+        "--ablation",
+        action="store_true",
+        help="bare names, generic, generic+image, +class filter, +self-check in one pass",
+    )
     run.add_argument("--limit", type=int, default=None, help="a deterministic subset of N images")
     run.add_argument("--seed", type=int, default=0, help="which subset --limit draws (default: 0)")
-    run.add_argument("--shard", default=None,
-                     help="i/n: this process's share of the images; 'auto' takes RANK/WORLD_SIZE (torchrun) and "
-                          "writes to OUT/shard-i-of-n")
+    run.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: this process's share of the images; 'auto' takes RANK/WORLD_SIZE (torchrun) and "
+        "writes to OUT/shard-i-of-n",
+    )
     run.add_argument("--out", default="eval-out", help="results folder; re-running resumes it (default: eval-out)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    run.add_argument("--vocab", default=None,
-                     help="a built-in vocabulary or file with the dataset's classes in label order, e.g. "
-                          "pc59-syn for OpenSeg-R's synonyms (default: the dataset's own class names)")
+    run.add_argument(
+        "--vocab",
+        default=None,
+        help="a built-in vocabulary or file with the dataset's classes in label order, e.g. "
+        "pc59-syn for OpenSeg-R's synonyms (default: the dataset's own class names)",
+    )
     add_protocol_option(run, default="auto")
     add_model_options(run)
     add_lmm_options(run, allow_fallback=True)
@@ -98,9 +111,21 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.model import OpenSegR
 
     model = OpenSegR.from_options(options, settings=settings)
-    run_eval(model, dataset, args.root, out, split=args.split, ablation=args.ablation, limit=args.limit,
-             seed=args.seed, shard=shard, progress=not args.no_progress and sys.stderr.isatty(),
-             vocabulary=vocabulary, protocol=protocol.describe() if protocol else None, concurrency=concurrency)
+    run_eval(
+        model,
+        dataset,
+        args.root,
+        out,
+        split=args.split,
+        ablation=args.ablation,
+        limit=args.limit,
+        seed=args.seed,
+        shard=shard,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        vocabulary=vocabulary,
+        protocol=protocol.describe() if protocol else None,
+        concurrency=concurrency,
+    )
     _print_summary(out)
     return EXIT_OK
 
@@ -112,10 +137,22 @@ def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, c
 
     if shard is not None:
         raise ConfigError("--shard splits the work by hand: with --engine ray the cluster shares it out, drop --shard")
-    state = run_eval_on_ray(options, dataset, args.root, args.out, split=args.split, limit=args.limit, seed=args.seed,
-                            ablation=args.ablation, vocabulary=vocabulary, settings=settings,
-                            protocol=protocol.describe() if protocol else None, images_per_task=concurrency,
-                            progress=not args.no_progress and sys.stderr.isatty(), **engine)
+    state = run_eval_on_ray(
+        options,
+        dataset,
+        args.root,
+        args.out,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        ablation=args.ablation,
+        vocabulary=vocabulary,
+        settings=settings,
+        protocol=protocol.describe() if protocol else None,
+        images_per_task=concurrency,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        **engine,
+    )
     _print_summary(args.out)
     return EXIT_SOME_FAILED if state.failed else EXIT_OK
 

@@ -14,13 +14,19 @@ def add_parsers(commands) -> None:
     lmm = commands.add_parser("lmm", help="check an LMM backend")
     actions = lmm.add_subparsers(dest="action", required=True, parser_class=Parser)
     check = actions.add_parser(
-        "check", help="reachable?, model listed?, one tiny structured answer (and its latency), can it take images?")
-    check.add_argument("spec", nargs="?", default=None,
-                       help="the backend spec, as --lmm takes it (default: $OPENSEG_R_LMM, else the config file)")
+        "check", help="reachable?, model listed?, one tiny structured answer (and its latency), can it take images?"
+    )
+    check.add_argument(
+        "spec",
+        nargs="?",
+        default=None,
+        help="the backend spec, as --lmm takes it (default: $OPENSEG_R_LMM, else the config file)",
+    )
     add_lmm_option_flag(check)
     check.set_defaults(handler=run_check)
     serve = actions.add_parser(
-        "serve", help="serve a local model (a .gguf file or a transformers folder) over the OpenAI-compatible API")
+        "serve", help="serve a local model (a .gguf file or a transformers folder) over the OpenAI-compatible API"
+    )
     serve.add_argument("model", help="a .gguf file (converted once into the user cache) or a transformers folder")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")

@@ -50,8 +50,11 @@ class Parser(argparse.ArgumentParser):
         if self._subparsers is not None:  # the top-level parser: its subcommands judge their own flags
             return []
         known = set(self._option_string_actions)
-        return [arg.split("=", 1)[0] for arg in Parser.arguments
-                if arg.startswith("--") and arg != "--" and arg.split("=", 1)[0] not in known]
+        return [
+            arg.split("=", 1)[0]
+            for arg in Parser.arguments
+            if arg.startswith("--") and arg != "--" and arg.split("=", 1)[0] not in known
+        ]
 
     def _suggestion(self, flag: str) -> str:
         import difflib
@@ -73,8 +76,9 @@ def described(model: type[BaseModel], name: str, text: str | None = None) -> str
 RECORDED_DEFAULT = " (default: as recorded with the run)"
 
 
-def described_or_recorded(model: type[BaseModel], name: str, text: str | None = None,
-                          defaults_from_run: bool = False) -> str:
+def described_or_recorded(
+    model: type[BaseModel], name: str, text: str | None = None, defaults_from_run: bool = False
+) -> str:
     """:func:`described`, or for ``runs replay/resume`` the run's recorded value as the default."""
     if defaults_from_run:
         return (text or model.model_fields[name].description or "") + RECORDED_DEFAULT
@@ -97,62 +101,119 @@ def add_model_options(parser: argparse.ArgumentParser, defaults_from_run: bool =
         return described_or_recorded(model, name, words, defaults_from_run)
 
     parser.add_argument("--segmenter", default=None, metavar="KIND", help=text(ModelOptions, "segmenter"))
-    parser.add_argument("--segmenter-option", action="append", default=None, dest="segmenter_option",
-                        metavar="KEY=VALUE", help=text(ModelOptions, "segmenter_options"))
-    parser.add_argument("--clip-model", default=None, help=text(DenseCLIPOptions, "clip_model", "dense-clip: "
-                        + DenseCLIPOptions.model_fields["clip_model"].description))
-    parser.add_argument("--clip-pretrained", default=None, help=text(DenseCLIPOptions, "clip_pretrained",
-                        "dense-clip: " + DenseCLIPOptions.model_fields["clip_pretrained"].description))
-    parser.add_argument("--attention", default=None, choices=choices_of(SegmenterConfig, "attention"),
-                        help=text(SegmenterConfig, "attention"))
+    parser.add_argument(
+        "--segmenter-option",
+        action="append",
+        default=None,
+        dest="segmenter_option",
+        metavar="KEY=VALUE",
+        help=text(ModelOptions, "segmenter_options"),
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help=text(
+            DenseCLIPOptions, "clip_model", "dense-clip: " + DenseCLIPOptions.model_fields["clip_model"].description
+        ),
+    )
+    parser.add_argument(
+        "--clip-pretrained",
+        default=None,
+        help=text(
+            DenseCLIPOptions,
+            "clip_pretrained",
+            "dense-clip: " + DenseCLIPOptions.model_fields["clip_pretrained"].description,
+        ),
+    )
+    parser.add_argument(
+        "--attention",
+        default=None,
+        choices=choices_of(SegmenterConfig, "attention"),
+        help=text(SegmenterConfig, "attention"),
+    )
     parser.add_argument("--device", default=None, help=text(ModelOptions, "device"))
-    parser.add_argument("--precision", default=None, choices=choices_of(ModelOptions, "precision"),
-                        help=text(ModelOptions, "precision"))
+    parser.add_argument(
+        "--precision", default=None, choices=choices_of(ModelOptions, "precision"), help=text(ModelOptions, "precision")
+    )
 
 
-def add_lmm_options(parser: argparse.ArgumentParser, defaults_from_run: bool = False,
-                    allow_fallback: bool = False) -> None:
-    parser.add_argument("--lmm", default=None,
-                        help=described_or_recorded(ModelOptions, "lmm", ModelOptions.model_fields["lmm"].description
-                                                   + "; see README", defaults_from_run))
+def add_lmm_options(
+    parser: argparse.ArgumentParser, defaults_from_run: bool = False, allow_fallback: bool = False
+) -> None:
+    parser.add_argument(
+        "--lmm",
+        default=None,
+        help=described_or_recorded(
+            ModelOptions, "lmm", ModelOptions.model_fields["lmm"].description + "; see README", defaults_from_run
+        ),
+    )
     add_lmm_option_flag(parser, defaults_from_run)
     parser.add_argument("--lmm-record", default=None, help=described(ModelOptions, "lmm_record"))
-    parser.add_argument("--cache", default=None,
-                        help=described_or_recorded(ModelOptions, "reasoning_cache", None, defaults_from_run))
+    parser.add_argument(
+        "--cache", default=None, help=described_or_recorded(ModelOptions, "reasoning_cache", None, defaults_from_run)
+    )
     if allow_fallback:
-        parser.add_argument("--allow-fallback", action="store_true", default=None,
-                            help="when the LMM gives no reasoning at all (server unreachable, every answer "
-                                 f"unusable), keep the bare-name result and exit 0 (default: exit {EXIT_NO_REASONING})")
+        parser.add_argument(
+            "--allow-fallback",
+            action="store_true",
+            default=None,
+            help="when the LMM gives no reasoning at all (server unreachable, every answer "
+            f"unusable), keep the bare-name result and exit 0 (default: exit {EXIT_NO_REASONING})",
+        )
 
 
 def add_lmm_option_flag(parser: argparse.ArgumentParser, defaults_from_run: bool = False) -> None:
-    parser.add_argument("--lmm-option", action="append", default=None, dest="lmm_option", metavar="KEY=VALUE",
-                        help=described_or_recorded(ModelOptions, "lmm_options",
-                                                   f"how the LMM is called, repeatable: {LMMOptions.keys()} (over "
-                                                   "the config file's [lmm] table; see README)", defaults_from_run))
+    parser.add_argument(
+        "--lmm-option",
+        action="append",
+        default=None,
+        dest="lmm_option",
+        metavar="KEY=VALUE",
+        help=described_or_recorded(
+            ModelOptions,
+            "lmm_options",
+            f"how the LMM is called, repeatable: {LMMOptions.keys()} (over the config file's [lmm] table; see README)",
+            defaults_from_run,
+        ),
+    )
 
 
 def add_settings_options(parser: argparse.ArgumentParser, baseline_flag: bool = True) -> None:
     """The per-run settings ``segment`` takes (fields of :class:`Settings`); a server whose
     callers choose reasoning per request has no ``--no-reasoning``."""
     if baseline_flag:
-        parser.add_argument("--no-reasoning", action="store_true", default=None,
-                            help="baseline: bare class names, no LMM")
-    parser.add_argument("--image-reasoning", default=None, choices=choices_of(Settings, "image_reasoning_mode"),
-                        help=described(Settings, "image_reasoning_mode",
-                                       "one structured LMM call per image, or the paper's three-call chain"))
+        parser.add_argument(
+            "--no-reasoning", action="store_true", default=None, help="baseline: bare class names, no LMM"
+        )
+    parser.add_argument(
+        "--image-reasoning",
+        default=None,
+        choices=choices_of(Settings, "image_reasoning_mode"),
+        help=described(
+            Settings, "image_reasoning_mode", "one structured LMM call per image, or the paper's three-call chain"
+        ),
+    )
     parser.add_argument("--align-model", default=None, help=described(ModelOptions, "aligner"))
     add_scoring_options(parser)
 
 
 def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     """How pixels are scored against the prompts (fields of :class:`Settings`)."""
-    parser.add_argument("--templates", default=None, choices=choices_of(Settings, "templates"),
-                        help=described(Settings, "templates", "CLIP prompt templates"))
-    parser.add_argument("--n-attributes", type=int, default=None,
-                        help=described(Settings, "n_attributes", "attribute slots per class"))
-    parser.add_argument("--score-order", default=None, choices=choices_of(Settings, "score_order"),
-                        help=described(Settings, "score_order", "max over synonyms before or after the softmax"))
+    parser.add_argument(
+        "--templates",
+        default=None,
+        choices=choices_of(Settings, "templates"),
+        help=described(Settings, "templates", "CLIP prompt templates"),
+    )
+    parser.add_argument(
+        "--n-attributes", type=int, default=None, help=described(Settings, "n_attributes", "attribute slots per class")
+    )
+    parser.add_argument(
+        "--score-order",
+        default=None,
+        choices=choices_of(Settings, "score_order"),
+        help=described(Settings, "score_order", "max over synonyms before or after the softmax"),
+    )
     parser.add_argument(
         "--class-filter",
         default=None,
@@ -175,8 +236,12 @@ def add_segmenter_options(parser: argparse.ArgumentParser, with_max_pixels: bool
     parser.add_argument("--crop", type=int, default=None, help=described(SegmenterConfig, "crop"))
     parser.add_argument("--stride", type=int, default=None, help=described(SegmenterConfig, "stride"))
     slide = "--slide" if field_default(SegmenterConfig, "slide") else "--no-slide"
-    parser.add_argument("--slide", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"sliding windows, or (--no-slide) the whole resized image at once (default: {slide})")
+    parser.add_argument(
+        "--slide",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"sliding windows, or (--no-slide) the whole resized image at once (default: {slide})",
+    )
     parser.add_argument("--pamr-steps", type=int, default=None, help=described(SegmenterConfig, "pamr_steps"))
     if with_max_pixels:
         parser.add_argument("--max-pixels", type=int, default=None, help=described(ModelOptions, "max_pixels"))
@@ -186,8 +251,12 @@ def add_throughput_options(parser: argparse.ArgumentParser, concurrency: bool = 
     """How many images are in flight, how they share forward passes, and the text cache."""
     group = parser.add_argument_group("throughput", "many images fast (see README, Throughput)")
     if concurrency:
-        group.add_argument("--concurrency", type=int, default=None,
-                           help=f"images in flight at once: their LMM calls overlap (default: {DEFAULT_CONCURRENCY})")
+        group.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help=f"images in flight at once: their LMM calls overlap (default: {DEFAULT_CONCURRENCY})",
+        )
     group.add_argument("--batch-size", type=int, default=None, help=described(ModelOptions, "batch_size"))
     group.add_argument("--batch-wait-ms", type=float, default=None, help=described(ModelOptions, "batch_wait_ms"))
     group.add_argument("--lmm-concurrency", type=int, default=None, help=described(ModelOptions, "lmm_concurrency"))
@@ -203,37 +272,66 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Where the images run: this process (local) or a Ray cluster's actor pool (README,
     Running on a cluster)."""
     group = parser.add_argument_group("engine", "run on a Ray cluster (pip install 'openseg-r[ray]')")
-    group.add_argument("--engine", choices=ENGINES, default="local",
-                       help="local: this process; ray: a Ray actor pool, each actor builds the model once "
-                            "(default: local)")
-    group.add_argument("--address", default=None,
-                       help="with --engine ray: the cluster, 'auto' (this machine's, after `ray start`) or "
-                            "ray://HOST:10001 (default: start a local Ray cluster)")
-    group.add_argument("--actors", type=int, default=None,
-                       help=f"with --engine ray: actors (model copies) running at once (default: {DEFAULT_ACTORS})")
-    group.add_argument("--gpus-per-actor", type=float, default=None,
-                       help="with --engine ray: GPUs each actor reserves, e.g. 1 or 0.5 (default: 0)")
-    group.add_argument("--cpus-per-actor", type=float, default=None,
-                       help="with --engine ray: CPUs each actor reserves; torch runs that many threads in it "
-                            "(whole CPUs, at least 1; the labels do not depend on it) "
-                            f"(default: {DEFAULT_CPUS_PER_ACTOR:g})")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this process; ray: a Ray actor pool, each actor builds the model once (default: local)",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the cluster, 'auto' (this machine's, after `ray start`) or "
+        "ray://HOST:10001 (default: start a local Ray cluster)",
+    )
+    group.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help=f"with --engine ray: actors (model copies) running at once (default: {DEFAULT_ACTORS})",
+    )
+    group.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="with --engine ray: GPUs each actor reserves, e.g. 1 or 0.5 (default: 0)",
+    )
+    group.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="with --engine ray: CPUs each actor reserves; torch runs that many threads in it "
+        "(whole CPUs, at least 1; the labels do not depend on it) "
+        f"(default: {DEFAULT_CPUS_PER_ACTOR:g})",
+    )
 
 
 def engine_values(args: argparse.Namespace) -> dict:
     """The Ray engine's options the flags give; an engine flag without --engine ray is a usage error."""
     from openseg_r.errors import ConfigError
 
-    given = [flag for flag, dest in (("--address", "address"), ("--actors", "actors"),
-                                     ("--gpus-per-actor", "gpus_per_actor"), ("--cpus-per-actor", "cpus_per_actor"))
-             if getattr(args, dest, None) is not None]
+    given = [
+        flag
+        for flag, dest in (
+            ("--address", "address"),
+            ("--actors", "actors"),
+            ("--gpus-per-actor", "gpus_per_actor"),
+            ("--cpus-per-actor", "cpus_per_actor"),
+        )
+        if getattr(args, dest, None) is not None
+    ]
     if args.engine != "ray":
         if given:
             raise ConfigError(f"{', '.join(given)} need --engine ray")
         return {}
-    return {"address": args.address, "actors": DEFAULT_ACTORS if args.actors is None else args.actors,
-            "gpus_per_actor": args.gpus_per_actor or 0.0,
-            "cpus_per_actor": DEFAULT_CPUS_PER_ACTOR if args.cpus_per_actor is None
-            else checked_cpus_per_actor(args.cpus_per_actor)}
+    return {
+        "address": args.address,
+        "actors": DEFAULT_ACTORS if args.actors is None else args.actors,
+        "gpus_per_actor": args.gpus_per_actor or 0.0,
+        "cpus_per_actor": DEFAULT_CPUS_PER_ACTOR
+        if args.cpus_per_actor is None
+        else checked_cpus_per_actor(args.cpus_per_actor),
+    }
 
 
 def concurrency_option(args: argparse.Namespace) -> int:
@@ -245,10 +343,13 @@ def concurrency_option(args: argparse.Namespace) -> int:
 
 
 def add_protocol_option(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--protocol", default=None,
-                        help="the settings behind a published table: a benchmark name (voc21, pc60, ade150, ...; "
-                             "see openseg_r.config.presets), auto (the dataset's, for eval) or none; single "
-                             f"options given here override single fields (default: {default})")
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        help="the settings behind a published table: a benchmark name (voc21, pc60, ade150, ...; "
+        "see openseg_r.config.presets), auto (the dataset's, for eval) or none; single "
+        f"options given here override single fields (default: {default})",
+    )
 
 
 SELF_CHECK_FLAGS = {  # flag dest -> SelfCheckSettings field, with a help text
@@ -347,8 +448,11 @@ def add_safety_options(parser: argparse.ArgumentParser, paths: bool = True) -> N
         "--max-text-sentences",
         type=int,
         default=None,
-        help=described(SafetyLimits, "max_text_sentences",
-                       "text sentences a call's vocabulary may cost: distinct names and synonyms x templates"),
+        help=described(
+            SafetyLimits,
+            "max_text_sentences",
+            "text sentences a call's vocabulary may cost: distinct names and synonyms x templates",
+        ),
     )
     group.add_argument("--safety-config", default=None, help="a TOML file with a [safety] table")
 
@@ -376,7 +480,8 @@ def model_option_values(args: argparse.Namespace) -> dict:
         "compile": flag("compile"),
     }
     segmenter_options = option_pairs(flag("segmenter_option") or []) | {
-        k: v for k, v in dense_clip_flags.items() if v is not None}
+        k: v for k, v in dense_clip_flags.items() if v is not None
+    }
     return {
         "segmenter": flag("segmenter"),
         "segmenter_options": segmenter_options or None,

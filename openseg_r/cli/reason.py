@@ -17,9 +17,11 @@ def add_parsers(commands) -> None:
     add_lmm_options(generic)
     generic.set_defaults(handler=run_generic)
     export = actions.add_parser("export", help="write cached generic reasoning in the upstream JSON format")
-    export.add_argument("--cache", default=None,
-                        help="the SQLite reasoning cache: 'user' for the user cache file, or a file path "
-                             "(default: user)")
+    export.add_argument(
+        "--cache",
+        default=None,
+        help="the SQLite reasoning cache: 'user' for the user cache file, or a file path (default: user)",
+    )
     export.add_argument("--model", default=None, help="which model's reasoning, when the cache holds several")
     export.add_argument("-o", "--out", required=True, help="the JSON file to write")
     export.set_defaults(handler=run_export)
@@ -72,8 +74,9 @@ def run_generic(args: argparse.Namespace) -> int:
     lmm = _backend(args)
     cache = _cache_file(args)
     concurrency = _lmm_options(args).concurrency
-    context = OpenSegContext(lmm=lmm, reasoning_cache=cache,
-                             **({"max_concurrent_lmm_calls": concurrency} if concurrency else {}))
+    context = OpenSegContext(
+        lmm=lmm, reasoning_cache=cache, **({"max_concurrent_lmm_calls": concurrency} if concurrency else {})
+    )
     classes = [c for c in vocabulary.classes if not c.is_background]
     with tqdm(total=len(classes), unit="class", desc="generic reasoning") as progress:
         failed = reason_generic_ahead(vocabulary, context, on_progress=progress.update)

@@ -25,17 +25,29 @@ def add_parsers(commands) -> None:
     diff = actions.add_parser("diff", help="what differs between two runs: reasoning, prompts, class areas")
     diff.add_argument("run_a", help="a run id, or the start of one (as `runs list` shows it)")
     diff.add_argument("run_b", help="the run to compare it with")
-    for name, text in (("replay", "re-run from a node, reusing everything recorded before it"),
-                       ("resume", "continue a run that crashed or stopped, from its last checkpoint")):
+    for name, text in (
+        ("replay", "re-run from a node, reusing everything recorded before it"),
+        ("resume", "continue a run that crashed or stopped, from its last checkpoint"),
+    ):
         action = actions.add_parser(name, help=text)
         action.add_argument("run", help="a run id, or the start of one (as `runs list` shows it)")
         if name == "replay":
-            action.add_argument("--from", dest="from_node", required=True,
-                                help="prompt_composition, segmentation or self_check")
-            action.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                                help="change a setting, e.g. self_check.enabled=true or class_filter=soft")
-        action.add_argument("--out", default=None, help="also write labels.png, overlay.png, result.json here "
-                                                        "(resume: by default where the run's own --out was)")
+            action.add_argument(
+                "--from", dest="from_node", required=True, help="prompt_composition, segmentation or self_check"
+            )
+            action.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="change a setting, e.g. self_check.enabled=true or class_filter=soft",
+            )
+        action.add_argument(
+            "--out",
+            default=None,
+            help="also write labels.png, overlay.png, result.json here "
+            "(resume: by default where the run's own --out was)",
+        )
         add_model_options(action, defaults_from_run=True)
         add_lmm_options(action, defaults_from_run=True)
     report = actions.add_parser("report", help="one self-contained HTML file")
@@ -71,8 +83,9 @@ def run_runs(args: argparse.Namespace) -> int:
         print(f"no runs recorded ({exc})")
         return EXIT_OK
     try:
-        return {"list": _list, "show": _show, "diff": _diff, "replay": _replay, "resume": _replay,
-                "report": _report}[args.action](db, args)
+        return {"list": _list, "show": _show, "diff": _diff, "replay": _replay, "resume": _replay, "report": _report}[
+            args.action
+        ](db, args)
     finally:
         db.close()
 
@@ -95,8 +108,10 @@ def _list(db, args) -> int:
         image = r.image or "(data)"
         extra = f"  [replay of {r.parent_run[:12]} from {r.replay_from}]" if r.parent_run else ""
         extra += f"  [resumed {_when(r.resumed_at)}]" if r.resumed_at else ""
-        print(f"{r.run_id[:12]}  {when}  {r.status:11s}  {seconds}  {r.classes or 0:7d}  "
-              f"{(r.backend or 'none')[:22]:22s}  {image}{extra}")
+        print(
+            f"{r.run_id[:12]}  {when}  {r.status:11s}  {seconds}  {r.classes or 0:7d}  "
+            f"{(r.backend or 'none')[:22]:22s}  {image}{extra}"
+        )
     return EXIT_OK
 
 
@@ -109,15 +124,19 @@ def _show(db, args) -> int:
 
     run = load_run(db, args.run, _graph(db))
     r = run.record
-    print(f"run {r.run_id}  {r.status}  {_when(r.created)}"
-          + (f"  resumed {_when(r.resumed_at)}" if r.resumed_at else "")
-          + f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}")
+    print(
+        f"run {r.run_id}  {r.status}  {_when(r.created)}"
+        + (f"  resumed {_when(r.resumed_at)}" if r.resumed_at else "")
+        + f"  {'' if r.seconds is None else f'{r.seconds:.2f} s'}"
+    )
     print(f"image {r.image or '(data)'}  vocabulary {r.vocabulary} ({r.classes} classes)  backend {r.backend}")
     if r.status == "running":
         print(f"running in {r.owner}; next: {', '.join(run.next_nodes) or 'unknown'}")
     elif r.status != "done":
-        print(f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}"
-              + (f"  error: {r.error}" if r.error else ""))
+        print(
+            f"stopped before: {r.stopped_at or ', '.join(run.next_nodes) or 'unknown'}"
+            + (f"  error: {r.error}" if r.error else "")
+        )
     if r.status == "interrupted":
         print(f"its {r.owner} is gone; `openseg-r runs resume {r.run_id[:12]}` continues it")
     if args.step:
@@ -127,8 +146,11 @@ def _show(db, args) -> int:
 
             nodes = ", ".join(dict.fromkeys(s.node for s in run.steps))
             raise ConfigError(f"run {r.run_id} has no step {args.step!r}; it has: {nodes}")
-        print(json.dumps([s.output for s in chosen] if len(chosen) > 1 else chosen[0].output, indent=2,
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                [s.output for s in chosen] if len(chosen) > 1 else chosen[0].output, indent=2, ensure_ascii=False
+            )
+        )
         return EXIT_OK
     for step in run.steps:
         seconds = next((t["seconds"] for t in step.output.get("timings", [])), None)

@@ -35,19 +35,28 @@ from openseg_r.runs.folder import plan_folder, run_record, same_run_or_refuse, s
 def add_parsers(commands) -> None:
     seg = commands.add_parser("segment", help="segment one image, or many (files, folders, globs)")
     seg.add_argument(
-        "image", nargs="+",
+        "image",
+        nargs="+",
         help="an image file; or several, or folders (their .jpg .jpeg .png .bmp .webp .tif .tiff .gif files, any "
-             "case, recursively, sorted; hidden names skipped), or quoted glob patterns (** crosses folders). One "
-             "file writes into --out; anything more writes one folder per image plus --out/index.jsonl")
+        "case, recursively, sorted; hidden names skipped), or quoted glob patterns (** crosses folders). One "
+        "file writes into --out; anything more writes one folder per image plus --out/index.jsonl",
+    )
     which = seg.add_mutually_exclusive_group(required=True)
     which.add_argument("--classes", help='comma-separated classes, "|" between synonyms: "cat, sofa|couch"')
     which.add_argument("--vocab", help="a built-in vocabulary name (see `openseg-r vocabularies`) or a text file")
-    seg.add_argument("--out", required=True,
-                     help="output folder for labels.png, overlay.png, result.json (many images: one folder each, "
-                          "named after the image's path, a/b/cat.jpg -> a__b__cat, and index.jsonl)")
-    seg.add_argument("--resume", action="store_true", default=None,
-                     help="many images: continue --out, skipping images its index.jsonl lists as done "
-                          "(without it, an --out with an index.jsonl is refused)")
+    seg.add_argument(
+        "--out",
+        required=True,
+        help="output folder for labels.png, overlay.png, result.json (many images: one folder each, "
+        "named after the image's path, a/b/cat.jpg -> a__b__cat, and index.jsonl)",
+    )
+    seg.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="many images: continue --out, skipping images its index.jsonl lists as done "
+        "(without it, an --out with an index.jsonl is refused)",
+    )
     add_model_options(seg)
     add_lmm_options(seg, allow_fallback=True)
     add_settings_options(seg)
@@ -86,8 +95,9 @@ def run_segment(args: argparse.Namespace) -> int:
     spec = configured_spec(args.lmm)
     has_lmm = names_an_lmm(spec)
     reasoning = not args.no_reasoning and has_lmm
-    options, settings = options_and_settings(args, protocol, Settings(reasoning=reasoning),
-                                             runs_db=runs_db_option(args), redact=args.redact)
+    options, settings = options_and_settings(
+        args, protocol, Settings(reasoning=reasoning), runs_db=runs_db_option(args), redact=args.redact
+    )
     concurrency = concurrency_option(args)
     engine = engine_values(args)
     inputs = expand_inputs(args.image, exclude=args.out)
@@ -97,14 +107,17 @@ def run_segment(args: argparse.Namespace) -> int:
         check_output_folder(args.out)
     plan = None
     if engine and not inputs.many:
-        raise ConfigError("--engine ray segments many images (a folder, a glob or several files); "
-                          "one image runs here, without it")
+        raise ConfigError(
+            "--engine ray segments many images (a folder, a glob or several files); one image runs here, without it"
+        )
     if inputs.many:
         plan = plan_folder(args.out, inputs, settings, resume=args.resume, trace_jsonl=args.trace_jsonl)
     else:
         if args.resume:
-            raise ConfigError("--resume continues --out on several images (a folder, a glob or several files); "
-                              "with one image file, run it again")
+            raise ConfigError(
+                "--resume continues --out on several images (a folder, a glob or several files); "
+                "with one image file, run it again"
+            )
         rgb = load_image(inputs.images[0], max_pixels=options.max_pixels)
     if not args.no_reasoning and not reasoning:
         print("note: no LMM given (--lmm); running the bare-name baseline without reasoning", file=sys.stderr)
@@ -113,8 +126,9 @@ def run_segment(args: argparse.Namespace) -> int:
     if asks_lmm and not has_lmm:
         raise ConfigError("--self-check needs an LMM (--lmm SPEC), or --self-check-mode human to answer yourself")
     uses_lmm = reasoning or asks_lmm
-    options = options.model_copy(update={"lmm": spec if uses_lmm else "none",
-                                         "lmm_record": options.lmm_record if uses_lmm else None})
+    options = options.model_copy(
+        update={"lmm": spec if uses_lmm else "none", "lmm_record": options.lmm_record if uses_lmm else None}
+    )
     if getattr(options.segmenter_options, "random_weights", False):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     if plan is not None:
@@ -148,8 +162,14 @@ def run_segment(args: argparse.Namespace) -> int:
         step_log = JSONLStepLog(args.trace_jsonl)
         handlers.append(step_log)
     try:
-        result = model.segment(rgb, vocabulary, image_name=inputs.images[0], on_question=on_question, output=args.out,
-                               on_event=(lambda event: [h(event) for h in handlers]) if handlers else None)
+        result = model.segment(
+            rgb,
+            vocabulary,
+            image_name=inputs.images[0],
+            on_question=on_question,
+            output=args.out,
+            on_event=(lambda event: [h(event) for h in handlers]) if handlers else None,
+        )
     finally:
         if step_log is not None:
             step_log.close()

@@ -27,8 +27,9 @@ def add_parsers(commands) -> None:
     servers = serve.add_subparsers(dest="server", required=True, parser_class=Parser)
     mcp = servers.add_parser("mcp", help="an MCP server (stdio by default)")
     mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
-    mcp.add_argument("--host", default="127.0.0.1",
-                     help="HTTP bind address; 127.0.0.1 is this machine only (default: 127.0.0.1)")
+    mcp.add_argument(
+        "--host", default="127.0.0.1", help="HTTP bind address; 127.0.0.1 is this machine only (default: 127.0.0.1)"
+    )
     mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
     add_model_options(mcp)
     add_lmm_options(mcp)
@@ -36,17 +37,30 @@ def add_parsers(commands) -> None:
     add_throughput_options(mcp, concurrency=False)  # concurrent calls share forward passes
     mcp.set_defaults(handler=run_serve, exit_at_once=True)
 
-    web = servers.add_parser("web", help="a web page: upload, name classes, watch the reasoning, answer the "
-                                         "self-check (needs the web extra: pip install 'openseg-r[web]')")
-    web.add_argument("--host", default="127.0.0.1",
-                     help="bind address; 127.0.0.1 is this machine only (default: 127.0.0.1)")
+    web = servers.add_parser(
+        "web",
+        help="a web page: upload, name classes, watch the reasoning, answer the "
+        "self-check (needs the web extra: pip install 'openseg-r[web]')",
+    )
+    web.add_argument(
+        "--host", default="127.0.0.1", help="bind address; 127.0.0.1 is this machine only (default: 127.0.0.1)"
+    )
     web.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    web.add_argument("--lmm-choice", action="append", default=None, dest="lmm_choices", metavar="SPEC",
-                     help="another LMM backend the page may pick (repeat for several; the page always offers "
-                          "--lmm and none)")
-    web.add_argument("--allow-any-lmm", action="store_true", default=None,
-                     help="let the page type any backend spec: it can then make this server connect to any "
-                          "host and read local model files (off by default)")
+    web.add_argument(
+        "--lmm-choice",
+        action="append",
+        default=None,
+        dest="lmm_choices",
+        metavar="SPEC",
+        help="another LMM backend the page may pick (repeat for several; the page always offers --lmm and none)",
+    )
+    web.add_argument(
+        "--allow-any-lmm",
+        action="store_true",
+        default=None,
+        help="let the page type any backend spec: it can then make this server connect to any "
+        "host and read local model files (off by default)",
+    )
     add_model_options(web)
     add_lmm_options(web, allow_fallback=True)
     add_settings_options(web, baseline_flag=False)
@@ -99,8 +113,9 @@ def run_serve_web(args: argparse.Namespace) -> int:
     listening = listen(args.host, args.port)  # a port in use fails before the model loads
     try:
         runs_db = runs_db_option(args)
-        options, settings = options_and_settings(args, None, Settings(), runs_db=runs_db, redact=args.redact,
-                                                 max_pixels=limits.max_pixels)
+        options, settings = options_and_settings(
+            args, None, Settings(), runs_db=runs_db, redact=args.redact, max_pixels=limits.max_pixels
+        )
         from openseg_r.model import OpenSegR
         from openseg_r.tools.service import SegmentationService
         from openseg_r.tools.web.app import WebApp
@@ -114,10 +129,13 @@ def run_serve_web(args: argparse.Namespace) -> int:
             from openseg_r.tools.web.server import serve_web
 
             def ready() -> None:
-                print(f"openseg-r web page ready on http://{args.host}:{args.port}/ (model loaded in "
-                      f"{time.perf_counter() - started:.1f} s; LMM backends: {', '.join(backends.choices)}; "
-                      f"recording: {runs_db or 'off'}; at most {limits.max_concurrent} segmentation(s) at once)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"openseg-r web page ready on http://{args.host}:{args.port}/ (model loaded in "
+                    f"{time.perf_counter() - started:.1f} s; LMM backends: {', '.join(backends.choices)}; "
+                    f"recording: {runs_db or 'off'}; at most {limits.max_concurrent} segmentation(s) at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
             stopped = serve_web(web, listening, on_ready=ready)
     finally:

@@ -14,8 +14,10 @@ def print_result_summary(result, out_dir: str | None) -> None:
     paths = result.save(out_dir) if out_dir else None
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
-            print(f"{summary.name:24s} {format_share(summary.area_fraction, 2, present=True):>7s}  "
-                  f"confidence {summary.mean_confidence:.3f}")
+            print(
+                f"{summary.name:24s} {format_share(summary.area_fraction, 2, present=True):>7s}  "
+                f"confidence {summary.mean_confidence:.3f}"
+            )
     fallbacks = result.state.fallbacks
     for fallback in fallbacks[:MAX_FALLBACK_LINES]:
         subject = f" [{fallback.subject}]" if fallback.subject else ""
@@ -26,8 +28,10 @@ def print_result_summary(result, out_dir: str | None) -> None:
     if check is not None:
         changed = sum(c.pixels_changed for c in check.changes)
         asked = sum(len(r.regions) for r in check.rounds)
-        print(f"self-check: {asked} region(s) asked in {check.round} round(s), {check.calls_used} LMM call(s), "
-              f"{changed} pixel(s) changed; stopped: {check.stopped}")
+        print(
+            f"self-check: {asked} region(s) asked in {check.round} round(s), {check.calls_used} LMM call(s), "
+            f"{changed} pixel(s) changed; stopped: {check.stopped}"
+        )
     if result.run_id:
         print(f"run id: {result.run_id} (openseg-r runs show {result.run_id[:12]})")
     if paths:

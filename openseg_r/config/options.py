@@ -42,12 +42,14 @@ class ModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     segmenter: str = Field(
-        DEFAULT_KIND, description="the segmenter kind (openseg-r segmenters lists them; unset: the config file's "
-        "[segmenter] table, else dense-clip)"
+        DEFAULT_KIND,
+        description="the segmenter kind (openseg-r segmenters lists them; unset: the config file's "
+        "[segmenter] table, else dense-clip)",
     )
     segmenter_options: SerializeAsAny[BaseModel] | None = Field(
-        None, description="the kind's options (--segmenter-option KEY=VALUE, repeatable; unset keys: the config "
-        "file's [segmenter] table, else the kind's defaults)"
+        None,
+        description="the kind's options (--segmenter-option KEY=VALUE, repeatable; unset keys: the config "
+        "file's [segmenter] table, else the kind's defaults)",
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:1 (unset: the GPU if there is one)")
     precision: Precision = Field(
@@ -74,12 +76,16 @@ class ModelOptions(BaseModel):
         5.0, ge=0, le=10_000, description="how long a forward pass waits for more images to fill its batch"
     )
     lmm_concurrency: int | None = Field(
-        None, ge=1, le=256, description="LMM calls in flight at once, over all images (unset: the LMM option "
-        f"concurrency, from --lmm-option or the config file's [lmm] table, else {DEFAULT_LMM_CONCURRENCY})"
+        None,
+        ge=1,
+        le=256,
+        description="LMM calls in flight at once, over all images (unset: the LMM option "
+        f"concurrency, from --lmm-option or the config file's [lmm] table, else {DEFAULT_LMM_CONCURRENCY})",
     )
     lmm_options: LMMOptions | None = Field(
-        None, description="how the LMM is called: max_tokens, timeout, temperature, max_attempts, concurrency "
-        "(--lmm-option KEY=VALUE, repeatable; unset keys: the config file's [lmm] table, else the backend's)"
+        None,
+        description="how the LMM is called: max_tokens, timeout, temperature, max_attempts, concurrency "
+        "(--lmm-option KEY=VALUE, repeatable; unset keys: the config file's [lmm] table, else the backend's)",
     )
     runs_db: str | None = Field(None, description="record every run in this runs database (unset: no recording)")
     redact: bool = Field(False, description="keep images out of the runs database (hashes only)")
@@ -133,8 +139,10 @@ class ModelOptions(BaseModel):
         wanted = self.lmm_options.concurrency if self.lmm_options is not None else None
         if wanted is not None:
             if self.lmm_concurrency is not None and self.lmm_concurrency != wanted:
-                raise ConfigError(f"--lmm-concurrency {self.lmm_concurrency} and the LMM option concurrency={wanted} "
-                                  "disagree: give one of them")
+                raise ConfigError(
+                    f"--lmm-concurrency {self.lmm_concurrency} and the LMM option concurrency={wanted} "
+                    "disagree: give one of them"
+                )
             self.lmm_concurrency = wanted
         return self
 
@@ -201,9 +209,11 @@ class ModelOptions(BaseModel):
             )
         kind = stored.get("segmenter")
         if isinstance(kind, str) and kind.startswith(UNREGISTERED):
-            raise ConfigError(f"this run was made with an injected segmenter ({kind.removeprefix(UNREGISTERED)}) that "
-                              "no registry names, so it cannot be built again: register it (an openseg_r.segmenters "
-                              "entry point) or give --segmenter")
+            raise ConfigError(
+                f"this run was made with an injected segmenter ({kind.removeprefix(UNREGISTERED)}) that "
+                "no registry names, so it cannot be built again: register it (an openseg_r.segmenters "
+                "entry point) or give --segmenter"
+            )
         try:
             return cls.model_validate(stored)
         except ValidationError as exc:
@@ -246,8 +256,6 @@ def _config_table() -> dict:
     return table
 
 
-
-
 def _routed(values: dict, current_kind: str | None) -> dict:
     """Keyword convenience: a value named after an option of the segmenter kind
     (``clip_model=...``, ``attention=...``) goes into ``segmenter_options``; a name that is
@@ -258,9 +266,11 @@ def _routed(values: dict, current_kind: str | None) -> dict:
     kind = get_kind(values.get("segmenter") or current_kind or _config_table().get("kind") or DEFAULT_KIND)
     unknown = sorted(k for k in extra if k not in kind.options.model_fields)
     if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r}: the options are ModelOptions' fields "
-                          f"({', '.join(ModelOptions.model_fields)}) and the {kind.name} segmenter's "
-                          f"({', '.join(kind.options.model_fields)})")
+        raise ConfigError(
+            f"unknown option {unknown[0]!r}: the options are ModelOptions' fields "
+            f"({', '.join(ModelOptions.model_fields)}) and the {kind.name} segmenter's "
+            f"({', '.join(kind.options.model_fields)})"
+        )
     routed = {k: v for k, v in values.items() if k in ModelOptions.model_fields}
     options = values.get("segmenter_options") or {}
     options = options.model_dump() if isinstance(options, BaseModel) else dict(options)

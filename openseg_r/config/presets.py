@@ -52,9 +52,14 @@ class Protocol(BaseModel):
 
     def describe(self) -> dict:
         """Every field the protocol sets, for reports."""
-        return {"name": self.name, "source": self.source, "vocabulary": self.vocabulary,
-                "segmenter": self.segmenter, "segmenter_options": dict(self.segmenter_options),
-                "settings": dict(self.settings)}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "vocabulary": self.vocabulary,
+            "segmenter": self.segmenter,
+            "segmenter_options": dict(self.segmenter_options),
+            "settings": dict(self.settings),
+        }
 
 
 def _on_cpu(device: str | None) -> bool:
@@ -71,8 +76,14 @@ def _naclip(dataset: str, *, short_side: int = 336, whole_image: bool = False, b
         name=f"naclip-{dataset}",
         source="NACLIP (WACV 2025) configs, test_all.sh reduced naclip 5 on",
         vocabulary=dataset,
-        segmenter_options={"attention": "naclip", "gaussian_sigma": 5.0, "short_side": short_side,
-                           "max_long_side": 2048, **windows, **NACLIP_PAMR},
+        segmenter_options={
+            "attention": "naclip",
+            "gaussian_sigma": 5.0,
+            "short_side": short_side,
+            "max_long_side": 2048,
+            **windows,
+            **NACLIP_PAMR,
+        },
         settings={**NACLIP_TEXT, "background_threshold": background},
     )
 

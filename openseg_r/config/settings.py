@@ -70,19 +70,30 @@ class LMMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_tokens: int | None = Field(
-        None, ge=1, le=1_000_000,
-        description="the most tokens one answer may have (default: 1024 for servers, 512 for hf models)")
+        None,
+        ge=1,
+        le=1_000_000,
+        description="the most tokens one answer may have (default: 1024 for servers, 512 for hf models)",
+    )
     timeout: float | None = Field(
-        None, gt=0, le=86_400,
+        None,
+        gt=0,
+        le=86_400,
         description="seconds one request may take (servers: the HTTP timeout, default 120; hf: generation time, "
-                    "default none)")
+        "default none)",
+    )
     temperature: float | None = Field(
-        None, ge=0, le=2, description="sampling temperature; 0 is greedy and deterministic (default: 0)")
+        None, ge=0, le=2, description="sampling temperature; 0 is greedy and deterministic (default: 0)"
+    )
     max_attempts: int | None = Field(
-        None, ge=1, le=10, description="asks per question, re-asks after an unusable answer included (default: 2)")
+        None, ge=1, le=10, description="asks per question, re-asks after an unusable answer included (default: 2)"
+    )
     concurrency: int | None = Field(
-        None, ge=1, le=256, description="LMM calls in flight at once, over all images (the same as "
-                                        "--lmm-concurrency; default: 32)")
+        None,
+        ge=1,
+        le=256,
+        description="LMM calls in flight at once, over all images (the same as --lmm-concurrency; default: 32)",
+    )
 
     def given(self) -> dict:
         """The options that were set (not None)."""
@@ -104,8 +115,9 @@ class LMMOptions(BaseModel):
         for pair in pairs:
             key, sep, value = str(pair).partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"--lmm-option takes key=value, got {clipped(str(pair), 40)!r}; "
-                                  f"valid keys: {cls.keys()}")
+                raise ConfigError(
+                    f"--lmm-option takes key=value, got {clipped(str(pair), 40)!r}; valid keys: {cls.keys()}"
+                )
             values[key.strip()] = value.strip()
         return cls.parse(values)
 
@@ -126,8 +138,9 @@ class LMMOptions(BaseModel):
         try:
             return cls.model_validate(value)
         except ValidationError as exc:
-            raise ConfigError(f"invalid LMM option{where}: {describe_validation_error(exc)}; "
-                              f"valid keys: {cls.keys()}") from None
+            raise ConfigError(
+                f"invalid LMM option{where}: {describe_validation_error(exc)}; valid keys: {cls.keys()}"
+            ) from None
 
 
 def merged_settings(base: Settings, overrides: dict) -> Settings:

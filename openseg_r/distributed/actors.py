@@ -36,8 +36,13 @@ class RecordingReasoningCache(MemoryReasoningCache):
         return recorded
 
 
-def build_model(options: dict, settings: dict | None, generic: list[dict] | None, lmm_concurrency: int | None,
-                threads: int | None = None):
+def build_model(
+    options: dict,
+    settings: dict | None,
+    generic: list[dict] | None,
+    lmm_concurrency: int | None,
+    threads: int | None = None,
+):
     """The model an actor runs: the driver's options, with reasoning in a memory cache seeded
     with ``generic`` (so actors ask no generic reasoning), and no runs database. ``threads``:
     torch's intra-op threads in this process (the CPUs Ray gave the actor; Ray's own default
@@ -52,8 +57,12 @@ def build_model(options: dict, settings: dict | None, generic: list[dict] | None
 
     overrides = {"reasoning_cache": None, "runs_db": None}
     if lmm_concurrency is not None:
-        overrides |= {"lmm_concurrency": lmm_concurrency, "lmm_options": None if options.get("lmm_options") is None
-                      else {**options["lmm_options"], "concurrency": None}}
+        overrides |= {
+            "lmm_concurrency": lmm_concurrency,
+            "lmm_options": None
+            if options.get("lmm_options") is None
+            else {**options["lmm_options"], "concurrency": None},
+        }
     model_options = ModelOptions.model_validate({**options, **overrides})
     model = OpenSegR.from_options(model_options, settings=Settings.model_validate(settings) if settings else None)
     cache = RecordingReasoningCache(generic)
@@ -79,9 +88,18 @@ class EvalActor:
     image failed, never raised) and "image_reasoning" (JSON of the cache entries the row
     made)."""
 
-    def __init__(self, options: dict, settings: dict | None, vocabulary: dict, dataset: str,
-                 setting_overrides: list, generic: list[dict], lmm_concurrency: int | None = None,
-                 threads: int | None = None, ledger=None) -> None:
+    def __init__(
+        self,
+        options: dict,
+        settings: dict | None,
+        vocabulary: dict,
+        dataset: str,
+        setting_overrides: list,
+        generic: list[dict],
+        lmm_concurrency: int | None = None,
+        threads: int | None = None,
+        ledger=None,
+    ) -> None:
         from openseg_r.distributed.ledger import LedgerClient
         from openseg_r.evals.datasets import get_dataset
         from openseg_r.schemas import Vocabulary
@@ -111,16 +129,22 @@ class EvalActor:
 
         from openseg_r.evals.datasets import Sample
 
-        samples = [Sample(str(i), Path(image), Path(label))
-                   for i, image, label in zip(column(batch, "id"), column(batch, "image"), column(batch, "label"))]
+        samples = [
+            Sample(str(i), Path(image), Path(label))
+            for i, image, label in zip(column(batch, "id"), column(batch, "image"), column(batch, "label"))
+        ]
         self.cache.take_recorded()  # one batch at a time per actor: what it records now is this batch's
         if self.ledger.suspects([s.id for s in samples]):  # a crash before: one at a time, to find the culprit
             results = [self._evaluate(sample) for sample in samples]
         else:
             with ThreadPoolExecutor(max_workers=max(1, len(samples))) as pool:
                 results = list(pool.map(self._evaluate, samples))
-        return {"id": [s.id for s in samples], "record": [record for record, _ in results],
-                "error": [error for _, error in results], "image_reasoning": batch_reasoning(self.cache, len(samples))}
+        return {
+            "id": [s.id for s in samples],
+            "record": [record for record, _ in results],
+            "error": [error for _, error in results],
+            "image_reasoning": batch_reasoning(self.cache, len(samples)),
+        }
 
 
 def batch_reasoning(cache: RecordingReasoningCache, rows: int) -> list[str]:
@@ -139,9 +163,17 @@ class SegmentActor:
     files (labels.png, overlay.png, result.json, ...) as JSON {relative path: base64}, for a
     driver that writes them where it wants."""
 
-    def __init__(self, options: dict, settings: dict | None, vocabulary: dict, generic: list[dict] | None = None,
-                 lmm_concurrency: int | None = None, masks: str = "rle", files: bool = False,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        options: dict,
+        settings: dict | None,
+        vocabulary: dict,
+        generic: list[dict] | None = None,
+        lmm_concurrency: int | None = None,
+        masks: str = "rle",
+        files: bool = False,
+        threads: int | None = None,
+    ) -> None:
         from openseg_r.schemas import Vocabulary
 
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
@@ -151,12 +183,20 @@ class SegmentActor:
     def __call__(self, batch: dict) -> dict:
         rows = len(next(iter(batch.values()))) if batch else 0
         paths = column(batch, "path") if "path" in batch else [None] * rows
-        images = [path if path is not None else np.asarray(pixels, dtype=np.uint8)
-                  for path, pixels in zip(paths, batch["image"] if "image" in batch else [None] * rows)]
+        images = [
+            path if path is not None else np.asarray(pixels, dtype=np.uint8)
+            for path, pixels in zip(paths, batch["image"] if "image" in batch else [None] * rows)
+        ]
         self.cache.take_recorded()
         outcomes = self.model.segment_many(images, self.vocabulary, concurrency=max(1, rows))
-        out: dict[str, list] = {"path": [p or "" for p in paths], "present": [], "classes": [], "trace": [],
-                                "error": [], "labels_rle" if self.masks == "rle" else "labels": []}
+        out: dict[str, list] = {
+            "path": [p or "" for p in paths],
+            "present": [],
+            "classes": [],
+            "trace": [],
+            "error": [],
+            "labels_rle" if self.masks == "rle" else "labels": [],
+        }
         if self.files:
             out["files"] = []
         for outcome in outcomes:
@@ -180,8 +220,12 @@ def trace_summary(result, seconds: float) -> dict:
     if result is None:
         return {"lmm_calls": 0, "tokens": 0, "fallbacks": 0, "seconds": round(seconds, 3)}
     calls = result.state.lmm_calls
-    return {"lmm_calls": len(calls), "tokens": sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls),
-            "fallbacks": len(result.state.fallbacks), "seconds": round(seconds, 3)}
+    return {
+        "lmm_calls": len(calls),
+        "tokens": sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls),
+        "fallbacks": len(result.state.fallbacks),
+        "seconds": round(seconds, 3),
+    }
 
 
 def class_rles(result) -> dict[str, dict]:
@@ -204,5 +248,8 @@ def folder_files(result) -> dict[str, str]:
 
     with tempfile.TemporaryDirectory(prefix="openseg-r-") as folder:
         result.save(folder)
-        return {str(path.relative_to(folder)): base64.b64encode(path.read_bytes()).decode("ascii")
-                for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(folder)): base64.b64encode(path.read_bytes()).decode("ascii")
+            for path in sorted(Path(folder).rglob("*"))
+            if path.is_file()
+        }

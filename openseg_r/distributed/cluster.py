@@ -9,8 +9,15 @@ from openseg_r.errors import ConfigError
 
 INSTALL_HINT = "Ray is not installed: pip install 'openseg-r[ray]'"
 # Passed on to the actors' processes, so a worker reads the same offline flags, config and caches.
-INHERITED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OPENSEG_R_LMM", "OPENSEG_R_CONFIG",
-                 "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+INHERITED_ENV = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "OPENSEG_R_LMM",
+    "OPENSEG_R_CONFIG",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+)
 
 
 def actor_threads(cpus_per_actor: float) -> int:
@@ -37,9 +44,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, log_to_driver=True,
-                 include_dashboard=False if address is None else None,
-                 runtime_env={"env_vars": env} if env else None)
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            log_to_driver=True,
+            include_dashboard=False if address is None else None,
+            runtime_env={"env_vars": env} if env else None,
+        )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: {first}") from None

@@ -18,8 +18,14 @@ def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concu
     folders = dict(plan.todo)
     counts = {"ok": 0, "failed": 0}
     try:
-        for row in segment_files_on_ray([image for image, _ in plan.todo], vocabulary, options=options,
-                                        settings=settings, images_per_task=concurrency, **engine):
+        for row in segment_files_on_ray(
+            [image for image, _ in plan.todo],
+            vocabulary,
+            options=options,
+            settings=settings,
+            images_per_task=concurrency,
+            **engine,
+        ):
             image = row["path"]
             folder = folders[image]
             error = error_without_path(row["error"], image) if row["error"] else None
@@ -31,14 +37,28 @@ def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concu
                         write_atomically(target, lambda handle, data=data: handle.write(data))
                 except OSError as exc:
                     error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
-            classes = {c["name"]: round(c["area_fraction"], 6)
-                       for c in sorted(json.loads(row["classes"]), key=lambda c: -c["pixels"])} if not error else {}
+            classes = (
+                {
+                    c["name"]: round(c["area_fraction"], 6)
+                    for c in sorted(json.loads(row["classes"]), key=lambda c: -c["pixels"])
+                }
+                if not error
+                else {}
+            )
             run_id = None
             if error is None:
                 run_id = json.loads((plan.out / folder / "result.json").read_text(encoding="utf-8")).get("run_id")
-            index.write({"image": image, "out": folder if error is None else None, "ok": error is None,
-                         "error": error, "seconds": json.loads(row["trace"])["seconds"], "classes": classes,
-                         "run_id": run_id})
+            index.write(
+                {
+                    "image": image,
+                    "out": folder if error is None else None,
+                    "ok": error is None,
+                    "error": error,
+                    "seconds": json.loads(row["trace"])["seconds"],
+                    "classes": classes,
+                    "run_id": run_id,
+                }
+            )
             counts["failed" if error else "ok"] += 1
             if error:
                 print(f"openseg-r: skipped {image}: {error}", file=sys.stderr, flush=True)
@@ -47,6 +67,8 @@ def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concu
     finally:
         index.close()
     already = f", {len(plan.done)} already done" if plan.done else ""
-    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
-          f"index: {plan.out / INDEX_NAME}")
+    print(
+        f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
+        f"index: {plan.out / INDEX_NAME}"
+    )
     return counts["failed"]

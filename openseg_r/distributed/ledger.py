@@ -42,8 +42,10 @@ class CrashLedger:
 
 
 def crash_message(crashes: int) -> str:
-    return (f"this image crashed its Ray worker {crashes} time(s) (the worker process died while it was being "
-            "processed); not tried again")
+    return (
+        f"this image crashed its Ray worker {crashes} time(s) (the worker process died while it was being "
+        "processed); not tried again"
+    )
 
 
 class LedgerClient:

@@ -85,14 +85,16 @@ def _first_existing(root: Path, candidates: list[str], required: list[str], name
     raise DatasetError(f"{name}: the {layout} layout was not found. Looked in:\n  " + "\n  ".join(tried))
 
 
-def _from_list(base: Path, list_file: str, image_dir: str, image_ext: str, label_dir: str,
-               label_ext: str) -> list[Sample]:
+def _from_list(
+    base: Path, list_file: str, image_dir: str, image_ext: str, label_dir: str, label_ext: str
+) -> list[Sample]:
     ids = [line.strip() for line in (base / list_file).read_text().splitlines() if line.strip()]
     return [Sample(i, base / image_dir / f"{i}{image_ext}", base / label_dir / f"{i}{label_ext}") for i in ids]
 
 
-def _from_folder(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str,
-                 recursive=False) -> list[Sample]:
+def _from_folder(
+    image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str, recursive=False
+) -> list[Sample]:
     pattern = f"**/*{image_suffix}" if recursive else f"*{image_suffix}"
     samples = []
     for image in sorted(image_dir.glob(pattern)):
@@ -106,62 +108,110 @@ def _from_folder(image_dir: Path, label_dir: Path, image_suffix: str, label_suff
 
 
 def _voc(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "VOC2012", "VOCdevkit/VOC2012"],
-                           ["JPEGImages", "SegmentationClass", f"ImageSets/Segmentation/{split}.txt"], "VOC",
-                           "mmseg VOC2012")
+    base = _first_existing(
+        root,
+        ["", "VOC2012", "VOCdevkit/VOC2012"],
+        ["JPEGImages", "SegmentationClass", f"ImageSets/Segmentation/{split}.txt"],
+        "VOC",
+        "mmseg VOC2012",
+    )
     return _from_list(base, f"ImageSets/Segmentation/{split}.txt", "JPEGImages", ".jpg", "SegmentationClass", ".png")
 
 
 def _context(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "VOC2010", "VOCdevkit/VOC2010"],
-                           ["JPEGImages", "SegmentationClassContext", f"ImageSets/SegmentationContext/{split}.txt"],
-                           "PASCAL-Context", "mmseg VOC2010 (SegmentationClassContext)")
-    return _from_list(base, f"ImageSets/SegmentationContext/{split}.txt", "JPEGImages", ".jpg",
-                      "SegmentationClassContext", ".png")
+    base = _first_existing(
+        root,
+        ["", "VOC2010", "VOCdevkit/VOC2010"],
+        ["JPEGImages", "SegmentationClassContext", f"ImageSets/SegmentationContext/{split}.txt"],
+        "PASCAL-Context",
+        "mmseg VOC2010 (SegmentationClassContext)",
+    )
+    return _from_list(
+        base, f"ImageSets/SegmentationContext/{split}.txt", "JPEGImages", ".jpg", "SegmentationClassContext", ".png"
+    )
 
 
 def _context459(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "pascal_ctx_d2"], [f"images/{split}", f"annotations_ctx459/{split}"],
-                           "PC-459", "detectron2 pascal_ctx_d2")
+    base = _first_existing(
+        root,
+        ["", "pascal_ctx_d2"],
+        [f"images/{split}", f"annotations_ctx459/{split}"],
+        "PC-459",
+        "detectron2 pascal_ctx_d2",
+    )
     return _from_folder(base / "images" / split, base / "annotations_ctx459" / split, ".jpg", ".tif")
 
 
 def _ade150(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "ADEChallengeData2016", "ade/ADEChallengeData2016"],
-                           [f"images/{split}", f"annotations/{split}"], "ADE20K-150", "mmseg ADEChallengeData2016")
+    base = _first_existing(
+        root,
+        ["", "ADEChallengeData2016", "ade/ADEChallengeData2016"],
+        [f"images/{split}", f"annotations/{split}"],
+        "ADE20K-150",
+        "mmseg ADEChallengeData2016",
+    )
     return _from_folder(base / "images" / split, base / "annotations" / split, ".jpg", ".png")
 
 
 def _ade847(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "ADE20K_2021_17_01", "ade/ADE20K_2021_17_01"],
-                           [f"images_detectron2/{split}", f"annotations_detectron2/{split}"], "ADE-847",
-                           "detectron2 ADE20K_2021_17_01")
+    base = _first_existing(
+        root,
+        ["", "ADE20K_2021_17_01", "ade/ADE20K_2021_17_01"],
+        [f"images_detectron2/{split}", f"annotations_detectron2/{split}"],
+        "ADE-847",
+        "detectron2 ADE20K_2021_17_01",
+    )
     return _from_folder(base / "images_detectron2" / split, base / "annotations_detectron2" / split, ".jpg", ".tif")
 
 
 def _coco_stuff(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "coco_stuff164k"], [f"images/{split}", f"annotations/{split}"],
-                           "COCO-Stuff-171", "mmseg coco_stuff164k")
+    base = _first_existing(
+        root,
+        ["", "coco_stuff164k"],
+        [f"images/{split}", f"annotations/{split}"],
+        "COCO-Stuff-171",
+        "mmseg coco_stuff164k",
+    )
     return _from_folder(base / "images" / split, base / "annotations" / split, ".jpg", "_labelTrainIds.png")
 
 
 def _coco_object(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "coco_object"], [f"images/{split}", f"annotations/{split}"],
-                           "COCO-Object", "coco_object (SCLIP/NACLIP)")
+    base = _first_existing(
+        root,
+        ["", "coco_object"],
+        [f"images/{split}", f"annotations/{split}"],
+        "COCO-Object",
+        "coco_object (SCLIP/NACLIP)",
+    )
     return _from_folder(base / "images" / split, base / "annotations" / split, ".jpg", "_instanceTrainIds.png")
 
 
 def _cityscapes(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, ["", "cityscapes"], [f"leftImg8bit/{split}", f"gtFine/{split}"],
-                           "Cityscapes", "cityscapes (leftImg8bit, gtFine labelTrainIds)")
-    samples = _from_folder(base / "leftImg8bit" / split, base / "gtFine" / split, "_leftImg8bit.png",
-                           "_gtFine_labelTrainIds.png", recursive=True)
+    base = _first_existing(
+        root,
+        ["", "cityscapes"],
+        [f"leftImg8bit/{split}", f"gtFine/{split}"],
+        "Cityscapes",
+        "cityscapes (leftImg8bit, gtFine labelTrainIds)",
+    )
+    samples = _from_folder(
+        base / "leftImg8bit" / split,
+        base / "gtFine" / split,
+        "_leftImg8bit.png",
+        "_gtFine_labelTrainIds.png",
+        recursive=True,
+    )
     return samples
 
 
 def _folder(root: Path, split: str) -> list[Sample]:
-    base = _first_existing(root, [split, ""], ["images", "labels", "classes.txt"], "folder",
-                           "folder (images/, labels/ with PNG class indices, classes.txt)")
+    base = _first_existing(
+        root,
+        [split, ""],
+        ["images", "labels", "classes.txt"],
+        "folder",
+        "folder (images/, labels/ with PNG class indices, classes.txt)",
+    )
     samples = []
     for image in sorted(p for p in (base / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
         samples.append(Sample(image.stem, image, base / "labels" / f"{image.stem}.png"))
@@ -183,12 +233,20 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("voc20", "voc20", "val", "mmseg VOC2012 (background ignored)", _voc, reduce_zero_label),
         DatasetSpec("pc60", "pc60", "val", "mmseg VOC2010 context", _context, _keep),
         DatasetSpec("pc59", "pc59", "val", "mmseg VOC2010 context (background ignored)", _context, reduce_zero_label),
-        DatasetSpec("pc459", "pc459", "validation", "detectron2 pascal_ctx_d2", _context459, _sixteen_bit,
-                    IGNORE_16BIT),
-        DatasetSpec("ade150", "ade150", "validation", "mmseg ADEChallengeData2016 (reduce-zero-label)", _ade150,
-                    reduce_zero_label),
-        DatasetSpec("ade847", "ade847", "validation", "detectron2 ADE20K_2021_17_01", _ade847, _sixteen_bit,
-                    IGNORE_16BIT),
+        DatasetSpec(
+            "pc459", "pc459", "validation", "detectron2 pascal_ctx_d2", _context459, _sixteen_bit, IGNORE_16BIT
+        ),
+        DatasetSpec(
+            "ade150",
+            "ade150",
+            "validation",
+            "mmseg ADEChallengeData2016 (reduce-zero-label)",
+            _ade150,
+            reduce_zero_label,
+        ),
+        DatasetSpec(
+            "ade847", "ade847", "validation", "detectron2 ADE20K_2021_17_01", _ade847, _sixteen_bit, IGNORE_16BIT
+        ),
         DatasetSpec("coco_stuff171", "coco_stuff171", "val2017", "mmseg coco_stuff164k", _coco_stuff, _keep),
         DatasetSpec("coco_object", "coco_object", "val2017", "coco_object", _coco_object, _keep),
         DatasetSpec("cityscapes", "cityscapes", "val", "cityscapes", _cityscapes, _keep),
@@ -204,8 +262,9 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[key]
 
 
-def select(samples: list[Sample], limit: int | None = None, seed: int = 0,
-           shard: tuple[int, int] | None = None) -> list[Sample]:
+def select(
+    samples: list[Sample], limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None
+) -> list[Sample]:
     """A deterministic subset: sorted by id, ``limit`` drawn with ``seed``, then shard i of n
     (every n-th image from i), so shards never overlap and together cover the subset."""
     ordered = sorted(samples, key=lambda s: s.id)

@@ -35,14 +35,20 @@ class AreaCounts:
         return cls(*(np.zeros(num_classes, np.int64) for _ in range(4)))
 
     def __add__(self, other: "AreaCounts") -> "AreaCounts":
-        return AreaCounts(self.intersect + other.intersect, self.union + other.union,
-                          self.pred + other.pred, self.label + other.label)
+        return AreaCounts(
+            self.intersect + other.intersect, self.union + other.union, self.pred + other.pred, self.label + other.label
+        )
 
     def to_sparse(self) -> dict:
         """Only the non-zero entries: {"i": [...], "intersect": [...], ...}."""
         index = np.flatnonzero(self.union | self.pred | self.label)
-        return {"i": index.tolist(), "intersect": self.intersect[index].tolist(), "union": self.union[index].tolist(),
-                "pred": self.pred[index].tolist(), "label": self.label[index].tolist()}
+        return {
+            "i": index.tolist(),
+            "intersect": self.intersect[index].tolist(),
+            "union": self.union[index].tolist(),
+            "pred": self.pred[index].tolist(),
+            "label": self.label[index].tolist(),
+        }
 
     @classmethod
     def from_sparse(cls, data: dict, num_classes: int) -> "AreaCounts":
@@ -62,8 +68,9 @@ def image_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_i
     label_values = label[valid].astype(np.int64)
     if label_values.size and (label_values.min() < 0 or label_values.max() >= num_classes):
         bad = label_values[(label_values < 0) | (label_values >= num_classes)][0]
-        raise ValueError(f"label value {bad} is outside 0..{num_classes - 1} "
-                         f"and is not the ignore index {ignore_index}")
+        raise ValueError(
+            f"label value {bad} is outside 0..{num_classes - 1} and is not the ignore index {ignore_index}"
+        )
     pred_values = pred[valid].astype(np.int64)
     known = (pred_values >= 0) & (pred_values < num_classes)
     hit = known & (pred_values == label_values)

@@ -40,6 +40,7 @@ ABLATION: list[tuple[str, dict]] = [
 ]
 RUN_FILE, IMAGES_FILE = "run.json", "images.jsonl"
 
+
 @dataclass
 class SettingTotals:
     counts: AreaCounts
@@ -47,6 +48,7 @@ class SettingTotals:
     seconds: float = 0.0
     lmm_calls: int = 0
     tokens: int = 0
+
 
 @dataclass
 class EvalState:
@@ -56,15 +58,29 @@ class EvalState:
     done: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error, for engines that go on past one
 
+
 def settings_for(ablation: bool, reasoning: bool) -> list[tuple[str, dict]]:
     if ablation:
         return ABLATION
     return [("default", {"reasoning": reasoning})]
 
-def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, split: str | None = None,
-             ablation: bool = False, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None,
-             progress: bool = True, vocabulary=None, protocol: dict | None = None,
-             concurrency: int = 1) -> EvalState:
+
+def run_eval(
+    model,
+    dataset: DatasetSpec,
+    root: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    ablation: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    vocabulary=None,
+    protocol: dict | None = None,
+    concurrency: int = 1,
+) -> EvalState:
     """``vocabulary`` replaces the dataset's class names (same classes in label order, e.g.
     with synonyms); ``protocol`` describes the protocol applied to ``model``, for the reports.
     ``concurrency`` images are evaluated at once, on worker threads sharing ``model``."""
@@ -74,8 +90,19 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
     vocabulary = eval_vocabulary(dataset, root, vocabulary)
     samples = select(dataset.samples(root, split), limit, seed, shard)
     settings = eval_settings(model, ablation)
-    config = run_config(model, dataset, root, split, settings, vocabulary, limit=limit, seed=seed, shard=shard,
-                        protocol=protocol, throughput=_throughput(model, concurrency))
+    config = run_config(
+        model,
+        dataset,
+        root,
+        split,
+        settings,
+        vocabulary,
+        limit=limit,
+        seed=seed,
+        shard=shard,
+        protocol=protocol,
+        throughput=_throughput(model, concurrency),
+    )
     state = open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
     bar = None
@@ -98,20 +125,27 @@ def run_eval(model, dataset: DatasetSpec, root: str | Path, out: str | Path, *, 
             if bar is not None:
                 last = settings[-1][0]
                 miou = summarize(state.totals[last].counts)["mIoU"]
-                bar.set_postfix({"img/s": f"{number / (time.perf_counter() - started):.2f}",
-                                 "mIoU": "-" if miou is None else f"{miou:.1f}"})
+                bar.set_postfix(
+                    {
+                        "img/s": f"{number / (time.perf_counter() - started):.2f}",
+                        "mIoU": "-" if miou is None else f"{miou:.1f}",
+                    }
+                )
                 bar.update(1)
     if bar is not None:
         bar.close()
     write_reports(state, out)
     return state
 
+
 def eval_vocabulary(dataset: DatasetSpec, root: str | Path, vocabulary=None):
     """The dataset's own vocabulary, or ``vocabulary`` checked to have one class per label."""
     own = dataset.load_vocabulary(root)
     if vocabulary is not None and len(vocabulary.classes) != len(own.classes):
-        raise ConfigError(f"the vocabulary has {len(vocabulary.classes)} classes but {dataset.name} has "
-                          f"{len(own.classes)}: give one class per label, in label order")
+        raise ConfigError(
+            f"the vocabulary has {len(vocabulary.classes)} classes but {dataset.name} has "
+            f"{len(own.classes)}: give one class per label, in label order"
+        )
     return vocabulary or own
 
 
@@ -121,24 +155,46 @@ def eval_settings(model, ablation: bool) -> list[tuple[str, dict]]:
 
     has_lmm = not isinstance(model.lmm, NoLMM)
     if ablation and not has_lmm:
-        raise ConfigError("--ablation compares reasoning settings: "
-                          "give an LMM (--lmm), a replay file, or a scripted one")
+        raise ConfigError(
+            "--ablation compares reasoning settings: give an LMM (--lmm), a replay file, or a scripted one"
+        )
     return settings_for(ablation, has_lmm)
 
 
-def run_config(model, dataset: DatasetSpec, root: str | Path, split: str | None, settings, vocabulary, *,
-               limit: int | None, seed: int, shard: tuple[int, int] | None, protocol: dict | None,
-               throughput: dict) -> dict:
+def run_config(
+    model,
+    dataset: DatasetSpec,
+    root: str | Path,
+    split: str | None,
+    settings,
+    vocabulary,
+    *,
+    limit: int | None,
+    seed: int,
+    shard: tuple[int, int] | None,
+    protocol: dict | None,
+    throughput: dict,
+) -> dict:
     """What run.json records: what a resumed run must match, and (``throughput``) how it ran."""
-    return {"dataset": dataset.name, "split": split or dataset.default_split, "root": str(Path(root).resolve()),
-            "settings": [name for name, _ in settings], "limit": limit, "seed": seed,
-            "shard": list(shard) if shard else None, "classes": len(vocabulary.classes),
-            "vocabulary": vocabulary.name, "class_names": vocabulary.names,
-            "model": model.describe_segmenter(), "lmm": model.lmm.model_id, "protocol": protocol,
-            # allow_fallback changes no number: an evaluation may resume with or without it
-            "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
-            "setting_overrides": {name: overrides for name, overrides in settings},
-            "throughput": throughput}
+    return {
+        "dataset": dataset.name,
+        "split": split or dataset.default_split,
+        "root": str(Path(root).resolve()),
+        "settings": [name for name, _ in settings],
+        "limit": limit,
+        "seed": seed,
+        "shard": list(shard) if shard else None,
+        "classes": len(vocabulary.classes),
+        "vocabulary": vocabulary.name,
+        "class_names": vocabulary.names,
+        "model": model.describe_segmenter(),
+        "lmm": model.lmm.model_id,
+        "protocol": protocol,
+        # allow_fallback changes no number: an evaluation may resume with or without it
+        "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
+        "setting_overrides": {name: overrides for name, overrides in settings},
+        "throughput": throughput,
+    }
 
 
 def add_record(state: EvalState, record: dict, counts: dict[str, AreaCounts]) -> None:
@@ -152,8 +208,12 @@ def _throughput(model, concurrency: int) -> dict:
     """How fast the run was set up to go: recorded for information, never compared on resume
     (the counts do not depend on the threads: docs/design.md §2.5)."""
     options = getattr(model, "options", None)
-    return {"concurrency": concurrency, "batch_size": getattr(options, "batch_size", None),
-            "lmm_concurrency": getattr(options, "lmm_concurrency", None), **torch_numerics()}
+    return {
+        "concurrency": concurrency,
+        "batch_size": getattr(options, "batch_size", None),
+        "lmm_concurrency": getattr(options, "lmm_concurrency", None),
+        **torch_numerics(),
+    }
 
 
 def torch_numerics() -> dict:
@@ -162,8 +222,10 @@ def torch_numerics() -> dict:
 
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
-def evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
-                    on_event=None) -> tuple[dict, dict[str, AreaCounts]]:
+
+def evaluate_image(
+    model, dataset, vocabulary, sample: Sample, settings, on_event=None
+) -> tuple[dict, dict[str, AreaCounts]]:
     """One image's line and its counts per setting. It runs on a worker thread (or a Ray
     actor), so it touches no shared state: the caller's thread adds the counts."""
     rgb = load_image(sample.image)
@@ -182,10 +244,15 @@ def evaluate_image(model, dataset, vocabulary, sample: Sample, settings,
             raise DatasetError(f"{sample.id} ({sample.label}): {exc}") from None
         calls = result.state.lmm_calls
         tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
-        record["settings"][name] = {"counts": counts.to_sparse(), "seconds": round(seconds, 4),
-                                    "lmm_calls": len(calls), "tokens": tokens}
+        record["settings"][name] = {
+            "counts": counts.to_sparse(),
+            "seconds": round(seconds, 4),
+            "lmm_calls": len(calls),
+            "tokens": tokens,
+        }
         counts_by_setting[name] = counts
     return record, counts_by_setting
+
 
 class _Pipeline:
     """Images evaluated ahead by ``workers`` threads; iterating yields each image's result
@@ -263,12 +330,14 @@ class _Pipeline:
         finally:
             self._results.put(("exited", None))
 
+
 def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, tokens: int) -> None:
     totals.counts = totals.counts + counts
     totals.images += 1
     totals.seconds += seconds
     totals.lmm_calls += calls
     totals.tokens += tokens
+
 
 def _segmenter_settings(model: dict | None) -> dict | None:
     """What the segmenter computes with; where and how fast it ran (device, dtype, window
@@ -300,17 +369,21 @@ def open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
             current["segmenter"] = _segmenter_settings(current.get("model"))
             changed += [k for k in later if previous.get(k) != current.get(k)]
         if changed:
-            raise ConfigError(f"{out} holds an evaluation with other settings ({', '.join(changed)}); "
-                              "use another --out folder, or the same options to resume")
+            raise ConfigError(
+                f"{out} holds an evaluation with other settings ({', '.join(changed)}); "
+                "use another --out folder, or the same options to resume"
+            )
         if previous.get("throughput") != current["throughput"]:  # information only: the latest run's
             text = json.dumps(dict(previous, throughput=current["throughput"]), indent=2)
             write_atomically(run_file, lambda handle: handle.write(text.encode()))
     else:
         run_file.write_text(json.dumps(config, indent=2))
-    state = EvalState(config, class_names, {name: SettingTotals(AreaCounts.zeros(len(class_names)))
-                                            for name in config["settings"]})
+    state = EvalState(
+        config, class_names, {name: SettingTotals(AreaCounts.zeros(len(class_names))) for name in config["settings"]}
+    )
     load_records(out / IMAGES_FILE, state)
     return state
+
 
 def load_records(path: Path, state: EvalState) -> None:
     """Add the per-image lines of a (possibly interrupted) run; a cut-short last line is dropped."""
@@ -327,12 +400,18 @@ def load_records(path: Path, state: EvalState) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the line a crash cut short
         for name, entry in entries.items():
-            _add(state.totals[name], AreaCounts.from_sparse(entry["counts"], len(state.class_names)),
-                 entry["seconds"], entry["lmm_calls"], entry["tokens"])
+            _add(
+                state.totals[name],
+                AreaCounts.from_sparse(entry["counts"], len(state.class_names)),
+                entry["seconds"],
+                entry["lmm_calls"],
+                entry["tokens"],
+            )
         state.done.add(record["id"])
         good.append(line)
     if len(good) != len(lines):
         path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
+
 
 def merge(folders: list[str | Path], out: str | Path) -> EvalState:
     """Add the shards' per-image counts exactly (an image in two shards counts once)."""
@@ -351,8 +430,9 @@ def merge(folders: list[str | Path], out: str | Path) -> EvalState:
             raise ConfigError(f"the shards differ in {', '.join(changed)}; only shards of one evaluation merge")
     from openseg_r.evals.datasets import get_dataset
 
-    names = configs[0].get("class_names") or get_dataset(configs[0]["dataset"]).load_vocabulary(
-        configs[0]["root"]).names
+    names = (
+        configs[0].get("class_names") or get_dataset(configs[0]["dataset"]).load_vocabulary(configs[0]["root"]).names
+    )
     config = dict(configs[0], shard=None, merged_from=[str(f) for f in folders])
     state = EvalState(config, names, {n: SettingTotals(AreaCounts.zeros(len(names))) for n in config["settings"]})
     for folder in folders:
@@ -362,6 +442,7 @@ def merge(folders: list[str | Path], out: str | Path) -> EvalState:
     (out / RUN_FILE).write_text(json.dumps(config, indent=2))
     write_reports(state, out)
     return state
+
 
 def write_reports(state: EvalState, out: Path) -> dict:
     """summary.json and summary.md: mIoU and deltas per setting, the largest per-class
@@ -373,22 +454,38 @@ def write_reports(state: EvalState, out: Path) -> dict:
     for name in names:
         totals, metrics = state.totals[name], results[name]
         images = max(1, totals.images)
-        table.append({"setting": name, "mIoU": metrics["mIoU"], "delta": _delta(metrics["mIoU"], base),
-                      "fwIoU": metrics["fwIoU"], "aAcc": metrics["aAcc"], "mAcc": metrics["mAcc"],
-                      "images": totals.images, "lmm_calls_per_image": round(totals.lmm_calls / images, 2),
-                      "tokens_per_image": round(totals.tokens / images, 1),
-                      "seconds_per_image": round(totals.seconds / images, 3)})
+        table.append(
+            {
+                "setting": name,
+                "mIoU": metrics["mIoU"],
+                "delta": _delta(metrics["mIoU"], base),
+                "fwIoU": metrics["fwIoU"],
+                "aAcc": metrics["aAcc"],
+                "mAcc": metrics["mAcc"],
+                "images": totals.images,
+                "lmm_calls_per_image": round(totals.lmm_calls / images, 2),
+                "tokens_per_image": round(totals.tokens / images, 1),
+                "seconds_per_image": round(totals.seconds / images, 3),
+            }
+        )
     changes = _largest_changes(results[names[0]], results[names[-1]]) if len(names) > 1 else []
-    summary = {"config": state.config, "images": len(state.done), "table": table, "per_class": results,
-               "largest_class_changes": changes}
+    summary = {
+        "config": state.config,
+        "images": len(state.done),
+        "table": table,
+        "per_class": results,
+        "largest_class_changes": changes,
+    }
     if state.failed:  # images left out of every number (see failed.jsonl)
         summary["failed"] = len(state.failed)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(_markdown(summary, names))
     return summary
 
+
 def _delta(value, base):
     return None if value is None or base is None else round(value - base, 4)
+
 
 def _largest_changes(first: dict, last: dict, count: int = 10) -> list[dict]:
     rows = []
@@ -400,10 +497,12 @@ def _largest_changes(first: dict, last: dict, count: int = 10) -> list[dict]:
         rows.append({"class": name, "before": before["IoU"], "after": after["IoU"], "delta": round(delta, 4)})
     return sorted(rows, key=lambda r: -abs(r["delta"]))[:count]
 
+
 def _fmt(value, sign=False) -> str:
     if value is None:
         return "–"
     return f"{value:+.2f}" if sign else f"{value:.2f}"
+
 
 def _segmenter_line(model: dict) -> str:
     """The segmenter in a few words: its kind, and for dense CLIP the model and last block."""
@@ -415,32 +514,50 @@ def _segmenter_line(model: dict) -> str:
 
 def _markdown(summary: dict, names: list[str]) -> str:
     config = summary["config"]
-    lines = [f"# openseg-r evaluation: {config['dataset']} ({config['split']})", "",
-             f"{summary['images']} image(s); LMM {config['lmm']}; segmenter {_segmenter_line(config['model'])}; "
-             f"vocabulary {config.get('vocabulary')}", "",
-             *_protocol_lines(config), "",
-             "| setting | mIoU | Δ mIoU | fwIoU | aAcc | mAcc | LMM calls / image | tokens / image | s / image |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# openseg-r evaluation: {config['dataset']} ({config['split']})",
+        "",
+        f"{summary['images']} image(s); LMM {config['lmm']}; segmenter {_segmenter_line(config['model'])}; "
+        f"vocabulary {config.get('vocabulary')}",
+        "",
+        *_protocol_lines(config),
+        "",
+        "| setting | mIoU | Δ mIoU | fwIoU | aAcc | mAcc | LMM calls / image | tokens / image | s / image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in summary["table"]:
-        lines.append(f"| {row['setting']} | {_fmt(row['mIoU'])} | {_fmt(row['delta'], True)} | {_fmt(row['fwIoU'])} | "
-                     f"{_fmt(row['aAcc'])} | {_fmt(row['mAcc'])} | {row['lmm_calls_per_image']} | "
-                     f"{row['tokens_per_image']} | {row['seconds_per_image']} |")
+        lines.append(
+            f"| {row['setting']} | {_fmt(row['mIoU'])} | {_fmt(row['delta'], True)} | {_fmt(row['fwIoU'])} | "
+            f"{_fmt(row['aAcc'])} | {_fmt(row['mAcc'])} | {row['lmm_calls_per_image']} | "
+            f"{row['tokens_per_image']} | {row['seconds_per_image']} |"
+        )
     if summary["largest_class_changes"]:
-        lines += ["", f"Largest per-class IoU changes, {names[0]} → {names[-1]}:", "",
-                  "| class | IoU before | IoU after | Δ |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"Largest per-class IoU changes, {names[0]} → {names[-1]}:",
+            "",
+            "| class | IoU before | IoU after | Δ |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for row in summary["largest_class_changes"]:
-            lines.append(f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} "
-                         f"| {_fmt(row['delta'], True)} |")
+            lines.append(
+                f"| {row['class']} | {_fmt(row['before'])} | {_fmt(row['after'])} | {_fmt(row['delta'], True)} |"
+            )
     if summary.get("failed"):
         lines += ["", f"{summary['failed']} image(s) failed and are left out of every number: see failed.jsonl."]
     lines += ["", "LMM calls count only calls made: reasoning shared between settings (cached) is counted once."]
     return "\n".join(lines) + "\n"
 
+
 def _protocol_lines(config: dict) -> list[str]:
     """The protocol, and every segmenter and scoring setting the evaluation used."""
     protocol = config.get("protocol")
-    lines = [f"Protocol: {protocol['name']} ({protocol['source']})" if protocol else
-             "Protocol: none (the model's own settings)", ""]
+    lines = [
+        f"Protocol: {protocol['name']} ({protocol['source']})"
+        if protocol
+        else "Protocol: none (the model's own settings)",
+        "",
+    ]
     segmenter = {k: v for k, v in config["model"].items()}
     lines.append("Segmenter: " + ", ".join(f"{k}={v}" for k, v in segmenter.items()))
     base = config.get("base_settings") or {}
@@ -462,5 +579,18 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return index, count
 
-__all__ = ["ABLATION", "add_record", "eval_settings", "eval_vocabulary", "evaluate_image", "load_records", "merge",
-           "open_state", "parse_shard", "run_config", "run_eval", "write_reports"]
+
+__all__ = [
+    "ABLATION",
+    "add_record",
+    "eval_settings",
+    "eval_vocabulary",
+    "evaluate_image",
+    "load_records",
+    "merge",
+    "open_state",
+    "parse_shard",
+    "run_config",
+    "run_eval",
+    "write_reports",
+]

@@ -6,6 +6,13 @@ from openseg_r.lmm.scripted import ScriptedLMM
 from openseg_r.lmm.spec import backend_from_spec
 
 __all__ = [
-    "BaseLMMBackend", "LMMReply", "LMMRequest", "NoLMM", "ScriptedLMM", "StructuredOutputError",
-    "backend_from_spec", "extract_json", "parse_structured",
+    "BaseLMMBackend",
+    "LMMReply",
+    "LMMRequest",
+    "NoLMM",
+    "ScriptedLMM",
+    "StructuredOutputError",
+    "backend_from_spec",
+    "extract_json",
+    "parse_structured",
 ]

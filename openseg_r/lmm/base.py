@@ -113,8 +113,12 @@ class BaseLMMBackend(ABC):
 
     def describe(self) -> dict:
         """What answered: recorded with each result."""
-        return {"backend": backend_label(self), "spec": getattr(self, "spec", None),
-                "generation_params": self.generation_params, "options": self.effective_options()}
+        return {
+            "backend": backend_label(self),
+            "spec": getattr(self, "spec", None),
+            "generation_params": self.generation_params,
+            "options": self.effective_options(),
+        }
 
     @property
     def health(self) -> BackendHealth:
@@ -172,8 +176,9 @@ class BaseLMMBackend(ABC):
                 if message is not None:  # asking again, or asking anything else, would fail the same way
                     self.health.mark_down(message)
                     calls.append(self._record(request, attempt, False, message, "", Usage(), started))
-                    return LMMReply(value=None, raw_text="", usage=usage, calls=calls, error=message,
-                                    unavailable=message)
+                    return LMMReply(
+                        value=None, raw_text="", usage=usage, calls=calls, error=message, unavailable=message
+                    )
                 error = f"backend error: {type(exc).__name__}: {exc}"
                 calls.append(self._record(request, attempt, False, error, "", Usage(), started))
                 if isinstance(exc, RequestUnsupported):
@@ -220,8 +225,9 @@ class NoLMM(BaseLMMBackend):
         raise RuntimeError("no LMM backend is configured (lmm spec 'none')")
 
 
-def ask_in_run(lmm, request: LMMRequest[T], breaker: RunBreaker, slots=None,
-               max_attempts: int | None = None) -> LMMReply[T]:
+def ask_in_run(
+    lmm, request: LMMRequest[T], breaker: RunBreaker, slots=None, max_attempts: int | None = None
+) -> LMMReply[T]:
     """``lmm.ask(request)`` within one run: nothing is asked once the run's breaker has
     tripped (the reply then says why, with no call), and a reply that finds the backend
     unavailable trips it. ``slots`` (a semaphore) bounds the calls in flight."""

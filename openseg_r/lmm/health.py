@@ -81,8 +81,10 @@ def _status(exc: BaseException) -> int | None:
 def _is(error: BaseException, module: str, name: str) -> bool:
     """``error`` is (a subclass of) ``module.name``, without importing ``module``; a renamed
     copy of the package (``httpx2``, as some openai releases use) counts too."""
-    return any(kind.__name__ == name and kind.__module__.split(".")[0].rstrip("0123456789") == module
-               for kind in type(error).__mro__)
+    return any(
+        kind.__name__ == name and kind.__module__.split(".")[0].rstrip("0123456789") == module
+        for kind in type(error).__mro__
+    )
 
 
 def _network_cause(error: BaseException) -> str | None:
@@ -102,8 +104,14 @@ def _network_cause(error: BaseException) -> str | None:
 def _connect_problem(error: BaseException) -> str:
     text = " ".join(str(part) for part in _chain(error)).lower()
     if isinstance(error, socket.gaierror) or any(
-        words in text for words in ("name or service not known", "name resolution", "nodename nor servname",
-                                    "getaddrinfo", "no address associated")
+        words in text
+        for words in (
+            "name or service not known",
+            "name resolution",
+            "nodename nor servname",
+            "getaddrinfo",
+            "no address associated",
+        )
     ):
         return "cannot resolve the host name"
     if "refused" in text:

@@ -48,8 +48,11 @@ class HuggingFaceLMM(BaseLMMBackend):
         if gguf_file is None and model.endswith(".gguf"):
             path = Path(model)
             if not path.is_file():  # else transformers reads the folder as a hub repo id and says so
-                raise ConfigError(f"GGUF model file not found: {model}" if not path.exists()
-                                  else f"the GGUF model is not a regular file: {model}")
+                raise ConfigError(
+                    f"GGUF model file not found: {model}"
+                    if not path.exists()
+                    else f"the GGUF model is not a regular file: {model}"
+                )
             model, gguf_file = str(path.parent), path.name
         self.model_id = f"{model}:{gguf_file}" if gguf_file else model
         self.max_attempts = max_attempts
@@ -69,8 +72,9 @@ class HuggingFaceLMM(BaseLMMBackend):
             with _no_progress_bars():  # a local load needs no bar on stderr
                 self._load(model, kwargs)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load Hugging Face model {self.model_id!r}: "
-                              f"{str(exc).splitlines()[0][:300]}") from None
+            raise ConfigError(
+                f"cannot load Hugging Face model {self.model_id!r}: {str(exc).splitlines()[0][:300]}"
+            ) from None
 
     def _load(self, model: str, kwargs: dict) -> None:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -95,8 +99,12 @@ class HuggingFaceLMM(BaseLMMBackend):
             self.max_time = options.timeout
 
     def effective_options(self) -> dict:
-        return {"max_tokens": self.max_new_tokens, "timeout": self.max_time,
-                "temperature": (self.temperature if self.do_sample else 0.0), "max_attempts": self.max_attempts}
+        return {
+            "max_tokens": self.max_new_tokens,
+            "timeout": self.max_time,
+            "temperature": (self.temperature if self.do_sample else 0.0),
+            "max_attempts": self.max_attempts,
+        }
 
     @property
     def generation_params(self) -> dict:

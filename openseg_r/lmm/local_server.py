@@ -72,6 +72,15 @@ def serve_command(folder: Path, host: str, port: int, device: str | None) -> lis
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError(SERVING_HINT) from None
-    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", str(folder),
-               "--host", host, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "from transformers.cli.transformers import main; main()",
+        "serve",
+        str(folder),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return command + (["--device", device] if device else [])

@@ -103,8 +103,13 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         self._build_chat()
 
     def effective_options(self) -> dict:
-        return {"max_tokens": self._max_tokens, "timeout": self._timeout, "temperature": self._temperature,
-                "max_attempts": self.max_attempts, "max_retries": self.max_retries}
+        return {
+            "max_tokens": self._max_tokens,
+            "timeout": self._timeout,
+            "temperature": self._temperature,
+            "max_attempts": self.max_attempts,
+            "max_retries": self.max_retries,
+        }
 
     @property
     def generation_params(self) -> dict:
@@ -184,8 +189,10 @@ class OpenAICompatibleLMM(BaseLMMBackend):
         raise AssertionError("unreachable")
 
     def _timed_out(self) -> str:
-        return (f"timed out: no complete answer within the {self._timeout:g} s timeout, retries included "
-                "(raise it with --lmm-option timeout=SECONDS)")
+        return (
+            f"timed out: no complete answer within the {self._timeout:g} s timeout, retries included "
+            "(raise it with --lmm-option timeout=SECONDS)"
+        )
 
     def _invoke_once(self, messages, **kwargs) -> tuple[str, Usage]:
         reply = self.chat.invoke(messages, **kwargs)

@@ -136,8 +136,9 @@ class ReplayLMM(BaseLMMBackend):
             with self._lock:
                 answers = self._answers.get(key)
                 if not answers:
-                    raise LookupError(f"no recorded answer for this {request.step} request "
-                                      f"({request.subject or 'image'})")
+                    raise LookupError(
+                        f"no recorded answer for this {request.step} request ({request.subject or 'image'})"
+                    )
                 position = self._positions[key]
                 self._positions[key] = position + 1
             return answers[min(position, len(answers) - 1)]

@@ -80,8 +80,9 @@ def names_an_lmm(spec: str | None) -> bool:
     return (spec or "none").strip() != "none"
 
 
-def backend_from_spec(spec: str | BaseLMMBackend | None, record: str | Path | None = None,
-                      options: LMMOptions | dict | None = None) -> BaseLMMBackend:
+def backend_from_spec(
+    spec: str | BaseLMMBackend | None, record: str | Path | None = None, options: LMMOptions | dict | None = None
+) -> BaseLMMBackend:
     """Build the backend; with ``record``, every call is appended to that JSONL file.
     ``options`` (:class:`~openseg_r.config.settings.LMMOptions` or a dict of them) set how it is
     called; a backend object given as ``spec`` takes them too."""

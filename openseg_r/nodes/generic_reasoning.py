@@ -76,8 +76,9 @@ def generic_reasoning(state: GenericReasoningInput, runtime: Runtime[OpenSegCont
                 ctx.reasoning_cache.put("generic", key, answer.model_dump())
             return reply
 
-        reply, shared = ctx.flights.run(json.dumps(["generic", key], sort_keys=True), leader,
-                                        keep=lambda reply: reply.value is not None)
+        reply, shared = ctx.flights.run(
+            json.dumps(["generic", key], sort_keys=True), leader, keep=lambda reply: reply.value is not None
+        )
         return name, reply, shared
 
     calls: list[LMMCall] = []
@@ -129,8 +130,10 @@ def reason_generic_ahead(vocabulary: Vocabulary, context: OpenSegContext, on_pro
         if on_progress is not None:
             on_progress(len(part.classes))
         if context.lmm_breaker.cause:  # the backend is unusable: asking the rest would fail too
-            raise ReasoningUnavailableError(f"{context.lmm_breaker.cause}; the classes reasoned before it are "
-                                            "cached: run again once it answers", unavailable=True)
+            raise ReasoningUnavailableError(
+                f"{context.lmm_breaker.cause}; the classes reasoned before it are cached: run again once it answers",
+                unavailable=True,
+            )
     return failed
 
 

@@ -62,8 +62,19 @@ STEP = "self_check"
 NONE_OF_THESE = "none of these"
 _NONE_ANSWERS = {
     normalise_name(text)
-    for text in ("none", "none of these", "none of them", "none of the above", "neither", "neither of these",
-                 "neither of them", "unknown", "other", "nothing", "no")
+    for text in (
+        "none",
+        "none of these",
+        "none of them",
+        "none of the above",
+        "neither",
+        "neither of these",
+        "neither of them",
+        "unknown",
+        "other",
+        "nothing",
+        "no",
+    )
 }
 
 
@@ -243,8 +254,11 @@ def check_region(state: CheckRegionInput, runtime: Runtime[OpenSegContext]) -> C
             if ctx.lmm_breaker.claim_report():
                 fallbacks.append(unavailable_fallback(STEP, ctx.lmm_breaker.cause))
         else:
-            fallbacks.append(Fallback(step=STEP, subject=region.id, reason=reply.error or "no answer",
-                                      used="region left as segmented"))
+            fallbacks.append(
+                Fallback(
+                    step=STEP, subject=region.id, reason=reply.error or "no answer", used="region left as segmented"
+                )
+            )
     else:
         answer = resolve_verdict(reply.value, region, state.vocabulary, state.settings, ctx, base, "lmm")
         answer.lmm_calls = len(reply.calls)

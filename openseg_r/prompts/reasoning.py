@@ -20,7 +20,7 @@ GENERIC_REASONING = LMMPrompt(
     version="generic-v1",
     text=(
         "You are an expert in visual recognition. Reason step by step, from coarse to fine, "
-        "about the object class \"{class_name}\".\n"
+        'about the object class "{class_name}".\n'
         "A1: the general category it belongs to (for example: vehicle, animal, furniture).\n"
         "A2: its sub-category within that category (for example: aircraft, pet, seating).\n"
         "A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "

@@ -57,8 +57,14 @@ CREATE TABLE IF NOT EXISTS openseg_runs (
 );
 """
 # Columns added since the first release: a database made before them gets them on open.
-ADDED_COLUMNS = {"resumed_at": "REAL", "owner_pid": "INTEGER", "owner_host": "TEXT", "owner_token": "TEXT",
-                 "heartbeat": "REAL", "output": "TEXT"}
+ADDED_COLUMNS = {
+    "resumed_at": "REAL",
+    "owner_pid": "INTEGER",
+    "owner_host": "TEXT",
+    "owner_token": "TEXT",
+    "heartbeat": "REAL",
+    "output": "TEXT",
+}
 STATUSES = ("running", "done", "failed", "waiting")  # waiting: paused on human self-check questions
 INTERRUPTED = "interrupted"  # shown, never stored: "running" or "waiting", but its owner process is gone
 WHAT = "the runs database"
@@ -120,8 +126,9 @@ class RunsDB:
 
     heartbeat_seconds = HEARTBEAT_SECONDS
 
-    def __init__(self, path: str | Path | None = None, timeout: float = 10.0, *, read_only: bool = False,
-                 create: bool = True) -> None:
+    def __init__(
+        self, path: str | Path | None = None, timeout: float = 10.0, *, read_only: bool = False, create: bool = True
+    ) -> None:
         self.path = Path(path) if path else default_runs_path()
         self.read_only = read_only
         self.artifacts_folder = self.path.with_name(f"{self.path.stem}-artifacts")
@@ -176,8 +183,13 @@ class RunsDB:
             target, uri = f"{self.path.absolute().as_uri()}?mode=ro{self._leave_no_trace()}", True
         else:
             target, uri = str(self.path), False
-        connection = sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=uri,
-                                     isolation_level=None if autocommit else "DEFERRED")
+        connection = sqlite3.connect(
+            target,
+            timeout=timeout,
+            check_same_thread=False,
+            uri=uri,
+            isolation_level=None if autocommit else "DEFERRED",
+        )
         connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         return connection
 
@@ -335,8 +347,11 @@ class RunsDB:
         data["redact"] = bool(data["redact"])
         record = RunRecord(**{f.name: data[f.name] for f in fields(RunRecord) if f.name in data})
         if record.status in ("running", "waiting") and owner_is_gone(
-            record.owner_pid, record.owner_host, record.owner_token,
-            record.heartbeat if record.heartbeat is not None else record.created, time.time(),
+            record.owner_pid,
+            record.owner_host,
+            record.owner_token,
+            record.heartbeat if record.heartbeat is not None else record.created,
+            time.time(),
         ):
             record.status = INTERRUPTED
         return record

@@ -10,8 +10,10 @@ AREA_EPSILON = 0.0005  # area-share changes below 0.05 points are not listed
 
 
 def diff_runs(a: RecordedRun, b: RecordedRun) -> list[str]:
-    lines = [f"A {a.record.run_id}  ({a.record.status}, backend {a.record.backend})",
-             f"B {b.record.run_id}  ({b.record.status}, backend {b.record.backend})"]
+    lines = [
+        f"A {a.record.run_id}  ({a.record.status}, backend {a.record.backend})",
+        f"B {b.record.run_id}  ({b.record.status}, backend {b.record.backend})",
+    ]
     if a.state is None or b.state is None:
         return lines + ["one of the runs has no recorded state"]
     sa, sb = a.state, b.state
@@ -101,19 +103,28 @@ def _areas(sa, sb) -> list[str]:
         return ["only one run finished"] if sa.report is not sb.report else []
     fa = {c.name: c.area_fraction for c in sa.report.classes}
     fb = {c.name: c.area_fraction for c in sb.report.classes}
-    changes = sorted(((name, fa.get(name, 0.0), fb.get(name, 0.0)) for name in set(fa) | set(fb)),
-                     key=lambda item: -abs(item[2] - item[1]))
-    return [f"{name}: {100 * x:.2f}% -> {100 * y:.2f}% ({100 * (y - x):+.2f})" for name, x, y in changes
-            if abs(y - x) >= AREA_EPSILON]
+    changes = sorted(
+        ((name, fa.get(name, 0.0), fb.get(name, 0.0)) for name in set(fa) | set(fb)),
+        key=lambda item: -abs(item[2] - item[1]),
+    )
+    return [
+        f"{name}: {100 * x:.2f}% -> {100 * y:.2f}% ({100 * (y - x):+.2f})"
+        for name, x, y in changes
+        if abs(y - x) >= AREA_EPSILON
+    ]
 
 
 def _self_check(sa, sb) -> list[str]:
     ca, cb = sa.self_check, sb.self_check
     if ca is None and cb is None:
         return []
+
     def text(check):
         if check is None:
             return "did not run"
-        return (f"{check.calls_used} call(s), {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; "
-                f"{check.stopped}")
+        return (
+            f"{check.calls_used} call(s), {sum(c.pixels_changed for c in check.changes)} pixel(s) changed; "
+            f"{check.stopped}"
+        )
+
     return [f"A: {text(ca)}", f"B: {text(cb)}"] if text(ca) != text(cb) else []

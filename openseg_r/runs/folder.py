@@ -33,11 +33,15 @@ def plan_folder(out: str | Path, inputs, settings, *, resume: bool, trace_jsonl:
     """Check what a run on many images needs before any model loads, and plan it."""
     check = settings.self_check
     if check.enabled and check.mode == "human":
-        raise ConfigError("--self-check-mode human asks you about one image at a time: give one image file, "
-                          "or use the lmm self-check mode for many")
+        raise ConfigError(
+            "--self-check-mode human asks you about one image at a time: give one image file, "
+            "or use the lmm self-check mode for many"
+        )
     if trace_jsonl:
-        raise ConfigError("--trace-jsonl writes the step log of one image; for many, record them (--record or "
-                          "--runs-db: each image is a run, see `openseg-r runs show RUN`)")
+        raise ConfigError(
+            "--trace-jsonl writes the step log of one image; for many, record them (--record or "
+            "--runs-db: each image is a run, see `openseg-r runs show RUN`)"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
@@ -49,21 +53,28 @@ def plan_folder(out: str | Path, inputs, settings, *, resume: bool, trace_jsonl:
     # Earlier lines, by image path (spelled either way: ./a.jpg is a.jpg, from the same folder)
     records = read_index(index) if resume and index.is_file() else {}
     wanted = {path_key(image): image for image in inputs.images}
-    earlier = {wanted[key]: record["out"] for key, record in records.items()
-               if key in wanted and folder_name_ok(record.get("out"))}
-    taken = {INDEX_NAME, RUN_NAME} | {record["out"] for key, record in records.items()
-                            if key not in wanted and folder_name_ok(record.get("out"))}
+    earlier = {
+        wanted[key]: record["out"]
+        for key, record in records.items()
+        if key in wanted and folder_name_ok(record.get("out"))
+    }
+    taken = {INDEX_NAME, RUN_NAME} | {
+        record["out"] for key, record in records.items() if key not in wanted and folder_name_ok(record.get("out"))
+    }
     folders = output_names(inputs.images, inputs.base, reserved=earlier, taken=taken)
-    done = {image for image, folder in zip(inputs.images, folders)
-            if records.get(path_key(image), {}).get("ok") is True and earlier.get(image) == folder
-            and (out / folder / "result.json").is_file()}
+    done = {
+        image
+        for image, folder in zip(inputs.images, folders)
+        if records.get(path_key(image), {}).get("ok") is True
+        and earlier.get(image) == folder
+        and (out / folder / "result.json").is_file()
+    }
     return FolderPlan(out, inputs.images, folders, done)
 
 
 RUN_NAME = "run.json"
 # Where and how fast a run goes, not what it computes: free to change on --resume.
-FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batch_wait_ms", "lmm_concurrency",
-                  "redact")
+FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batch_wait_ms", "lmm_concurrency", "redact")
 
 
 def run_record(vocabulary, settings, options) -> dict:
@@ -78,8 +89,11 @@ def run_record(vocabulary, settings, options) -> dict:
     if any(v is not None for v in options_given.values()):
         model["lmm_options"] = options_given
     classes = [{"name": c.name, "queries": list(c.queries)} for c in vocabulary.classes]
-    return {"vocabulary": classes, "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
-            "model": model}
+    return {
+        "vocabulary": classes,
+        "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
+        "model": model,
+    }
 
 
 def same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
@@ -98,8 +112,10 @@ def same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
             earlier["model"] = upgraded_record(earlier["model"])
         changed = [key for key in record if earlier.get(key) != now[key]]
         if changed:
-            raise ConfigError(f"{out} was segmented with other {' and '.join(changed)}; resume with the same "
-                              "options, or choose another --out")
+            raise ConfigError(
+                f"{out} was segmented with other {' and '.join(changed)}; resume with the same "
+                "options, or choose another --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -126,8 +142,13 @@ def path_key(path: str) -> str:
 
 def folder_name_ok(name) -> bool:
     """A folder name from index.jsonl is used only if it is one plain name inside --out."""
-    return (isinstance(name, str) and name not in ("", ".", "..", INDEX_NAME, RUN_NAME)
-            and "/" not in name and "\\" not in name and Path(name).name == name)
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", INDEX_NAME, RUN_NAME)
+        and "/" not in name
+        and "\\" not in name
+        and Path(name).name == name
+    )
 
 
 class IndexFile:
@@ -180,8 +201,14 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
     lock = threading.Lock()
     writers = min(4, concurrency)
     room = threading.BoundedSemaphore(2 * writers)
-    bar = tqdm(total=len(plan.todo), unit="image", desc="segment", file=sys.stderr, disable=not show_progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(plan.todo),
+        unit="image",
+        desc="segment",
+        file=sys.stderr,
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
 
     def say(line: str, stream) -> None:
         encoding = getattr(stream, "encoding", None) or "utf-8"  # undecodable file names print escaped
@@ -204,12 +231,23 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
                 except Exception as exc:  # e.g. a file name result.json cannot hold: this image only
                     error = f"could not write {plan.out / folder}: {type(exc).__name__}: {exc}"
             result = outcome.result if error is None else None
-            classes = {c.name: round(c.area_fraction, 6) for c in sorted(result.classes, key=lambda c: -c.pixels)
-                       if c.pixels} if result is not None else {}
+            classes = (
+                {c.name: round(c.area_fraction, 6) for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels}
+                if result is not None
+                else {}
+            )
             with lock:
-                index.write({"image": image, "out": folder if result is not None else None,
-                             "ok": result is not None, "error": error, "seconds": round(outcome.seconds, 3),
-                             "classes": classes, "run_id": result.run_id if result is not None else None})
+                index.write(
+                    {
+                        "image": image,
+                        "out": folder if result is not None else None,
+                        "ok": result is not None,
+                        "error": error,
+                        "seconds": round(outcome.seconds, 3),
+                        "classes": classes,
+                        "run_id": result.run_id if result is not None else None,
+                    }
+                )
                 bar.update(1)
                 if result is None:
                     counts["failed"] += 1
@@ -242,13 +280,18 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
     if bugs:
         raise bugs[0]
     already = f", {len(plan.done)} already done" if plan.done else ""
-    print(f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
-          f"index: {plan.out / INDEX_NAME}")
+    print(
+        f"segmented {counts['ok']} of {len(plan.todo)} image(s) ({counts['failed']} failed{already}); "
+        f"index: {plan.out / INDEX_NAME}"
+    )
     if unavailable:
         from openseg_r.errors import ReasoningUnavailableError
 
-        raise ReasoningUnavailableError(f"{unavailable}; stopped: --resume continues once it answers, "
-                                        "--allow-fallback segments with bare class names", unavailable=True)
+        raise ReasoningUnavailableError(
+            f"{unavailable}; stopped: --resume continues once it answers, "
+            "--allow-fallback segments with bare class names",
+            unavailable=True,
+        )
     return counts["failed"]
 
 

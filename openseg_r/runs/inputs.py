@@ -89,8 +89,9 @@ def expand_inputs(arguments: list[str], exclude: str | None = None) -> Inputs:
             unmatched.append(argument)
     if not images:
         where = ", ".join(unmatched) or ", ".join(arguments)
-        raise ConfigError(f"no image files found in {where} "
-                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in any case)")
+        raise ConfigError(
+            f"no image files found in {where} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in any case)"
+        )
     return Inputs(images, _common_folder(anchors), many, unmatched)
 
 
@@ -98,8 +99,9 @@ def _walk(folder: str, skip: str | None) -> list[str]:
     """A folder's image files, recursively, sorted by path; hidden names and ``skip`` left out."""
     found = []
     for root, folders, files in os.walk(folder):
-        folders[:] = [d for d in folders if not d.startswith(".")
-                      and not (skip and _key(os.path.join(root, d)) == skip)]
+        folders[:] = [
+            d for d in folders if not d.startswith(".") and not (skip and _key(os.path.join(root, d)) == skip)
+        ]
         found += [os.path.join(root, f) for f in files if not f.startswith(".") and is_image_name(f)]
     return sorted(found, key=lambda p: os.path.relpath(p, folder).split(os.sep))
 
@@ -119,8 +121,9 @@ def _common_folder(folders: list[str]) -> str:
         return ""
 
 
-def output_names(images: list[str], base: str, reserved: dict[str, str] | None = None,
-                 taken: set[str] | None = None) -> list[str]:
+def output_names(
+    images: list[str], base: str, reserved: dict[str, str] | None = None, taken: set[str] | None = None
+) -> list[str]:
     """One output folder name per image (see the module's docstring). ``reserved`` maps an
     image to the folder an earlier run gave it (``--resume`` keeps it); ``taken`` holds
     names no image may get (compared ignoring case)."""

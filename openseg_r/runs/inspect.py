@@ -57,8 +57,9 @@ def load_run(db: RunsDB, run_id: str, graph) -> RecordedRun:
         for task in snapshot.tasks:
             if task.name == "__start__" or task.result is None:
                 continue
-            steps.append(Step(len(steps) + 1, int(snapshot.metadata.get("step", -1)) + 1, task.name,
-                              to_json(task.result)))
+            steps.append(
+                Step(len(steps) + 1, int(snapshot.metadata.get("step", -1)) + 1, task.name, to_json(task.result))
+            )
     state = None
     next_nodes: list[str] = []
     if history:
@@ -66,8 +67,11 @@ def load_run(db: RunsDB, run_id: str, graph) -> RecordedRun:
         next_nodes = list(latest.next)
         try:
             values = latest.values
-            state = values if isinstance(values, OpenSegState) else OpenSegState.model_validate(
-                {k: v for k, v in dict(values).items() if not k.startswith("__")})
+            state = (
+                values
+                if isinstance(values, OpenSegState)
+                else OpenSegState.model_validate({k: v for k, v in dict(values).items() if not k.startswith("__")})
+            )
         except ValidationError:
             state = None
     return RecordedRun(record, state, steps, next_nodes, db.artifacts(record.redact))
@@ -89,7 +93,7 @@ def summarize_step(step: Step) -> str:
         if not image:
             return f"no image reasoning (fallback: no class filtering){tail}"
         names = ", ".join(c["name"] for c in image.get("candidates", [])[:8])
-        return f"\"{image.get('description', '')[:80]}\"; candidates: {names}{tail}"
+        return f'"{image.get("description", "")[:80]}"; candidates: {names}{tail}'
     if node == "class_alignment":
         alignment = out.get("alignment") or {}
         present = alignment.get("present")
@@ -103,7 +107,8 @@ def summarize_step(step: Step) -> str:
         for c in classes:
             sources[c["source"]] = sources.get(c["source"], 0) + 1
         return f"{len(classes)} classes x {len(classes[0]['slots']) if classes else 0} slot(s); " + ", ".join(
-            f"{n} from {s}" for s, n in sorted(sources.items()))
+            f"{n} from {s}" for s, n in sorted(sources.items())
+        )
     if node == "segmentation":
         seg = out.get("segmentation") or {}
         suppressed = seg.get("suppressed_classes") or []
@@ -115,11 +120,17 @@ def summarize_step(step: Step) -> str:
         rounds = check.get("rounds") or []
         regions = rounds[-1]["regions"] if rounds else []
         return f"round {check.get('round')}: {len(regions)} region(s): " + "; ".join(
-            f"{r['id']} {' vs '.join(e['name'] for e in r['competing'])}" for r in regions)
+            f"{r['id']} {' vs '.join(e['name'] for e in r['competing'])}" for r in regions
+        )
     if node == "check_region":
         answers = out.get("region_answers") or []
-        return "; ".join(f"{a['region_id']}: {a['verdict']} {a.get('choice') or ''} "
-                         f"(confidence {a.get('confidence')})" for a in answers) + tail
+        return (
+            "; ".join(
+                f"{a['region_id']}: {a['verdict']} {a.get('choice') or ''} (confidence {a.get('confidence')})"
+                for a in answers
+            )
+            + tail
+        )
     if node == "apply_decisions":
         check = out.get("self_check") or {}
         changes = [c for c in check.get("changes", []) if c["round"] == check.get("round")]

@@ -46,8 +46,7 @@ def process_token(pid: int) -> str | None:
     return f"{machine}|{stat[1]}"
 
 
-def owner_is_gone(pid: int | None, host: str | None, token: str | None, heartbeat: float | None,
-                  now: float) -> bool:
+def owner_is_gone(pid: int | None, host: str | None, token: str | None, heartbeat: float | None, now: float) -> bool:
     """True when the process recorded as a run's owner cannot be running it any more."""
     if pid and pid > 0 and host == socket.gethostname():
         here = _machine()

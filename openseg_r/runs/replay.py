@@ -37,7 +37,8 @@ def replay_start(graph, record: RunRecord, from_node: str) -> tuple[dict, str]:
             return {field: getattr(values, field) for field in type(values).model_fields}, as_node
     raise RunsDBError(
         f"run {record.run_id} has no recorded state before {name} (status {record.status}"
-        + (f", stopped at {record.stopped_at}" if record.stopped_at else "") + ")"
+        + (f", stopped at {record.stopped_at}" if record.stopped_at else "")
+        + ")"
     )
 
 

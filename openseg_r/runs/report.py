@@ -59,21 +59,28 @@ def render_report(run: RecordedRun) -> str:
     else:
         parts.append("<p>No state was checkpointed for this run.</p>")
     if run.missing:
-        parts.append(_section("missing", "Missing artifacts",
-                              "<ul>" + "".join(f"<li>{_e(m)}</li>" for m in run.missing) + "</ul>"))
+        parts.append(
+            _section(
+                "missing", "Missing artifacts", "<ul>" + "".join(f"<li>{_e(m)}</li>" for m in run.missing) + "</ul>"
+            )
+        )
     body = "\n".join(parts)
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<title>openseg-r run {_e(record.run_id[:12])}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{body}"
-            f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by openseg-r.</p></body></html>")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>openseg-r run {_e(record.run_id[:12])}</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{body}"
+        f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by openseg-r.</p></body></html>"
+    )
 
 
 def _status(run: RecordedRun) -> str:
     record = run.record
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
     seconds = f"{record.seconds:.2f} s" if record.seconds is not None else "unfinished"
-    text = f"<b>{_e(record.status)}</b> · {when} · {seconds} · backend {_e(record.backend or 'none')} · " \
-           f"vocabulary {_e(record.vocabulary or '')} ({record.classes} classes)"
+    text = (
+        f"<b>{_e(record.status)}</b> · {when} · {seconds} · backend {_e(record.backend or 'none')} · "
+        f"vocabulary {_e(record.vocabulary or '')} ({record.classes} classes)"
+    )
     if record.parent_run:
         text += f" · replay of <code>{_e(record.parent_run)}</code> from {_e(record.replay_from)}"
     if record.status != "done":
@@ -106,10 +113,14 @@ def _image_reasoning(state: OpenSegState) -> str:
         return "<p>No image reasoning (it fell back, or the run stopped before it).</p>"
     rows = "".join(
         f"<tr><td>{_e(c.name)}</td><td>{_e(c.general_category)}</td><td>{_e(c.sub_category)}</td>"
-        f"<td>{_e(', '.join(c.attributes))}</td></tr>" for c in image.candidates)
-    return (f"<p><b>Description:</b> {_e(image.description)}</p>"
-            "<table><tr><th>candidate</th><th>general category</th><th>sub-category</th>"
-            f"<th>attributes in this image</th></tr>{rows}</table>")
+        f"<td>{_e(', '.join(c.attributes))}</td></tr>"
+        for c in image.candidates
+    )
+    return (
+        f"<p><b>Description:</b> {_e(image.description)}</p>"
+        "<table><tr><th>candidate</th><th>general category</th><th>sub-category</th>"
+        f"<th>attributes in this image</th></tr>{rows}</table>"
+    )
 
 
 def _generic(state: OpenSegState) -> str:
@@ -118,7 +129,8 @@ def _generic(state: OpenSegState) -> str:
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td>{_e(r.general_category)}</td><td>{_e(r.sub_category)}</td>"
         f"<td>{_e(', '.join(r.attributes))}</td></tr>"
-        for name, r in state.generic_reasoning.items())
+        for name, r in state.generic_reasoning.items()
+    )
     return f"<table><tr><th>class</th><th>general</th><th>sub</th><th>attributes</th></tr>{rows}</table>"
 
 
@@ -126,14 +138,18 @@ def _alignment(state: OpenSegState) -> str:
     alignment = state.alignment
     if alignment is None:
         return "<p>None.</p>"
-    rows = "".join(f"<tr><td>{_e(d.raw)}</td><td>{_e(d.matched or '—')}</td><td>{_e(d.method)}</td>"
-                   f"<td>{'' if d.score is None else d.score}</td></tr>"
-                   for d in alignment.decisions)
+    rows = "".join(
+        f"<tr><td>{_e(d.raw)}</td><td>{_e(d.matched or '—')}</td><td>{_e(d.method)}</td>"
+        f"<td>{'' if d.score is None else d.score}</td></tr>"
+        for d in alignment.decisions
+    )
     present = ", ".join(alignment.present) if alignment.present else "no class filtering"
     suppressed = ", ".join(state.segmentation.suppressed_classes) if state.segmentation else ""
-    return (f"<p>Present: {_e(present)}</p>"
-            f"<p class=muted>Suppressed by the class filter: {_e(suppressed or 'none')}</p>"
-            f"<table><tr><th>LMM said</th><th>vocabulary class</th><th>how</th><th>score</th></tr>{rows}</table>")
+    return (
+        f"<p>Present: {_e(present)}</p>"
+        f"<p class=muted>Suppressed by the class filter: {_e(suppressed or 'none')}</p>"
+        f"<table><tr><th>LMM said</th><th>vocabulary class</th><th>how</th><th>score</th></tr>{rows}</table>"
+    )
 
 
 def _prompts(state: OpenSegState) -> str:
@@ -142,9 +158,12 @@ def _prompts(state: OpenSegState) -> str:
     rows = "".join(
         f"<tr><td>{_e(c.name)}</td><td>{_e(c.source)}</td>"
         f"<td>{'<br>'.join(_e(p) for p in dict.fromkeys(sum(c.phrases(), [])))}</td></tr>"
-        for c in state.prompts.classes)
-    return f"<p class=muted>templates: {_e(state.prompts.templates)}; order: {_e(state.prompts.score_order)}</p>" \
-           f"<table><tr><th>class</th><th>source</th><th>phrases</th></tr>{rows}</table>"
+        for c in state.prompts.classes
+    )
+    return (
+        f"<p class=muted>templates: {_e(state.prompts.templates)}; order: {_e(state.prompts.score_order)}</p>"
+        f"<table><tr><th>class</th><th>source</th><th>phrases</th></tr>{rows}</table>"
+    )
 
 
 def _picture(run: RecordedRun, labels: np.ndarray, box=None) -> Image.Image:
@@ -183,11 +202,14 @@ def _confidence(state: OpenSegState) -> str:
             continue
         colour = "#%02x%02x%02x" % tuple(int(v) for v in colours[c.index])
         confidence = c.mean_confidence or 0.0
-        rows.append(f"<tr><td><span class=swatch style='background:{colour}'></span> {_e(c.name)}</td>"
-                    f"<td>{_e(format_share(c.area_fraction, 2, present=True))}</td>"
-                    f"<td><span class=bar style='width:{int(200 * confidence)}px'></span> {confidence:.3f}</td></tr>")
-    unknown = (f"<p>Unknown pixels (self-check): {state.report.unknown_pixels}</p>"
-               if state.report.unknown_pixels else "")
+        rows.append(
+            f"<tr><td><span class=swatch style='background:{colour}'></span> {_e(c.name)}</td>"
+            f"<td>{_e(format_share(c.area_fraction, 2, present=True))}</td>"
+            f"<td><span class=bar style='width:{int(200 * confidence)}px'></span> {confidence:.3f}</td></tr>"
+        )
+    unknown = (
+        f"<p>Unknown pixels (self-check): {state.report.unknown_pixels}</p>" if state.report.unknown_pixels else ""
+    )
     return f"<table><tr><th>class</th><th>area</th><th>mean confidence</th></tr>{''.join(rows)}</table>{unknown}"
 
 
@@ -200,22 +222,32 @@ def _self_check(run: RecordedRun) -> str:
     after_labels = run.array(check.output.labels_key)
     changes = {c.region_id: c for c in check.changes}
     regions = {r.id: r for rnd in check.rounds for r in rnd.regions}
-    items = [f"<p>Stopped: {_e(check.stopped or 'still running')} · {check.calls_used} LMM call(s)"
-             f"{' · the call budget ran out' if check.budget_exhausted else ''}</p>"]
+    items = [
+        f"<p>Stopped: {_e(check.stopped or 'still running')} · {check.calls_used} LMM call(s)"
+        f"{' · the call budget ran out' if check.budget_exhausted else ''}</p>"
+    ]
     for answer in sorted(state.region_answers, key=lambda a: region_order(a.round, a.region_id)):
         region, change = regions.get(answer.region_id), changes.get(answer.region_id)
-        crop = ("<p>Crop redacted.</p>" if run.record.redact
-                else _img(run.array(answer.crop_key), f"crop {answer.region_id}"))
+        crop = (
+            "<p>Crop redacted.</p>"
+            if run.record.redact
+            else _img(run.array(answer.crop_key), f"crop {answer.region_id}")
+        )
         views = ""
         if region is not None and before_labels is not None and after_labels is not None:
             x0, y0, x1, y1 = region.box
-            views = (f"<figure>{_img(_picture(run, before_labels, (x0, y0, x1, y1)), 'before')}"
-                     "<figcaption>before</figcaption></figure>"
-                     f"<figure>{_img(_picture(run, after_labels, (x0, y0, x1, y1)), 'after')}"
-                     "<figcaption>after</figcaption></figure>")
+            views = (
+                f"<figure>{_img(_picture(run, before_labels, (x0, y0, x1, y1)), 'before')}"
+                "<figcaption>before</figcaption></figure>"
+                f"<figure>{_img(_picture(run, after_labels, (x0, y0, x1, y1)), 'after')}"
+                "<figcaption>after</figcaption></figure>"
+            )
         competing = " vs ".join(e.name for e in region.competing) if region else ""
-        outcome = (f"{change.action}: {change.why}; {change.pixels_changed} pixel(s) from {change.from_classes}"
-                   if change else "no change recorded")
+        outcome = (
+            f"{change.action}: {change.why}; {change.pixels_changed} pixel(s) from {change.from_classes}"
+            if change
+            else "no change recorded"
+        )
         items.append(
             f"<div class=question><h3>{_e(answer.region_id)}: {_e(competing)}</h3>"
             f"<div class=pair><figure>{crop}<figcaption>what the {_e(answer.source)} saw</figcaption></figure>"
@@ -223,7 +255,8 @@ def _self_check(run: RecordedRun) -> str:
             f"<p><b>Answer:</b> {_e(answer.verdict)} {_e(answer.choice or answer.raw_choice or '')} "
             f"(confidence {answer.confidence}); {_e(answer.reason)} {_e(answer.note)}</p>"
             f"<p><b>Change:</b> {_e(outcome)}</p>"
-            f"<details><summary>question</summary><pre>{_e(answer.question)}</pre></details></div>")
+            f"<details><summary>question</summary><pre>{_e(answer.question)}</pre></details></div>"
+        )
     return "".join(items)
 
 
@@ -236,14 +269,19 @@ def _timeline(state: OpenSegState) -> str:
     for timing in state.timings:
         calls = by_step.get(timing.node, [])
         tokens = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
-        rows.append(f"<tr><td>{_e(timing.node)}</td>"
-                    f"<td><span class=bar style='width:{max(1, int(300 * timing.seconds / total))}px'></span> "
-                    f"{timing.seconds:.3f} s</td><td>{len(calls) if calls else ''}</td><td>{tokens or ''}</td></tr>")
+        rows.append(
+            f"<tr><td>{_e(timing.node)}</td>"
+            f"<td><span class=bar style='width:{max(1, int(300 * timing.seconds / total))}px'></span> "
+            f"{timing.seconds:.3f} s</td><td>{len(calls) if calls else ''}</td><td>{tokens or ''}</td></tr>"
+        )
         by_step.pop(timing.node, None)  # count a step's calls once, on its first line
-    fallbacks = "".join(f"<li>{_e(f.step)} {_e(f.subject or '')}: {_e(f.reason)} → {_e(f.used)}</li>"
-                        for f in state.fallbacks)
-    return (f"<table><tr><th>node</th><th>wall time</th><th>LMM calls</th><th>tokens</th></tr>{''.join(rows)}</table>"
-            + (f"<p>Fallbacks:</p><ul>{fallbacks}</ul>" if fallbacks else "<p>No fallbacks.</p>"))
+    fallbacks = "".join(
+        f"<li>{_e(f.step)} {_e(f.subject or '')}: {_e(f.reason)} → {_e(f.used)}</li>" for f in state.fallbacks
+    )
+    return (
+        f"<table><tr><th>node</th><th>wall time</th><th>LMM calls</th><th>tokens</th></tr>{''.join(rows)}</table>"
+        + (f"<p>Fallbacks:</p><ul>{fallbacks}</ul>" if fallbacks else "<p>No fallbacks.</p>")
+    )
 
 
 def _img(picture, alt: str) -> str:

@@ -76,8 +76,9 @@ class MicroBatcher:
         image_key: str | None = None,
     ) -> SegmentationArrays:
         token = current_token()
-        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key,
-                         cancel=token)
+        job = SegmentJob(
+            rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key, cancel=token
+        )
         future = self.submit(job)
         try:
             return result_unless_cancelled(future, token)

@@ -46,8 +46,10 @@ def _plugins() -> tuple[dict[str, SegmenterKind], dict[str, str]]:
                 broken[entry.name] = f"{entry.value} does not load: {type(exc).__name__}: {clipped(str(exc), 200)}"
                 continue
             if not isinstance(kind, SegmenterKind) or kind.name != entry.name:
-                broken[entry.name] = (f"{entry.value} is not a SegmenterKind named {entry.name!r} "
-                                      "(see openseg_r.segmenters.base.SegmenterKind)")
+                broken[entry.name] = (
+                    f"{entry.value} is not a SegmenterKind named {entry.name!r} "
+                    "(see openseg_r.segmenters.base.SegmenterKind)"
+                )
                 continue
             dist = getattr(entry, "dist", None)
             origin = f"plugin: {dist.name} {dist.version}" if dist is not None else f"plugin: {entry.value}"
@@ -74,8 +76,10 @@ def get_kind(name: str) -> SegmenterKind:
     _, broken = _plugins()
     if name in broken:
         raise ConfigError(f"segmenter {name!r} is registered but broken: {broken[name]}")
-    raise ConfigError(f"unknown segmenter {clipped(name, 60)!r}; known: {', '.join(known)} "
-                      f"(plugins register an entry point in the {ENTRY_POINT_GROUP} group)")
+    raise ConfigError(
+        f"unknown segmenter {clipped(name, 60)!r}; known: {', '.join(known)} "
+        f"(plugins register an entry point in the {ENTRY_POINT_GROUP} group)"
+    )
 
 
 def validated_options(kind: SegmenterKind, values: BaseModel | dict | None) -> BaseModel:
@@ -89,8 +93,9 @@ def validated_options(kind: SegmenterKind, values: BaseModel | dict | None) -> B
     valid = ", ".join(kind.options.model_fields)
     unknown = [str(key) for key in values if key not in kind.options.model_fields]
     if unknown:
-        raise ConfigError(f"unknown option {clipped(unknown[0], 40)!r} for the {kind.name} segmenter; "
-                          f"valid options: {valid}")
+        raise ConfigError(
+            f"unknown option {clipped(unknown[0], 40)!r} for the {kind.name} segmenter; valid options: {valid}"
+        )
     try:
         return kind.options.model_validate(values)
     except ValidationError as exc:
@@ -109,8 +114,9 @@ def option_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return values
 
 
-def build_segmenter(name: str, options: BaseModel | dict | None = None,
-                    request: BuildRequest | None = None) -> Segmenter:
+def build_segmenter(
+    name: str, options: BaseModel | dict | None = None, request: BuildRequest | None = None
+) -> Segmenter:
     """The one way a segmenter is made from a name: checked options, then the kind's factory."""
     kind = get_kind(name)
     checked = validated_options(kind, options)
@@ -120,8 +126,10 @@ def build_segmenter(name: str, options: BaseModel | dict | None = None,
         factory = getattr(importlib.import_module(module), attribute)
     segmenter = factory(checked, request or BuildRequest())
     if not isinstance(segmenter, Segmenter):
-        raise ConfigError(f"the {kind.name} segmenter's factory returned {type(segmenter).__name__}, which is not "
-                          "a segmenter (query_bank, segment, describe)")
+        raise ConfigError(
+            f"the {kind.name} segmenter's factory returned {type(segmenter).__name__}, which is not "
+            "a segmenter (query_bank, segment, describe)"
+        )
     return segmenter
 
 
@@ -133,10 +141,25 @@ def describe_kinds() -> list[dict]:
         options = []
         for name, field in kind.options.model_fields.items():
             default = field.get_default(call_default_factory=True)
-            options.append({"name": name, "default": default if not isinstance(default, tuple) else list(default),
-                            "help": field.description or "", "speed_only": name in kind.speed_only})
-        listed.append({"kind": kind.name, "summary": kind.summary, "origin": kind.origin, "options": options,
-                       "variants": {key: list(values) for key, values in kind.variants.items()}})
-    listed += [{"kind": name, "summary": f"broken: {reason}", "origin": "plugin", "options": [], "variants": {}}
-               for name, reason in sorted(broken.items())]
+            options.append(
+                {
+                    "name": name,
+                    "default": default if not isinstance(default, tuple) else list(default),
+                    "help": field.description or "",
+                    "speed_only": name in kind.speed_only,
+                }
+            )
+        listed.append(
+            {
+                "kind": kind.name,
+                "summary": kind.summary,
+                "origin": kind.origin,
+                "options": options,
+                "variants": {key: list(values) for key, values in kind.variants.items()},
+            }
+        )
+    listed += [
+        {"kind": name, "summary": f"broken: {reason}", "origin": "plugin", "options": [], "variants": {}}
+        for name, reason in sorted(broken.items())
+    ]
     return listed

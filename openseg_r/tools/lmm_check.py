@@ -117,8 +117,13 @@ def _model_listed(inner, report: BackendCheck) -> None:
 def _generic(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
     """True: valid generic reasoning; False: answered, but not usably; None: the backend is down."""
     name = CHECK_CLASSES[0]
-    request = LMMRequest(step=GENERIC_STEP, subject=name, prompt=GENERIC_REASONING.render(class_name=name),
-                         prompt_version=GENERIC_REASONING.version, schema=ClassReasoning)
+    request = LMMRequest(
+        step=GENERIC_STEP,
+        subject=name,
+        prompt=GENERIC_REASONING.render(class_name=name),
+        prompt_version=GENERIC_REASONING.version,
+        schema=ClassReasoning,
+    )
     started = time.perf_counter()
     reply = backend.ask(request)
     seconds = time.perf_counter() - started
@@ -132,8 +137,13 @@ def _generic(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
         return False
     tokens = f"{reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens"
     attributes = ", ".join(reply.value.attributes[:3])
-    report.lines.append(("generic", f"valid in {seconds:.2f} s ({tokens}): {name} is "
-                                    f"{(reply.value.general_category or '?')[:40]!r}, {attributes[:80]!r}"))
+    report.lines.append(
+        (
+            "generic",
+            f"valid in {seconds:.2f} s ({tokens}): {name} is "
+            f"{(reply.value.general_category or '?')[:40]!r}, {attributes[:80]!r}",
+        )
+    )
     return True
 
 
@@ -142,8 +152,13 @@ def _image(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
         report.lines.append(("image", "no: a text-only model (image reasoning and the self-check fall back)"))
         return False
     text = IMAGE_REASONING_SINGLE.render(class_list=class_list_text(list(CHECK_CLASSES)))
-    request = LMMRequest(step=IMAGE_STEP, prompt=text, prompt_version=IMAGE_REASONING_SINGLE.version,
-                         schema=ImageReasoning, images=[check_picture()])
+    request = LMMRequest(
+        step=IMAGE_STEP,
+        prompt=text,
+        prompt_version=IMAGE_REASONING_SINGLE.version,
+        schema=ImageReasoning,
+        images=[check_picture()],
+    )
     started = time.perf_counter()
     reply = backend.ask(request)
     seconds = time.perf_counter() - started
@@ -153,8 +168,13 @@ def _image(backend: BaseLMMBackend, report: BackendCheck) -> bool | None:
         return None
     if reply.value is None:
         why = (reply.error or "no answer")[:160]
-        report.lines.append(("image", f"no valid answer in {seconds:.2f} s, {len(reply.calls)} attempt(s) ({why}): "
-                                      "image reasoning and the class filter would fall back"))
+        report.lines.append(
+            (
+                "image",
+                f"no valid answer in {seconds:.2f} s, {len(reply.calls)} attempt(s) ({why}): "
+                "image reasoning and the class filter would fall back",
+            )
+        )
         return False
     report.lines.append(("image", f"valid in {seconds:.2f} s: {reply.value.description[:80]!r}"))
     return True
@@ -168,8 +188,10 @@ def _verdict(report: BackendCheck, generic: bool, image: bool) -> None:
     elif image:
         report.lines.append(("note", "runs get image reasoning; generic reasoning falls back to bare class names"))
     else:
-        report.problem = ("the model answered, but neither generic nor image reasoning came back as the JSON asked "
-                          "for: every run would fall back to bare class names (exit 4 without --allow-fallback)")
+        report.problem = (
+            "the model answered, but neither generic nor image reasoning came back as the JSON asked "
+            "for: every run would fall back to bare class names (exit 4 without --allow-fallback)"
+        )
 
 
 def _check_script(script, report: BackendCheck) -> BackendCheck:

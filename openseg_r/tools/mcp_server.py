@@ -59,8 +59,9 @@ class OneLineErrorServer(MCPServer):
             raise
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
-                raise ToolError(f"Error executing tool {name}: invalid arguments: "
-                                f"{describe_validation_error(exc.__cause__)}") from exc.__cause__
+                raise ToolError(
+                    f"Error executing tool {name}: invalid arguments: {describe_validation_error(exc.__cause__)}"
+                ) from exc.__cause__
             raise
 
 
@@ -78,8 +79,15 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
         self_check: Annotated[bool, _described("self_check")] = False,
         masks: Annotated[Literal["rle", "png", "none"], _described("masks")] = "rle",
     ) -> Annotated[CallToolResult, SegmentOutput]:
-        arguments = dict(vocabulary=vocabulary, image_path=image_path, image_base64=image_base64,
-                         image_url=image_url, reasoning=reasoning, self_check=self_check, masks=masks)
+        arguments = dict(
+            vocabulary=vocabulary,
+            image_path=image_path,
+            image_base64=image_base64,
+            image_url=image_url,
+            reasoning=reasoning,
+            self_check=self_check,
+            masks=masks,
+        )
         try:
             output, overlay = service.segment(arguments)
         except ToolInputError as exc:
@@ -121,12 +129,14 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
 
 def _json_result(data: dict) -> CallToolResult:
     """Structured content, and the same JSON as text for clients that read only text."""
-    return CallToolResult(content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
-                          structured_content=data)
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))], structured_content=data
+    )
 
 
-def run_mcp_server(service: SegmentationService, *, http: bool = False, host: str = "127.0.0.1",
-                   port: int = 8765) -> int | None:
+def run_mcp_server(
+    service: SegmentationService, *, http: bool = False, host: str = "127.0.0.1", port: int = 8765
+) -> int | None:
     """Serve until the client leaves (stdio) or a signal comes. Returns the exit code
     after a signal (None: the client closed stdin). SIGINT and SIGTERM stop the server
     within a few seconds even in the middle of a long segmentation (:class:`StopOnSignal`)."""
@@ -158,6 +168,11 @@ async def _serve_http(server: MCPServer, stop: StopOnSignal, host: str, port: in
             super().handle_exit(sig, frame)
 
     app = server.streamable_http_app(host=host, max_request_body_size=max_body)
-    config = uvicorn.Config(app, host=host, port=port, log_level=server.settings.log_level.lower(),
-                            timeout_graceful_shutdown=STOP_GRACE_S / 2)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=server.settings.log_level.lower(),
+        timeout_graceful_shutdown=STOP_GRACE_S / 2,
+    )
     await Server(config).serve()

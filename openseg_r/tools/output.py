@@ -54,8 +54,12 @@ def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, n
     found = [c for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels > 0]
     classes = [
         ClassFound(
-            name=c.name, index=c.index, pixels=c.pixels, area_fraction=c.area_fraction,
-            mean_confidence=c.mean_confidence, reason=class_reason(result, c.name),
+            name=c.name,
+            index=c.index,
+            pixels=c.pixels,
+            area_fraction=c.area_fraction,
+            mean_confidence=c.mean_confidence,
+            reason=class_reason(result, c.name),
         )
         for c in found
     ]
@@ -94,8 +98,9 @@ def summary_text(classes: list[ClassFound], width: int, height: int, trace_id: s
     if len(classes) > SUMMARY_CLASSES:
         lines.append(f"- ... and {len(classes) - SUMMARY_CLASSES} smaller classes (see `classes`)")
     if result.state.report and result.state.report.unknown_pixels:
-        lines.append("- unknown (none of the classes, per the self-check): "
-                     f"{result.state.report.unknown_pixels} pixels")
+        lines.append(
+            f"- unknown (none of the classes, per the self-check): {result.state.report.unknown_pixels} pixels"
+        )
     lines.append(f"Trace id: {trace_id} (call `explain` with it to see the reasoning steps).")
     return "\n".join(lines)
 
@@ -130,12 +135,18 @@ def coco_masks(result: SegmentationResult, file_name: str = "image") -> dict:
     for number, summary in enumerate(found, start=1):
         mask = result.labels == summary.index
         ys, xs = np.nonzero(mask)
-        annotations.append({
-            "id": number, "image_id": 1, "category_id": summary.index + 1, "iscrowd": 0,
-            "segmentation": encode_rle(mask).model_dump(), "area": int(summary.pixels),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-            "score": summary.mean_confidence,
-        })
+        annotations.append(
+            {
+                "id": number,
+                "image_id": 1,
+                "category_id": summary.index + 1,
+                "iscrowd": 0,
+                "segmentation": encode_rle(mask).model_dump(),
+                "area": int(summary.pixels),
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "score": summary.mean_confidence,
+            }
+        )
     return {
         "info": {"description": "openseg-r segmentation", "run_id": result.run_id},
         "images": [{"id": 1, "file_name": file_name, "width": int(width), "height": int(height)}],

@@ -168,8 +168,9 @@ def fetch_image_url(url: str, limits: SafetyLimits) -> bytes:
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
         try:
             with httpx.Client(timeout=limits.url_timeout_s, follow_redirects=False, trust_env=False) as client:
-                with client.stream("GET", pinned, headers=headers,
-                                   extensions={"sni_hostname": parts.hostname}) as response:
+                with client.stream(
+                    "GET", pinned, headers=headers, extensions={"sni_hostname": parts.hostname}
+                ) as response:
                     if response.is_redirect:  # each hop is checked again
                         url = str(httpx.URL(url).join(response.headers.get("location", "")))
                         continue
@@ -192,8 +193,9 @@ def _checked_url(url: str):
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ToolInputError("only http and https image URLs are allowed")
     try:
-        infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(
+            parts.hostname, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
     except (socket.gaierror, UnicodeError):
         raise ToolInputError(f"the image URL's host cannot be resolved: {_shown(parts.hostname)}") from None
     addresses = {info[4][0] for info in infos}
@@ -246,8 +248,9 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...
 
 
 def _is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.is_global and not (ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_multicast
-                                 or ip.is_reserved or ip.is_unspecified)
+    return ip.is_global and not (
+        ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+    )
 
 
 def _netloc(address: str, port: int | None) -> str:
@@ -291,8 +294,9 @@ def checked_vocabulary(value: str | list[str], limits: SafetyLimits) -> Vocabula
         if not isinstance(item, str):
             raise ToolInputError("every class name must be a string")
         if len(item.strip()) > limits.max_name_chars:
-            raise ToolInputError(f"a class name is {len(item.strip())} characters, "
-                                 f"over the limit of {limits.max_name_chars}")
+            raise ToolInputError(
+                f"a class name is {len(item.strip())} characters, over the limit of {limits.max_name_chars}"
+            )
     try:
         return parse_class_list(items)
     except OpenSegRError as exc:

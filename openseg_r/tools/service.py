@@ -84,8 +84,7 @@ class SegmentRequest(BaseModel):
 
     image_path: str | None = Field(
         None,
-        description="path of an image file under the server's allowed folders "
-        "(relative to the first one, or absolute)",
+        description="path of an image file under the server's allowed folders (relative to the first one, or absolute)",
     )
     image_base64: str | None = Field(None, description="the image file's bytes, base64-encoded (a data: URL is fine)")
     image_url: str | None = Field(None, description="an http(s) URL of the image, if the server allows URLs")
@@ -142,8 +141,9 @@ class SegmentationService:
             "reasoning": request.reasoning and has_lmm,
             "self_check": {"enabled": request.self_check and has_lmm, "mode": "lmm"},
         }
-        call = self.begin(lambda token: self.model.segment(rgb, vocabulary, graph_config=graph_config,
-                                                           cancel=token, **settings))
+        call = self.begin(
+            lambda token: self.model.segment(rgb, vocabulary, graph_config=graph_config, cancel=token, **settings)
+        )
         result = call.result()
         trace_id = uuid.uuid4().hex[:16]
         output = build_output(result, trace_id, request.masks, notes)

@@ -134,9 +134,7 @@ def load_named_vocabulary(value: str) -> Vocabulary:
         return load_builtin(value)
     if Path(value).is_file():
         return load_vocabulary_file(value)
-    raise VocabularyError(
-        f"unknown vocabulary {value!r}: not a built-in ({', '.join(builtin_names())}) and not a file"
-    )
+    raise VocabularyError(f"unknown vocabulary {value!r}: not a built-in ({', '.join(builtin_names())}) and not a file")
 
 
 def _has_display_prefix(line: str) -> bool:
@@ -149,8 +147,9 @@ def _clean_name(raw: str) -> str:
     text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
     text = " ".join(text.split())
     if len(text) > MAX_NAME_CHARS:
-        raise VocabularyError(f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: "
-                              f"{text[:40]!r}…")
+        raise VocabularyError(
+            f"class name is {len(text)} characters, over the limit of {MAX_NAME_CHARS}: {text[:40]!r}…"
+        )
     return text
 
 
@@ -174,9 +173,7 @@ def _build(entries: list[tuple[str | None, list[str]]], name: str | None) -> Voc
                 f"duplicate class name {display_name!r} (classes {seen[folded] + 1} and {len(classes) + 1})"
             )
         seen[folded] = len(classes)
-        classes.append(
-            VocabularyClass(name=display_name, queries=queries, is_background=folded == BACKGROUND)
-        )
+        classes.append(VocabularyClass(name=display_name, queries=queries, is_background=folded == BACKGROUND))
     if not classes:
         raise VocabularyError("the vocabulary is empty: give at least one class name")
     if len(classes) > MAX_CLASSES:

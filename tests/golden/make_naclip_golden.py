@@ -64,26 +64,86 @@ PAMR_STEPS, PAMR_DILATIONS = 10, (8, 16)
 # NACLIP imports these from prompts/imagenet_template.py (openai_imagenet_template), which is not
 # part of the reference folder: OpenAI's 80 ImageNet templates, in their order.
 IMAGENET_TEMPLATES = [
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
-    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
-    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
-    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
-    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
-    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
-    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
-    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
-    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
-    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
-    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
-    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
-    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
-    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
-    "a photo of a small {}.", "a tattoo of the {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
 ]
 
 
@@ -190,8 +250,9 @@ def forward_slide(net, queries: torch.Tensor, img: torch.Tensor, stride: int = 1
             x1 = max(x2 - w_crop, 0)
             crop_img = img[:, :, y1:y2, x1:x2]
             crop_seg_logit = forward_feature(net, queries, crop_img)
-            preds += nn.functional.pad(crop_seg_logit,
-                                       (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            preds += nn.functional.pad(
+                crop_seg_logit, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2))
+            )
             count_mat[:, :, y1:y2, x1:x2] += 1
     assert (count_mat == 0).sum() == 0
     return preds / count_mat
@@ -232,14 +293,29 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out / "naclip_golden_inputs.npz",
-        image=image, mean=MEAN, std=STD, original_size=np.array(ORIGINAL_SIZE), names=np.array(NAMES),
-        text_features=queries.numpy().astype(np.float32), templates=np.array(IMAGENET_TEMPLATES),
-        rows_inference=rows_inf, cols_inference=cols_inf, rows_original=rows_ori, cols_original=cols_ori,
-        feature_dims=dims, crop=np.array(CROP), stride=np.array(STRIDE), gaussian_std=np.array(GAUSSIAN_STD),
-        pamr_steps=np.array(PAMR_STEPS), pamr_dilations=np.array(PAMR_DILATIONS), weights_seed=np.array(SEED),
+        image=image,
+        mean=MEAN,
+        std=STD,
+        original_size=np.array(ORIGINAL_SIZE),
+        names=np.array(NAMES),
+        text_features=queries.numpy().astype(np.float32),
+        templates=np.array(IMAGENET_TEMPLATES),
+        rows_inference=rows_inf,
+        cols_inference=cols_inf,
+        rows_original=rows_ori,
+        cols_original=cols_ori,
+        feature_dims=dims,
+        crop=np.array(CROP),
+        stride=np.array(STRIDE),
+        gaussian_std=np.array(GAUSSIAN_STD),
+        pamr_steps=np.array(PAMR_STEPS),
+        pamr_dilations=np.array(PAMR_DILATIONS),
+        weights_seed=np.array(SEED),
     )
-    print(f"text features {tuple(queries.shape)}, pairwise cosine max "
-          f"{(queries @ queries.T - torch.eye(len(NAMES))).max():.3f}")
+    print(
+        f"text features {tuple(queries.shape)}, pairwise cosine max "
+        f"{(queries @ queries.T - torch.eye(len(NAMES))).max():.3f}"
+    )
 
     with torch.no_grad():
         for variant, (arch, strategy) in VARIANTS.items():
@@ -261,7 +337,8 @@ def main() -> None:
                 assert torch.isfinite(value).all(), (variant, name)
             np.savez_compressed(
                 args.out / f"naclip_golden_{variant}.npz",
-                arch=np.array(arch), attn_strategy=np.array(strategy),
+                arch=np.array(arch),
+                attn_strategy=np.array(strategy),
                 **{name: value.numpy().astype(np.float32) for name, value in arrays.items()},
             )
             cosine = whole_features.reshape(-1, whole_features.shape[-1])

@@ -41,11 +41,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except WeightsError:
             raise
         except Exception as exc:
-            raise WeightsError(f"cannot read CLIP weights {path}: a damaged safetensors file "
-                               f"({first_line(str(exc))})") from None
+            raise WeightsError(
+                f"cannot read CLIP weights {path}: a damaged safetensors file ({first_line(str(exc))})"
+            ) from None
     if not head.startswith(b"PK") and _is_text(head):
-        raise WeightsError(f"CLIP weights file {path} is a text file, not weights (a model config JSON is given "
-                           "as --clip-model)")
+        raise WeightsError(
+            f"CLIP weights file {path} is a text file, not weights (a model config JSON is given as --clip-model)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns before it refuses a TorchScript archive
@@ -55,23 +57,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if found:
             raise WeightsError(
                 f"CLIP weights file {path} holds Python objects besides tensors ({found.group(1)}), which are never "
-                "unpickled: save only the tensors, torch.save(model.state_dict(), FILE)") from None
-        raise WeightsError(f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, "
-                           "or a damaged one") from None
+                "unpickled: save only the tensors, torch.save(model.state_dict(), FILE)"
+            ) from None
+        raise WeightsError(
+            f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, or a damaged one"
+        ) from None
     except RuntimeError as exc:
         text = str(exc)
         if "TorchScript" in text:
             raise WeightsError(
                 f"CLIP weights file {path} is a TorchScript archive (like OpenAI's original .pt files), which is "
-                "not loaded: use open_clip's weights from the Hugging Face hub (README, Models)") from None
+                "not loaded: use open_clip's weights from the Hugging Face hub (README, Models)"
+            ) from None
         if "zip" in text or "PytorchStreamReader" in text:
-            raise WeightsError(f"cannot read CLIP weights {path}: the file is damaged or incomplete (copy or "
-                               "download it again)") from None
-        raise WeightsError(f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, "
-                           "or a damaged one") from None
+            raise WeightsError(
+                f"cannot read CLIP weights {path}: the file is damaged or incomplete (copy or download it again)"
+            ) from None
+        raise WeightsError(
+            f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, or a damaged one"
+        ) from None
     except Exception:  # EOFError, KeyError, ... from bytes that are not a checkpoint
-        raise WeightsError(f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, "
-                           "or a damaged one") from None
+        raise WeightsError(
+            f"cannot read CLIP weights {path}: not a PyTorch checkpoint or a safetensors file, or a damaged one"
+        ) from None
     return _as_state_dict(loaded, path)
 
 
@@ -99,10 +107,14 @@ def fit_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], pat
         if unexpected:
             parts.append(f"{_count(unexpected, 'unexpected key')} ({_first_few(unexpected)})")
         if reshaped:
-            shapes = [f"{key} {list(state_dict[key].shape)} here, {list(expected[key].shape)} in the model"
-                      for key in reshaped[:3]]
-            parts.append(f"{_count(reshaped, 'tensor')} of another shape ({'; '.join(shapes)}"
-                         f"{', ...' if len(reshaped) > 3 else ''})")
+            shapes = [
+                f"{key} {list(state_dict[key].shape)} here, {list(expected[key].shape)} in the model"
+                for key in reshaped[:3]
+            ]
+            parts.append(
+                f"{_count(reshaped, 'tensor')} of another shape ({'; '.join(shapes)}"
+                f"{', ...' if len(reshaped) > 3 else ''})"
+            )
         raise WeightsError(f"the weights in {path} do not fit {model_name}: {', '.join(parts)}")
     model.load_state_dict(state_dict, strict=True)
 
@@ -138,18 +150,21 @@ def _as_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
         loaded = loaded["state_dict"]
     advice = "save one with torch.save(model.state_dict(), FILE)"
     if not isinstance(loaded, Mapping):
-        raise WeightsError(f"CLIP weights file {path} holds {_describe(loaded)}, not a state_dict (parameter names "
-                           f"mapped to tensors): {advice}")
+        raise WeightsError(
+            f"CLIP weights file {path} holds {_describe(loaded)}, not a state_dict (parameter names "
+            f"mapped to tensors): {advice}"
+        )
     if not loaded:
         raise WeightsError(f"CLIP weights file {path} holds an empty state_dict")
     for key, value in loaded.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise WeightsError(f"CLIP weights file {path} is not a state_dict: {str(key)[:80]!r} holds "
-                               f"{_describe(value)}, not a tensor: {advice}")
+            raise WeightsError(
+                f"CLIP weights file {path} is not a state_dict: {str(key)[:80]!r} holds "
+                f"{_describe(value)}, not a tensor: {advice}"
+            )
     if all(key.startswith("module.") for key in loaded):  # saved from a DistributedDataParallel wrapper
-        return {key[len("module."):]: value for key, value in loaded.items()}
+        return {key[len("module.") :]: value for key, value in loaded.items()}
     return dict(loaded)
-
 
 
 def _is_safetensors(head: bytes) -> bool:
@@ -180,4 +195,3 @@ def _count(keys: list[str], noun: str) -> str:
 
 def _first_few(keys: list[str], few: int = 3) -> str:
     return ", ".join(keys[:few]) + (", ..." if len(keys) > few else "")
-

@@ -97,8 +97,10 @@ class DenseCLIPEncoder:
             except Exception as exc:  # any compiler failure: fall back, say so once
                 self._compiled = None
                 self.compile_error = _describe(exc)
-                print(f"openseg-r: torch.compile failed, running the vision tower eagerly ({self.compile_error})",
-                      file=sys.stderr)
+                print(
+                    f"openseg-r: torch.compile failed, running the vision tower eagerly ({self.compile_error})",
+                    file=sys.stderr,
+                )
         return self._encode(pixels, pos, bias, grid)
 
     def _encode(

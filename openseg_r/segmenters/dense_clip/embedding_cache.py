@@ -91,8 +91,7 @@ class SQLiteTextCache:
     # ------------------------------------------------------------------ the file
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                     check_same_thread=False)
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
         return connection
 
@@ -168,8 +167,9 @@ class SQLiteTextCache:
 
     # ---------------------------------------------------------------- vectors
 
-    def get_many(self, model: str, template_set: str, phrases: list[str], dim: int | None = None
-                 ) -> dict[str, np.ndarray]:
+    def get_many(
+        self, model: str, template_set: str, phrases: list[str], dim: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The stored vectors among ``phrases`` (read-only float32 arrays). A vector whose
         size is not ``dim`` (when given) or its own recorded dim, or that is not finite,
         counts as a miss; the caller encodes it again and its write replaces the row."""
@@ -223,16 +223,20 @@ class SQLiteTextCache:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     for start in range(0, len(rows), CHUNK):
-                        db.executemany("INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?, ?, ?)",
-                                       rows[start : start + CHUNK])
+                        db.executemany(
+                            "INSERT OR REPLACE INTO text_embeddings VALUES (?, ?, ?, ?, ?, ?)",
+                            rows[start : start + CHUNK],
+                        )
                     dropped = self._trim(db)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 if dropped:
-                    self._note(f"dropped {dropped} least recently used vector(s): the cache holds at most "
-                               f"{self.max_bytes / 2**20:g} MB of vectors")
+                    self._note(
+                        f"dropped {dropped} least recently used vector(s): the cache holds at most "
+                        f"{self.max_bytes / 2**20:g} MB of vectors"
+                    )
                     self._shrink(db)
         except sqlite3.Error as exc:
             self._failed(f"write of {len(rows)} vector(s)", exc)
@@ -243,8 +247,11 @@ class SQLiteTextCache:
             with self._closing() as db:
                 for start in range(0, len(phrases), CHUNK):
                     chunk = phrases[start : start + CHUNK]
-                    db.execute(f"UPDATE text_embeddings SET created = ? WHERE model = ? AND template_set = ? "
-                               f"AND phrase IN ({','.join('?' * len(chunk))})", [now, model, template_set, *chunk])
+                    db.execute(
+                        f"UPDATE text_embeddings SET created = ? WHERE model = ? AND template_set = ? "
+                        f"AND phrase IN ({','.join('?' * len(chunk))})",
+                        [now, model, template_set, *chunk],
+                    )
         except sqlite3.Error:
             pass
 
@@ -252,8 +259,11 @@ class SQLiteTextCache:
         """Inside the writing transaction: drop the least recently used vectors past the
         bound, down to TRIM_TO of it, and the oldest remembered identities past
         MAX_IDENTITIES. Returns how many vectors went."""
-        db.execute("DELETE FROM weights_identity WHERE key NOT IN "
-                   "(SELECT key FROM weights_identity ORDER BY created DESC LIMIT ?)", (MAX_IDENTITIES,))
+        db.execute(
+            "DELETE FROM weights_identity WHERE key NOT IN "
+            "(SELECT key FROM weights_identity ORDER BY created DESC LIMIT ?)",
+            (MAX_IDENTITIES,),
+        )
         total = int(db.execute("SELECT COALESCE(SUM(length(vector)), 0) FROM text_embeddings").fetchone()[0])
         if total <= self.max_bytes:
             return 0

@@ -130,14 +130,14 @@ def load_clip(
     model_name = _register_config_file(model)
     if model_name.startswith("local-dir:"):
         pretrained = None
-        folder = Path(model_name[len("local-dir:"):])
+        folder = Path(model_name[len("local-dir:") :])
         weights_file = weights_in_folder(folder)
         state_dict = read_state_dict(weights_file)
         clip_model = _create_model(model_name, load_weights=False)
         tokenizer_name = model_name
     elif model_name.startswith("hf-hub:"):
         pretrained = None
-        config_file, weights_file = hub_model_files(model_name[len("hf-hub:"):])
+        config_file, weights_file = hub_model_files(model_name[len("hf-hub:") :])
         state_dict = read_state_dict(weights_file)
         # Built from the cached snapshot folder, so that open_clip asks the hub for nothing more
         tokenizer_name = f"local-dir:{config_file.parent}"
@@ -151,9 +151,12 @@ def load_clip(
         weights_file, tag_config = find_weights(model_name, pretrained)
         state_dict = None if weights_file is None else read_state_dict(weights_file)
         preprocess = {key: value for key, value in tag_config.items() if key != "size"}  # the tag's mean and std
-        clip_model = _create_model(model_name, weights_follow=weights_file is not None,
-                                   force_quick_gelu=bool(tag_config.get("quick_gelu", False)),
-                                   force_preprocess_cfg=preprocess or None)
+        clip_model = _create_model(
+            model_name,
+            weights_follow=weights_file is not None,
+            force_quick_gelu=bool(tag_config.get("quick_gelu", False)),
+            force_preprocess_cfg=preprocess or None,
+        )
         tokenizer_name = model_name
     if weights_file is not None:
         fit_weights(clip_model, state_dict, weights_file, model_name)
@@ -176,8 +179,6 @@ def needs_quick_gelu(model_name: str, pretrained: str | None) -> bool:
     if not pretrained or looks_like_path(pretrained):
         return False
     return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
-
-
 
 
 def _create_model(model_name: str, *, weights_follow: bool = True, **options) -> torch.nn.Module:
@@ -216,4 +217,3 @@ def _register_config_file(model: str) -> str:
         open_clip.add_model_config(path)
         return path.stem
     return model
-

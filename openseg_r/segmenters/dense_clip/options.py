@@ -29,8 +29,10 @@ class SegmenterConfig(BaseModel):
     stride: int = Field(112, ge=1, description="sliding-window stride")
     slide: bool = Field(True, description="False runs the whole resized image at once")
     window_batch_size: int | None = Field(
-        None, ge=1, description="windows per forward pass (None: 8 on the CPU, where larger passes fall out of "
-        "cache; 256 on a GPU)"
+        None,
+        ge=1,
+        description="windows per forward pass (None: 8 on the CPU, where larger passes fall out of "
+        "cache; 256 on a GPU)",
     )
     gaussian_sigma: float = Field(5.0, gt=0, description="NACLIP's neighbourhood bias")
     pamr_steps: int = Field(0, ge=0, le=100, description="PAMR refinement iterations (0: off; NACLIP uses 10)")

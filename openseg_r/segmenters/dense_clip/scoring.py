@@ -38,9 +38,7 @@ class QueryBank:
     def channel_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Patch features (..., D) -> channel scores (..., K): cosine, max over each channel's queries."""
         sims = features @ self.embeddings.to(features.device, features.dtype).T
-        if self.num_channels == sims.shape[-1] and bool(
-            (self.query_channel == torch.arange(self.num_channels)).all()
-        ):
+        if self.num_channels == sims.shape[-1] and bool((self.query_channel == torch.arange(self.num_channels)).all()):
             return sims
         index = self.query_channel.to(sims.device).expand(sims.shape)
         out = torch.full((*sims.shape[:-1], self.num_channels), float("-inf"), device=sims.device, dtype=sims.dtype)
@@ -61,7 +59,8 @@ class QueryBank:
         for slot in range(self.num_slots):
             on_host = (self.channel_slot == slot).nonzero().flatten()  # the layout is decided on the host:
             one_per_class = on_host.numel() == self.num_classes and bool(  # no device sync per image
-                (self.channel_class[on_host] == torch.arange(self.num_classes)).all())
+                (self.channel_class[on_host] == torch.arange(self.num_classes)).all()
+            )
             channels = on_host.to(logits.device)
             classes = self.channel_class.to(logits.device)[channels]
             slot_logits = logit_scale * logits[channels].float()

@@ -50,8 +50,9 @@ class CLIPSegmenter:
         self.config = config or SegmenterConfig()
         if clip.device.type == "cpu":  # the same labels at any thread count (docs/design.md §2.5)
             make_thread_invariant(clip.model)
-        self.encoder = DenseCLIPEncoder(clip.model, self.config.attention, self.config.gaussian_sigma,
-                                        compile=self.config.compile)
+        self.encoder = DenseCLIPEncoder(
+            clip.model, self.config.attention, self.config.gaussian_sigma, compile=self.config.compile
+        )
         self.text = TextEmbedder(clip, store=text_store)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # recent images' window features
         self.encoded_images = 0  # how many images went through the vision tower
@@ -188,8 +189,9 @@ class CLIPSegmenter:
                     groups.setdefault((y2 - y1, x2 - x1), []).append((index, number))
         outputs: dict[tuple[int, int], torch.Tensor] = {}
         dropped: set[int] = set()
-        batch = self.config.window_batch_size or (AUTO_WINDOWS_GPU if self.clip.device.type == "cuda"
-                                                  else AUTO_WINDOWS_CPU)
+        batch = self.config.window_batch_size or (
+            AUTO_WINDOWS_GPU if self.clip.device.type == "cuda" else AUTO_WINDOWS_CPU
+        )
         for pairs in groups.values():
             while pairs:
                 dropped |= _cancelled(cancels)
@@ -250,9 +252,7 @@ class CLIPSegmenter:
         cfg = self.config
         if cfg.pamr_steps == 0:
             return RowResampler(logits, out_h, out_w)
-        return BandRefiner.from_inference(
-            logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations
-        )
+        return BandRefiner.from_inference(logits, pixels[0], out_h, out_w, cfg.pamr_steps, cfg.pamr_dilations)
 
     def segment(
         self,
@@ -268,8 +268,16 @@ class CLIPSegmenter:
         """``image_key`` (the image's content hash, e.g. its artifact-store key) lets the
         same image scored again reuse its window features. The current work's cancel token
         (:mod:`openseg_r._support.cancel`) stops it at the next window pass."""
-        job = SegmentJob(rgb, bank, class_filter, logit_scale, background_index, background_threshold, image_key,
-                         cancel=current_token())
+        job = SegmentJob(
+            rgb,
+            bank,
+            class_filter,
+            logit_scale,
+            background_index,
+            background_threshold,
+            image_key,
+            cancel=current_token(),
+        )
         return self.segment_batch([job])[0]
 
     @torch.inference_mode()
@@ -396,6 +404,10 @@ def _fetch(on_device: list[dict]) -> list[dict]:
 def build(options: DenseCLIPOptions, request: BuildRequest) -> CLIPSegmenter:
     """The registry's factory for the ``dense-clip`` kind."""
     return CLIPSegmenter.from_pretrained(
-        options.clip_model, options.clip_pretrained, device=request.device, precision=request.precision,
-        text_cache=request.text_cache, **options.inference().model_dump(),
+        options.clip_model,
+        options.clip_pretrained,
+        device=request.device,
+        precision=request.precision,
+        text_cache=request.text_cache,
+        **options.inference().model_dump(),
     )

@@ -28,8 +28,15 @@ TEXT_BATCH = 256
 # Bump when the embedding formula or encode_text changes: stored vectors then stop matching.
 EMBEDDING_VERSION = "text-embedding-v1"
 # What the text path reads in an open_clip CLIP (CustomTextCLIP keeps all of it under `text`).
-TEXT_PREFIXES = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection",
-                 "attn_mask", "text")
+TEXT_PREFIXES = (
+    "token_embedding",
+    "positional_embedding",
+    "transformer",
+    "ln_final",
+    "text_projection",
+    "attn_mask",
+    "text",
+)
 TEXT_ATTRIBUTES = ("text_pool_type", "context_length", "vocab_size", "text_eos_id", "pad_id")
 
 
@@ -137,8 +144,11 @@ class TextEmbedder:
         found.update(encoded)
         self._remember(encoded, template_set, sentences=len(claimed) * len(templates))
         if self.store is not None:
-            self.store.put_many(self.identity, template_key(template_set, templates),
-                                {phrase: vector.numpy() for phrase, vector in encoded.items()})
+            self.store.put_many(
+                self.identity,
+                template_key(template_set, templates),
+                {phrase: vector.numpy() for phrase, vector in encoded.items()},
+            )
 
     def _remember(self, vectors: dict[str, torch.Tensor], template_set: str, sentences: int = 0) -> None:
         with self._lock:
@@ -230,18 +240,21 @@ def hash_text_tower(model: torch.nn.Module, context: str = "") -> str:
 def _identity_context(clip: LoadedCLIP) -> str:
     model, tokenizer = clip.model, clip.tokenizer
     modules = [f"{name}={module!r}" for name, module in model.named_children() if name in TEXT_PREFIXES]
-    return json.dumps({
-        "version": EMBEDDING_VERSION,
-        "model_name": clip.model_name,
-        "tokenizer": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
-        "context_length": getattr(tokenizer, "context_length", None),
-        "attributes": {a: repr(getattr(model, a)) for a in TEXT_ATTRIBUTES if hasattr(model, a)},
-        "modules": hashlib.sha256("\n".join(modules).encode()).hexdigest(),
-        "device": clip.device.type,
-        "dtype": str(clip.dtype),
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "version": EMBEDDING_VERSION,
+            "model_name": clip.model_name,
+            "tokenizer": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+            "context_length": getattr(tokenizer, "context_length", None),
+            "attributes": {a: repr(getattr(model, a)) for a in TEXT_ATTRIBUTES if hasattr(model, a)},
+            "modules": hashlib.sha256("\n".join(modules).encode()).hexdigest(),
+            "device": clip.device.type,
+            "dtype": str(clip.dtype),
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+        },
+        sort_keys=True,
+    )
 
 
 def _weights_file_key(pretrained: str | None, context: str) -> str | None:
@@ -253,8 +266,15 @@ def _weights_file_key(pretrained: str | None, context: str) -> str | None:
         stat = os.stat(real)
     except OSError:
         return None
-    return json.dumps({"path": real, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                       "context": hashlib.sha256(context.encode()).hexdigest()}, sort_keys=True)
+    return json.dumps(
+        {
+            "path": real,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "context": hashlib.sha256(context.encode()).hexdigest(),
+        },
+        sort_keys=True,
+    )
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

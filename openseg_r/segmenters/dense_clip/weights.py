@@ -21,9 +21,16 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 HUB_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to answer before a download is given up
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 # open_clip's names for the weights in a hub repository or a local-dir folder, preferred first
-FOLDER_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                       "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
-                       "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+FOLDER_WEIGHT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
 
 
 def looks_like_path(value: str) -> bool:
@@ -41,15 +48,18 @@ def find_weights(model_name: str, pretrained: str | None) -> tuple[Path | None, 
         return _tag_file(model_name, pretrained, tag_config), tag_config
     path = Path(pretrained).expanduser()
     if path.is_dir():
-        raise WeightsError(f"CLIP weights {pretrained} is a folder, not a weights file (an open_clip model folder "
-                           f"is given as --clip-model local-dir:{pretrained})")
+        raise WeightsError(
+            f"CLIP weights {pretrained} is a folder, not a weights file (an open_clip model folder "
+            f"is given as --clip-model local-dir:{pretrained})"
+        )
     if path.is_file():
         return path, {}
     if looks_like_path(pretrained):
         raise WeightsError(f"CLIP weights file not found: {pretrained}")
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-    raise WeightsError(f"CLIP weights {pretrained!r} are neither a pretrained tag of {model_name} "
-                       f"(tags: {tags}) nor a file")
+    raise WeightsError(
+        f"CLIP weights {pretrained!r} are neither a pretrained tag of {model_name} (tags: {tags}) nor a file"
+    )
 
 
 def how_to_get_weights(model_name: str = "", tag_config: dict | None = None, *, offline: bool = False) -> str:
@@ -58,8 +68,11 @@ def how_to_get_weights(model_name: str = "", tag_config: dict | None = None, *, 
     does not say so, and with GELU the features drift silently."""
     file = "--clip-pretrained FILE"
     quick = f"{model_name}-quickgelu"
-    if (tag_config or {}).get("quick_gelu") and not model_name.endswith("-quickgelu") and \
-            open_clip.get_model_config(quick) is not None:
+    if (
+        (tag_config or {}).get("quick_gelu")
+        and not model_name.endswith("-quickgelu")
+        and open_clip.get_model_config(quick) is not None
+    ):
         file += f" (with --clip-model {quick}: these weights run with QuickGELU)"
     cache = "copy the Hugging Face cache from a machine with network" + ("" if offline else " and set HF_HUB_OFFLINE=1")
     return f"pass a weights file with {file}, or {cache} (README, Models)"
@@ -164,20 +177,23 @@ def _hub_offline() -> bool:
     from huggingface_hub import constants
 
     flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return bool(constants.HF_HUB_OFFLINE) or any((flag or "").strip().upper() in ("1", "ON", "YES", "TRUE")
-                                                 for flag in flags)
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        (flag or "").strip().upper() in ("1", "ON", "YES", "TRUE") for flag in flags
+    )
 
 
 def _refuse_if_no_hub(what: str, where: str, url: str, advice: tuple[str, dict]) -> None:
     """Raise one line when nothing may or can be downloaded: offline mode, or a hub that
     does not answer within :data:`HUB_PROBE_TIMEOUT_S` (instead of a minute of retries)."""
     if _hub_offline():
-        raise WeightsError(f"{what} are not in {where} and HF_HUB_OFFLINE is set: "
-                           f"{how_to_get_weights(*advice, offline=True)}")
+        raise WeightsError(
+            f"{what} are not in {where} and HF_HUB_OFFLINE is set: {how_to_get_weights(*advice, offline=True)}"
+        )
     problem = unreachable(url, HUB_PROBE_TIMEOUT_S)
     if problem:
-        raise WeightsError(f"{what} are not in {where} and cannot be downloaded ({problem}): "
-                           f"{how_to_get_weights(*advice)}")
+        raise WeightsError(
+            f"{what} are not in {where} and cannot be downloaded ({problem}): {how_to_get_weights(*advice)}"
+        )
 
 
 def unreachable(url: str, timeout: float) -> str | None:
@@ -207,7 +223,6 @@ def unreachable(url: str, timeout: float) -> str | None:
     if not outcome:
         return f"{url} did not answer within {timeout:g} s"
     return outcome[0]
-
 
 
 def first_line(text: str) -> str:

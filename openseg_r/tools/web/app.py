@@ -36,19 +36,23 @@ SELF_CHECK_MODES = ["off", "LMM", "human"]
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 YIELD_EVERY_S = 0.15  # the trace is re-sent at most this often while events arrive
 KEPT_DOWNLOADS = 64  # result folders kept on disk; older ones are deleted
-PAGE_CSS = TRACE_CSS + """
+PAGE_CSS = (
+    TRACE_CSS
+    + """
 #status .openseg-error{background:#fde2e2;border:1px solid #e0a0a0;padding:.4rem .6rem;border-radius:4px}
 #status .openseg-note{background:#fff4d6;padding:.4rem .6rem;border-radius:4px}
 #status .openseg-done{background:#e3f4e3;padding:.4rem .6rem;border-radius:4px}
 """
+)
 
 
 class WebApp:
     """The server side of the page: the service (model, limits, slots), the backends a page
     may pick, the runs pages are following, and where their downloads are written."""
 
-    def __init__(self, service: SegmentationService, backends: BackendChoices, downloads: Path, *,
-                 runs: LiveRuns | None = None) -> None:
+    def __init__(
+        self, service: SegmentationService, backends: BackendChoices, downloads: Path, *, runs: LiveRuns | None = None
+    ) -> None:
         self.service, self.backends = service, backends
         self.downloads = Path(downloads)
         self.downloads.mkdir(parents=True, exist_ok=True)
@@ -78,12 +82,15 @@ class WebApp:
         except UploadRefused as exc:
             raise ToolInputError(str(exc)) from None
 
-    def prepare(self, image: dict | None, classes: str, backend: str, reasoning: bool, self_check: str,
-                record: bool) -> tuple[LiveRun, list[str]]:
+    def prepare(
+        self, image: dict | None, classes: str, backend: str, reasoning: bool, self_check: str, record: bool
+    ) -> tuple[LiveRun, list[str]]:
         """A live run of checked inputs, and notes on settings the server changed; one line if refused."""
         if not (classes or "").strip():
-            raise ToolInputError("name at least one class (comma-separated, '|' between synonyms), "
-                                 "or a built-in vocabulary such as voc21")
+            raise ToolInputError(
+                "name at least one class (comma-separated, '|' between synonyms), "
+                "or a built-in vocabulary such as voc21"
+            )
         vocabulary = checked_vocabulary(classes, self.service.limits)
         self.service.check_text_budget(vocabulary)
         if self_check not in SELF_CHECK_MODES:
@@ -97,11 +104,20 @@ class WebApp:
             notes.append("no LMM backend chosen: reasoning is off")
         if self_check == "LMM" and not has_lmm:
             notes.append("no LMM backend chosen: the LMM self-check is off")
-        check = {"enabled": self_check == "human" or (self_check == "LMM" and has_lmm),
-                 "mode": "human" if self_check == "human" else "lmm"}
+        check = {
+            "enabled": self_check == "human" or (self_check == "LMM" and has_lmm),
+            "mode": "human" if self_check == "human" else "lmm",
+        }
         settings = {"reasoning": bool(reasoning) and has_lmm, "self_check": check}
-        live = LiveRun(self.service, model, rgb, vocabulary, settings, record=bool(record) and self.runs_db is not None,
-                       image_name=name)
+        live = LiveRun(
+            self.service,
+            model,
+            rgb,
+            vocabulary,
+            settings,
+            record=bool(record) and self.runs_db is not None,
+            image_name=name,
+        )
         return self.runs.add(live), notes
 
     # ------------------------------------------------------------------ outputs
@@ -117,6 +133,7 @@ class WebApp:
 
     def _prune(self) -> None:
         """Keep the newest KEPT_DOWNLOADS folders; a folder another run's prune removed meanwhile is skipped."""
+
         def modified(folder: Path) -> float:
             try:
                 return folder.stat().st_mtime
@@ -130,8 +147,9 @@ class WebApp:
     def baseline(self, rgb: np.ndarray, vocabulary) -> np.ndarray:
         """The bare-name baseline's label map for the same image and classes."""
         model = self.backends.model_for(self.backends.default)
-        call = self.service.begin(lambda token: model.segment(rgb, vocabulary, record=False, cancel=token,
-                                                              **BASELINE_SETTINGS))
+        call = self.service.begin(
+            lambda token: model.segment(rgb, vocabulary, record=False, cancel=token, **BASELINE_SETTINGS)
+        )
         return call.result().labels
 
     # ------------------------------------------------------------------ recorded runs
@@ -151,15 +169,21 @@ class WebApp:
                 f"<td>{html.escape(record.status)}</td><td>{html.escape(Path(record.image or '').name)}</td>"
                 f"<td>{html.escape((record.vocabulary or '')[:60])}</td>"
                 f"<td>{html.escape(record.backend or 'none')}</td>"
-                f"<td><a href='openseg/report/{run_id}' target='_blank' data-report='{run_id}'>report</a></td></tr>")
-        return ("<table data-section='recorded'><tr><th>run</th><th>started</th><th>status</th><th>image</th>"
-                f"<th>classes</th><th>LMM</th><th></th></tr>{''.join(rows)}</table>")
+                f"<td><a href='openseg/report/{run_id}' target='_blank' data-report='{run_id}'>report</a></td></tr>"
+            )
+        return (
+            "<table data-section='recorded'><tr><th>run</th><th>started</th><th>status</th><th>image</th>"
+            f"<th>classes</th><th>LMM</th><th></th></tr>{''.join(rows)}</table>"
+        )
 
     def recorded_choices(self) -> list[tuple[str, str]]:
         if self.runs_db is None:
             return []
-        return [(f"{r.run_id[:12]} · {Path(r.image or '').name} · {r.status}", r.run_id)
-                for r in self.runs_db.list_runs(50) if r.status == "done"]
+        return [
+            (f"{r.run_id[:12]} · {Path(r.image or '').name} · {r.status}", r.run_id)
+            for r in self.runs_db.list_runs(50)
+            if r.status == "done"
+        ]
 
     def recorded_labels(self, run_id: str):
         """(image, vocabulary, final labels) of a finished recorded run."""
@@ -171,8 +195,9 @@ class WebApp:
             raise ToolInputError("choose a recorded run first")
         run = load_run(self.runs_db, run_id, self.backends.model.graph)
         if run.record.redact:
-            raise ToolInputError("this run was recorded with --redact: its image is not kept, so there is "
-                                 "nothing to run the baseline on")
+            raise ToolInputError(
+                "this run was recorded with --redact: its image is not kept, so there is nothing to run the baseline on"
+            )
         labels = run.final_labels()
         rgb = run.array(run.record.image_key)
         if run.state is None or labels is None or rgb is None:
@@ -202,11 +227,17 @@ def status_html(live: LiveRun | None = None, error: str | None = None, notes: li
     if live.result is not None:
         seconds = sum(t.seconds for t in live.result.state.timings)
         recorded = f" · recorded as {live.run_id[:12]}" if live.run_id else ""
-        parts.insert(0, f"<div class='openseg-done' data-state='done'>done: {len(live.result.present)} class(es) "
-                        f"found in {seconds:.1f} s of graph time{recorded}</div>")
+        parts.insert(
+            0,
+            f"<div class='openseg-done' data-state='done'>done: {len(live.result.present)} class(es) "
+            f"found in {seconds:.1f} s of graph time{recorded}</div>",
+        )
     elif live.questions:
-        parts.insert(0, f"<div class='openseg-note' data-state='paused'>the self-check asks you about "
-                        f"{len(live.questions)} region(s): answer below, in any order</div>")
+        parts.insert(
+            0,
+            f"<div class='openseg-note' data-state='paused'>the self-check asks you about "
+            f"{len(live.questions)} region(s): answer below, in any order</div>",
+        )
     else:
         line = live.trace.status_line() or "starting"
         parts.insert(0, f"<div data-state='running'>running: {html.escape(line)}</div>")
@@ -217,33 +248,49 @@ def build_blocks(web: WebApp) -> gr.Blocks:
     has_runs = web.runs_db is not None
     example = EXAMPLES / "voc.jpg"
     with gr.Blocks(title="openseg-r", analytics_enabled=False) as blocks:
-        gr.Markdown("# openseg-r\nOpen-vocabulary segmentation guided by step-by-step visual reasoning: an LMM "
-                    "reasons about each class and this image, the reasons become prompts for a CLIP segmenter, "
-                    "and you can watch every step.")
+        gr.Markdown(
+            "# openseg-r\nOpen-vocabulary segmentation guided by step-by-step visual reasoning: an LMM "
+            "reasons about each class and this image, the reasons become prompts for a CLIP segmenter, "
+            "and you can watch every step."
+        )
         live_id = gr.State(None)
         questions = gr.State([])
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(label="Image", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard"], elem_id="image")
+                    image = gr.Image(
+                        label="Image",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        elem_id="image",
+                    )
                     if example.is_file():
                         gr.Examples([[str(example)]], inputs=[image], label="Example", elem_id="examples")
-                    classes = gr.Textbox(label="Classes", elem_id="classes", lines=2,
-                                         placeholder="cat, sofa|couch, lamp  (or a built-in: voc21, ade150, ...)",
-                                         info="comma-separated; '|' joins synonyms; or a built-in vocabulary name")
-                    builtin = gr.Dropdown(builtin_names(), label="or pick a built-in vocabulary", value=None,
-                                          elem_id="builtin")
-                    backend = gr.Dropdown(web.backends.choices, value=web.backends.default, label="LMM backend",
-                                          allow_custom_value=web.backends.allow_any, elem_id="backend")
+                    classes = gr.Textbox(
+                        label="Classes",
+                        elem_id="classes",
+                        lines=2,
+                        placeholder="cat, sofa|couch, lamp  (or a built-in: voc21, ade150, ...)",
+                        info="comma-separated; '|' joins synonyms; or a built-in vocabulary name",
+                    )
+                    builtin = gr.Dropdown(
+                        builtin_names(), label="or pick a built-in vocabulary", value=None, elem_id="builtin"
+                    )
+                    backend = gr.Dropdown(
+                        web.backends.choices,
+                        value=web.backends.default,
+                        label="LMM backend",
+                        allow_custom_value=web.backends.allow_any,
+                        elem_id="backend",
+                    )
                     reasoning = gr.Checkbox(value=True, label="Reasoning (the LMM reasons first)", elem_id="reasoning")
                     self_check = gr.Radio(SELF_CHECK_MODES, value="off", label="Self-check", elem_id="self-check")
                     record = gr.Checkbox(value=has_runs, label="Record this run", visible=has_runs, elem_id="record")
                     run_button = gr.Button("Segment", variant="primary", elem_id="run")
                 with gr.Column(scale=2):
                     status = gr.HTML(elem_id="status")
-                    overlay = gr.Image(label="Overlay", type="pil", format="png", interactive=False,
-                                       elem_id="overlay")
+                    overlay = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay")
                     legend = gr.HTML(elem_id="legend")
 
                     @gr.render(inputs=[live_id, questions])
@@ -254,36 +301,53 @@ def build_blocks(web: WebApp) -> gr.Blocks:
                         gr.Markdown("### The self-check asks you")
                         for question in pending:
                             region = question["region_id"]
-                            with gr.Column(elem_classes=["question"], elem_id=f"question-{_slug(region)}",
-                                           variant="panel"):
+                            with gr.Column(
+                                elem_classes=["question"], elem_id=f"question-{_slug(region)}", variant="panel"
+                            ):
                                 gr.Markdown(question_text(question))
                                 with gr.Row():
-                                    gr.Image(live.crop(question), label="the region, outlined", format="png",
-                                             interactive=False, height=220)
+                                    gr.Image(
+                                        live.crop(question),
+                                        label="the region, outlined",
+                                        format="png",
+                                        interactive=False,
+                                        height=220,
+                                    )
                                     context = live.crop(question, "context_key")
                                     if context is not None:
-                                        gr.Image(context, label="where it is", format="png", interactive=False,
-                                                 height=220)
+                                        gr.Image(
+                                            context, label="where it is", format="png", interactive=False, height=220
+                                        )
                                 confidence = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="your confidence")
                                 with gr.Row():
                                     for choice in question["choices"]:
                                         button = gr.Button(choice, size="sm", elem_classes=["choice"])
-                                        button.click(_answer_handler(web, region, choice),
-                                                     inputs=[live_id, confidence], outputs=step_outputs,
-                                                     show_progress="minimal", concurrency_limit=None,
-                                                     api_visibility="private")
+                                        button.click(
+                                            _answer_handler(web, region, choice),
+                                            inputs=[live_id, confidence],
+                                            outputs=step_outputs,
+                                            show_progress="minimal",
+                                            concurrency_limit=None,
+                                            api_visibility="private",
+                                        )
 
                     trace = gr.HTML(elem_id="trace")
                     report_link = gr.HTML(elem_id="report-link")
-                    downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
-                                        elem_id="downloads")
-                    compare_button = gr.Button("Compare with the bare-name baseline", visible=False,
-                                               elem_id="compare")
+                    downloads = gr.File(
+                        label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
+                    )
+                    compare_button = gr.Button("Compare with the bare-name baseline", visible=False, elem_id="compare")
             with gr.Row(visible=False, elem_id="comparison") as comparison:
-                left = gr.Image(label="with reasoning", type="pil", format="png", interactive=False,
-                                elem_id="compare-run")
-                right = gr.Image(label="bare names (reasoning off)", type="pil", format="png", interactive=False,
-                                 elem_id="compare-baseline")
+                left = gr.Image(
+                    label="with reasoning", type="pil", format="png", interactive=False, elem_id="compare-run"
+                )
+                right = gr.Image(
+                    label="bare names (reasoning off)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="compare-baseline",
+                )
             comparison_table = gr.HTML(elem_id="comparison-table")
         with gr.Tab("Recorded runs", visible=has_runs, elem_id="runs-tab") as runs_tab:
             refresh = gr.Button("Refresh", elem_id="refresh-runs")
@@ -292,18 +356,25 @@ def build_blocks(web: WebApp) -> gr.Blocks:
             recorded_compare = gr.Button("Compare it with the bare-name baseline", elem_id="compare-recorded")
             recorded_status = gr.HTML(elem_id="recorded-status")
             with gr.Row():
-                recorded_left = gr.Image(label="recorded run", type="pil", format="png", interactive=False,
-                                         elem_id="recorded-left")
-                recorded_right = gr.Image(label="bare names (reasoning off)", type="pil", format="png",
-                                          interactive=False, elem_id="recorded-right")
+                recorded_left = gr.Image(
+                    label="recorded run", type="pil", format="png", interactive=False, elem_id="recorded-left"
+                )
+                recorded_right = gr.Image(
+                    label="bare names (reasoning off)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="recorded-right",
+                )
             recorded_table = gr.HTML(elem_id="recorded-table")
 
         step_outputs = [status, trace, overlay, legend, questions, downloads, report_link, compare_button, live_id]
 
         def on_run(image_value, classes_value, backend_value, reasoning_value, self_check_value, record_value):
             try:
-                live, notes = web.prepare(image_value, classes_value, backend_value, reasoning_value,
-                                          self_check_value, record_value)
+                live, notes = web.prepare(
+                    image_value, classes_value, backend_value, reasoning_value, self_check_value, record_value
+                )
             except OpenSegRError as exc:
                 yield _refused(str(exc))
                 return
@@ -311,9 +382,15 @@ def build_blocks(web: WebApp) -> gr.Blocks:
 
         # preprocess=False: the upload reaches openseg-r's own checks undecoded (Gradio would open
         # a bad file itself and answer with its own error), and its path is checked here.
-        run_button.click(on_run, inputs=[image, classes, backend, reasoning, self_check, record],
-                         outputs=step_outputs, concurrency_limit=None, api_visibility="private",
-                         show_progress="minimal", preprocess=False)
+        run_button.click(
+            on_run,
+            inputs=[image, classes, backend, reasoning, self_check, record],
+            outputs=step_outputs,
+            concurrency_limit=None,
+            api_visibility="private",
+            show_progress="minimal",
+            preprocess=False,
+        )
         builtin.change(lambda name: name or gr.skip(), inputs=[builtin], outputs=[classes], api_visibility="private")
 
         def on_compare(run_id):
@@ -325,11 +402,21 @@ def build_blocks(web: WebApp) -> gr.Blocks:
             except OpenSegRError as exc:
                 return status_html(error=str(exc)), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             names = live.result.names
-            return (gr.skip(), gr.Row(visible=True), live.result.overlay(),
-                    overlay_image(live.rgb, baseline, names), comparison_html(names, live.result.labels, baseline))
+            return (
+                gr.skip(),
+                gr.Row(visible=True),
+                live.result.overlay(),
+                overlay_image(live.rgb, baseline, names),
+                comparison_html(names, live.result.labels, baseline),
+            )
 
-        compare_button.click(on_compare, inputs=[live_id], outputs=[status, comparison, left, right, comparison_table],
-                             api_visibility="private", concurrency_limit=None)
+        compare_button.click(
+            on_compare,
+            inputs=[live_id],
+            outputs=[status, comparison, left, right, comparison_table],
+            api_visibility="private",
+            concurrency_limit=None,
+        )
 
         def on_refresh():
             return web.recorded_runs_html(), gr.Dropdown(choices=web.recorded_choices(), value=None)
@@ -344,12 +431,20 @@ def build_blocks(web: WebApp) -> gr.Blocks:
             except OpenSegRError as exc:
                 return status_html(error=str(exc)), gr.skip(), gr.skip(), gr.skip()
             names = vocabulary.names
-            return ("", overlay_image(rgb, labels, names), overlay_image(rgb, baseline, names),
-                    comparison_html(names, labels, baseline))
+            return (
+                "",
+                overlay_image(rgb, labels, names),
+                overlay_image(rgb, baseline, names),
+                comparison_html(names, labels, baseline),
+            )
 
-        recorded_compare.click(on_compare_recorded, inputs=[recorded_run],
-                               outputs=[recorded_status, recorded_left, recorded_right, recorded_table],
-                               api_visibility="private", concurrency_limit=None)
+        recorded_compare.click(
+            on_compare_recorded,
+            inputs=[recorded_run],
+            outputs=[recorded_status, recorded_left, recorded_right, recorded_table],
+            api_visibility="private",
+            concurrency_limit=None,
+        )
     return blocks
 
 
@@ -373,8 +468,17 @@ def _follow(web: WebApp, live: LiveRun, steps, notes: list[str]):
         now = time.monotonic()
         if now - last >= YIELD_EVERY_S:
             last = now
-            yield (status_html(live, notes=notes), live.trace.html(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                   gr.skip(), gr.skip(), live.id)
+            yield (
+                status_html(live, notes=notes),
+                live.trace.html(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                live.id,
+            )
     result = live.result
     picture, legend, files, link = None, "", None, ""
     if result is not None:
@@ -389,11 +493,22 @@ def _follow(web: WebApp, live: LiveRun, steps, notes: list[str]):
             picture = overlay_image(live.rgb, labels, live.vocabulary.names)
             legend = "<p class='muted'>The segmenter's labels, before your answers.</p>"
     if live.run_id:
-        link = (f"<a href='openseg/report/{live.run_id}' target='_blank' data-report='{live.run_id}'>"
-                "open this run's report</a>")
+        link = (
+            f"<a href='openseg/report/{live.run_id}' target='_blank' data-report='{live.run_id}'>"
+            "open this run's report</a>"
+        )
     trace = live.trace.html(cache=result.reasoning_cache if result is not None else None)
-    yield (status_html(live, notes=notes), trace, picture, legend, live.questions, files, link,
-           gr.Button(visible=result is not None), live.id)
+    yield (
+        status_html(live, notes=notes),
+        trace,
+        picture,
+        legend,
+        live.questions,
+        files,
+        link,
+        gr.Button(visible=result is not None),
+        live.id,
+    )
 
 
 def _refused(message: str):
@@ -403,11 +518,15 @@ def _refused(message: str):
 def question_text(question: dict) -> str:
     """What a person is asked: which class the outlined region is, with how sure the segmenter was."""
     evidence = [e for e in question.get("evidence") or [] if isinstance(e, dict)]
-    unsure = " and ".join(f"**{html.escape(str(e.get('name', ''))[:60])}** "
-                          f"({float(e.get('top1_share', 0.0)):.0%} of its pixels)" for e in evidence[:4])
-    return (f"**Region {html.escape(str(question.get('region_id', '')))}** (round {question.get('round', '?')}): "
-            f"which class is the region outlined in magenta? The segmenter hesitates between {unsure}. "
-            "Choose one, or “none of these”.")
+    unsure = " and ".join(
+        f"**{html.escape(str(e.get('name', ''))[:60])}** ({float(e.get('top1_share', 0.0)):.0%} of its pixels)"
+        for e in evidence[:4]
+    )
+    return (
+        f"**Region {html.escape(str(question.get('region_id', '')))}** (round {question.get('round', '?')}): "
+        f"which class is the region outlined in magenta? The segmenter hesitates between {unsure}. "
+        "Choose one, or “none of these”."
+    )
 
 
 def _slug(region_id: str) -> str:

@@ -38,8 +38,10 @@ class BackendChoices:
         if spec in self._built:
             return self._built[spec]
         if not self.allow_any:
-            raise ToolInputError(f"the LMM backend {clipped(spec, 60)!r} is not offered by this server; "
-                                 f"choose one of: {', '.join(self.choices)}")
+            raise ToolInputError(
+                f"the LMM backend {clipped(spec, 60)!r} is not offered by this server; "
+                f"choose one of: {', '.join(self.choices)}"
+            )
         with self._lock:
             if spec not in self._typed:
                 try:

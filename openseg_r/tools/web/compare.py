@@ -26,12 +26,15 @@ def comparison_html(names: list[str], run_labels: np.ndarray, baseline_labels: n
             f"<tr data-class='{html.escape(names[index], quote=True)}'>"
             f"<td><span class=swatch style='background:{colour}'></span> {html.escape(names[index])}</td>"
             f"<td>{format_share(run_counts[index] / total, present=run_counts[index] > 0)}</td>"
-            f"<td>{format_share(base_counts[index] / total, present=base_counts[index] > 0)}</td></tr>")
+            f"<td>{format_share(base_counts[index] / total, present=base_counts[index] > 0)}</td></tr>"
+        )
     changed = int((run_labels != baseline_labels).sum())
-    return (f"<p data-section='difference'>The two label maps differ on "
-            f"{format_share(changed / total, present=changed > 0)} of the pixels ({changed:,}).</p>"
-            "<table data-section='comparison'><tr><th>class</th><th>with reasoning</th><th>bare names</th></tr>"
-            f"{''.join(rows)}</table>")
+    return (
+        f"<p data-section='difference'>The two label maps differ on "
+        f"{format_share(changed / total, present=changed > 0)} of the pixels ({changed:,}).</p>"
+        "<table data-section='comparison'><tr><th>class</th><th>with reasoning</th><th>bare names</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def _counts(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -95,8 +95,12 @@ class UploadGuard:
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or scope.get("method") != "POST" or EVENT_ROUTE_MARK not in path \
-                or path.endswith(UPLOAD_ROUTE_SUFFIX):
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or EVENT_ROUTE_MARK not in path
+            or path.endswith(UPLOAD_ROUTE_SUFFIX)
+        ):
             await self.app(scope, receive, send)
             return
         chunks, size = [], 0
@@ -137,6 +141,11 @@ class UploadGuard:
 
 async def _refuse(send, status: int, line: str) -> None:
     payload = json.dumps({"error": line}).encode() + b"\n"
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

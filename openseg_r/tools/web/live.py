@@ -38,8 +38,17 @@ class LiveRun:
     """A run the page follows. ``trace`` grows as events arrive; when a step ends, exactly
     one of ``questions`` (paused for a person), ``result`` or ``error`` (one line) says how."""
 
-    def __init__(self, service: SegmentationService, model: OpenSegR, rgb: np.ndarray, vocabulary: Vocabulary,
-                 settings: dict, *, record: bool = False, image_name: str | None = None) -> None:
+    def __init__(
+        self,
+        service: SegmentationService,
+        model: OpenSegR,
+        rgb: np.ndarray,
+        vocabulary: Vocabulary,
+        settings: dict,
+        *,
+        record: bool = False,
+        image_name: str | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.service, self.model, self.rgb, self.vocabulary = service, model, rgb, vocabulary
         self.settings, self.record, self.image_name = settings, record, image_name
@@ -77,9 +86,17 @@ class LiveRun:
 
     def start(self) -> Iterator[None]:
         """Run the graph until it finishes, fails or pauses with questions."""
+
         def work(token: CancelToken) -> SegmentationRun:
-            return self.model.start(self.rgb, self.vocabulary, on_event=self._events.put, cancel=token,
-                                    record=self.record, image_name=self.image_name, **self.settings)
+            return self.model.start(
+                self.rgb,
+                self.vocabulary,
+                on_event=self._events.put,
+                cancel=token,
+                record=self.record,
+                image_name=self.image_name,
+                **self.settings,
+            )
 
         def keep(run: SegmentationRun) -> None:
             self.run = run
@@ -118,8 +135,9 @@ class LiveRun:
         """Why an answer cannot be taken (one line), or None."""
         pending = {q["region_id"]: q for q in self.questions}
         if region_id not in pending:
-            return (f"no pending question for region {clipped(str(region_id), 40)!r}"
-                    + (f"; pending: {', '.join(pending)}" if pending else "; this run has none"))
+            return f"no pending question for region {clipped(str(region_id), 40)!r}" + (
+                f"; pending: {', '.join(pending)}" if pending else "; this run has none"
+            )
         if choice not in pending[region_id]["choices"]:
             return f"{clipped(str(choice), 40)!r} is not one of this question's choices"
         return None
@@ -214,8 +232,10 @@ class LiveRuns:
             self._expire()
             live = self._runs.get(str(run_id or ""))
         if live is None:
-            raise ToolInputError("this run is no longer kept by the server (it was idle too long, or the server "
-                                 "restarted); start it again")
+            raise ToolInputError(
+                "this run is no longer kept by the server (it was idle too long, or the server "
+                "restarted); start it again"
+            )
         return live
 
     def _expire(self) -> None:

@@ -44,9 +44,18 @@ def create_app(web: WebApp):
         return HTMLResponse(render_report(run))
 
     blocks = build_blocks(web)
-    app = gr.mount_gradio_app(app, blocks, path="", allowed_paths=[str(web.downloads)], footer_links=["gradio"],
-                              max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes, css=PAGE_CSS,
-                              show_error=False, ssr_mode=False, mcp_server=False)
+    app = gr.mount_gradio_app(
+        app,
+        blocks,
+        path="",
+        allowed_paths=[str(web.downloads)],
+        footer_links=["gradio"],
+        max_file_size=UPLOAD_HEADROOM * web.service.limits.max_file_bytes,
+        css=PAGE_CSS,
+        show_error=False,
+        ssr_mode=False,
+        mcp_server=False,
+    )
     # Outermost: a file an event names is checked before Gradio would copy it (web/guard.py).
     app.add_middleware(UploadGuard, upload_folder=web.upload_folder, max_file_bytes=web.service.limits.max_file_bytes)
     return app

@@ -125,7 +125,7 @@ class LiveTrace:
         self._steps.append(_Step(node=node, label=region_id or self._count_label(node)))
 
     def _count_label(self, node: str) -> str:
-        """"#2" and on for a node seen before (each self-check round runs some nodes again)."""
+        """ "#2" and on for a node seen before (each self-check round runs some nodes again)."""
         earlier = sum(1 for step in self._steps if step.node == node)
         return f"#{earlier + 1}" if earlier else ""
 
@@ -230,15 +230,16 @@ class LiveTrace:
         items += [self._step_html(step) for step in shown]
         waiting = ""
         if self._waiting is not None:
-            waiting = (f'<p class="openseg-waiting">waiting for your answers: '
-                       f"{len(self._waiting)} question(s)</p>")
+            waiting = f'<p class="openseg-waiting">waiting for your answers: {len(self._waiting)} question(s)</p>'
         return _section("timeline", "Steps", waiting + '<ol class="openseg-timeline">' + "".join(items) + "</ol>")
 
     def _step_html(self, step: _Step) -> str:
         name = _text(step.node) + (f' <span class="openseg-muted">{_text(step.label)}</span>' if step.label else "")
         if step.status == "running" and self._waiting is not None and step.label in self._waiting:
-            return (f'<li class="node" data-node="{_text(step.node)}" data-status="waiting">⏸ {name} '
-                    '<span class="openseg-muted">waiting for your answer</span></li>')
+            return (
+                f'<li class="node" data-node="{_text(step.node)}" data-status="waiting">⏸ {name} '
+                '<span class="openseg-muted">waiting for your answer</span></li>'
+            )
         if step.status == "running":
             marker = '<span class="openseg-spinner"></span>'
             detail = ""
@@ -256,8 +257,9 @@ class LiveTrace:
             return ""
         shown, hidden = _capped(self._image.candidates)
         rows = [_row(c.name, _category(c), ", ".join(c.attributes[:MAX_SHOWN_ITEMS])) for c in shown]
-        body = (f'<p class="openseg-description">{_text(self._image.description, MAX_SHOWN_DESCRIPTION)}</p>'
-                + _table(["seen", "category", "attributes"], rows, hidden))
+        body = f'<p class="openseg-description">{_text(self._image.description, MAX_SHOWN_DESCRIPTION)}</p>' + _table(
+            ["seen", "category", "attributes"], rows, hidden
+        )
         return _section("image_reasoning", "What the LMM sees in the image", body)
 
     def _generic_html(self) -> str:
@@ -265,18 +267,23 @@ class LiveTrace:
             return ""
         shown, hidden = _capped(list(self._generic.items()))
         rows = [_row(name, _category(reasoning), ", ".join(reasoning.attributes)) for name, reasoning in shown]
-        return _section("generic", "What each class looks like", _table(["class", "category", "attributes"], rows,
-                                                                          hidden))
+        return _section(
+            "generic", "What each class looks like", _table(["class", "category", "attributes"], rows, hidden)
+        )
 
     def _alignment_html(self) -> str:
         if self._alignment is None:
             return ""
         present = self._alignment.present
-        summary = ("present: " + ", ".join(present[:MAX_SHOWN_ITEMS]) if present is not None
-                   else "no class filter (no usable image reasoning)")
+        summary = (
+            "present: " + ", ".join(present[:MAX_SHOWN_ITEMS])
+            if present is not None
+            else "no class filter (no usable image reasoning)"
+        )
         shown, hidden = _capped(self._alignment.decisions)
-        rows = [_row(d.raw, d.matched or "dropped", d.method, "" if d.score is None else f"{d.score:.2f}")
-                for d in shown]
+        rows = [
+            _row(d.raw, d.matched or "dropped", d.method, "" if d.score is None else f"{d.score:.2f}") for d in shown
+        ]
         table = _table(["LMM said", "class", "how", "score"], rows, hidden) if rows else ""
         body = f"<p>{_text(summary)}</p>" + table
         return _section("alignment", "Names mapped onto the vocabulary", body)
@@ -297,13 +304,21 @@ class LiveTrace:
             return ""
         ordered = sorted(self._answers, key=_answer_order)
         shown, hidden = _capped(ordered)
-        rows = [_row(a.region_id, a.verdict, a.choice or a.raw_choice or "",
-                     "" if a.confidence is None else f"{a.confidence:.2f}", a.source,
-                     " — ".join(part for part in (a.reason, a.note) if part))
-                for a in shown]
+        rows = [
+            _row(
+                a.region_id,
+                a.verdict,
+                a.choice or a.raw_choice or "",
+                "" if a.confidence is None else f"{a.confidence:.2f}",
+                a.source,
+                " — ".join(part for part in (a.reason, a.note) if part),
+            )
+            for a in shown
+        ]
         stopped = self._self_check.stopped if self._self_check is not None else None
         body = (f"<p>stopped: {_text(stopped)}</p>" if stopped else "") + (
-            _table(["region", "verdict", "choice", "confidence", "source", "reason"], rows, hidden) if rows else "")
+            _table(["region", "verdict", "choice", "confidence", "source", "reason"], rows, hidden) if rows else ""
+        )
         return _section("self_check", "Self-check answers", body)
 
     def _usage_html(self, cache: dict | None = None) -> str:
@@ -328,16 +343,23 @@ def result_html(result) -> str:
     for name in shown:
         summary = by_name[name]
         confidence = "–" if summary.mean_confidence is None else f"{summary.mean_confidence:.2f}"
-        rows.append(f'<tr data-class="{_text(name)}"><td>{_swatch(colours[summary.index])}</td><td>{_text(name)}</td>'
-                    f"<td>{format_share(summary.pixels / total, present=True)}</td><td>{confidence}</td></tr>")
+        rows.append(
+            f'<tr data-class="{_text(name)}"><td>{_swatch(colours[summary.index])}</td><td>{_text(name)}</td>'
+            f"<td>{format_share(summary.pixels / total, present=True)}</td><td>{confidence}</td></tr>"
+        )
     unknown = result.state.report.unknown_pixels if result.state.report else 0
     if unknown:
-        rows.append(f'<tr class="openseg-unknown"><td>{_swatch(UNKNOWN_COLOUR)}</td><td>unknown</td>'
-                    f"<td>{format_share(unknown / total, present=True)}</td><td>–</td></tr>")
+        rows.append(
+            f'<tr class="openseg-unknown"><td>{_swatch(UNKNOWN_COLOUR)}</td><td>unknown</td>'
+            f"<td>{format_share(unknown / total, present=True)}</td><td>–</td></tr>"
+        )
     if hidden:
         rows.append(f'<tr><td colspan="4">{_more(hidden)}</td></tr>')
-    legend = ('<table data-section="legend"><tr><th></th><th>class</th><th>area</th><th>confidence</th></tr>'
-              + "".join(rows) + "</table>")
+    legend = (
+        '<table data-section="legend"><tr><th></th><th>class</th><th>area</th><th>confidence</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
     return f'<div class="openseg-result">{legend}{_result_usage_html(result.state, result.reasoning_cache)}</div>'
 
 
@@ -353,10 +375,14 @@ def usage_line(calls, fallbacks, cache: dict | None = None, seconds: float | Non
     hits = int((cache or {}).get("hits") or 0)
     notes = [f"{failed} failed"] if failed else []
     notes += [f"{hits} answer(s) from the reasoning cache"] if hits else []
-    return (f"{len(calls)} LMM call(s)" + (f" ({', '.join(notes)})" if notes else "")
-            + f", {sum(c.usage.prompt_tokens for c in calls)} prompt + "
-            f"{sum(c.usage.completion_tokens for c in calls)} completion tokens, "
-            + (f"{seconds:.2f} s in all steps, " if seconds is not None else "") + f"{len(fallbacks)} fallback(s)")
+    return (
+        f"{len(calls)} LMM call(s)"
+        + (f" ({', '.join(notes)})" if notes else "")
+        + f", {sum(c.usage.prompt_tokens for c in calls)} prompt + "
+        f"{sum(c.usage.completion_tokens for c in calls)} completion tokens, "
+        + (f"{seconds:.2f} s in all steps, " if seconds is not None else "")
+        + f"{len(fallbacks)} fallback(s)"
+    )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -441,8 +467,11 @@ def _fallbacks_html(fallbacks: list[Fallback]) -> str:
     if not fallbacks:
         return ""
     shown, hidden = _capped(fallbacks)
-    items = [f"<li>{_text(f.step)}{' (' + _text(f.subject) + ')' if f.subject else ''}: {_text(f.reason)} "
-             f"→ {_text(f.used)}</li>" for f in shown]
+    items = [
+        f"<li>{_text(f.step)}{' (' + _text(f.subject) + ')' if f.subject else ''}: {_text(f.reason)} "
+        f"→ {_text(f.used)}</li>"
+        for f in shown
+    ]
     if hidden:
         items.append(f"<li>{_more(hidden)}</li>")
     return '<ul class="openseg-fallbacks">' + "".join(items) + "</ul>"
