@@ -148,6 +148,13 @@ def run_segment(args: argparse.Namespace) -> int:
     if plan is not None:
         failed = segment_folder(model, plan, vocabulary, concurrency, show_progress)
         return EXIT_SOME_FAILED if failed else EXIT_OK
+    _segment_one(model, rgb, vocabulary, inputs.images[0], args, show_progress)
+    return EXIT_OK
+
+
+def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespace, show_progress: bool) -> None:
+    """One image: its progress, its step log and the human self-check at the terminal."""
+    check = model.settings.self_check
     human = check.enabled and check.mode == "human"
     on_question = _ask_at_terminal(args.out) if human else None
     handlers = []
@@ -165,7 +172,7 @@ def run_segment(args: argparse.Namespace) -> int:
         result = model.segment(
             rgb,
             vocabulary,
-            image_name=inputs.images[0],
+            image_name=image_name,
             on_question=on_question,
             output=args.out,
             on_event=(lambda event: [h(event) for h in handlers]) if handlers else None,
@@ -176,7 +183,6 @@ def run_segment(args: argparse.Namespace) -> int:
     from openseg_r.cli.summary import print_result_summary
 
     print_result_summary(result, args.out)
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- helpers
