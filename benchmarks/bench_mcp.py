@@ -60,7 +60,7 @@ async def main(args) -> None:
     async with Client(params) as client:
         await client.list_tools()
         cold = time.perf_counter() - started
-        model = OpenSegR("ViT-B-16", args.pretrained, lmm=f"scripted:{SCRIPT}")
+        model = OpenSegR(clip_model="ViT-B-16", clip_pretrained=args.pretrained or "none", lmm=f"scripted:{SCRIPT}")
         service = SegmentationService(model, SafetyLimits(allowed_roots=[ROOT / "examples"]))
         service.segment(REQUEST)  # warm both: text embeddings, generic reasoning
         await client.call_tool("segment", REQUEST)

@@ -89,7 +89,7 @@ def main() -> None:
     print(f"tokens counted with: {counter_name}; image tokens as Qwen2.5-VL counts them")
     print(f"{'mode':8s} {'step':18s} {'calls':>5s} {'prompt tok':>10s} {'answer tok':>10s}")
     for mode, answers in (("single", script), ("chain", chain)):
-        result = OpenSegR(segmenter=segmenter, lmm=CountingScriptedLMM(answers, count)).segment(
+        result = OpenSegR(segmenter=segmenter, lmm=CountingScriptedLMM(answers, count), reasoning_cache="none").segment(
             photo, "voc21", image_reasoning_mode=mode
         )
         assert not result.state.fallbacks, result.state.fallbacks

@@ -42,8 +42,10 @@ def main() -> None:
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
     segmenter = CLIPSegmenter(load_clip("ViT-B-16", None))
     folder = Path(tempfile.mkdtemp(prefix="openseg-r-bench-"))
-    plain = OpenSegR(segmenter=segmenter, lmm=ScriptedLMM(script))
-    recorded = OpenSegR(segmenter=segmenter, lmm=ScriptedLMM(script), runs_db=RunsDB(folder / "runs.sqlite"))
+    plain = OpenSegR(segmenter=segmenter, lmm=ScriptedLMM(script), reasoning_cache="none")
+    recorded = OpenSegR(
+        segmenter=segmenter, lmm=ScriptedLMM(script), reasoning_cache="none", runs_db=RunsDB(folder / "runs.sqlite")
+    )
     plain.segment(rgb, "voc21")  # warm: text embeddings (shared segmenter) and generic reasoning
     before = disk_bytes(folder)
     recorded.segment(rgb, "voc21")

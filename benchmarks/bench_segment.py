@@ -48,7 +48,9 @@ def main() -> None:
         "batched": CLIPSegmenter(clip, SegmenterConfig()),
         "one_window_at_a_time": CLIPSegmenter(clip, SegmenterConfig(window_batch_size=1)),
     }
-    pipelines = {name: OpenSegR(segmenter=seg, lmm=ScriptedLMM(script)) for name, seg in variants.items()}
+    pipelines = {
+        name: OpenSegR(segmenter=seg, lmm=ScriptedLMM(script), reasoning_cache="none") for name, seg in variants.items()
+    }
 
     # Cold start: text embeddings of VOC-21 with 3 attribute slots (cached afterwards).
     started = time.perf_counter()

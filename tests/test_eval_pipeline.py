@@ -252,7 +252,7 @@ def test_ablation_with_reasoning_runs_concurrently(tmp_path, voc_tree, tiny_clip
     voc21 = get_dataset("voc21")
     segmenters = [CLIPSegmenter(tiny_clip), CLIPSegmenter(tiny_clip)]  # nothing kept from another test's images
     one = run_eval(
-        OpenSegR(segmenter=segmenters[0], lmm=ScriptedLMM(script)),
+        OpenSegR(segmenter=segmenters[0], lmm=ScriptedLMM(script), reasoning_cache="none"),
         voc21,
         voc_tree,
         tmp_path / "one",
@@ -262,7 +262,7 @@ def test_ablation_with_reasoning_runs_concurrently(tmp_path, voc_tree, tiny_clip
     )
     lmm = ScriptedLMM(script)
     four = run_eval(
-        OpenSegR(segmenter=segmenters[1], lmm=lmm),
+        OpenSegR(segmenter=segmenters[1], lmm=lmm, reasoning_cache="none"),
         voc21,
         voc_tree,
         tmp_path / "four",

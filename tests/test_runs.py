@@ -53,7 +53,7 @@ def test_a_recorded_run_has_a_row_checkpoints_and_files(recorded, tmp_path):
     record = db.get_run(result.run_id)
     assert record.status == "done" and record.classes == 21 and record.vocabulary == "voc21"
     assert db.get_run(result.run_id[:8]).run_id == result.run_id  # unique prefix
-    assert record.settings["reasoning"] is True and record.options["clip_model"] == "tiny-clip"
+    assert record.settings["reasoning"] is True and record.options["segmenter_options"]["clip_model"] == "tiny-clip"
     files = {p.stem for p in db.artifacts_folder.rglob("*.npy")}
     assert {record.image_key, result.state.segmentation.labels_key} <= files
     # checkpoints hold references, never arrays
@@ -376,7 +376,7 @@ def test_segment_cli_records_and_writes_the_step_log(tmp_path, tiny_model_files)
     run_id = json.loads((tmp_path / "o" / "result.json").read_text())["run_id"]
     assert run_id in proc.stdout and "done segmentation" in proc.stderr
     assert {json.loads(line)["run_id"] for line in log.read_text().splitlines()} == {run_id}
-    assert RunsDB(db).get_run(run_id).options["clip_model"] == str(config)
+    assert RunsDB(db).get_run(run_id).options["segmenter_options"]["clip_model"] == str(config)
 
 
 def test_cli_resume_of_a_crashed_run(tmp_path, tiny_clip, tiny_model_files, voc, lmm):

@@ -742,7 +742,7 @@ def test_gradio_refuses_uploads_over_twice_the_file_limit_and_takes_smaller_ones
 
 def test_the_runs_pages_follow_are_bounded_as_the_readme_says():
     runs = LiveRuns()
-    assert (runs.capacity, runs.idle_s, runs.max_pixels) == (32, 3600.0, 200_000_000)
+    assert (runs.capacity, runs.idle_s, runs.max_held_pixels) == (32, 3600.0, 200_000_000)
     assert web_app.KEPT_DOWNLOADS == 64
 
 

@@ -255,7 +255,7 @@ def test_human_self_check_answered_by_clicking_matches_answer(page, server, tiny
     clicked = np.array(Image.open(io.BytesIO(page.download("labels.png"))))
 
     config, weights = tiny_model_files
-    model = OpenSegR(str(config), str(weights))
+    model = OpenSegR(clip_model=str(config), clip_pretrained=str(weights))
     run = model.start(PHOTO, classes, reasoning=False, self_check={"enabled": True, "mode": "human", **SELF_CHECK})
     by_slug = {question["region_id"].replace(".", "-"): question["region_id"] for question in run.questions}
     assert sorted(by_slug) == sorted(regions)  # the same questions
