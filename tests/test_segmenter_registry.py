@@ -200,18 +200,8 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
     (record,) = db.list_runs()
     db.close()
     assert record.options["segmenter"] == "toy-bands" and record.options["segmenter_options"]["sharpness"] == 3.0
-    replay = cli(
-        tmp_path,
-        "runs",
-        "--runs-db",
-        "runs.sqlite",
-        "replay",
-        record.run_id,
-        "--from",
-        "segmentation",
-        "--out",
-        "replayed",
-    )
+    replay_from_segmentation = ["runs", "--runs-db", "runs.sqlite", "replay", record.run_id, "--from", "segmentation"]
+    replay = cli(tmp_path, *replay_from_segmentation, "--out", "replayed")
     assert replay.returncode == 0, replay.stderr
     again = json.loads((tmp_path / "replayed" / "result.json").read_text())
     assert again["segmenter"] == first["segmenter"]
@@ -220,13 +210,7 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
     # without the plugin installed, replay says so in one line instead of building something else
     missing = cli(
         tmp_path,
-        "runs",
-        "--runs-db",
-        "runs.sqlite",
-        "replay",
-        record.run_id,
-        "--from",
-        "segmentation",
+        *replay_from_segmentation,
         "--out",
         "elsewhere",
         plugin=False,

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from openseg_r._support.pairs import key_value_pairs
 from openseg_r.errors import ConfigError, clipped, describe_validation_error
 from openseg_r.schemas import MAX_ATTRIBUTES, ScoreOrder
 from openseg_r.segmenters.base import FilterMode
@@ -111,15 +112,7 @@ class LMMOptions(BaseModel):
     def from_pairs(cls, pairs: "list[str] | tuple[str, ...]") -> "LMMOptions":
         """``["max_tokens=256", "timeout=30"]`` as ``--lmm-option`` gives them (a key given
         twice: the last one wins)."""
-        values: dict[str, str] = {}
-        for pair in pairs:
-            key, sep, value = str(pair).partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(
-                    f"--lmm-option takes key=value, got {clipped(str(pair), 40)!r}; valid keys: {cls.keys()}"
-                )
-            values[key.strip()] = value.strip()
-        return cls.parse(values)
+        return cls.parse(key_value_pairs(pairs, "--lmm-option", f"; valid keys: {cls.keys()}"))
 
     @classmethod
     def parse(cls, value: "LMMOptions | dict | None", source: str | None = None) -> "LMMOptions":

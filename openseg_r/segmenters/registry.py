@@ -21,6 +21,7 @@ from importlib import metadata
 
 from pydantic import BaseModel, ValidationError
 
+from openseg_r._support.pairs import key_value_pairs
 from openseg_r.errors import ConfigError, clipped, describe_validation_error
 from openseg_r.segmenters.base import BuildRequest, Segmenter, SegmenterKind
 from openseg_r.segmenters.dense_clip.options import DENSE_CLIP
@@ -105,13 +106,7 @@ def validated_options(kind: SegmenterKind, values: BaseModel | dict | None) -> B
 def option_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``["attention=sclip", "short_side=448"]`` as ``--segmenter-option`` gives them (the
     last of a key given twice wins); the kind's options model converts the values."""
-    values: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = str(pair).partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--segmenter-option takes key=value, got {clipped(str(pair), 40)!r}")
-        values[key.strip()] = value.strip()
-    return values
+    return key_value_pairs(pairs, "--segmenter-option")
 
 
 def build_segmenter(
