@@ -174,6 +174,22 @@ def test_the_langgraph_app_reads_the_kind_from_the_environment(with_plugin):
     assert (dense.segmenter_options.clip_model, dense.segmenter_options.attention) == ("ViT-L-14", "sclip")
 
 
+def test_a_published_protocol_is_never_applied_to_another_kind(with_plugin, capsys):
+    from openseg_r.cli.evaluate import dataset_protocol
+    from openseg_r.config.presets import protocol_for
+    from openseg_r.config.settings import Settings
+
+    toy = ModelOptions.build(segmenter="toy-bands")
+    with pytest.raises(ConfigError) as caught:
+        protocol_for("voc21").apply(toy, Settings())
+    assert "\n" not in str(caught.value) and "the naclip-voc21 protocol holds dense-clip settings" in str(caught.value)
+    assert dataset_protocol("voc21", None, kind="toy-bands") is None  # eval's default: its own options, said
+    assert "runs with its own options" in capsys.readouterr().err
+    assert dataset_protocol("voc21", None, kind="dense-clip") is protocol_for("voc21")
+    applied, _ = protocol_for("voc21").apply(ModelOptions(), Settings())
+    assert applied.segmenter_options.pamr_steps == 10
+
+
 # --------------------------------------------------------------------------- every entry point
 
 
@@ -229,6 +245,7 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
         ),
         (["--segmenter", "toy-bands", "--segmenter-option", "sharpness=-1"], "invalid toy-bands segmenter option"),
         (["--segmenter-option", "sharpness"], "--segmenter-option takes key=value"),
+        (["--segmenter", "toy-bands", "--protocol", "voc21"], "holds dense-clip settings"),
     ],
 )
 def test_cli_refuses_bad_segmenter_choices_in_one_line(tmp_path, args, words):

@@ -23,6 +23,7 @@ from openseg_r.cli.options import (
     add_throughput_options,
     concurrency_option,
     engine_values,
+    model_options,
     options_and_settings,
 )
 
@@ -83,7 +84,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     dataset = get_dataset(args.dataset)
     concurrency = concurrency_option(args)
     engine = engine_values(args)
-    protocol = dataset_protocol(args.dataset, args.protocol)
+    protocol = dataset_protocol(args.dataset, args.protocol, kind=model_options(args).segmenter)
     has_lmm = names_an_lmm(configured_spec(args.lmm))
     options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
     vocabulary = None
@@ -157,13 +158,23 @@ def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, c
     return EXIT_SOME_FAILED if state.failed else EXIT_OK
 
 
-def dataset_protocol(dataset: str, choice: str | None):
-    """--protocol: auto (the default) is the dataset's published protocol, when it has one."""
+def dataset_protocol(dataset: str, choice: str | None, kind: str = "dense-clip"):
+    """--protocol: auto (the default) is the dataset's published protocol, when it has one and
+    it was published for the segmenter kind in use (another kind evaluates with its own
+    options, and the report says no protocol)."""
     from openseg_r.config.presets import NONE, PROTOCOLS, protocol_for
 
     choice = (choice or "auto").strip().lower()
     if choice == "auto":
-        return protocol_for(dataset) if dataset in PROTOCOLS else None
+        protocol = protocol_for(dataset) if dataset in PROTOCOLS else None
+        if protocol is not None and protocol.segmenter != kind:
+            print(
+                f"note: the {protocol.name} protocol holds {protocol.segmenter} settings; the {kind} segmenter "
+                "runs with its own options (--protocol none)",
+                file=sys.stderr,
+            )
+            return None
+        return protocol
     return protocol_for(choice or NONE)
 
 

@@ -41,11 +41,15 @@ class Protocol(BaseModel):
     settings: dict = Field(default_factory=dict, description="Settings fields")
 
     def apply(self, options: ModelOptions, settings: Settings | None = None) -> tuple[ModelOptions, Settings]:
-        """``options`` with the protocol's segmenter options (when ``options`` name the same
-        kind: another kind keeps its own), and ``settings`` (default: the defaults) with its
-        scoring fields; apply single-field overrides after this."""
-        same_kind = options.segmenter == self.segmenter
-        applied = options.with_overrides(segmenter_options=self.segmenter_options) if same_kind else options
+        """``options`` with the protocol's segmenter options, and ``settings`` (default: the
+        defaults) with its scoring fields; apply single-field overrides after this. A model of
+        another segmenter kind is refused in one line: the published numbers are not its."""
+        if options.segmenter != self.segmenter:
+            raise ConfigError(
+                f"the {self.name} protocol holds {self.segmenter} settings, not the {options.segmenter} "
+                "segmenter's: give --protocol none"
+            )
+        applied = options.with_overrides(segmenter_options=self.segmenter_options)
         if applied.precision == "auto" and _on_cpu(applied.device):  # the published numbers are fp32 there
             applied = applied.with_overrides(precision="fp32")
         return applied, merged_settings(settings or Settings(), self.settings)
