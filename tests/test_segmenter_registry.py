@@ -102,7 +102,12 @@ def test_a_built_in_name_cannot_be_taken_over_and_a_broken_plugin_is_named_when_
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugins\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[openseg_r.segmenters]\ndense-clip = no_such_module:KIND\nmissing = no_such_module:KIND\n"
-        "not-a-kind = json:dumps\n"
+        "not-a-kind = json:dumps\nlazy = lazy_kind:KIND\n"
+    )
+    (tmp_path / "lazy_kind.py").write_text(  # a kind that lists, but whose factory moved away
+        "from pydantic import BaseModel\nfrom openseg_r import SegmenterKind\n"
+        "class Options(BaseModel):\n    pass\n"
+        "KIND = SegmenterKind(name='lazy', summary='lazy', options=Options, build='gone_module:build')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert registry.get_kind("dense-clip") is registry.BUILT_IN["dense-clip"]
@@ -112,6 +117,13 @@ def test_a_built_in_name_cannot_be_taken_over_and_a_broken_plugin_is_named_when_
         assert "\n" not in str(caught.value) and words in str(caught.value) and "broken" in str(caught.value)
     listed = {k["kind"]: k["summary"] for k in registry.describe_kinds()}
     assert listed["missing"].startswith("broken: ") and "dense-clip" in listed  # the others still list
+    assert listed["lazy"] == "lazy"
+    with pytest.raises(ConfigError) as caught:
+        OpenSegR(segmenter="lazy", lmm="none")
+    assert "\n" not in str(caught.value) and "the lazy segmenter cannot be built: gone_module:build" in str(
+        caught.value
+    )
+    sys.modules.pop("lazy_kind", None)
 
 
 @pytest.mark.parametrize(

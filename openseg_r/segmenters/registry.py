@@ -118,7 +118,13 @@ def build_segmenter(
     factory = kind.build
     if isinstance(factory, str):
         module, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attribute)
+        try:
+            factory = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:  # a plugin whose factory moved or whose extra is missing
+            raise ConfigError(
+                f"the {kind.name} segmenter cannot be built: {kind.build} does not load "
+                f"({type(exc).__name__}: {clipped(str(exc), 200)})"
+            ) from None
     segmenter = factory(checked, request or BuildRequest())
     if not isinstance(segmenter, Segmenter):
         raise ConfigError(
