@@ -739,7 +739,5 @@ def _options_for_injected(options: ModelOptions, segmenter: Segmenter) -> tuple[
     except ConfigError:
         return options, json.loads(json.dumps(described, default=str))
     own = {k: v for k, v in described.items() if k in kind.options.model_fields}
-    if own.get("clip_pretrained", "") is None:
-        own["clip_pretrained"] = "none"
     rebuilt = ModelOptions.validated(options.model_dump() | {"segmenter": kind.name, "segmenter_options": own})
     return rebuilt, None
