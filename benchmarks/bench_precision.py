@@ -40,9 +40,8 @@ from openseg_r.segmenters.dense_clip.loading import (  # noqa: E402
     OPENAI_MEAN,
     OPENAI_STD,
     LoadedCLIP,
-    cpu_computes_bf16,
-    resolve_dtype,
 )
+from openseg_r.segmenters.devices import cpu_computes_bf16, resolve_dtype  # noqa: E402
 from openseg_r.vocab import load_builtin  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "auto")

@@ -122,7 +122,7 @@ def precision_rows(args, fp32_segmenter, bank, images, device) -> None:
     """fp32, bf16 and auto, interleaved: img/s (best of the repeats) and labels equal to fp32's."""
     import copy
 
-    from openseg_r.segmenters.dense_clip.loading import resolve_dtype
+    from openseg_r.segmenters.devices import resolve_dtype
 
     segmenters = {"fp32": fp32_segmenter}
     for name in ("bf16", "auto"):

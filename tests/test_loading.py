@@ -22,7 +22,8 @@ import torch
 from loopback import hang_up_server
 
 from openseg_r.errors import ConfigError, WeightsError
-from openseg_r.segmenters.dense_clip.loading import cpu_computes_bf16, load_clip, needs_quick_gelu, resolve_dtype
+from openseg_r.segmenters.dense_clip.loading import load_clip, needs_quick_gelu
+from openseg_r.segmenters.devices import cpu_computes_bf16, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = str(ROOT / "examples" / "voc.jpg")
@@ -468,7 +469,7 @@ def test_the_cli_keeps_library_logging_quiet():
 
 
 def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch):
-    import openseg_r.segmenters.dense_clip.loading as loading
+    import openseg_r.segmenters.devices as loading
 
     flags = {"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(flags))
