@@ -41,6 +41,13 @@ class SegmentationResult:
     def present(self) -> list[str]:
         return self.state.report.present_classes if self.state.report else []
 
+    @property
+    def instances(self) -> list:
+        """The objects the segmenter found (class, phrase, score, box, COCO RLE mask), best first;
+        empty for segmenters that find no instances (dense CLIP)."""
+        segmentation = self.state.segmentation
+        return list(segmentation.instances or []) if segmentation is not None else []
+
     def mask(self, name: str) -> np.ndarray:
         return self.labels == self.names.index(name)
 
@@ -65,6 +72,11 @@ class SegmentationResult:
             "classes": [c.model_dump() for c in self.classes],
             "present_classes": self.present,
             "suppressed_classes": state.segmentation.suppressed_classes if state.segmentation else [],
+            "instances": (
+                [i.model_dump() for i in state.segmentation.instances]
+                if state.segmentation is not None and state.segmentation.instances is not None
+                else None
+            ),
             "reasoning": {
                 "generic": {k: v.model_dump() for k, v in (state.generic_reasoning or {}).items()},
                 "image": state.image_reasoning.model_dump() if state.image_reasoning else None,

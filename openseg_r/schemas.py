@@ -274,6 +274,17 @@ class ClassSummary(BaseModel):
     mean_confidence: float | None
 
 
+class InstanceRecord(BaseModel):
+    """One object found by a segmenter that finds instances (SAM 3): its class, the phrase
+    that found it, its score, its box in pixels (x0, y0, x1, y1) and its mask as COCO RLE."""
+
+    class_name: str
+    phrase: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask: dict
+
+
 class SegmentationOutput(BaseModel):
     """References to the segmenter's arrays, plus what it did to classes."""
 
@@ -286,6 +297,7 @@ class SegmentationOutput(BaseModel):
     width: int
     suppressed_classes: list[str] = Field(default_factory=list)
     background_pixels: int = 0
+    instances: list[InstanceRecord] | None = None  # best first; None: the segmenter finds no instances
 
 
 class SegmentationReport(BaseModel):

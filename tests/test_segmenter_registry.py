@@ -89,7 +89,7 @@ def test_listing_kinds_never_imports_torch():
 def test_a_plugin_is_found_through_its_entry_point(with_plugin, capsys):
     kind = registry.get_kind("toy-bands")
     assert kind.origin == "plugin: toy-bands-segmenter 0.1"
-    assert list(registry.kinds())[:2] == ["dense-clip", "toy-bands"]
+    assert list(registry.kinds()) == [*registry.BUILT_IN, "toy-bands"]  # built in first, then plugins
     assert main(["segmenters"]) == 0
     out = capsys.readouterr().out
     assert "toy-bands: brightness bands (a test plugin) [plugin: toy-bands-segmenter 0.1]" in out
@@ -250,7 +250,7 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, toy-bands"),
+        (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, sam3, toy-bands"),
         (
             ["--segmenter", "toy-bands", "--attention", "sclip"],
             "unknown option 'attention' for the toy-bands segmenter",

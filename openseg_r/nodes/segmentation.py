@@ -1,4 +1,5 @@
-"""Segmentation (docs/design.md §1.5): dense CLIP against the composed prompts, with the class filter."""
+"""Segmentation (docs/design.md §1.5): the segmenter against the composed prompts, with the class filter;
+instances too, from segmenters that find them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from pydantic import BaseModel, Field
 
 from openseg_r.config.settings import Settings
 from openseg_r.nodes.context import OpenSegContext
-from openseg_r.schemas import ClassAlignment, ImageRef, PromptSet, SegmentationOutput, Vocabulary
+from openseg_r.schemas import (
+    ClassAlignment,
+    Fallback,
+    ImageRef,
+    InstanceRecord,
+    PromptSet,
+    SegmentationOutput,
+    Vocabulary,
+)
 from openseg_r.segmenters.base import ClassFilter
 
 
@@ -21,6 +30,7 @@ class SegmentationInput(BaseModel):
 
 class SegmentationNodeOutput(BaseModel):
     segmentation: SegmentationOutput
+    fallbacks: list[Fallback] = Field(default_factory=list)
 
 
 def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> SegmentationNodeOutput:
@@ -60,5 +70,22 @@ def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> 
         width=int(arrays.labels.shape[1]),
         suppressed_classes=[names[i] for i in arrays.suppressed],
         background_pixels=arrays.background_pixels,
+        instances=None
+        if arrays.instances is None
+        else [
+            InstanceRecord(
+                class_name=names[i.class_index], phrase=i.phrase, score=round(i.score, 6), box=i.box, mask=i.mask
+            )
+            for i in arrays.instances
+        ],
     )
-    return SegmentationNodeOutput(segmentation=output)
+    fallbacks = []
+    if arrays.instances is not None and not arrays.instances:  # a stated result, not an error
+        fallbacks.append(
+            Fallback(
+                step="segmentation",
+                reason="the segmenter found no instance of any class",
+                used="an all-background label map (unknown where the vocabulary has no background)",
+            )
+        )
+    return SegmentationNodeOutput(segmentation=output, fallbacks=fallbacks)

@@ -41,6 +41,19 @@ class ClassFilter:
         return [c for c in range(num_classes) if c not in kept]
 
 
+@dataclass(frozen=True)
+class Instance:
+    """One object a segmenter found (segmenters that find instances, such as SAM 3): its
+    class (an index into the vocabulary), the phrase that found it, its score, its box in
+    pixels (x0, y0, x1, y1) and its mask as COCO RLE (``{"size": [h, w], "counts": ...}``)."""
+
+    class_index: int
+    phrase: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask: dict
+
+
 @dataclass
 class SegmentationArrays:
     """Per-pixel outputs at the input image's size."""
@@ -52,6 +65,7 @@ class SegmentationArrays:
     runner_up_confidence: np.ndarray | None = None  # (H, W) float32 probability of ``runner_up``
     suppressed: list[int] = field(default_factory=list)
     background_pixels: int = 0
+    instances: list[Instance] | None = None  # best first; None: this segmenter finds no instances
 
 
 @dataclass

@@ -1,0 +1,283 @@
+"""The ``sam3`` kind on a tiny random SAM 3 built and saved here (tests/tiny_sam3.py): the
+graph end to end, batches, phrases, the class filter, instances, the semantic rule against
+SAM 3's own post-processing, and one-line errors for bad models and budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_sam3 import save_tiny_sam3
+
+from openseg_r import OpenSegR
+from openseg_r.errors import ConfigError, WeightsError
+from openseg_r.schemas import UNKNOWN_LABEL, ClassPrompts, PromptSet
+from openseg_r.segmenters.base import BuildRequest, ClassFilter, SegmentJob
+from openseg_r.segmenters.registry import build_segmenter, describe_kinds
+from openseg_r.segmenters.sam3.merge import Found, decode_rle, encode_rle, merge
+from openseg_r.segmenters.sam3.phrases import class_phrases, phrases_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
+EVERY_QUERY = {"instance_threshold": 0.0}  # random weights score low: count every query as an instance
+
+
+@pytest.fixture(scope="module")
+def sam3_folder(tmp_path_factory) -> Path:
+    return save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "model")
+
+
+def sam3(folder: Path, **options):
+    return build_segmenter("sam3", {"model": str(folder), **options}, BuildRequest(device="cpu", precision="fp32"))
+
+
+def prompts(*classes: tuple[str, list[str], list[str | None]]) -> PromptSet:
+    return PromptSet(
+        templates="vild",
+        score_order="max_then_softmax",
+        classes=[
+            ClassPrompts(name=name, queries=queries, slots=slots, source="image") for name, queries, slots in classes
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- the kind and its phrases
+
+
+def test_sam3_is_a_registered_kind_with_its_options():
+    (sam3_kind,) = [k for k in describe_kinds() if k["kind"] == "sam3"]
+    options = {o["name"]: o for o in sam3_kind["options"]}
+    assert options["model"]["default"] == "facebook/sam3" and options["phrase_batch"]["speed_only"]
+    assert {"phrases_per_class", "max_phrases", "instance_threshold", "mask_threshold"} <= set(options)
+
+
+def test_phrases_are_names_synonyms_then_short_attribute_phrases():
+    assert class_phrases(["sofa", "couch", "Sofa"], ["red", None, "a long description of a sofa"], 4) == [
+        "sofa",
+        "couch",
+        "red sofa",
+    ]
+    assert class_phrases(["bus"], ["red double-decker", "yellow"], 2) == ["bus", "red double-decker bus"]
+    phrases = phrases_for(prompts(("cat", ["cat", "kitty"], ["striped"]), ("sofa", ["sofa"], [None])), 4, 10)
+    assert phrases.phrases == ("cat", "kitty", "striped cat", "sofa") and phrases.classes == (0, 0, 0, 1)
+    with pytest.raises(ConfigError) as caught:
+        phrases_for(prompts(*[(f"c{i}", [f"c{i}", f"d{i}"], [None]) for i in range(6)]), 4, 10)
+    assert "\n" not in str(caught.value) and "12 SAM 3 phrases, over the text budget of 10" in str(caught.value)
+
+
+def _found(classes, scores, masks):
+    masks = torch.tensor(np.array(masks, dtype=np.float32)) * 20 - 10  # logits: +10 inside, -10 outside
+    return Found(
+        phrases=list(range(len(classes))),
+        classes=list(classes),
+        scores=torch.tensor(scores),
+        boxes=torch.tensor([[0.0, 0.0, 0.5, 0.5]] * len(classes)),
+        mask_logits=masks,
+    )
+
+
+def test_the_semantic_rule_best_instance_owns_a_pixel_and_another_class_is_the_runner_up():
+    a = [[1, 1, 0, 0]] * 2
+    b = [[0, 1, 1, 0]] * 2
+    found = _found([0, 1], [0.9, 0.6], [a, b])
+    arrays = merge(
+        found,
+        (2, 4),
+        ("cat", "dog"),
+        mask_threshold=0.5,
+        background_index=None,
+        background_threshold=0.0,
+        suppressed=[],
+    )
+    assert arrays.labels.tolist() == [[0, 0, 1, UNKNOWN_LABEL]] * 2
+    assert arrays.runner_up.tolist() == [[-1, 1, -1, -1]] * 2
+    assert np.allclose(arrays.margin[0], [0.9, 0.3, 0.6, 0.0]) and np.allclose(arrays.confidence[0], [0.9, 0.9, 0.6, 0])
+    with_background = merge(
+        found, (2, 4), ("cat", "dog"), mask_threshold=0.5, background_index=2, background_threshold=0.7, suppressed=[]
+    )
+    assert with_background.labels.tolist() == [[0, 0, 2, 2]] * 2 and with_background.background_pixels == 4
+    assert [i.phrase for i in arrays.instances] == ["cat", "dog"] and arrays.instances[0].box == (0.0, 0.0, 2.0, 1.0)
+
+
+def test_instance_masks_survive_the_rle_round_trip():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 53)) > 0.6
+    rle = encode_rle(mask)
+    assert rle["size"] == [37, 53] and isinstance(rle["counts"], str)
+    assert np.array_equal(decode_rle(json.loads(json.dumps(rle))), mask)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_the_semantic_rule_is_sam3s_own_post_processing(sam3_folder):
+    """For one phrase, SAM 3's processor (instances above the threshold, masks resized and
+    binarised) painted lowest score first gives our label map."""
+    from transformers import Sam3Model, Sam3Processor
+
+    rng = np.random.default_rng(1)
+    rgb = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    every = sam3(sam3_folder, **EVERY_QUERY)
+    bank = every.query_bank(prompts(("cat", ["cat"], [None])))
+    threshold = float(np.median([i.score for i in every.segment(rgb, bank).instances]))  # about half count
+    segmenter = sam3(sam3_folder, instance_threshold=threshold)
+    arrays = segmenter.segment(rgb, segmenter.query_bank(prompts(("cat", ["cat"], [None]))))
+    model, processor = (
+        Sam3Model.from_pretrained(str(sam3_folder)).eval(),
+        Sam3Processor.from_pretrained(str(sam3_folder)),
+    )
+    with torch.inference_mode():
+        pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
+        text = processor.tokenizer("cat", padding="max_length", max_length=32, return_tensors="pt")
+        outputs = model(pixel_values=pixels, input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+    (theirs,) = processor.post_process_instance_segmentation(
+        outputs, threshold=threshold, mask_threshold=0.5, target_sizes=[rgb.shape[:2]]
+    )
+    assert 0 < len(theirs["scores"]) == len(arrays.instances) < len(every.segment(rgb, bank).instances)
+    painted = np.full(rgb.shape[:2], UNKNOWN_LABEL)
+    for k in torch.argsort(theirs["scores"]).tolist():  # the best last: it owns the pixel
+        painted[theirs["masks"][k].numpy().astype(bool)] = 0
+    assert np.array_equal(arrays.labels, painted)
+    assert np.allclose(sorted(i.score for i in arrays.instances), sorted(theirs["scores"].tolist()), atol=1e-5)
+
+
+def test_the_whole_graph_runs_with_and_without_reasoning_and_the_self_check(sam3_folder, voc):
+    script = dict(SCRIPT, self_check={"choice": "none of these", "confidence": 0.9})
+    from openseg_r.lmm import ScriptedLMM
+
+    model = OpenSegR(
+        segmenter="sam3",
+        model=str(sam3_folder),
+        device="cpu",
+        precision="fp32",
+        lmm=ScriptedLMM(script),
+        reasoning_cache="none",
+        **EVERY_QUERY,
+    )
+    rgb = voc["rgb"][:160, :200]
+    reasoned = model.segment(rgb, "voc21")
+    assert reasoned.to_json()["segmenter"]["kind"] == "sam3" and reasoned.instances
+    present = set(reasoned.state.alignment.present) | {"background"}  # the background class is never filtered
+    assert {i.class_name for i in reasoned.instances} <= present  # the hard filter held
+    assert reasoned.labels.shape == (160, 200) and reasoned.present
+    bare = model.segment(rgb, "voc21", reasoning=False)
+    assert bare.instances and not bare.state.alignment
+    checked = model.segment(rgb, "voc21", self_check={"enabled": True, "margin_threshold": 1.0, "min_area_pixels": 4})
+    assert checked.state.self_check is not None and checked.state.self_check.rounds
+
+
+def test_a_batch_equals_one_image_at_a_time(sam3_folder, voc):
+    segmenter = sam3(sam3_folder, **EVERY_QUERY)
+    bank = segmenter.query_bank(prompts(("cat", ["cat"], ["striped"]), ("sofa", ["sofa", "couch"], [None])))
+    images = [voc["rgb"][:120, :150], voc["rgb"][100:220, 200:380]]
+    batch = segmenter.segment_batch([SegmentJob(rgb, bank) for rgb in images])
+    for rgb, together in zip(images, batch):
+        alone = segmenter.segment(rgb, bank)
+        assert np.array_equal(alone.labels, together.labels)
+        assert np.allclose(alone.confidence, together.confidence, atol=1e-5)
+
+
+def test_the_hard_class_filter_decodes_only_the_present_classes(sam3_folder, voc):
+    segmenter = sam3(sam3_folder, **EVERY_QUERY)
+    bank = segmenter.query_bank(
+        prompts(("cat", ["cat", "kitty"], [None]), ("sofa", ["sofa"], [None]), ("dog", ["dog", "puppy"], ["brown"]))
+    )
+    rgb = voc["rgb"][:100, :100]
+    segmenter.segment(rgb, bank)
+    every = segmenter.phrases_decoded
+    filtered = segmenter.segment(rgb, bank, class_filter=ClassFilter(present=[1]))
+    assert every == 6 and segmenter.phrases_decoded - every == 1  # 6 phrases, then sofa's one
+    assert filtered.suppressed == [0, 2] and {i.class_index for i in filtered.instances} == {1}
+
+
+def test_no_instance_is_an_all_background_map_with_a_stated_note(sam3_folder, voc):
+    model = OpenSegR(segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", instance_threshold=1.0)
+    result = model.segment(voc["rgb"][:80, :80], "voc21")
+    assert result.instances == [] and set(np.unique(result.labels)) == {0}  # voc21's background
+    (note,) = [f for f in result.state.fallbacks if f.step == "segmentation"]
+    assert note.reason == "the segmenter found no instance of any class"
+
+
+# --------------------------------------------------------------------------- bad models
+
+
+def _not_sam3(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "clip"}')
+    return "is a clip model, not SAM 3"
+
+
+def _corrupt(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "sam3"}')
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    return "is not a readable safetensors file"
+
+
+def _pickled_only(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "sam3"}')
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    return "has no .safetensors weights"
+
+
+@pytest.mark.parametrize("make", [_not_sam3, _corrupt, _pickled_only])
+def test_bad_model_folders_are_one_line_before_any_model_is_built(tmp_path, make):
+    words = make(tmp_path / "model")
+    with pytest.raises(WeightsError) as caught:
+        sam3(tmp_path / "model")
+    assert "\n" not in str(caught.value) and words in str(caught.value)
+
+
+def test_a_missing_folder_and_an_uncached_hub_model_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(WeightsError, match="SAM 3 model folder not found"):
+        sam3(tmp_path / "no" / "such" / "folder")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsError) as caught:
+        build_segmenter("sam3", {"model": "facebook/sam3"}, BuildRequest(device="cpu"))
+    message = str(caught.value)
+    assert "\n" not in message and "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_the_command_line_segments_with_sam3_and_refuses_a_bad_model_in_one_line(sam3_folder, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    command = [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "segment",
+        str(ROOT / "examples" / "voc.jpg"),
+        "--vocab",
+        "voc21",
+        "--no-reasoning",
+        "--segmenter",
+        "sam3",
+        "--segmenter-option",
+        f"model={sam3_folder}",
+        "--segmenter-option",
+        "instance_threshold=0",
+        "--precision",
+        "fp32",
+    ]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert saved["segmenter"]["kind"] == "sam3" and saved["instances"]
+    bad = subprocess.run(
+        [*command[:-4], "--segmenter-option", f"model={tmp_path / 'nothing'}", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "SAM 3 model folder not found" in bad.stderr
+    assert not (tmp_path / "bad").exists()
