@@ -56,8 +56,32 @@ class SegmentationResult:
         """Pixels the self-check marked "none of these" (``none_policy="unknown"``)."""
         return self.labels == UNKNOWN_LABEL
 
-    def overlay(self) -> Image.Image:
-        return overlay_image(self.image, self.labels, self.names)
+    def overlay(self, outlines: bool = False) -> Image.Image:
+        """The tinted photo with its legend; ``outlines`` draws each instance's border too."""
+        drawn = None
+        if outlines and self.instances:
+            from openseg_r._support.rle import decode_rle
+
+            index = {name: i for i, name in enumerate(self.names)}
+            drawn = [(index[i.class_name], decode_rle(i.mask)) for i in self.instances]
+        return overlay_image(self.image, self.labels, self.names, outlines=drawn)
+
+    def coco_instances(self, image_id: int | str = 0) -> list[dict]:
+        """The instances in the COCO results format (``category_id``: the class's index in the
+        vocabulary; ``bbox``: x, y, width, height; ``segmentation``: RLE), best first."""
+        index = {name: i for i, name in enumerate(self.names)}
+        return [
+            {
+                "image_id": image_id,
+                "category_id": index[i.class_name],
+                "category_name": i.class_name,
+                "phrase": i.phrase,
+                "score": i.score,
+                "bbox": [i.box[0], i.box[1], round(i.box[2] - i.box[0], 2), round(i.box[3] - i.box[1], 2)],
+                "segmentation": i.mask,
+            }
+            for i in self.instances
+        ]
 
     def to_json(self) -> dict:
         state = self.state
@@ -116,13 +140,19 @@ class SegmentationResult:
             "changes": [c.model_dump() for c in check.changes],
         }
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write labels.png, overlay.png and result.json; each file appears whole or not at all."""
+    def save(self, out_dir: str | Path, instances: bool = False) -> dict[str, Path]:
+        """Write labels.png, overlay.png and result.json; with ``instances``, instances.json (the
+        COCO results format) too, and each instance's outline on the overlay. Each file appears
+        whole or not at all."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
         write_atomically(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
-        write_atomically(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        write_atomically(paths["overlay"], lambda f: self.overlay(outlines=instances).save(f, format="PNG"))
+        if instances:
+            paths["instances"] = out / "instances.json"
+            found = json.dumps(self.coco_instances(self.state.image.source or 0), ensure_ascii=False)
+            write_atomically(paths["instances"], lambda f: f.write(found.encode("utf-8")))
         if self.state.region_answers:
             (out / "self_check").mkdir(exist_ok=True)
         for answer in self.state.region_answers:

@@ -16,11 +16,12 @@ import torch
 from tiny_sam3 import save_tiny_sam3
 
 from openseg_r import OpenSegR
+from openseg_r._support.rle import decode_rle, encode_rle
 from openseg_r.errors import ConfigError, WeightsError
 from openseg_r.schemas import UNKNOWN_LABEL, ClassPrompts, PromptSet
 from openseg_r.segmenters.base import BuildRequest, ClassFilter, SegmentJob
 from openseg_r.segmenters.registry import build_segmenter, describe_kinds
-from openseg_r.segmenters.sam3.merge import Found, decode_rle, encode_rle, merge
+from openseg_r.segmenters.sam3.merge import Found, merge
 from openseg_r.segmenters.sam3.phrases import class_phrases, phrases_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,3 +282,112 @@ def test_the_command_line_segments_with_sam3_and_refuses_a_bad_model_in_one_line
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "SAM 3 model folder not found" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- instances for people and agents
+
+
+def test_segment_instances_writes_the_coco_results_file_and_outlines(sam3_folder, tmp_path):
+    from PIL import Image
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    command = [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "segment",
+        str(ROOT / "examples" / "voc.jpg"),
+        "--classes",
+        "cat, sofa",
+        "--no-reasoning",
+        "--segmenter",
+        "sam3",
+        "--segmenter-option",
+        f"model={sam3_folder}",
+        "--segmenter-option",
+        "instance_threshold=0",
+        "--segmenter-option",
+        "max_instances=7",
+    ]
+    plain = subprocess.run(
+        [*command, "--out", str(tmp_path / "plain")], capture_output=True, text=True, env=env, timeout=300
+    )
+    drawn = subprocess.run(
+        [*command, "--instances", "--out", str(tmp_path / "drawn")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert plain.returncode == drawn.returncode == 0, plain.stderr + drawn.stderr
+    assert not (tmp_path / "plain" / "instances.json").exists()
+    found = json.loads((tmp_path / "drawn" / "instances.json").read_text())
+    assert len(found) == 7 and [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    first = found[0]
+    assert first["category_name"] in ("cat", "sofa") and first["category_id"] == ["cat", "sofa"].index(
+        first["category_name"]
+    )
+    x, y, w, h = first["bbox"]
+    assert 0 <= x and 0 <= y and x + w <= 500.01 and y + h <= 375.01
+    assert decode_rle(first["segmentation"]).shape == (375, 500)
+    overlays = [np.asarray(Image.open(tmp_path / out / "overlay.png")) for out in ("plain", "drawn")]
+    assert overlays[0].shape == overlays[1].shape and not np.array_equal(*overlays)  # the outlines
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ([], "--instances needs a segmenter that finds instances (sam3); the dense-clip segmenter"),
+        (["--segmenter", "sam3", "--engine", "ray"], "--instances is written by local runs"),
+    ],
+)
+def test_instances_are_refused_in_one_line_where_they_cannot_be_written(tmp_path, extra, words):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes((ROOT / "examples" / "voc.jpg").read_bytes())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openseg_r.cli",
+            "segment",
+            str(images),
+            "--classes",
+            "cat",
+            "--no-reasoning",
+            "--instances",
+            *extra,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_agents_get_instances_on_request_bounded_and_as_rle(sam3_folder, tiny_segmenter):
+    import base64
+
+    from openseg_r import SafetyLimits, SegmentationService
+    from openseg_r.tools.output import MAX_INSTANCES_RETURNED
+
+    photo = base64.b64encode((ROOT / "examples" / "voc.jpg").read_bytes()).decode()
+    model = OpenSegR(
+        segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", instance_threshold=0.0, max_instances=200
+    )
+    service = SegmentationService(model, SafetyLimits())
+    request = {"image_base64": photo, "vocabulary": "voc21", "reasoning": False}  # 21 classes x 5 queries
+    without, _ = service.segment(request)
+    output, _ = service.segment(request | {"instances": True})
+    assert without.instances is None and output.segmenter == "sam3"
+    assert len(output.instances) == MAX_INSTANCES_RETURNED and any("best 50 are returned" in n for n in output.notes)
+    assert decode_rle(output.instances[0].mask.model_dump()).shape == (375, 500)
+    dense = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm="none"), SafetyLimits())
+    plain, _ = dense.segment(request | {"instances": True})
+    assert plain.instances is None and any("finds no instances" in n for n in plain.notes)

@@ -55,11 +55,23 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     return Image.fromarray(np.where(labels < 0, 65535, labels).astype(np.uint16))
 
 
-def overlay_image(rgb: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
-    """The photo with each class's pixels tinted and a legend of the classes present (largest first)."""
+def overlay_image(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    alpha: float = 0.5,
+    outlines: list[tuple[int, np.ndarray]] | None = None,
+) -> Image.Image:
+    """The photo with each class's pixels tinted and a legend of the classes present (largest first);
+    ``outlines`` (class index, bool mask) are drawn as each instance's border, darker than its class."""
     colors = np.vstack([class_colors(len(names)), np.array([UNKNOWN_COLOUR], np.uint8)])
     tinted = colors[np.where(labels < 0, len(names), labels)]  # unknown pixels in grey
     blended = (rgb.astype(np.float32) * (1 - alpha) + tinted.astype(np.float32) * alpha).astype(np.uint8)
+    for index, mask in outlines or []:
+        from scipy.ndimage import binary_erosion
+
+        border = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 300))
+        blended[border] = (colors[index].astype(np.float32) * 0.55).astype(np.uint8)
     flat = labels.ravel()
     present = np.bincount(flat[flat >= 0], minlength=len(names))
     order = [i for i in np.argsort(-present) if present[i] > 0]

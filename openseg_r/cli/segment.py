@@ -57,6 +57,13 @@ def add_parsers(commands) -> None:
         help="many images: continue --out, skipping images its index.jsonl lists as done "
         "(without it, an --out with an index.jsonl is refused)",
     )
+    seg.add_argument(
+        "--instances",
+        action="store_true",
+        default=None,
+        help="also write instances.json (the COCO results format: each object found with its class, phrase, score, "
+        "box and RLE mask) and outline each instance on overlay.png; for segmenters that find instances (sam3)",
+    )
     add_model_options(seg)
     add_lmm_options(seg, allow_fallback=True)
     add_settings_options(seg)
@@ -100,6 +107,13 @@ def run_segment(args: argparse.Namespace) -> int:
     )
     concurrency = concurrency_option(args)
     engine = engine_values(args)
+    if args.instances and not options.kind.instances:
+        raise ConfigError(
+            f"--instances needs a segmenter that finds instances (sam3); the {options.segmenter} segmenter gives a "
+            "label map only"
+        )
+    if args.instances and engine:
+        raise ConfigError("--instances is written by local runs; leave out --engine ray for it")
     inputs = expand_inputs(args.image, exclude=args.out)
     if args.out:
         from openseg_r._support.files import check_output_folder
@@ -146,7 +160,7 @@ def run_segment(args: argparse.Namespace) -> int:
     model = OpenSegR.from_options(options, settings=settings)
     show_progress = bool(args.progress or sys.stderr.isatty())
     if plan is not None:
-        failed = segment_folder(model, plan, vocabulary, concurrency, show_progress)
+        failed = segment_folder(model, plan, vocabulary, concurrency, show_progress, instances=bool(args.instances))
         return EXIT_SOME_FAILED if failed else EXIT_OK
     _segment_one(model, rgb, vocabulary, inputs.images[0], args, show_progress)
     return EXIT_OK
@@ -182,7 +196,7 @@ def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespa
             step_log.close()
     from openseg_r.cli.summary import print_result_summary
 
-    print_result_summary(result, args.out)
+    print_result_summary(result, args.out, instances=bool(args.instances))
 
 
 # --------------------------------------------------------------------------- helpers

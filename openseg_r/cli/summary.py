@@ -9,9 +9,10 @@ from openseg_r._support.render import format_share
 MAX_FALLBACK_LINES = 5
 
 
-def print_result_summary(result, out_dir: str | None) -> None:
-    """Classes found, fallbacks, the self-check, the run id, and the files written."""
-    paths = result.save(out_dir) if out_dir else None
+def print_result_summary(result, out_dir: str | None, instances: bool = False) -> None:
+    """Classes found, fallbacks, the self-check, the run id, and the files written (with
+    ``instances``, instances.json too)."""
+    paths = result.save(out_dir, instances=instances) if out_dir else None
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
             print(

@@ -180,7 +180,9 @@ def _last_byte(path: Path) -> bytes:
         return handle.read(1)
 
 
-def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_progress: bool) -> int:
+def segment_folder(
+    model, plan: FolderPlan, vocabulary, concurrency: int, show_progress: bool, instances: bool = False
+) -> int:
     """Segment the plan's images, ``concurrency`` at once; write each image's folder and
     index line as it finishes. Returns how many images failed.
 
@@ -225,7 +227,7 @@ def segment_folder(model, plan: FolderPlan, vocabulary, concurrency: int, show_p
             error = None if outcome.ok else error_without_path(outcome.error or "unknown error", image)
             if outcome.ok:
                 try:
-                    outcome.result.save(plan.out / folder)
+                    outcome.result.save(plan.out / folder, instances=instances)
                 except OSError as exc:
                     error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
                 except Exception as exc:  # e.g. a file name result.json cannot hold: this image only

@@ -149,4 +149,5 @@ class SegmenterKind:
     build: Any
     speed_only: tuple[str, ...] = ()
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    instances: bool = False  # it finds objects too (SegmentationArrays.instances), not only a label map
     origin: str = "built in"

@@ -78,6 +78,7 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
         reasoning: Annotated[bool, _described("reasoning")] = True,
         self_check: Annotated[bool, _described("self_check")] = False,
         masks: Annotated[Literal["rle", "png", "none"], _described("masks")] = "rle",
+        instances: Annotated[bool, _described("instances")] = False,
     ) -> Annotated[CallToolResult, SegmentOutput]:
         arguments = dict(
             vocabulary=vocabulary,
@@ -87,6 +88,7 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
             reasoning=reasoning,
             self_check=self_check,
             masks=masks,
+            instances=instances,
         )
         try:
             output, overlay = service.segment(arguments)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from openseg_r._support import rle
 from openseg_r._support.render import format_share, label_image
 from openseg_r.result import SegmentationResult
 
@@ -33,6 +34,17 @@ class ClassFound(BaseModel):
     reason: str  # one line: why the segmenter was told to look for it this way
 
 
+MAX_INSTANCES_RETURNED = 50  # what one tool answer carries at most: an agent's context is not a dataset
+
+
+class InstanceFound(BaseModel):
+    class_name: str
+    phrase: str = Field(description="the noun phrase that found it")
+    score: float
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
+    mask: RLE
+
+
 class SegmentOutput(BaseModel):
     """The structured result of one ``segment`` call."""
 
@@ -47,9 +59,12 @@ class SegmentOutput(BaseModel):
     unknown_pixels: int = 0
     notes: list[str] = Field(default_factory=list, description="fallbacks and settings that were changed")
     segmenter: str | None = Field(None, description="the segmenter kind that segmented (openseg-r segmenters)")
+    instances: list[InstanceFound] | None = Field(None, description="the objects found, best first, when asked for")
 
 
-def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, notes: list[str]) -> SegmentOutput:
+def build_output(
+    result: SegmentationResult, trace_id: str, masks: MaskFormat, notes: list[str], instances: bool = False
+) -> SegmentOutput:
     height, width = result.labels.shape
     found = [c for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels > 0]
     classes = [
@@ -79,6 +94,17 @@ def build_output(result: SegmentationResult, trace_id: str, masks: MaskFormat, n
         notes=notes,
         segmenter=result.segmenter.get("kind"),
     )
+    if instances:
+        found = result.state.segmentation.instances if result.state.segmentation is not None else None
+        if found is None:
+            output.notes.append(f"the {output.segmenter} segmenter finds no instances: only the label map is returned")
+        else:
+            output.instances = [
+                InstanceFound(class_name=i.class_name, phrase=i.phrase, score=i.score, box=i.box, mask=i.mask)
+                for i in found[:MAX_INSTANCES_RETURNED]
+            ]
+            if len(found) > MAX_INSTANCES_RETURNED:
+                output.notes.append(f"{len(found)} instances found; the best {MAX_INSTANCES_RETURNED} are returned")
     if masks == "rle":
         output.masks = {c.name: encode_rle(result.labels == c.index) for c in classes}
     elif masks == "png":
@@ -119,10 +145,7 @@ def class_reason(result: SegmentationResult, name: str) -> str:
 
 
 def encode_rle(mask: np.ndarray) -> RLE:
-    from pycocotools import mask as coco_mask
-
-    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return RLE(size=[int(v) for v in encoded["size"]], counts=encoded["counts"].decode("ascii"))
+    return RLE(**rle.encode_rle(mask))
 
 
 def coco_masks(result: SegmentationResult, file_name: str = "image") -> dict:

@@ -99,6 +99,11 @@ class SegmentRequest(BaseModel):
     masks: MaskFormat = Field(
         "rle", description="rle: a COCO RLE mask per class; png: one label-map PNG; none: summary only"
     )
+    instances: bool = Field(
+        False,
+        description="also return the objects found, best first (class, phrase, score, box, COCO RLE mask; at most "
+        "50), when the server's segmenter finds instances (sam3)",
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> "SegmentRequest":
@@ -146,7 +151,7 @@ class SegmentationService:
         )
         result = call.result()
         trace_id = uuid.uuid4().hex[:16]
-        output = build_output(result, trace_id, request.masks, notes)
+        output = build_output(result, trace_id, request.masks, notes, instances=request.instances)
         self._remember(trace_id, result)
         return output, overlay_png_base64(result)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openseg_r._support.rle import encode_rle
 from openseg_r.schemas import UNKNOWN_LABEL
 from openseg_r.segmenters.base import Instance, SegmentationArrays
 
@@ -96,17 +97,3 @@ def merge(
         background_pixels=int(empty.sum()) if background_index is not None else 0,
         instances=instances,
     )
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO run-length encoding (``{"size": [h, w], "counts": str}``), as pycocotools writes it."""
-    from pycocotools import mask as coco_mask
-
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    from pycocotools import mask as coco_mask
-
-    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)

@@ -43,4 +43,5 @@ SAM3 = SegmenterKind(
     options=Sam3Options,
     build="openseg_r.segmenters.sam3.segmenter:build",
     speed_only=("phrase_batch",),
+    instances=True,
 )
