@@ -391,3 +391,28 @@ def test_agents_get_instances_on_request_bounded_and_as_rle(sam3_folder, tiny_se
     dense = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm="none"), SafetyLimits())
     plain, _ = dense.segment(request | {"instances": True})
     assert plain.instances is None and any("finds no instances" in n for n in plain.notes)
+
+
+def test_eval_runs_the_semantic_benchmark_with_sam3(sam3_folder, tmp_path, voc):
+    """``eval --segmenter sam3`` on a VOC tree of the real photo: counts for every image, and the
+    report names the kind (the NACLIP protocol is dense CLIP's, so none is applied)."""
+    from PIL import Image
+
+    from openseg_r.evals.datasets import get_dataset
+    from openseg_r.evals.runner import run_eval
+
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / folder).mkdir(parents=True)
+    for n, (y, x) in enumerate(((0, 0), (100, 150))):
+        Image.fromarray(voc["rgb"][y : y + 160, x : x + 200]).save(base / "JPEGImages" / f"c{n}.jpg")
+        Image.fromarray(voc["class_label"][y : y + 160, x : x + 200].astype(np.uint8)).save(
+            base / "SegmentationClass" / f"c{n}.png"
+        )
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("c0\nc1\n")
+    model = OpenSegR(segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", instance_threshold=0.0)
+    state = run_eval(model, get_dataset("voc21"), tmp_path, tmp_path / "eval", progress=False)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["images"] == 2 and list(state.totals)
+    assert json.loads((tmp_path / "eval" / "run.json").read_text())["model"]["kind"] == "sam3"
+    assert "segmenter sam3" in (tmp_path / "eval" / "summary.md").read_text()
