@@ -77,9 +77,9 @@ def child(report: str, argv: list[str]) -> int:
 
     text.TextEmbedder.embed, text.text_tower_identity = timed_embed, timed_identity
     if os.environ.get("BENCH_START_NO_TEXT_CACHE"):
-        import openseg_r.segmenters.dense_clip.embedding_cache
+        import openseg_r.segmenters.text_cache
 
-        openseg_r.segmenters.dense_clip.embedding_cache.open_text_cache = lambda choice: None
+        openseg_r.segmenters.text_cache.open_text_cache = lambda choice: None
     for name in ("segment", "segment_batch"):
         if hasattr(CLIPSegmenter, name):
             setattr(CLIPSegmenter, name, first_labels(getattr(CLIPSegmenter, name)))
@@ -163,8 +163,8 @@ def ade847_size(folder: Path) -> str:
 
     from openseg_r.prompts.templates import templates_for
     from openseg_r.schemas import compose_phrase
-    from openseg_r.segmenters.dense_clip.embedding_cache import SQLiteTextCache
     from openseg_r.segmenters.dense_clip.text import template_key
+    from openseg_r.segmenters.text_cache import SQLiteTextCache
     from openseg_r.vocab import resolve_vocabulary
 
     vocabulary = resolve_vocabulary("ade847-syn")

@@ -18,7 +18,7 @@ from openseg_r._support.cache import MemoryReasoningCache, open_cache, open_reas
 from openseg_r._support.sqlite_files import SQLITE_HEADER, NotAnSQLiteFileError, move_aside
 from openseg_r.errors import ConfigError
 from openseg_r.runs import RunsDB, RunsDBError
-from openseg_r.segmenters.dense_clip.embedding_cache import open_text_cache
+from openseg_r.segmenters.text_cache import open_text_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "voc_reasoning.json"

@@ -416,3 +416,15 @@ def test_eval_runs_the_semantic_benchmark_with_sam3(sam3_folder, tmp_path, voc):
     assert summary["images"] == 2 and list(state.totals)
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["model"]["kind"] == "sam3"
     assert "segmenter sam3" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_phrase_embeddings_are_kept_in_the_text_cache_file_between_models(sam3_folder, tmp_path, voc):
+    request = BuildRequest(device="cpu", precision="fp32", text_cache=str(tmp_path / "text.sqlite"))
+    vocabulary = prompts(("cat", ["cat", "kitty"], ["striped"]), ("sofa", ["sofa"], [None]))
+    first = build_segmenter("sam3", {"model": str(sam3_folder), **EVERY_QUERY}, request)
+    cold = first.segment(voc["rgb"][:100, :120], first.query_bank(vocabulary))
+    second = build_segmenter("sam3", {"model": str(sam3_folder), **EVERY_QUERY}, request)
+    warm = second.segment(voc["rgb"][:100, :120], second.query_bank(vocabulary))
+    assert (first.phrases_embedded, second.phrases_embedded) == (4, 0)  # the second reads all four
+    assert np.array_equal(cold.labels, warm.labels) and np.allclose(cold.confidence, warm.confidence)
+    assert second.text_store.hits == 4

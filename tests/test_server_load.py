@@ -27,9 +27,9 @@ from openseg_r.segmenters.base import SegmentJob
 from openseg_r.segmenters.batching import MicroBatcher
 from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig
 from openseg_r.segmenters.dense_clip import text as text_module
-from openseg_r.segmenters.dense_clip.embedding_cache import open_text_cache
 from openseg_r.segmenters.dense_clip.loading import load_clip
 from openseg_r.segmenters.dense_clip.text import TextEmbedder, templates_for
+from openseg_r.segmenters.text_cache import open_text_cache
 from openseg_r.tools.safety import SafetyLimits, ToolInputError
 from openseg_r.tools.service import SegmentationService
 from openseg_r.vocab import load_builtin, parse_class_list

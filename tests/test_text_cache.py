@@ -16,9 +16,9 @@ import torch
 
 from openseg_r.errors import ConfigError
 from openseg_r.segmenters.dense_clip import text as text_module
-from openseg_r.segmenters.dense_clip.embedding_cache import SQLiteTextCache, default_text_cache_path, open_text_cache
 from openseg_r.segmenters.dense_clip.loading import load_clip
 from openseg_r.segmenters.dense_clip.text import TextEmbedder, template_key, templates_for
+from openseg_r.segmenters.text_cache import SQLiteTextCache, default_text_cache_path, open_text_cache
 
 PHRASES = ["cat", "sofa that has cushions", "lamp", "cat"]
 TEMPLATES = len(templates_for("vild"))
@@ -291,7 +291,7 @@ def test_the_memory_cache_is_an_lru_that_can_be_smaller_than_a_call(tiny_model_f
 def test_the_file_is_bounded_and_the_least_recently_used_go_first(tmp_path):
     """The documented policy: at most max_bytes of vectors; past it the least recently used
     go, down to 90%; a read marks a vector used (at most once a day); free pages are given back."""
-    from openseg_r.segmenters.dense_clip import embedding_cache
+    from openseg_r.segmenters import text_cache as embedding_cache
 
     path = tmp_path / "text.sqlite"
     vector_bytes = 512 * 4

@@ -45,7 +45,7 @@ KEPT_FEATURE_VALUES = 64_000_000  # and at most this many feature values in all
 class CLIPSegmenter:
     def __init__(self, clip: LoadedCLIP, config: SegmenterConfig | None = None, *, text_store=None) -> None:
         """``text_store`` keeps text embeddings between processes (see
-        :mod:`openseg_r.segmenters.dense_clip.embedding_cache`)."""
+        :mod:`openseg_r.segmenters.text_cache`)."""
         self.clip = clip
         self.config = config or SegmenterConfig()
         if clip.device.type == "cpu":  # the same labels at any thread count (docs/design.md §2.5)
@@ -82,7 +82,7 @@ class CLIPSegmenter:
         store = None
         random_weights = clip.pretrained is None and not clip.model_name.startswith(("hf-hub:", "local-dir:"))
         if text_cache is not None and not random_weights:  # random weights never meet again: memory only
-            from openseg_r.segmenters.dense_clip.embedding_cache import open_text_cache
+            from openseg_r.segmenters.text_cache import open_text_cache
 
             store = open_text_cache(text_cache)
         return cls(clip, segmenter_config, text_store=store)

@@ -3,7 +3,7 @@
 A phrase's embedding is ``normalise(mean_t normalise(encode(t.format(phrase))))``
 (docs/design.md §1.4). Embeddings are cached in memory by (template set, phrase) for one
 model, so a vocabulary's embeddings are computed once and reused for every image; with a
-``store`` (:mod:`openseg_r.segmenters.dense_clip.embedding_cache`) they are also kept between processes, keyed
+``store`` (:mod:`openseg_r.segmenters.text_cache`) they are also kept between processes, keyed
 by a hash of the text tower's weights (:func:`text_tower_identity`), so a second process
 encodes nothing it has seen before.
 """

@@ -29,6 +29,7 @@ from openseg_r.segmenters.sam3.phrases import PhraseSet, phrases_for
 
 TEXT_LENGTH = 32  # SAM 3's text encoder reads 32 tokens (its max_position_embeddings)
 MAX_CACHED_PHRASES = 4096
+STORE_KEY = "sam3-phrase"  # the text cache's "template set" for SAM 3's phrase embeddings
 
 
 @dataclass
@@ -45,8 +46,10 @@ class Sam3Bank:
 
 
 class Sam3Segmenter:
-    def __init__(self, model, processor, options: Sam3Options, identity: str) -> None:
+    def __init__(self, model, processor, options: Sam3Options, identity: str, text_store=None) -> None:
         self.model = model.eval()
+        self.text_store = text_store  # an SQLiteTextCache, or None: phrase embeddings in memory only
+        self.phrases_embedded = 0  # phrases run through the text encoder, over this segmenter's life
         self.processor = processor
         self.options = options
         self.identity = identity
@@ -72,6 +75,15 @@ class Sam3Segmenter:
 
     @torch.inference_mode()
     def _embed(self, phrases: list[str]) -> None:
+        width = self.model.text_projection.out_features
+        if self.text_store is not None:
+            stored = self.text_store.get_many(self.identity, STORE_KEY, phrases, dim=TEXT_LENGTH * (width + 1))
+            with self._text_lock:
+                for phrase, flat in stored.items():
+                    rows = torch.from_numpy(np.array(flat)).view(TEXT_LENGTH, width + 1)
+                    embeds = rows[:, :width].to(self.device, self.dtype)
+                    self._text[phrase] = (embeds, rows[:, width].round().long().to(self.device))
+            phrases = [p for p in phrases if p not in stored]
         batch = self.options.phrase_batch
         for start in range(0, len(phrases), batch):
             check_cancelled()
@@ -81,6 +93,10 @@ class Sam3Segmenter:
             )
             ids, attention = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
             embeds = self.model.get_text_features(input_ids=ids, attention_mask=attention).pooler_output
+            self.phrases_embedded += len(chunk)
+            if self.text_store is not None:
+                rows = torch.cat([embeds.float(), attention[..., None].float()], dim=-1).cpu().numpy()
+                self.text_store.put_many(self.identity, STORE_KEY, dict(zip(chunk, rows)))
             with self._text_lock:
                 for phrase, row, mask in zip(chunk, embeds, attention):
                     self._text[phrase] = (row, mask)
@@ -191,4 +207,9 @@ def build(options: Sam3Options, request: BuildRequest) -> Sam3Segmenter:
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"cannot load SAM 3 from {options.model}: {clipped(first, 200)}") from None
-    return Sam3Segmenter(model, processor, options, files.identity)
+    store = None
+    if request.text_cache is not None:
+        from openseg_r.segmenters.text_cache import open_text_cache
+
+        store = open_text_cache(request.text_cache)
+    return Sam3Segmenter(model, processor, options, f"{files.identity}|{dtype}", text_store=store)

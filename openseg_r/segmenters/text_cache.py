@@ -1,4 +1,5 @@
-"""The persistent text-embedding cache: CLIP phrase embeddings kept between processes.
+"""The persistent text-embedding cache: phrase embeddings kept between processes (dense
+CLIP's template-averaged vectors; SAM 3's per-token phrase embeddings), shared by the kinds.
 
 Encoding a vocabulary's prompts is the slowest part of a cold start (116 distinct phrases
 x 14 templates for VOC-21 with reasoning), and the result only depends on the text tower's
