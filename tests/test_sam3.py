@@ -428,3 +428,19 @@ def test_phrase_embeddings_are_kept_in_the_text_cache_file_between_models(sam3_f
     assert (first.phrases_embedded, second.phrases_embedded) == (4, 0)  # the second reads all four
     assert np.array_equal(cold.labels, warm.labels) and np.allclose(cold.confidence, warm.confidence)
     assert second.text_store.hits == 4
+
+
+def test_the_web_page_lists_and_outlines_the_instances_and_offers_their_file(sam3_folder, voc, tmp_path):
+    from openseg_r.tools.web.live import write_downloads
+    from openseg_r.tools.web.trace import result_html
+
+    model = OpenSegR(
+        segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", instance_threshold=0.0, max_instances=6
+    )
+    result = model.segment(voc["rgb"][:120, :160], ["cat", "sofa"])
+    html = result_html(result)
+    assert html.count("data-instance=") == 6 and "6 instance(s), outlined on the overlay" in html
+    assert result.instances[0].phrase in html
+    paths = write_downloads(result, tmp_path / "downloads")
+    assert len(json.loads(paths["instances"].read_text())) == 6
+    assert not np.array_equal(np.asarray(result.overlay()), np.asarray(result.overlay(outlines=True)))

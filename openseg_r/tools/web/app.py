@@ -129,7 +129,7 @@ class WebApp:
         folder = self.downloads / live.id
         paths = write_downloads(live.result, folder)
         self._prune()
-        return [str(paths[key]) for key in ("labels", "overlay", "result", "masks")]
+        return [str(paths[key]) for key in ("labels", "overlay", "result", "masks", "instances") if key in paths]
 
     def _prune(self) -> None:
         """Keep the newest KEPT_DOWNLOADS folders; a folder another run's prune removed meanwhile is skipped."""
@@ -482,7 +482,7 @@ def _follow(web: WebApp, live: LiveRun, steps, notes: list[str]):
     result = live.result
     picture, legend, files, link = None, "", None, ""
     if result is not None:
-        picture, legend = result.overlay(), result_html(result)
+        picture, legend = result.overlay(outlines=bool(result.instances)), result_html(result)
         try:
             files = web.finish(live)
         except OSError as exc:

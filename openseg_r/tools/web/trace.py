@@ -360,7 +360,29 @@ def result_html(result) -> str:
         + "".join(rows)
         + "</table>"
     )
-    return f'<div class="openseg-result">{legend}{_result_usage_html(result.state, result.reasoning_cache)}</div>'
+    usage = _result_usage_html(result.state, result.reasoning_cache)
+    return f'<div class="openseg-result">{legend}{_instances_html(result, colours)}{usage}</div>'
+
+
+def _instances_html(result, colours) -> str:
+    """The objects found (segmenters that find instances), best first: class, phrase, score, box."""
+    if not result.instances:
+        return ""
+    index = {name: i for i, name in enumerate(result.names)}
+    shown, hidden = _capped(result.instances, MAX_LEGEND_ROWS)
+    rows = [
+        f'<tr data-instance="{n}"><td>{_swatch(colours[index[i.class_name]])}</td><td>{_text(i.class_name)}</td>'
+        f"<td>{_text(i.phrase)}</td><td>{i.score:.2f}</td><td>{', '.join(f'{v:.0f}' for v in i.box)}</td></tr>"
+        for n, i in enumerate(shown)
+    ]
+    if hidden:
+        rows.append(f'<tr><td colspan="5">{_more(hidden)}</td></tr>')
+    return (
+        f"<p>{len(result.instances)} instance(s), outlined on the overlay:</p>"
+        '<table data-section="instances"><tr><th></th><th>class</th><th>phrase</th><th>score</th><th>box</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _result_usage_html(state, cache: dict | None = None) -> str:
