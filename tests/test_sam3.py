@@ -444,3 +444,119 @@ def test_the_web_page_lists_and_outlines_the_instances_and_offers_their_file(sam
     paths = write_downloads(result, tmp_path / "downloads")
     assert len(json.loads(paths["instances"].read_text())) == 6
     assert not np.array_equal(np.asarray(result.overlay()), np.asarray(result.overlay(outlines=True)))
+
+
+# --------------------------------------------------------------------------- instance evaluation
+
+
+@pytest.fixture
+def coco_instances(tmp_path, voc) -> Path:
+    """The VOC photo's real instances as a COCO instances dataset: images/voc.jpg + instances.json."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(voc["rgb"]).save(root / "images" / "voc.jpg", quality=95)
+    names = list(voc["class_names"])
+    used = sorted({int(label) for label in voc["labels"]})
+    annotations = []
+    for n, (label, mask) in enumerate(zip(voc["labels"], voc["masks"]), start=1):
+        ys, xs = np.nonzero(mask)
+        annotations.append(
+            {
+                "id": n,
+                "image_id": 1,
+                "category_id": int(label),
+                "segmentation": encode_rle(mask),
+                "area": int(mask.sum()),
+                "iscrowd": 0,
+                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+            }
+        )
+    height, width = voc["rgb"].shape[:2]
+    (root / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "voc.jpg", "height": height, "width": width}],
+                "categories": [{"id": label, "name": names[label]} for label in used],
+                "annotations": annotations,
+            }
+        )
+    )
+    return root
+
+
+def test_instance_evaluation_gives_a_perfect_ap_to_the_ground_truth_itself(sam3_folder, coco_instances, voc, tmp_path):
+    """COCOeval's path, exact: a segmenter whose instances are the annotations scores AP 1."""
+    from openseg_r.evals.instances import run_instance_eval
+    from openseg_r.segmenters.base import Instance, SegmentationArrays
+
+    model = OpenSegR(segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", batch_size=1)
+    names = list(voc["class_names"])
+    used = sorted({int(label) for label in voc["labels"]})
+
+    def oracle(rgb, bank, **_):
+        found = [
+            Instance(
+                class_index=used.index(int(label)),
+                phrase=names[label],
+                score=0.9,
+                box=(0, 0, 1, 1),
+                mask=encode_rle(mask),
+            )
+            for label, mask in zip(voc["labels"], voc["masks"])
+        ]
+        zeros = np.zeros(rgb.shape[:2], np.float32)
+        return SegmentationArrays(
+            labels=np.zeros(rgb.shape[:2], np.int32),
+            confidence=zeros,
+            runner_up=np.full(rgb.shape[:2], -1, np.int32),
+            margin=zeros,
+            instances=found,
+        )
+
+    model.segmenter.segment = oracle
+    summary = run_instance_eval(model, coco_instances, tmp_path / "perfect")
+    assert summary["detections"] == len(voc["labels"]) and summary["mask_ap"]["AP"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "perfect" / "summary.json").read_text())["mask_ap"]["AP50"] == pytest.approx(1.0)
+
+
+def test_eval_coco_instances_from_the_command_line(sam3_folder, coco_instances, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    base = [
+        sys.executable,
+        "-m",
+        "openseg_r.cli",
+        "eval",
+        "--dataset",
+        "coco-instances",
+        "--root",
+        str(coco_instances),
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        [
+            *base,
+            "--segmenter",
+            "sam3",
+            "--segmenter-option",
+            f"model={sam3_folder}",
+            "--segmenter-option",
+            "instance_threshold=0",
+            "--out",
+            str(tmp_path / "ap"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "ap" / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["detections"] > 0 and 0 <= summary["mask_ap"]["AP"] <= 1
+    assert "| AP | AP50 |" in (tmp_path / "ap" / "summary.md").read_text()
+    refused = subprocess.run(
+        [*base, "--out", str(tmp_path / "dense")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "the dense-clip segmenter gives a label map only" in refused.stderr and not (tmp_path / "dense").exists()

@@ -30,13 +30,21 @@ from openseg_r.cli.options import (
 
 def add_parsers(commands) -> None:
     from openseg_r.evals.datasets import DATASETS
+    from openseg_r.evals.instances import INSTANCE_DATASET
 
     run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
     run.add_argument(
         "--dataset",
         required=True,
-        choices=list(DATASETS),
-        help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder (see README)",
+        choices=[*DATASETS, INSTANCE_DATASET],
+        help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder; 'coco-instances' is a COCO "
+        "instances JSON and its images, scored by mask AP (segmenters that find instances)",
+    )
+    run.add_argument(
+        "--annotations",
+        default=None,
+        help="coco-instances: the instances JSON (default: annotations/instances_val2017.json, "
+        "annotations/instances.json or instances.json under --root)",
     )
     run.add_argument("--root", required=True, help="the dataset folder, as the mmseg/detectron2 scripts lay it out")
     run.add_argument("--split", default=None, help="default: the dataset's validation split")
@@ -78,9 +86,12 @@ def add_parsers(commands) -> None:
 def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.config.settings import Settings
     from openseg_r.evals.datasets import get_dataset
+    from openseg_r.evals.instances import INSTANCE_DATASET
     from openseg_r.evals.runner import parse_shard, run_eval
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
 
+    if args.dataset == INSTANCE_DATASET:
+        return _run_instance_eval(args)
     dataset = get_dataset(args.dataset)
     concurrency = concurrency_option(args)
     engine = engine_values(args)
@@ -198,6 +209,31 @@ def run_merge_command(args: argparse.Namespace) -> int:
     from openseg_r.evals.runner import merge
 
     merge(args.folders, args.out)
+    _print_summary(args.out)
+    return EXIT_OK
+
+
+def _run_instance_eval(args: argparse.Namespace) -> int:
+    """``--dataset coco-instances``: mask AP with COCOeval (no protocol, no ablation, one process)."""
+    from openseg_r.config.settings import Settings
+    from openseg_r.errors import ConfigError
+    from openseg_r.evals.instances import annotations_file, run_instance_eval
+    from openseg_r.lmm.spec import configured_spec, names_an_lmm
+
+    if args.ablation or args.shard or engine_values(args):
+        raise ConfigError("coco-instances runs one pass in this process: no --ablation, --shard or --engine")
+    options, settings = options_and_settings(args, None, Settings(reasoning=names_an_lmm(configured_spec(args.lmm))))
+    if not options.kind.instances:
+        raise ConfigError(
+            f"coco-instances scores instances: the {options.segmenter} segmenter gives a label map only (use sam3)"
+        )
+    annotations_file(args.root, args.annotations)  # a missing file fails before any model loads
+    from openseg_r._support.files import check_output_folder
+    from openseg_r.model import OpenSegR
+
+    check_output_folder(args.out)
+    model = OpenSegR.from_options(options, settings=settings)
+    run_instance_eval(model, args.root, args.out, annotations=args.annotations, limit=args.limit)
     _print_summary(args.out)
     return EXIT_OK
 
