@@ -96,6 +96,7 @@ class SegmentationResult:
             "classes": [c.model_dump() for c in self.classes],
             "present_classes": self.present,
             "suppressed_classes": state.segmentation.suppressed_classes if state.segmentation else [],
+            "phrases": state.segmentation.phrases if state.segmentation is not None else None,
             "instances": (
                 [i.model_dump() for i in state.segmentation.instances]
                 if state.segmentation is not None and state.segmentation.instances is not None

@@ -298,6 +298,7 @@ class SegmentationOutput(BaseModel):
     suppressed_classes: list[str] = Field(default_factory=list)
     background_pixels: int = 0
     instances: list[InstanceRecord] | None = None  # best first; None: the segmenter finds no instances
+    phrases: dict[str, list[str]] | None = None  # class -> the phrases sent to a phrase-driven segmenter (SAM 3)
 
 
 class SegmentationReport(BaseModel):

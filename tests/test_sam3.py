@@ -165,6 +165,9 @@ def test_the_whole_graph_runs_with_and_without_reasoning_and_the_self_check(sam3
     reasoned = model.segment(rgb, "voc21")
     assert reasoned.to_json()["segmenter"]["kind"] == "sam3" and reasoned.instances
     present = set(reasoned.state.alignment.present) | {"background"}  # the background class is never filtered
+    phrases = reasoned.state.segmentation.phrases  # the trace: each phrase sent, under its class
+    assert set(phrases) == present & set(phrases) and all(phrases.values())
+    assert any(len(p) > 1 for p in phrases.values()), phrases  # with reasoning: attribute phrases too
     assert {i.class_name for i in reasoned.instances} <= present  # the hard filter held
     assert reasoned.labels.shape == (160, 200) and reasoned.present
     bare = model.segment(rgb, "voc21", reasoning=False)
@@ -560,3 +563,18 @@ def test_eval_coco_instances_from_the_command_line(sam3_folder, coco_instances, 
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "the dense-clip segmenter gives a label map only" in refused.stderr and not (tmp_path / "dense").exists()
+
+
+def test_a_gated_or_forbidden_hub_model_is_one_line(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError.__new__(GatedRepoError)  # as huggingface_hub raises it for a gated repository
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(WeightsError) as caught:
+        build_segmenter("sam3", {"model": "facebook/sam3"}, BuildRequest(device="cpu"))
+    message = str(caught.value)
+    assert "\n" not in message and "is gated on the Hugging Face hub" in message and "HF_TOKEN" in message

@@ -70,14 +70,8 @@ def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> 
         width=int(arrays.labels.shape[1]),
         suppressed_classes=[names[i] for i in arrays.suppressed],
         background_pixels=arrays.background_pixels,
-        instances=None
-        if arrays.instances is None
-        else [
-            InstanceRecord(
-                class_name=names[i.class_index], phrase=i.phrase, score=round(i.score, 6), box=i.box, mask=i.mask
-            )
-            for i in arrays.instances
-        ],
+        phrases=_phrases_by_class(arrays, names),
+        instances=_instance_records(arrays, names),
     )
     fallbacks = []
     if arrays.instances is not None and not arrays.instances:  # a stated result, not an error
@@ -89,3 +83,24 @@ def segmentation(state: SegmentationInput, runtime: Runtime[OpenSegContext]) -> 
             )
         )
     return SegmentationNodeOutput(segmentation=output, fallbacks=fallbacks)
+
+
+def _phrases_by_class(arrays, names: list[str]) -> dict[str, list[str]] | None:
+    """The phrases a phrase-driven segmenter was sent, by class (the trace shows them)."""
+    if arrays.phrases is None:
+        return None
+    by_class: dict[str, list[str]] = {}
+    for index, phrase in arrays.phrases:
+        by_class.setdefault(names[index], []).append(phrase)
+    return by_class
+
+
+def _instance_records(arrays, names: list[str]) -> list[InstanceRecord] | None:
+    if arrays.instances is None:
+        return None
+    return [
+        InstanceRecord(
+            class_name=names[i.class_index], phrase=i.phrase, score=round(i.score, 6), box=i.box, mask=i.mask
+        )
+        for i in arrays.instances
+    ]

@@ -66,6 +66,7 @@ class SegmentationArrays:
     suppressed: list[int] = field(default_factory=list)
     background_pixels: int = 0
     instances: list[Instance] | None = None  # best first; None: this segmenter finds no instances
+    phrases: list[tuple[int, str]] | None = None  # (class, phrase) sent to a phrase-driven segmenter (SAM 3)
 
 
 @dataclass

@@ -58,6 +58,7 @@ def merge(
     background_index: int | None,
     background_threshold: float,
     suppressed: list[int],
+    asked: list[tuple[int, str]] | None = None,
 ) -> SegmentationArrays:
     """The label map, its top two classes and margin, and the instances (masks as COCO RLE)."""
     height, width = size
@@ -96,4 +97,5 @@ def merge(
         suppressed=list(suppressed),
         background_pixels=int(empty.sum()) if background_index is not None else 0,
         instances=instances,
+        phrases=asked,
     )

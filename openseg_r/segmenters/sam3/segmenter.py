@@ -182,6 +182,7 @@ class Sam3Segmenter:
             background_index=job.background_index,
             background_threshold=job.background_threshold,
             suppressed=suppressed if class_filter.mode != "none" else [],
+            asked=[(bank.phrases.classes[i], bank.phrases.phrases[i]) for i in asked],
         )
 
     def describe(self) -> dict:
