@@ -240,7 +240,9 @@ def test_ctrl_c_abandons_an_lmm_call_in_flight_at_once(drip, tiny_model_files, t
     finally:
         process.kill()
     assert process.returncode == 130, stderr
-    assert elapsed < 3, elapsed
+    # "At once" against the request's own 600 s timeout: seconds, including the interpreter's exit, which
+    # took 3.03 s once when the 2-core machine ran another suite beside this one.
+    assert elapsed < 10, elapsed
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "openseg-r: interrupted"
 
 
