@@ -250,38 +250,44 @@ def test_a_missing_folder_and_an_uncached_hub_model_are_one_line(tmp_path, monke
     assert "\n" not in message and "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
 
 
-def test_the_command_line_segments_with_sam3_and_refuses_a_bad_model_in_one_line(sam3_folder, tmp_path):
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    command = [
-        sys.executable,
-        "-m",
-        "openseg_r.cli",
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def sam3_segment(folder, *args: str) -> list[str]:
+    """``segment`` of the VOC photo with the tiny SAM 3, every query an instance, no LMM."""
+    return [
         "segment",
         str(ROOT / "examples" / "voc.jpg"),
-        "--vocab",
-        "voc21",
         "--no-reasoning",
         "--segmenter",
         "sam3",
         "--segmenter-option",
-        f"model={sam3_folder}",
+        f"model={folder}",
         "--segmenter-option",
         "instance_threshold=0",
-        "--precision",
-        "fp32",
+        *args,
     ]
-    done = subprocess.run(
-        [*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300
-    )
+
+
+def test_the_command_line_segments_with_sam3_and_refuses_a_bad_model_in_one_line(sam3_folder, tmp_path):
+    done = cli(*sam3_segment(sam3_folder, "--vocab", "voc21", "--precision", "fp32", "--out", str(tmp_path / "out")))
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
     assert saved["segmenter"]["kind"] == "sam3" and saved["instances"]
-    bad = subprocess.run(
-        [*command[:-4], "--segmenter-option", f"model={tmp_path / 'nothing'}", "--out", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    bad = cli(
+        *sam3_segment(
+            sam3_folder,
+            "--vocab",
+            "voc21",
+            "--segmenter-option",
+            f"model={tmp_path / 'nothing'}",
+            "--out",
+            str(tmp_path / "bad"),
+        )
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "SAM 3 model folder not found" in bad.stderr
     assert not (tmp_path / "bad").exists()
@@ -293,35 +299,9 @@ def test_the_command_line_segments_with_sam3_and_refuses_a_bad_model_in_one_line
 def test_segment_instances_writes_the_coco_results_file_and_outlines(sam3_folder, tmp_path):
     from PIL import Image
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    command = [
-        sys.executable,
-        "-m",
-        "openseg_r.cli",
-        "segment",
-        str(ROOT / "examples" / "voc.jpg"),
-        "--classes",
-        "cat, sofa",
-        "--no-reasoning",
-        "--segmenter",
-        "sam3",
-        "--segmenter-option",
-        f"model={sam3_folder}",
-        "--segmenter-option",
-        "instance_threshold=0",
-        "--segmenter-option",
-        "max_instances=7",
-    ]
-    plain = subprocess.run(
-        [*command, "--out", str(tmp_path / "plain")], capture_output=True, text=True, env=env, timeout=300
-    )
-    drawn = subprocess.run(
-        [*command, "--instances", "--out", str(tmp_path / "drawn")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    command = sam3_segment(sam3_folder, "--classes", "cat, sofa", "--segmenter-option", "max_instances=7")
+    plain = cli(*command, "--out", str(tmp_path / "plain"))
+    drawn = cli(*command, "--instances", "--out", str(tmp_path / "drawn"))
     assert plain.returncode == drawn.returncode == 0, plain.stderr + drawn.stderr
     assert not (tmp_path / "plain" / "instances.json").exists()
     found = json.loads((tmp_path / "drawn" / "instances.json").read_text())
@@ -349,25 +329,16 @@ def test_instances_are_refused_in_one_line_where_they_cannot_be_written(tmp_path
     images.mkdir()
     for name in ("a.jpg", "b.jpg"):
         (images / name).write_bytes((ROOT / "examples" / "voc.jpg").read_bytes())
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "openseg_r.cli",
-            "segment",
-            str(images),
-            "--classes",
-            "cat",
-            "--no-reasoning",
-            "--instances",
-            *extra,
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    done = cli(
+        "segment",
+        str(images),
+        "--classes",
+        "cat",
+        "--no-reasoning",
+        "--instances",
+        *extra,
+        "--out",
+        str(tmp_path / "out"),
         timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
@@ -525,42 +496,21 @@ def test_instance_evaluation_gives_a_perfect_ap_to_the_ground_truth_itself(sam3_
 
 
 def test_eval_coco_instances_from_the_command_line(sam3_folder, coco_instances, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    base = [
-        sys.executable,
-        "-m",
-        "openseg_r.cli",
-        "eval",
-        "--dataset",
-        "coco-instances",
-        "--root",
-        str(coco_instances),
-        "--no-progress",
+    base = ["eval", "--dataset", "coco-instances", "--root", str(coco_instances), "--no-progress"]
+    sam3_options = [
+        "--segmenter",
+        "sam3",
+        "--segmenter-option",
+        f"model={sam3_folder}",
+        "--segmenter-option",
+        "instance_threshold=0",
     ]
-    done = subprocess.run(
-        [
-            *base,
-            "--segmenter",
-            "sam3",
-            "--segmenter-option",
-            f"model={sam3_folder}",
-            "--segmenter-option",
-            "instance_threshold=0",
-            "--out",
-            str(tmp_path / "ap"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = cli(*base, *sam3_options, "--out", str(tmp_path / "ap"))
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "ap" / "summary.json").read_text())
     assert summary["images"] == 1 and summary["detections"] > 0 and 0 <= summary["mask_ap"]["AP"] <= 1
     assert "| AP | AP50 |" in (tmp_path / "ap" / "summary.md").read_text()
-    refused = subprocess.run(
-        [*base, "--out", str(tmp_path / "dense")], capture_output=True, text=True, env=env, timeout=120
-    )
+    refused = cli(*base, "--out", str(tmp_path / "dense"), timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "the dense-clip segmenter gives a label map only" in refused.stderr and not (tmp_path / "dense").exists()
 
