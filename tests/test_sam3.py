@@ -106,6 +106,39 @@ def test_the_semantic_rule_best_instance_owns_a_pixel_and_another_class_is_the_r
     assert [i.phrase for i in arrays.instances] == ["cat", "dog"] and arrays.instances[0].box == (0.0, 0.0, 2.0, 1.0)
 
 
+def test_the_semantic_head_takes_the_pixels_no_instance_covers():
+    """Stuff without instances: where no mask reaches, the class whose semantic map is highest
+    (above the threshold) takes the pixel, and the next class is its runner-up."""
+    found = _found([0], [0.9], [[[1, 0, 0, 0]] * 2])
+    maps = torch.tensor([[[0.2, 0.2, 0.9, 0.3]] * 2, [[0.1, 0.7, 0.8, 0.2]] * 2])  # classes 1 and 2
+    arrays = merge(
+        found,
+        (2, 4),
+        ("cat", "sky", "road"),
+        mask_threshold=0.5,
+        background_index=None,
+        background_threshold=0.0,
+        suppressed=[],
+        semantic=([1, 2], maps),
+        semantic_threshold=0.5,
+    )
+    assert arrays.labels.tolist() == [[0, 2, 1, UNKNOWN_LABEL]] * 2  # the instance keeps its pixel
+    assert arrays.runner_up.tolist() == [[-1, 1, 2, -1]] * 2
+    assert np.allclose(arrays.margin[0][:3], [0.9, 0.5, 0.1]) and np.allclose(arrays.confidence[0][2], 0.9)
+    off = merge(
+        found,
+        (2, 4),
+        ("cat", "sky", "road"),
+        mask_threshold=0.5,
+        background_index=None,
+        background_threshold=0.0,
+        suppressed=[],
+        semantic=([1, 2], maps),
+        semantic_threshold=1.0,
+    )
+    assert off.labels.tolist() == [[0, UNKNOWN_LABEL, UNKNOWN_LABEL, UNKNOWN_LABEL]] * 2
+
+
 def test_instance_masks_survive_the_rle_round_trip():
     rng = np.random.default_rng(0)
     mask = rng.random((37, 53)) > 0.6
@@ -124,10 +157,10 @@ def test_the_semantic_rule_is_sam3s_own_post_processing(sam3_folder):
 
     rng = np.random.default_rng(1)
     rgb = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
-    every = sam3(sam3_folder, **EVERY_QUERY)
+    every = sam3(sam3_folder, semantic_threshold=1.0, **EVERY_QUERY)  # instances alone, as the processor
     bank = every.query_bank(prompts(("cat", ["cat"], [None])))
     threshold = float(np.median([i.score for i in every.segment(rgb, bank).instances]))  # about half count
-    segmenter = sam3(sam3_folder, instance_threshold=threshold)
+    segmenter = sam3(sam3_folder, instance_threshold=threshold, semantic_threshold=1.0)
     arrays = segmenter.segment(rgb, segmenter.query_bank(prompts(("cat", ["cat"], [None]))))
     model, processor = (
         Sam3Model.from_pretrained(str(sam3_folder)).eval(),
@@ -201,7 +234,14 @@ def test_the_hard_class_filter_decodes_only_the_present_classes(sam3_folder, voc
 
 
 def test_no_instance_is_an_all_background_map_with_a_stated_note(sam3_folder, voc):
-    model = OpenSegR(segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", instance_threshold=1.0)
+    model = OpenSegR(
+        segmenter="sam3",
+        model=str(sam3_folder),
+        device="cpu",
+        lmm="none",
+        instance_threshold=1.0,
+        semantic_threshold=1.0,
+    )
     result = model.segment(voc["rgb"][:80, :80], "voc21")
     assert result.instances == [] and set(np.unique(result.labels)) == {0}  # voc21's background
     (note,) = [f for f in result.state.fallbacks if f.step == "segmentation"]

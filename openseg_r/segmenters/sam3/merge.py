@@ -11,9 +11,11 @@ Each pixel takes the class of the highest-scoring instance that covers it (its
 it, and the margin is the difference of the two scores (the whole score where no other
 class covers it). The self-check's ambiguous regions are therefore overlapping masks of
 different classes with close scores, and low-scoring lone masks. A pixel no instance
-covers is background when the vocabulary has a background class, and unknown (the
-label-map value for "none of these") when it has none; so is a pixel whose best score is
-under ``background_threshold``.
+covers goes to SAM 3's semantic head: the class whose phrases' semantic map (times their
+presence) is highest there takes it, when above ``semantic_threshold`` (1 turns this off).
+A pixel still without a class is background when the vocabulary has a background class,
+and unknown (the label-map value for "none of these") when it has none; so is a pixel
+whose best score is under ``background_threshold``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def merge(
     background_threshold: float,
     suppressed: list[int],
     asked: list[tuple[int, str]] | None = None,
+    semantic: tuple[list[int], torch.Tensor] | None = None,
+    semantic_threshold: float = 1.0,
 ) -> SegmentationArrays:
     """The label map, its top two classes and margin, and the instances (masks as COCO RLE)."""
     height, width = size
@@ -85,6 +89,8 @@ def merge(
                 mask=encode_rle(mask),
             )
         )
+    if semantic is not None and semantic_threshold < 1.0:
+        _fill_from_semantic(semantic, size, semantic_threshold, best_class, best_score, second_class, second_score)
     labels = best_class.copy()
     empty = (best_class < 0) | (best_score < background_threshold)
     labels[empty] = background_index if background_index is not None else UNKNOWN_LABEL
@@ -99,3 +105,24 @@ def merge(
         instances=instances,
         phrases=asked,
     )
+
+
+def _fill_from_semantic(semantic, size, threshold, best_class, best_score, second_class, second_score) -> None:
+    """Where no instance reaches a pixel, SAM 3's semantic head decides: each class's map is the
+    highest of its phrases' ``sigmoid(semantic logit) x sigmoid(presence)``, resized to the
+    image; the best class above ``threshold`` takes the pixel, the next is its runner-up.
+    Stuff (sky, road, grass) is found this way; objects stay with their instances."""
+    classes, maps = semantic
+    if not classes:
+        return
+    resized = F.interpolate(maps.float()[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
+    order = np.argsort(-resized, axis=0, kind="stable")
+    top = np.take_along_axis(resized, order[:1], 0)[0]
+    uncovered = (best_class < 0) & (top > threshold)
+    ids = np.asarray(classes, np.int32)
+    best_class[uncovered] = ids[order[0]][uncovered]
+    best_score[uncovered] = top[uncovered]
+    if len(classes) > 1:
+        runner = np.take_along_axis(resized, order[1:2], 0)[0]
+        second_class[uncovered] = ids[order[1]][uncovered]
+        second_score[uncovered] = runner[uncovered]

@@ -35,6 +35,13 @@ class Sam3Options(BaseModel):
     )
     mask_threshold: float = Field(0.5, ge=0, le=1, description="a pixel is inside an instance's mask above this")
     max_instances: int = Field(100, ge=0, le=10_000, description="the most instances kept per image, best first")
+    semantic_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a pixel no instance covers takes the class whose semantic map (SAM 3's semantic head x "
+        "presence) is highest there, when above this (1: instances only)",
+    )
 
 
 SAM3 = SegmenterKind(

@@ -145,6 +145,7 @@ class Sam3Segmenter:
         fpn = [x[index : index + 1] for x in vision.fpn_hidden_states]
         positions = [x[index : index + 1] for x in vision.fpn_position_encoding]
         kept_phrases, kept_scores, kept_boxes, kept_masks = [], [], [], []
+        semantic: dict[int, torch.Tensor] = {}  # class -> its phrases' best semantic map (low resolution)
         for start in range(0, len(asked), self.options.phrase_batch):
             check_cancelled()
             chunk = asked[start : start + self.options.phrase_batch]
@@ -156,10 +157,19 @@ class Sam3Segmenter:
             text = BaseModelOutputWithPooling(pooler_output=bank.embeds[chunk])
             out = self.model(vision_embeds=shared, text_embeds=text, attention_mask=bank.attention[chunk])
             self.phrases_decoded += size
+            presence = out.presence_logits.float().sigmoid() if out.presence_logits is not None else None
             scores = out.pred_logits.float().sigmoid()
-            if out.presence_logits is not None:
-                scores = scores * out.presence_logits.float().sigmoid()
+            if presence is not None:
+                scores = scores * presence
             scores = scores * torch.from_numpy(weights[[bank.phrases.classes[i] for i in chunk]])[:, None]
+            if out.semantic_seg is not None and self.options.semantic_threshold < 1.0:
+                maps = out.semantic_seg[:, 0].float().sigmoid().cpu()
+                if presence is not None:
+                    maps = maps * presence.cpu()[:, :1, None]
+                for row, phrase in enumerate(chunk):
+                    cls = bank.phrases.classes[phrase]
+                    weighted = maps[row] * float(weights[cls])
+                    semantic[cls] = weighted if cls not in semantic else torch.maximum(semantic[cls], weighted)
             hit = (scores > self.options.instance_threshold).nonzero().tolist()
             for row, query in hit:
                 kept_phrases.append(chunk[row])
@@ -183,6 +193,8 @@ class Sam3Segmenter:
             background_threshold=job.background_threshold,
             suppressed=suppressed if class_filter.mode != "none" else [],
             asked=[(bank.phrases.classes[i], bank.phrases.phrases[i]) for i in asked],
+            semantic=(list(semantic), torch.stack(list(semantic.values()))) if semantic else None,
+            semantic_threshold=self.options.semantic_threshold,
         )
 
     def describe(self) -> dict:
