@@ -28,7 +28,13 @@ from openseg_r._support.cancel import CancelToken, cancellable
 from openseg_r._support.flights import SingleFlight
 from openseg_r._support.images import load_image
 from openseg_r._support.store import ArtifactStore
-from openseg_r.config.options import DEFAULT_CONCURRENCY, DEFAULT_LMM_CONCURRENCY, UNREGISTERED, ModelOptions
+from openseg_r.config.options import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LMM_CONCURRENCY,
+    UNREGISTERED,
+    ModelOptions,
+    field_default,
+)
 from openseg_r.config.settings import LMMOptions, Settings, merged_settings
 from openseg_r.errors import ConfigError, OpenSegRError, ReasoningUnavailableError
 from openseg_r.graph import build_graph, recursion_limit
@@ -92,7 +98,8 @@ class OpenSegR:
         given = {"lmm": lmm, "reasoning_cache": reasoning_cache, "aligner": aligner, "runs_db": runs_db}
         injected = {k: v for k, v in given.items() if v is not None and not isinstance(v, (str, Path))}
         option_values |= {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
-        options = _with_keywords(options or ModelOptions(), option_values)
+        options = options or ModelOptions()
+        options = options.with_overrides(**option_values) if option_values else options
         # The LMM first: a bad spec fails at once, before weights load.
         backend = injected.get("lmm")
         if backend is not None and not isinstance(backend, LMMBackend):
@@ -141,7 +148,7 @@ class OpenSegR:
             update={
                 "lmm": spec or getattr(self.lmm, "spec", None) or "none",
                 "reasoning_cache": _cache_choice(cache_choice, self.reasoning_cache),
-                "aligner": options.aligner if "aligner" not in injected else ModelOptions().aligner,
+                "aligner": options.aligner if "aligner" not in injected else field_default(ModelOptions, "aligner"),
                 "lmm_concurrency": lmm_concurrency,
                 "lmm_options": lmm_options,
             }
@@ -721,12 +728,6 @@ def _cache_choice(given, cache) -> str | None:
 
 
 __all__ = ["ImageOutcome", "OpenSegR", "SegmentationRun"]
-
-
-def _with_keywords(options: ModelOptions, values: dict) -> ModelOptions:
-    """``options`` with keyword values over it (ModelOptions fields, and the segmenter kind's
-    own options such as ``clip_model`` or ``attention``)."""
-    return options.with_overrides(**values) if values else options
 
 
 def _options_for_injected(options: ModelOptions, segmenter: Segmenter) -> tuple[ModelOptions, dict | None]:

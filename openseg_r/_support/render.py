@@ -67,9 +67,9 @@ def overlay_image(
     colors = np.vstack([class_colors(len(names)), np.array([UNKNOWN_COLOUR], np.uint8)])
     tinted = colors[np.where(labels < 0, len(names), labels)]  # unknown pixels in grey
     blended = (rgb.astype(np.float32) * (1 - alpha) + tinted.astype(np.float32) * alpha).astype(np.uint8)
-    for index, mask in outlines or []:
+    if outlines:
         from scipy.ndimage import binary_erosion
-
+    for index, mask in outlines or []:
         border = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 300))
         blended[border] = (colors[index].astype(np.float32) * 0.55).astype(np.uint8)
     flat = labels.ravel()
