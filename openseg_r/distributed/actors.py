@@ -161,7 +161,9 @@ class SegmentActor:
     area_fraction, mean_confidence per class), "trace" (JSON: LMM calls, tokens, fallbacks,
     seconds), "error" ("" or one line). With ``files``, also "files": the result folder's
     files (labels.png, overlay.png, result.json, ...) as JSON {relative path: base64}, for a
-    driver that writes them where it wants."""
+    driver that writes them where it wants. With ``instances`` (segmenters that find them),
+    also "instances": JSON, the image's instances in the COCO results format, and the files
+    include instances.json and outlines on the overlay."""
 
     def __init__(
         self,
@@ -173,12 +175,13 @@ class SegmentActor:
         masks: str = "rle",
         files: bool = False,
         threads: int | None = None,
+        instances: bool = False,
     ) -> None:
         from openseg_r.schemas import Vocabulary
 
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
-        self.masks, self.files = masks, files
+        self.masks, self.files, self.instances = masks, files, instances
 
     def __call__(self, batch: dict) -> dict:
         rows = len(next(iter(batch.values()))) if batch else 0
@@ -199,6 +202,8 @@ class SegmentActor:
         }
         if self.files:
             out["files"] = []
+        if self.instances:
+            out["instances"] = []
         for outcome in outcomes:
             result = outcome.result
             error = "" if outcome.ok else (outcome.error or "unknown error")
@@ -211,7 +216,9 @@ class SegmentActor:
             else:
                 out["labels"].append(result.labels if result else np.zeros((0, 0), np.int32))
             if self.files:
-                out["files"].append(json.dumps(folder_files(result) if result else {}))
+                out["files"].append(json.dumps(folder_files(result, self.instances) if result else {}))
+            if self.instances:
+                out["instances"].append(json.dumps(result.coco_instances(outcome.source or 0) if result else []))
         out["image_reasoning"] = batch_reasoning(self.cache, rows)
         return out
 
@@ -230,24 +237,20 @@ def trace_summary(result, seconds: float) -> dict:
 
 def class_rles(result) -> dict[str, dict]:
     """COCO RLE of each present class's mask (the format of the MCP/HTTP tools' masks)."""
-    from pycocotools import mask as coco_mask
+    from openseg_r._support.rle import encode_rle
 
-    masks = {}
-    for summary in result.classes:
-        if summary.pixels:
-            encoded = coco_mask.encode(np.asfortranarray((result.labels == summary.index).astype(np.uint8)))
-            masks[summary.name] = {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode()}
-    return masks
+    return {c.name: encode_rle(result.labels == c.index) for c in result.classes if c.pixels}
 
 
-def folder_files(result) -> dict[str, str]:
-    """The files :meth:`SegmentationResult.save` writes, read back as base64."""
+def folder_files(result, instances: bool = False) -> dict[str, str]:
+    """The files :meth:`SegmentationResult.save` writes (with ``instances``, instances.json
+    too), read back as base64."""
     import base64
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="openseg-r-") as folder:
-        result.save(folder)
+        result.save(folder, instances=instances)
         return {
             str(path.relative_to(folder)): base64.b64encode(path.read_bytes()).decode("ascii")
             for path in sorted(Path(folder).rglob("*"))

@@ -11,9 +11,12 @@ from openseg_r.distributed.segment import segment_files_on_ray
 from openseg_r.runs.folder import INDEX_NAME, FolderPlan, IndexFile, error_without_path
 
 
-def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concurrency: int, engine: dict) -> int:
+def segment_folder_on_ray(
+    plan: FolderPlan, vocabulary, options, settings, concurrency: int, engine: dict, instances: bool = False
+) -> int:
     """--engine ray: the actors segment --concurrency images per batch and send back each
-    image's files; this process writes the folders and index.jsonl as for a local run."""
+    image's files (instances.json too with ``instances``); this process writes the folders
+    and index.jsonl as for a local run."""
     index = IndexFile(plan.out / INDEX_NAME)
     folders = dict(plan.todo)
     counts = {"ok": 0, "failed": 0}
@@ -24,6 +27,7 @@ def segment_folder_on_ray(plan: FolderPlan, vocabulary, options, settings, concu
             options=options,
             settings=settings,
             images_per_task=concurrency,
+            instances=instances,
             **engine,
         ):
             image = row["path"]

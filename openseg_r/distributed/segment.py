@@ -31,19 +31,26 @@ def segment_dataset(
     images_per_task: int = DEFAULT_IMAGES_PER_TASK,
     masks: str = "rle",
     files: bool = False,
+    instances: bool = False,
 ):
     """``ds`` (rows {"path"} or {"image"}: an HxWx3 uint8 array) segmented by ``actors``
     actors (each with ``cpus_per_actor`` CPUs: torch runs as many threads), lazily: a
     :class:`ray.data.Dataset` of the rows :class:`SegmentActor` returns.
     ``vocabulary``: a Vocabulary, a list of names, or a comma-separated string. Generic
     reasoning is computed here once and shipped to the actors; Ray must be initialised
-    (``ray.init()`` or :func:`openseg_r.distributed.connect`)."""
+    (``ray.init()`` or :func:`openseg_r.distributed.connect`). ``instances`` adds each
+    image's instances (COCO results format) to its row: a segmenter that finds them only."""
     ray = require_ray()
     if masks not in ("rle", "array"):
         raise ConfigError(f"masks must be 'rle' or 'array', got {masks!r}")
     if not isinstance(actors, int) or actors < 1 or gpus_per_actor < 0 or images_per_task < 1:
         raise ConfigError("actors and images_per_task must be positive and gpus_per_actor 0 or more")
     checked_cpus_per_actor(cpus_per_actor)
+    if instances and not options.kind.instances:
+        raise ConfigError(
+            f"instances need a segmenter that finds instances (sam3); the {options.segmenter} segmenter gives a "
+            "label map only"
+        )
     vocabulary, settings, generic = _prepare(vocabulary, options, settings)
     return ds.map_batches(
         SegmentActor,
@@ -54,6 +61,7 @@ def segment_dataset(
             "generic": generic,
             "masks": masks,
             "files": files,
+            "instances": instances,
             "threads": actor_threads(cpus_per_actor),
         },
         batch_size=images_per_task,
@@ -74,9 +82,11 @@ def segment_files_on_ray(
     gpus_per_actor: float = 0.0,
     cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
     images_per_task: int = DEFAULT_IMAGES_PER_TASK,
+    instances: bool = False,
 ) -> Iterator[dict]:
     """Each image file's row as it finishes, with its result folder's files ("files":
-    {relative path: bytes}); the caller writes them (``openseg-r segment --engine ray``)."""
+    {relative path: bytes}, instances.json too with ``instances``); the caller writes them
+    (``openseg-r segment --engine ray``)."""
     ray = require_ray()
     connect(address)
     rows = [{"path": str(path)} for path in paths]
@@ -94,6 +104,7 @@ def segment_files_on_ray(
         cpus_per_actor=cpus_per_actor,
         images_per_task=images_per_task,
         files=True,
+        instances=instances,
     )
     for row in results.iter_rows():
         row = dict(row)

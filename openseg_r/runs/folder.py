@@ -77,8 +77,9 @@ RUN_NAME = "run.json"
 FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batch_wait_ms", "lmm_concurrency", "redact")
 
 
-def run_record(vocabulary, settings, options) -> dict:
-    """What the images of one --out are segmented with: all of it must match on --resume."""
+def run_record(vocabulary, settings, options, instances: bool = False) -> dict:
+    """What the images of one --out are segmented with, and which files each folder holds
+    ("outputs", recorded only when instances.json is written): all of it must match on --resume."""
     from openseg_r.config.settings import POLICY_ONLY_SETTINGS
 
     model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
@@ -89,11 +90,14 @@ def run_record(vocabulary, settings, options) -> dict:
     if any(v is not None for v in options_given.values()):
         model["lmm_options"] = options_given
     classes = [{"name": c.name, "queries": list(c.queries)} for c in vocabulary.classes]
-    return {
+    record = {
         "vocabulary": classes,
         "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
         "model": model,
     }
+    if instances:
+        record["outputs"] = {"instances": True}
+    return record
 
 
 def same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
@@ -110,7 +114,7 @@ def same_run_or_refuse(out: Path, record: dict, resume: bool) -> None:
         now = json.loads(json.dumps(record))
         if isinstance(earlier.get("model"), dict):  # folders written before segmenters had names
             earlier["model"] = upgraded_record(earlier["model"])
-        changed = [key for key in record if earlier.get(key) != now[key]]
+        changed = [key for key in dict.fromkeys([*record, "outputs"]) if earlier.get(key) != now.get(key)]
         if changed:
             raise ConfigError(
                 f"{out} was segmented with other {' and '.join(changed)}; resume with the same "
