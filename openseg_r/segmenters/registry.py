@@ -25,11 +25,12 @@ from openseg_r._support.pairs import key_value_pairs
 from openseg_r.errors import ConfigError, clipped, describe_validation_error
 from openseg_r.segmenters.base import BuildRequest, Segmenter, SegmenterKind
 from openseg_r.segmenters.dense_clip.options import DENSE_CLIP
+from openseg_r.segmenters.proxyclip.options import PROXYCLIP
 from openseg_r.segmenters.sam3.options import SAM3
 
 ENTRY_POINT_GROUP = "openseg_r.segmenters"
 DEFAULT_KIND = DENSE_CLIP.name
-BUILT_IN: dict[str, SegmenterKind] = {DENSE_CLIP.name: DENSE_CLIP, SAM3.name: SAM3}
+BUILT_IN: dict[str, SegmenterKind] = {DENSE_CLIP.name: DENSE_CLIP, PROXYCLIP.name: PROXYCLIP, SAM3.name: SAM3}
 
 _found: dict[tuple, tuple[dict, dict]] = {}  # sys.path -> (plugins, broken ones' errors)
 

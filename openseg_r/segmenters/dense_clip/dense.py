@@ -33,7 +33,7 @@ class DenseCLIPEncoder:
         if attention not in ATTENTION_VARIANTS:
             raise ConfigError(f"unknown attention variant {attention!r}; choose from {', '.join(ATTENTION_VARIANTS)}")
         visual = getattr(model, "visual", model)
-        _check_supported(visual)
+        check_supported(visual)
         self.visual = visual
         self.attention = attention
         self.gaussian_sigma = gaussian_sigma
@@ -65,21 +65,7 @@ class DenseCLIPEncoder:
         if cached is not None:
             return cached
         pos = self.visual.positional_embedding.float()
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        side = int(round(patch_pos.shape[0] ** 0.5))
-        if (side, side) != grid:
-            patch = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-            patch = F.interpolate(
-                patch,
-                mode="bicubic",
-                scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
-                align_corners=False,
-                recompute_scale_factor=False,
-            )
-            if tuple(patch.shape[-2:]) != grid:  # floor(n * (g + 0.1) / n) is g for any sane grid
-                raise ValueError(f"positional embedding resized to {tuple(patch.shape[-2:])}, expected {grid}")
-            patch_pos = patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        result = torch.cat([cls_pos, patch_pos], dim=0)
+        result = torch.cat([pos[:1], resize_positions(pos[1:], grid)], dim=0)
         self._pos_cache[grid] = result
         return result
 
@@ -131,6 +117,26 @@ class DenseCLIPEncoder:
         return patches.reshape(pixels.shape[0], grid[0], grid[1], -1)
 
 
+def resize_positions(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A square (n*n, D) patch positional table at ``grid`` (gh*gw, D), as NACLIP's and
+    DINO's ``interpolate_pos_encoding`` resize it: bicubic with ``scale_factor = (g + 0.1) /
+    n`` and ``recompute_scale_factor=False``; unchanged at the trained grid."""
+    side = int(round(patch_pos.shape[0] ** 0.5))
+    if (side, side) == grid:
+        return patch_pos
+    patch = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(
+        patch,
+        mode="bicubic",
+        scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
+        align_corners=False,
+        recompute_scale_factor=False,
+    )
+    if tuple(patch.shape[-2:]) != grid:  # floor(n * (g + 0.1) / n) is g for any sane grid
+        raise ValueError(f"positional embedding resized to {tuple(patch.shape[-2:])}, expected {grid}")
+    return patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+
+
 def _compute_dtype(pixels: torch.Tensor) -> torch.dtype:
     """The dtype the attention runs in: autocast's, when it is on for this device, else the input's."""
     device = pixels.device.type
@@ -151,15 +157,16 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def _check_supported(visual: nn.Module) -> None:
+def check_supported(visual: nn.Module, what: str = "dense CLIP") -> None:
+    """One line when ``visual`` is not an open_clip ViT whose last block can be replaced."""
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
     missing = [name for name in needed if getattr(visual, name, None) is None]
     if missing:
         raise ConfigError(
-            f"dense CLIP needs an open_clip VisionTransformer with a projection; this model lacks {', '.join(missing)}"
+            f"{what} needs an open_clip VisionTransformer with a projection; this model lacks {', '.join(missing)}"
         )
     if getattr(visual, "attn_pool", None) is not None:
-        raise ConfigError("dense CLIP does not support vision towers with attentional pooling (CoCa-style)")
+        raise ConfigError(f"{what} does not support vision towers with attentional pooling (CoCa-style)")
     last = visual.transformer.resblocks[-1]
     if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
-        raise ConfigError("dense CLIP needs vision blocks built on torch.nn.MultiheadAttention")
+        raise ConfigError(f"{what} needs vision blocks built on torch.nn.MultiheadAttention")

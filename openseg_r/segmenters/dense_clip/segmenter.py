@@ -43,14 +43,18 @@ KEPT_FEATURE_VALUES = 64_000_000  # and at most this many feature values in all
 
 
 class CLIPSegmenter:
-    def __init__(self, clip: LoadedCLIP, config: SegmenterConfig | None = None, *, text_store=None) -> None:
+    def __init__(
+        self, clip: LoadedCLIP, config: SegmenterConfig | None = None, *, text_store=None, encoder=None
+    ) -> None:
         """``text_store`` keeps text embeddings between processes (see
-        :mod:`openseg_r.segmenters.text_cache`)."""
+        :mod:`openseg_r.segmenters.text_cache`). ``encoder`` replaces the dense-CLIP vision
+        pass (windows -> L2-normalised features on a patch grid), as ProxyCLIP's does; one
+        with ``window_padding(h, w)`` gets padded windows' scores cut back to the window."""
         self.clip = clip
         self.config = config or SegmenterConfig()
         if clip.device.type == "cpu":  # the same labels at any thread count (docs/design.md §2.5)
             make_thread_invariant(clip.model)
-        self.encoder = DenseCLIPEncoder(
+        self.encoder = encoder or DenseCLIPEncoder(
             clip.model, self.config.attention, self.config.gaussian_sigma, compile=self.config.compile
         )
         self.text = TextEmbedder(clip, store=text_store)
@@ -150,13 +154,23 @@ class CLIPSegmenter:
         scores = bank.channel_scores(features).permute(0, 3, 1, 2)  # (n, K, gh, gw)
         y1, y2, x1, x2 = boxes[0]
         if all(b[1] - b[0] == y2 - y1 and b[3] - b[2] == x2 - x1 for b in boxes):  # one resize for all windows
-            windows = resize_bilinear(scores, (y2 - y1, x2 - x1))
+            windows = self._window_scores(scores, y2 - y1, x2 - x1)
         else:
-            windows = [resize_bilinear(w, (b[1] - b[0], b[3] - b[2])) for w, b in zip(scores, boxes)]
+            windows = [self._window_scores(w, b[1] - b[0], b[3] - b[2]) for w, b in zip(scores, boxes)]
         canvas = torch.zeros((bank.num_channels, height, width), device=device, dtype=torch.float32)
         for (y1, y2, x1, x2), window in zip(boxes, windows):
             canvas[:, y1:y2, x1:x2] += window
         return canvas / self._window_counts(height, width, boxes, device)
+
+    def _window_scores(self, scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Window scores (..., gh, gw) resized to the window; an encoder that pads windows
+        has its scores resized to the padded size and the padding cut off."""
+        padding = getattr(self.encoder, "window_padding", None)
+        if padding is None:
+            return resize_bilinear(scores, (height, width))
+        left, right, top, bottom = padding(height, width)
+        resized = resize_bilinear(scores, (height + top + bottom, width + left + right))
+        return resized[..., top : top + height, left : left + width]
 
     def _window_counts(self, height: int, width: int, boxes, device) -> torch.Tensor:
         """How many windows cover each pixel (1, h, w); the same for every image of a size."""
@@ -216,7 +230,7 @@ class CLIPSegmenter:
         """The vision tower on a pass of windows. Compiled, a pass is padded to the next
         power of two, so a few graphs serve every batch size (one graph per shape)."""
         count = crops.shape[0]
-        if not self.config.compile or count & (count - 1) == 0:
+        if not getattr(self.config, "compile", False) or count & (count - 1) == 0:
             return self.encoder(crops)
         padded = 1 << count.bit_length()
         filler = crops.new_zeros((padded - count, *crops.shape[1:]))

@@ -22,7 +22,7 @@ from openseg_r.errors import WeightsError, clipped
 from openseg_r.schemas import PromptSet
 from openseg_r.segmenters.base import BuildRequest, ClassFilter, SegmentationArrays, SegmentJob
 from openseg_r.segmenters.devices import resolve_device, resolve_dtype
-from openseg_r.segmenters.sam3.loading import locate
+from openseg_r.segmenters.hub import locate
 from openseg_r.segmenters.sam3.merge import Found, merge
 from openseg_r.segmenters.sam3.options import SAM3, Sam3Options
 from openseg_r.segmenters.sam3.phrases import PhraseSet, phrases_for
@@ -211,7 +211,7 @@ def build(options: Sam3Options, request: BuildRequest) -> Sam3Segmenter:
     """The registry's factory for the ``sam3`` kind: files checked first, then the model."""
     from transformers import Sam3Model, Sam3Processor
 
-    files = locate(options.model, options.revision)
+    files = locate(options.model, options.revision, what="SAM 3", model_types=("sam3",))
     device = resolve_device(request.device)
     dtype = resolve_dtype(request.precision, device)
     try:

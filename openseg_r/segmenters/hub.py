@@ -1,9 +1,11 @@
-"""SAM 3's model and processor from a hub id or a local folder, with one-line errors
-before any model is built: missing, gated or forbidden, corrupt, or another architecture.
+"""A transformers model folder from a hub id or a local path, with one-line errors before
+any model is built: missing, gated or forbidden, corrupt, or another architecture. SAM 3
+and ProxyCLIP's vision foundation models load through it.
 
-The weights on the hub (``facebook/sam3``) are gated: accept the licence on its page,
-then give a token (``HF_TOKEN``, or ``hf auth login``); or download the folder once and
-pass its path. With ``HF_HUB_OFFLINE=1`` only the local cache is read.
+Gated weights (``facebook/sam3``): accept the licence on the model's page, then give a
+token (``HF_TOKEN``, or ``hf auth login``); or download the folder once and pass its path.
+With ``HF_HUB_OFFLINE=1`` only the local cache is read. Only safetensors weights are read:
+pickles can run code.
 """
 
 from __future__ import annotations
@@ -20,24 +22,26 @@ ALLOWED_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]  # never pickles
 
 
 @dataclass(frozen=True)
-class Sam3Files:
+class ModelFiles:
     folder: Path
     identity: str  # what the weights are: the hub id at its commit, or the folder with its weights' size and time
+    model_type: str  # what its config.json says
 
 
-def locate(model: str, revision: str | None = None) -> Sam3Files:
-    """The model's folder, downloaded (or read from the cache) for a hub id, checked."""
+def locate(model: str, revision: str | None, *, what: str, model_types: tuple[str, ...]) -> ModelFiles:
+    """The model's folder, downloaded (or read from the cache) for a hub id, checked to be
+    one of ``model_types``; ``what`` names the model in errors ("SAM 3")."""
     path = Path(os.path.expanduser(model))
     if path.is_dir():
         folder = path
         identity = f"{path.resolve()}|{_weights_stamp(path)}"
     elif model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
-        raise WeightsError(f"SAM 3 model folder not found: {model}")
+        raise WeightsError(f"{what} model folder not found: {model}")
     else:
         folder = _download(model, revision)
         identity = f"{model}@{folder.name}"
-    check_folder(folder, model)
-    return Sam3Files(folder, identity)
+    model_type = check_folder(folder, model, what=what, model_types=model_types)
+    return ModelFiles(folder, identity, model_type)
 
 
 def _download(repo: str, revision: str | None) -> Path:
@@ -75,8 +79,9 @@ def _download(repo: str, revision: str | None) -> Path:
         raise WeightsError(f"cannot download {repo}: {clipped(str(exc).splitlines()[0], 200)}") from None
 
 
-def check_folder(folder: Path, model: str) -> None:
-    """A SAM 3 model folder: its config names sam3, its weights are readable safetensors."""
+def check_folder(folder: Path, model: str, *, what: str, model_types: tuple[str, ...]) -> str:
+    """A model folder whose config names one of ``model_types`` (returned) and whose weights
+    are readable safetensors."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise WeightsError(f"{model} has no config.json: not a transformers model folder")
@@ -85,9 +90,9 @@ def check_folder(folder: Path, model: str) -> None:
     except (ValueError, UnicodeDecodeError) as exc:
         raise WeightsError(f"{config_file} is not valid JSON ({clipped(str(exc), 80)})") from None
     kind = config.get("model_type") if isinstance(config, dict) else None
-    if kind != "sam3":
+    if kind not in model_types:
         raise WeightsError(
-            f"{model} is a {kind or 'unknown'} model, not SAM 3 (its config.json says model_type {kind!r})"
+            f"{model} is a {kind or 'unknown'} model, not {what} (its config.json says model_type {kind!r})"
         )
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
@@ -100,6 +105,7 @@ def check_folder(folder: Path, model: str) -> None:
                 handle.keys()
         except Exception as exc:  # noqa: BLE001 (any unreadable header is the same answer)
             raise WeightsError(f"{file} is not a readable safetensors file ({clipped(str(exc), 120)})") from None
+    return kind
 
 
 def _weights_stamp(folder: Path) -> str:
