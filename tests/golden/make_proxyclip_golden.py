@@ -1,3 +1,4 @@
+# ruff: noqa: E741  (the lifted reference code keeps its own names: I, J, l, t)
 """Golden outputs of the ProxyCLIP reference code, for ``tests/test_proxyclip_parity.py``. Run once:
 
     HF_HUB_OFFLINE=1 python tests/golden/make_proxyclip_golden.py --reference /work/shared/reference/proxyclip
@@ -40,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -134,7 +134,7 @@ class Lifted:
     def forward_feature(self, img, logit_size=None):
         imgs_norm = torch.stack([self.norm(self.unnorm(img[i])) for i in range(len(img))], dim=0)
         feat = self.vfm.get_intermediate_layers(imgs_norm)[0]
-        nb_im, nb_tokens = feat.shape[0], feat.shape[1]
+        nb_im = feat.shape[0]
         patch_size = self.vfm.patch_embed.patch_size
         I, J = imgs_norm[0].shape[-2] // patch_size, imgs_norm[0].shape[-2] // patch_size
         ex_feats = feat[:, 1:, :].reshape(nb_im, I, J, -1).permute(0, 3, 1, 2)
