@@ -250,7 +250,7 @@ def test_cli_segments_with_a_plugin_and_replay_rebuilds_it(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, sam3, toy-bands"),
+        (["--segmenter", "toy-bandz"], "unknown segmenter 'toy-bandz'; known: dense-clip, proxyclip, sam3, toy-bands"),
         (
             ["--segmenter", "toy-bands", "--attention", "sclip"],
             "unknown option 'attention' for the toy-bands segmenter",

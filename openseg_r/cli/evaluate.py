@@ -99,10 +99,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     has_lmm = names_an_lmm(configured_spec(args.lmm))
     options, settings = options_and_settings(args, protocol, Settings(reasoning=has_lmm))
     vocabulary = None
-    if args.vocab:
-        from openseg_r.vocab import load_named_vocabulary
+    if args.vocab or (protocol is not None and protocol.vocabulary != dataset.vocabulary):
+        from openseg_r.vocab import load_named_vocabulary  # the protocol's own class list, unless --vocab
 
-        vocabulary = load_named_vocabulary(args.vocab)
+        vocabulary = load_named_vocabulary(args.vocab or protocol.vocabulary)
     out = args.out
     if args.shard == "auto":
         shard, local_rank = launcher_shard()
@@ -173,20 +173,19 @@ def dataset_protocol(dataset: str, choice: str | None, kind: str = "dense-clip")
     """--protocol: auto (the default) is the dataset's published protocol, when it has one and
     it was published for the segmenter kind in use (another kind evaluates with its own
     options, and the report says no protocol)."""
-    from openseg_r.config.presets import NONE, PROTOCOLS, protocol_for
+    from openseg_r.config.presets import NONE, PROTOCOLS, protocol_for, published_protocol
 
     choice = (choice or "auto").strip().lower()
     if choice == "auto":
-        protocol = protocol_for(dataset) if dataset in PROTOCOLS else None
-        if protocol is not None and protocol.segmenter != kind:
+        protocol = published_protocol(dataset, kind)
+        if protocol is None and dataset in PROTOCOLS:
             print(
-                f"note: the {protocol.name} protocol holds {protocol.segmenter} settings; the {kind} segmenter "
-                "runs with its own options (--protocol none)",
+                f"note: no protocol was published for {dataset} with the {kind} segmenter; it runs with its own "
+                "options (--protocol none)",
                 file=sys.stderr,
             )
-            return None
         return protocol
-    return protocol_for(choice or NONE)
+    return protocol_for(choice or NONE, dataset)
 
 
 def launcher_shard() -> tuple[tuple[int, int], int | None]:

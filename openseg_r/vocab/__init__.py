@@ -46,6 +46,10 @@ BUILTIN_FILES = {
     "ade847_syn": "ade847_syn.txt",
     "coco_stuff171_syn": "coco_stuff171_syn.txt",
     "cityscapes_syn": "cityscapes_syn.txt",
+    # ProxyCLIP's class lists where they differ from the ones above
+    "proxyclip_voc21": "proxyclip_voc21.txt",
+    "proxyclip_voc20": "proxyclip_voc20.txt",
+    "proxyclip_coco_object": "proxyclip_coco_object.txt",
 }
 ALIASES = {
     "voc": "voc21",
