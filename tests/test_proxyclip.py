@@ -245,9 +245,8 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def proxyclip_flags(tiny_model_files, folder: Path) -> list[str]:
     config, weights = tiny_model_files
     flags = ["--segmenter", "proxyclip", "--device", "cpu", "--precision", "fp32"]
-    for key, value in (("clip_model", config), ("clip_pretrained", weights), ("vfm_model", folder)):
-        flags += ["--segmenter-option", f"{key}={value}"]
-    return flags
+    flags += ["--clip-model", str(config), "--clip-pretrained", str(weights)]  # the CLIP flags serve proxyclip too
+    return [*flags, "--segmenter-option", f"vfm_model={folder}"]
 
 
 def test_the_command_line_segments_with_proxyclip_and_refuses_a_bad_vfm_in_one_line(
