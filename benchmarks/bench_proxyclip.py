@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from speed_common import loaded_clip, random_bank, random_images, random_vit_b16, sync  # noqa: E402
+from speed_common import best_of, loaded_clip, random_bank, random_images, random_vit_b16, sync  # noqa: E402
 
 from openseg_r.segmenters.dense_clip import CLIPSegmenter, SegmenterConfig  # noqa: E402
 from openseg_r.segmenters.dense_clip.sliding import resize_shape, window_boxes  # noqa: E402
@@ -49,15 +48,6 @@ def save_vfm(family: str, folder: Path) -> tuple[str, Path]:
     config = ViTConfig(patch_size=8, image_size=224, qkv_bias=True, layer_norm_eps=1e-6)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     return "dino-vitb8", folder
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
+from speed_common import best_of  # noqa: E402
 from tiny_sam3 import clip_tokenizer, save_tiny_sam3  # noqa: E402
 
 from openseg_r.schemas import ClassPrompts, PromptSet  # noqa: E402
@@ -54,15 +54,6 @@ def vocabulary(classes: int) -> PromptSet:
             ClassPrompts(name=f"thing{i}", queries=[f"thing{i}"], slots=[None], source="bare") for i in range(classes)
         ],
     )
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> int:

@@ -97,6 +97,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int
     return 2.0 * m * k * n / best
 
 
+def best_of(repeats: int, run) -> float:
+    """The fastest of ``repeats`` runs, in seconds: load only slows a run down."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

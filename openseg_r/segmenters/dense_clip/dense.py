@@ -95,19 +95,9 @@ class DenseCLIPEncoder:
         """The transformer pass; the caches (positional embedding, attention bias) are read
         outside, so that under ``torch.compile`` this is one pure graph per shape."""
         visual = self.visual
-        x = visual.conv1(pixels)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
-        x = visual.ln_pre(x)
+        x = self.before_last_block(pixels, pos)
         blocks = visual.transformer.resblocks
         batch_first = getattr(visual.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in blocks[:-1]:
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
         if self.attention == "vanilla" and not batch_first:
             x = blocks[-1](x.transpose(0, 1)).transpose(0, 1)
         else:
@@ -115,6 +105,22 @@ class DenseCLIPEncoder:
         patches = visual.ln_post(x[:, 1:, :]) @ visual.proj
         patches = F.normalize(patches.float(), dim=-1)
         return patches.reshape(pixels.shape[0], grid[0], grid[1], -1)
+
+    def before_last_block(self, pixels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, CLS, positions, ``ln_pre`` and every block but the last: the
+        tokens (B, 1 + gh*gw, D), batch first, that the last block (replaced) takes."""
+        visual = self.visual
+        x = visual.conv1(pixels)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        x = visual.ln_pre(x)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
 
 
 def resize_positions(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

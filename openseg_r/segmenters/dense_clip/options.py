@@ -44,11 +44,15 @@ class SegmenterConfig(BaseModel):
 SPEED_ONLY_FIELDS = ("window_batch_size", "compile")
 
 
-class DenseCLIPOptions(SegmenterConfig):
-    """The dense-CLIP kind's options: the weights, and the inference settings above."""
+class CLIPWeights(BaseModel):
+    """Which open_clip CLIP: the options every CLIP-based kind shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     clip_model: str = Field(
-        DEFAULT_CLIP_MODEL, description="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a config JSON"
+        DEFAULT_CLIP_MODEL,
+        description="open_clip model name (ViT-B-16, ViT-L-14, ViT-H-14, ...), hf-hub:ORG/REPO, local-dir:PATH "
+        "or a config JSON",
     )
     clip_pretrained: str | None = Field(
         DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
@@ -65,6 +69,10 @@ class DenseCLIPOptions(SegmenterConfig):
     def random_weights(self) -> bool:
         """No trained weights: the segmentation is meaningless (tests, benchmarks)."""
         return self.clip_pretrained is None and not self.clip_model.startswith(("hf-hub:", "local-dir:"))
+
+
+class DenseCLIPOptions(SegmenterConfig, CLIPWeights):
+    """The dense-CLIP kind's options: the weights, and the inference settings above."""
 
     def inference(self) -> SegmenterConfig:
         """The inference settings alone (what :class:`CLIPSegmenter` takes beside the model)."""

@@ -101,19 +101,9 @@ class ProxyCLIPEncoder:
         visual = self.visual
         clip_grid = self.clip.grid_for(*pixels.shape[-2:])
         vfm_grid = self.vfm_grid(*pixels.shape[-2:])
-        x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.clip.positional_embedding(clip_grid).to(x.dtype)
-        x = visual.ln_pre(x)
+        pixels = pixels.to(visual.conv1.weight.dtype)
+        x = self.clip.before_last_block(pixels, self.clip.positional_embedding(clip_grid))
         blocks = visual.transformer.resblocks
-        batch_first = getattr(visual.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in blocks[:-1]:
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
         x = proxy_block(blocks[-1], x, weights, clip_grid, vfm_grid)
         patches = F.normalize((visual.ln_post(x) @ visual.proj).float(), dim=-1)
         return patches.reshape(pixels.shape[0], vfm_grid[0], vfm_grid[1], -1)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
 from openseg_r.segmenters.base import SegmenterKind
-from openseg_r.segmenters.dense_clip.options import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, RANDOM_WEIGHTS
+from openseg_r.segmenters.dense_clip.options import CLIPWeights
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,9 @@ DEFAULT_VFM = "dino-vitb8"
 VFMName = Literal[tuple(VFMS)]  # type: ignore[valid-type]
 
 
-class ProxyCLIPOptions(BaseModel):
+class ProxyCLIPOptions(CLIPWeights):
     """The CLIP, the VFM, the proxy attention's two constants, and the windows."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    clip_model: str = Field(
-        DEFAULT_CLIP_MODEL,
-        description="open_clip ViT: a model name (ViT-B-16, ViT-L-14, ViT-H-14, ...), hf-hub:ORG/REPO, "
-        "local-dir:PATH or a config JSON",
-    )
-    clip_pretrained: str | None = Field(
-        DEFAULT_CLIP_PRETRAINED, description="pretrained tag or weights file; 'none' for random weights"
-    )
     vfm: VFMName = Field(DEFAULT_VFM, description="the vision foundation model whose patch similarities CLIP uses")
     vfm_model: str | None = Field(
         None, description="the VFM's weights: a hub id or a local transformers folder (default: the vfm's hub id)"
@@ -72,18 +62,6 @@ class ProxyCLIPOptions(BaseModel):
     )
     pamr_steps: int = Field(0, ge=0, le=100, description="PAMR refinement iterations (ProxyCLIP uses none)")
     pamr_dilations: tuple[int, ...] = Field((8, 16), min_length=1, description="PAMR's neighbourhood dilations")
-
-    @field_validator("clip_pretrained", mode="before")
-    @classmethod
-    def _random_weights(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in RANDOM_WEIGHTS:
-            return None
-        return value
-
-    @property
-    def random_weights(self) -> bool:
-        """No trained CLIP weights: the segmentation is meaningless (tests, benchmarks)."""
-        return self.clip_pretrained is None and not self.clip_model.startswith(("hf-hub:", "local-dir:"))
 
     @property
     def vfm_weights(self) -> str:
