@@ -298,9 +298,11 @@ def test_a_human_self_check_killed_while_waiting_reads_interrupted(tmp_path, tin
         while status != "waiting":
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.2)
-            if db_path.exists():
+            try:  # the file may exist a moment before it is a database
                 with RunsDB(db_path, read_only=True) as db:
                     status = next((r.status for r in db.list_runs()), None)
+            except NoRunsDatabaseError:
+                continue
         proc.kill()
         proc.wait(30)
     finally:
