@@ -13,6 +13,7 @@ from openseg_r import __version__
 from openseg_r._support.files import write_atomically
 from openseg_r._support.render import label_image, overlay_image
 from openseg_r.graph.state import OpenSegState
+from openseg_r.panoptic.build import DEFAULT_MIN_AREA
 from openseg_r.schemas import UNKNOWN_LABEL, ClassSummary, region_order
 
 
@@ -65,6 +66,28 @@ class SegmentationResult:
             index = {name: i for i, name in enumerate(self.names)}
             drawn = [(index[i.class_name], decode_rle(i.mask)) for i in self.instances]
         return overlay_image(self.image, self.labels, self.names, outlines=drawn)
+
+    def panoptic(self, min_area: int = DEFAULT_MIN_AREA):
+        """Things as objects and stuff as regions (:mod:`openseg_r.panoptic.build`): from the
+        instances when the segmenter found some, else from the label map's connected regions;
+        each class's kind from the vocabulary (unmarked classes count as things)."""
+        from openseg_r._support.rle import decode_rle
+        from openseg_r.panoptic.build import build_panoptic
+
+        vocabulary = self.state.vocabulary
+        found = None
+        if self.instances:
+            index = {name: i for i, name in enumerate(self.names)}
+            found = [(index[i.class_name], i.score, decode_rle(i.mask)) for i in self.instances]
+        return build_panoptic(
+            self.labels,
+            self.confidence,
+            self.names,
+            [c.kind for c in vocabulary.classes],
+            background_index=vocabulary.background_index,
+            instances=found,
+            min_area=min_area,
+        )
 
     def coco_instances(self, image_id: int | str = 0) -> list[dict]:
         """The instances in the COCO results format (``category_id``: the class's index in the
@@ -141,15 +164,20 @@ class SegmentationResult:
             "changes": [c.model_dump() for c in check.changes],
         }
 
-    def save(self, out_dir: str | Path, instances: bool = False) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, instances: bool = False, panoptic: int | None = None) -> dict[str, Path]:
         """Write labels.png, overlay.png and result.json; with ``instances``, instances.json (the
-        COCO results format) too, and each instance's outline on the overlay. Each file appears
-        whole or not at all."""
+        COCO results format) too, and each instance's outline on the overlay; with ``panoptic``
+        (the smallest segment's area in pixels), panoptic.png and panoptic.json (the COCO
+        panoptic format), and the overlay shows each segment in its own colour, outlined.
+        Each file appears whole or not at all."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
         write_atomically(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
-        write_atomically(paths["overlay"], lambda f: self.overlay(outlines=instances).save(f, format="PNG"))
+        if panoptic is not None:
+            self._save_panoptic(out, paths, panoptic)
+        else:
+            write_atomically(paths["overlay"], lambda f: self.overlay(outlines=instances).save(f, format="PNG"))
         if instances:
             paths["instances"] = out / "instances.json"
             found = json.dumps(self.coco_instances(self.state.image.source or 0), ensure_ascii=False)
@@ -166,6 +194,29 @@ class SegmentationResult:
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
         write_atomically(paths["result"], lambda f: f.write(text.encode("utf-8")))
         return paths
+
+    def _save_panoptic(self, out: Path, paths: dict[str, Path], min_area: int) -> None:
+        from openseg_r._support.render import panoptic_overlay_image
+        from openseg_r.panoptic.files import ids_to_rgb, panoptic_json
+
+        found = self.panoptic(min_area)
+        vocabulary = self.state.vocabulary
+        record = panoptic_json(
+            found,
+            self.names,
+            [c.kind for c in vocabulary.classes],
+            "panoptic.png",
+            vocabulary.background_index,
+        )
+        if vocabulary.kinds_source:
+            record["kinds_source"] = vocabulary.kinds_source
+        paths["panoptic"], paths["panoptic_json"] = out / "panoptic.png", out / "panoptic.json"
+        colours = Image.fromarray(ids_to_rgb(found.ids))
+        write_atomically(paths["panoptic"], lambda f: colours.save(f, format="PNG"))
+        text = json.dumps(record, indent=2, ensure_ascii=False)
+        write_atomically(paths["panoptic_json"], lambda f: f.write(text.encode("utf-8")))
+        picture = panoptic_overlay_image(self.image, found.ids, found.segments, self.names)
+        write_atomically(paths["overlay"], lambda f: picture.save(f, format="PNG"))
 
 
 @dataclass

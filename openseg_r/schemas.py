@@ -180,17 +180,23 @@ class CandidateReasons(BaseModel):
     candidates: list[ClassReasoning]
 
 
+ClassKind = Literal["thing", "stuff"]
+
+
 class VocabularyClass(BaseModel):
-    """One class: a display name and the text queries that stand for it."""
+    """One class: a display name and the text queries that stand for it, and, for panoptic
+    output, whether it is a countable thing or amorphous stuff (None: not said)."""
 
     name: str
     queries: list[str]
     is_background: bool = False
+    kind: ClassKind | None = None
 
 
 class Vocabulary(BaseModel):
     name: str | None = None
     classes: list[VocabularyClass]
+    kinds_source: str | None = None  # where a built-in vocabulary's things and stuff come from
 
     @property
     def names(self) -> list[str]:

@@ -64,6 +64,20 @@ def add_parsers(commands) -> None:
         help="also write instances.json (the COCO results format: each object found with its class, phrase, score, "
         "box and RLE mask) and outline each instance on overlay.png; for segmenters that find instances (sam3)",
     )
+    seg.add_argument(
+        "--panoptic",
+        action="store_true",
+        default=None,
+        help="also write panoptic.png and panoptic.json (the COCO panoptic format: things as objects, stuff as "
+        "regions) and show each segment on overlay.png; with any segmenter",
+    )
+    seg.add_argument(
+        "--min-segment-area",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="--panoptic: smaller segments are dropped, their pixels void (default: 64)",
+    )
     add_model_options(seg)
     add_lmm_options(seg, allow_fallback=True)
     add_settings_options(seg)
@@ -107,6 +121,7 @@ def run_segment(args: argparse.Namespace) -> int:
     )
     concurrency = concurrency_option(args)
     engine = engine_values(args)
+    outputs = requested_outputs(args)
     if args.instances and not options.kind.instances:
         raise ConfigError(
             f"--instances needs a segmenter that finds instances (sam3); the {options.segmenter} segmenter gives a "
@@ -144,26 +159,38 @@ def run_segment(args: argparse.Namespace) -> int:
     if getattr(options.segmenter_options, "random_weights", False):
         print("note: random CLIP weights (--clip-pretrained none): the segmentation is meaningless", file=sys.stderr)
     if plan is not None:
-        same_run_or_refuse(plan.out, run_record(vocabulary, settings, options, bool(args.instances)), args.resume)
+        same_run_or_refuse(plan.out, run_record(vocabulary, settings, options, outputs), args.resume)
     if plan is not None and not plan.todo:
         print(f"nothing to do: all {len(plan.done)} image(s) are already done in {plan.out} (--resume)")
         return EXIT_OK
     if engine:
         from openseg_r.distributed.folder import segment_folder_on_ray
 
-        failed = segment_folder_on_ray(
-            plan, vocabulary, options, settings, concurrency, engine, instances=bool(args.instances)
-        )
+        failed = segment_folder_on_ray(plan, vocabulary, options, settings, concurrency, engine, outputs)
         return EXIT_SOME_FAILED if failed else EXIT_OK
     from openseg_r.model import OpenSegR  # imports torch: only once the input has been checked
 
     model = OpenSegR.from_options(options, settings=settings)
     show_progress = bool(args.progress or sys.stderr.isatty())
     if plan is not None:
-        failed = segment_folder(model, plan, vocabulary, concurrency, show_progress, instances=bool(args.instances))
+        failed = segment_folder(model, plan, vocabulary, concurrency, show_progress, outputs)
         return EXIT_SOME_FAILED if failed else EXIT_OK
     _segment_one(model, rgb, vocabulary, inputs.images[0], args, show_progress)
     return EXIT_OK
+
+
+def requested_outputs(args: argparse.Namespace) -> dict:
+    """The files beyond labels, overlay and result each image's folder gets: instances.json
+    (``instances``), panoptic.png and panoptic.json (``panoptic``: the smallest segment's area)."""
+    from openseg_r.errors import ConfigError
+    from openseg_r.panoptic.build import DEFAULT_MIN_AREA
+
+    area = args.min_segment_area
+    if area is not None and not args.panoptic:
+        raise ConfigError("--min-segment-area is for --panoptic output; give --panoptic too")
+    if area is not None and area < 1:
+        raise ConfigError(f"--min-segment-area must be at least 1 pixel, not {area}")
+    return {"instances": bool(args.instances), "panoptic": (area or DEFAULT_MIN_AREA) if args.panoptic else None}
 
 
 def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespace, show_progress: bool) -> None:
@@ -196,7 +223,7 @@ def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespa
             step_log.close()
     from openseg_r.cli.summary import print_result_summary
 
-    print_result_summary(result, args.out, instances=bool(args.instances))
+    print_result_summary(result, args.out, requested_outputs(args))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -9,10 +9,10 @@ from openseg_r._support.render import format_share
 MAX_FALLBACK_LINES = 5
 
 
-def print_result_summary(result, out_dir: str | None, instances: bool = False) -> None:
-    """Classes found, fallbacks, the self-check, the run id, and the files written (with
-    ``instances``, instances.json too)."""
-    paths = result.save(out_dir, instances=instances) if out_dir else None
+def print_result_summary(result, out_dir: str | None, outputs: dict | None = None) -> None:
+    """Classes found, fallbacks, the self-check, the run id, and the files written (``outputs``:
+    :meth:`SegmentationResult.save`'s ``instances`` and ``panoptic``)."""
+    paths = result.save(out_dir, **(outputs or {})) if out_dir else None
     for summary in sorted(result.classes, key=lambda c: -c.pixels):
         if summary.pixels:
             print(
@@ -36,4 +36,4 @@ def print_result_summary(result, out_dir: str | None, instances: bool = False) -
     if result.run_id:
         print(f"run id: {result.run_id} (openseg-r runs show {result.run_id[:12]})")
     if paths:
-        print(f"wrote {paths['labels']}, {paths['overlay']}, {paths['result']}")
+        print(f"wrote {', '.join(str(path) for path in paths.values())}")

@@ -163,7 +163,8 @@ class SegmentActor:
     files (labels.png, overlay.png, result.json, ...) as JSON {relative path: base64}, for a
     driver that writes them where it wants. With ``instances`` (segmenters that find them),
     also "instances": JSON, the image's instances in the COCO results format, and the files
-    include instances.json and outlines on the overlay."""
+    include instances.json and outlines on the overlay. With ``panoptic`` (the smallest
+    segment's area), the files include panoptic.png and panoptic.json."""
 
     def __init__(
         self,
@@ -176,12 +177,13 @@ class SegmentActor:
         files: bool = False,
         threads: int | None = None,
         instances: bool = False,
+        panoptic: int | None = None,
     ) -> None:
         from openseg_r.schemas import Vocabulary
 
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
-        self.masks, self.files, self.instances = masks, files, instances
+        self.masks, self.files, self.instances, self.panoptic = masks, files, instances, panoptic
 
     def __call__(self, batch: dict) -> dict:
         rows = len(next(iter(batch.values()))) if batch else 0
@@ -216,7 +218,7 @@ class SegmentActor:
             else:
                 out["labels"].append(result.labels if result else np.zeros((0, 0), np.int32))
             if self.files:
-                out["files"].append(json.dumps(folder_files(result, self.instances) if result else {}))
+                out["files"].append(json.dumps(folder_files(result, self.instances, self.panoptic) if result else {}))
             if self.instances:
                 out["instances"].append(json.dumps(result.coco_instances(outcome.source or 0) if result else []))
         out["image_reasoning"] = batch_reasoning(self.cache, rows)
@@ -242,15 +244,15 @@ def class_rles(result) -> dict[str, dict]:
     return {c.name: encode_rle(result.labels == c.index) for c in result.classes if c.pixels}
 
 
-def folder_files(result, instances: bool = False) -> dict[str, str]:
-    """The files :meth:`SegmentationResult.save` writes (with ``instances``, instances.json
-    too), read back as base64."""
+def folder_files(result, instances: bool = False, panoptic: int | None = None) -> dict[str, str]:
+    """The files :meth:`SegmentationResult.save` writes (with ``instances`` and ``panoptic``
+    as there), read back as base64."""
     import base64
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="openseg-r-") as folder:
-        result.save(folder, instances=instances)
+        result.save(folder, instances=instances, panoptic=panoptic)
         return {
             str(path.relative_to(folder)): base64.b64encode(path.read_bytes()).decode("ascii")
             for path in sorted(Path(folder).rglob("*"))

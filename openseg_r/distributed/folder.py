@@ -12,11 +12,11 @@ from openseg_r.runs.folder import INDEX_NAME, FolderPlan, IndexFile, error_witho
 
 
 def segment_folder_on_ray(
-    plan: FolderPlan, vocabulary, options, settings, concurrency: int, engine: dict, instances: bool = False
+    plan: FolderPlan, vocabulary, options, settings, concurrency: int, engine: dict, outputs: dict | None = None
 ) -> int:
     """--engine ray: the actors segment --concurrency images per batch and send back each
-    image's files (instances.json too with ``instances``); this process writes the folders
-    and index.jsonl as for a local run."""
+    image's files (with ``outputs``' instances.json and panoptic files); this process writes
+    the folders and index.jsonl as for a local run."""
     index = IndexFile(plan.out / INDEX_NAME)
     folders = dict(plan.todo)
     counts = {"ok": 0, "failed": 0}
@@ -27,7 +27,8 @@ def segment_folder_on_ray(
             options=options,
             settings=settings,
             images_per_task=concurrency,
-            instances=instances,
+            instances=bool((outputs or {}).get("instances")),
+            panoptic=(outputs or {}).get("panoptic"),
             **engine,
         ):
             image = row["path"]

@@ -32,6 +32,7 @@ def segment_dataset(
     masks: str = "rle",
     files: bool = False,
     instances: bool = False,
+    panoptic: int | None = None,
 ):
     """``ds`` (rows {"path"} or {"image"}: an HxWx3 uint8 array) segmented by ``actors``
     actors (each with ``cpus_per_actor`` CPUs: torch runs as many threads), lazily: a
@@ -39,7 +40,9 @@ def segment_dataset(
     ``vocabulary``: a Vocabulary, a list of names, or a comma-separated string. Generic
     reasoning is computed here once and shipped to the actors; Ray must be initialised
     (``ray.init()`` or :func:`openseg_r.distributed.connect`). ``instances`` adds each
-    image's instances (COCO results format) to its row: a segmenter that finds them only."""
+    image's instances (COCO results format) to its row: a segmenter that finds them only.
+    ``panoptic`` (the smallest segment's area) adds panoptic.png and panoptic.json to
+    ``files``."""
     ray = require_ray()
     if masks not in ("rle", "array"):
         raise ConfigError(f"masks must be 'rle' or 'array', got {masks!r}")
@@ -62,6 +65,7 @@ def segment_dataset(
             "masks": masks,
             "files": files,
             "instances": instances,
+            "panoptic": panoptic,
             "threads": actor_threads(cpus_per_actor),
         },
         batch_size=images_per_task,
@@ -83,6 +87,7 @@ def segment_files_on_ray(
     cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
     images_per_task: int = DEFAULT_IMAGES_PER_TASK,
     instances: bool = False,
+    panoptic: int | None = None,
 ) -> Iterator[dict]:
     """Each image file's row as it finishes, with its result folder's files ("files":
     {relative path: bytes}, instances.json too with ``instances``); the caller writes them
@@ -105,6 +110,7 @@ def segment_files_on_ray(
         images_per_task=images_per_task,
         files=True,
         instances=instances,
+        panoptic=panoptic,
     )
     for row in results.iter_rows():
         row = dict(row)

@@ -77,9 +77,9 @@ RUN_NAME = "run.json"
 FREE_ON_RESUME = ("device", "reasoning_cache", "text_cache", "batch_size", "batch_wait_ms", "lmm_concurrency", "redact")
 
 
-def run_record(vocabulary, settings, options, instances: bool = False) -> dict:
+def run_record(vocabulary, settings, options, outputs: dict | None = None) -> dict:
     """What the images of one --out are segmented with, and which files each folder holds
-    ("outputs", recorded only when instances.json is written): all of it must match on --resume."""
+    ("outputs": those of ``outputs`` asked for, recorded only then): all must match on --resume."""
     from openseg_r.config.settings import POLICY_ONLY_SETTINGS
 
     model = {k: v for k, v in options.recorded().items() if k not in FREE_ON_RESUME}
@@ -95,8 +95,9 @@ def run_record(vocabulary, settings, options, instances: bool = False) -> dict:
         "settings": settings.model_dump(mode="json", exclude=set(POLICY_ONLY_SETTINGS)),
         "model": model,
     }
-    if instances:
-        record["outputs"] = {"instances": True}
+    asked = {name: value for name, value in (outputs or {}).items() if value}
+    if asked:
+        record["outputs"] = asked
     return record
 
 
@@ -185,7 +186,7 @@ def _last_byte(path: Path) -> bytes:
 
 
 def segment_folder(
-    model, plan: FolderPlan, vocabulary, concurrency: int, show_progress: bool, instances: bool = False
+    model, plan: FolderPlan, vocabulary, concurrency: int, show_progress: bool, outputs: dict | None = None
 ) -> int:
     """Segment the plan's images, ``concurrency`` at once; write each image's folder and
     index line as it finishes. Returns how many images failed.
@@ -231,7 +232,7 @@ def segment_folder(
             error = None if outcome.ok else error_without_path(outcome.error or "unknown error", image)
             if outcome.ok:
                 try:
-                    outcome.result.save(plan.out / folder, instances=instances)
+                    outcome.result.save(plan.out / folder, **(outputs or {}))
                 except OSError as exc:
                     error = f"could not write {plan.out / folder}: {exc.strerror or exc}"
                 except Exception as exc:  # e.g. a file name result.json cannot hold: this image only

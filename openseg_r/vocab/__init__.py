@@ -10,18 +10,27 @@ Text format (files and built-ins), one class per line, in label order::
 A class whose display name is ``background`` is the background class: it is never
 removed by the class filter and takes pixels whose top probability is low.
 
-On the command line, ``--classes "cat, sofa|couch, lamp"`` separates classes with
-commas and synonyms with ``|``.
+For panoptic output a class may end with a mark, ``[thing]`` (countable: person, car) or
+``[stuff]`` (amorphous: road, sky)::
+
+    person, pedestrian [thing]
+    road [stuff]
+
+On the command line, ``--classes "cat, sofa|couch, lamp [thing], sky [stuff]"`` separates
+classes with commas and synonyms with ``|``. The built-in vocabularies carry their
+datasets' own things and stuff (``data/things.json``, with its sources).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import unicodedata
 from importlib import resources
 from pathlib import Path
 
 from openseg_r.errors import VocabularyError
-from openseg_r.schemas import Vocabulary, VocabularyClass
+from openseg_r.schemas import ClassKind, Vocabulary, VocabularyClass
 
 MAX_CLASSES = 5000
 MAX_NAME_CHARS = 200
@@ -77,7 +86,22 @@ def load_builtin(name: str) -> Vocabulary:
     if key not in BUILTIN_FILES or key not in builtin_names():
         raise VocabularyError(f"unknown vocabulary {name!r}; built-in ones are: {', '.join(builtin_names())}")
     text = (resources.files("openseg_r.vocab") / "data" / BUILTIN_FILES[key]).read_text(encoding="utf-8")
-    return parse_vocabulary_text(text, name=key)
+    return with_dataset_kinds(parse_vocabulary_text(text, name=key), key)
+
+
+def with_dataset_kinds(vocabulary: Vocabulary, key: str) -> Vocabulary:
+    """The built-in ``key`` with its dataset's things and stuff (``data/things.json``): the
+    listed label ids are things, every other class stuff, the background neither."""
+    table = json.loads((resources.files("openseg_r.vocab") / "data" / "things.json").read_text(encoding="utf-8"))
+    entry = table.get(key)
+    if entry is None:
+        return vocabulary
+    things = set(entry["things"])
+    classes = [
+        c if c.is_background else c.model_copy(update={"kind": "thing" if i in things else "stuff"})
+        for i, c in enumerate(vocabulary.classes)
+    ]
+    return vocabulary.model_copy(update={"classes": classes, "kinds_source": entry["source"]})
 
 
 def load_vocabulary_file(path: str | Path) -> Vocabulary:
@@ -100,8 +124,9 @@ def parse_vocabulary_text(text: str, name: str | None = None) -> Vocabulary:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        line, kind = split_kind_mark(line)
         display, _, rest = line.partition(":") if _has_display_prefix(line) else ("", "", line)
-        entries.append((display.strip() or None, [part for part in rest.split(",")]))
+        entries.append((display.strip() or None, [part for part in rest.split(",")], kind))
     return _build(entries, name)
 
 
@@ -112,7 +137,8 @@ def parse_class_list(classes: str | list[str], name: str | None = None) -> Vocab
     for item in items:
         if not isinstance(item, str):
             raise VocabularyError(f"class names must be strings, got {type(item).__name__}")
-        entries.append((None, item.split("|")))
+        item, kind = split_kind_mark(item)
+        entries.append((None, item.split("|"), kind))
     return _build(entries, name)
 
 
@@ -157,10 +183,28 @@ def _clean_name(raw: str) -> str:
     return text
 
 
-def _build(entries: list[tuple[str | None, list[str]]], name: str | None) -> Vocabulary:
+KIND_MARK = re.compile(r"\s*\[([^\[\]]*)\]\s*$")
+
+
+def split_kind_mark(text: str) -> tuple[str, ClassKind | None]:
+    """``"road [stuff]"`` -> ``("road", "stuff")``; a bracketed mark that is neither
+    ``[thing]`` nor ``[stuff]`` is one line."""
+    found = KIND_MARK.search(text)
+    if found is None:
+        return text, None
+    mark = found.group(1).strip().lower()
+    if mark not in ("thing", "stuff"):
+        raise VocabularyError(
+            f"class {_clean_name(text[: found.start()])[:60]!r} is marked [{found.group(1)[:30]}]: a mark is "
+            "[thing] or [stuff]"
+        )
+    return text[: found.start()], mark  # type: ignore[return-value]
+
+
+def _build(entries: list[tuple[str | None, list[str], ClassKind | None]], name: str | None) -> Vocabulary:
     classes: list[VocabularyClass] = []
     seen: dict[str, int] = {}
-    for display, raw_queries in entries:
+    for display, raw_queries, kind in entries:
         queries: list[str] = []
         for raw in raw_queries:
             query = _clean_name(raw)
@@ -177,7 +221,11 @@ def _build(entries: list[tuple[str | None, list[str]]], name: str | None) -> Voc
                 f"duplicate class name {display_name!r} (classes {seen[folded] + 1} and {len(classes) + 1})"
             )
         seen[folded] = len(classes)
-        classes.append(VocabularyClass(name=display_name, queries=queries, is_background=folded == BACKGROUND))
+        if kind is not None and folded == BACKGROUND:
+            raise VocabularyError("the background class is no class in panoptic output: leave it unmarked")
+        classes.append(
+            VocabularyClass(name=display_name, queries=queries, is_background=folded == BACKGROUND, kind=kind)
+        )
     if not classes:
         raise VocabularyError("the vocabulary is empty: give at least one class name")
     if len(classes) > MAX_CLASSES:

@@ -1,0 +1,256 @@
+"""Panoptic output (things as objects, stuff as regions) and panoptic quality.
+
+PQ is checked against a case computed by hand (void and crowd included); the builder on
+small hand-made maps; the files through ``openseg-r segment --panoptic`` with every
+built-in segmenter kind (tiny random models); and the thing/stuff marks of vocabularies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openseg_r.errors import VocabularyError
+from openseg_r.panoptic.build import build_panoptic
+from openseg_r.panoptic.files import ids_to_rgb, rgb_to_ids
+from openseg_r.panoptic.quality import image_pq
+from openseg_r.vocab import load_builtin, parse_class_list, parse_vocabulary_text
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "examples" / "voc.jpg"
+
+
+# --------------------------------------------------------------------------- panoptic quality
+
+
+def test_pq_equals_the_hand_computed_value_with_void_and_crowd():
+    """10x10 ground truth, by rows: 0-1 cat A, 2-3 cat B (category 1, things), 4-7 sky
+    (category 2, stuff), 8 a crowd of people (category 3), 9 void. The predictions:
+
+    - p1 = A exactly: TP, IoU 1;
+    - p2 = row 2, row 3 columns 0-1 and row 9 columns 0-3 (void), category 1: the
+      intersection with B is 12, the union 16 + 20 - 12 - 4 (void) = 20: TP, IoU 0.6;
+    - p5 = row 3 columns 2-9, category 2 (sky): no match, not on void: FP (category 2);
+    - p3 = rows 4-6, sky: IoU 30 / 40 = 0.75, TP;  p4 = row 7, category 1: FP (category 1);
+    - p6 = row 8, category 3: on the crowd of its own category: neither TP nor FP;
+    - p7 = row 9 columns 4-9, category 3: all on void: not an FP.
+
+    Category 1: PQ = 1.6 / (2 + 0.5) = 0.64, SQ 0.8, RQ 0.8. Category 2: PQ = 0.75 / 1.5 =
+    0.5, SQ 0.75, RQ 2/3. Category 3 does not count (no TP, FP or FN). PQ = 0.57."""
+    gt = np.zeros((10, 10), np.int64)
+    gt[0:2], gt[2:4], gt[4:8], gt[8] = 1, 2, 3, 4
+    gt_segments = {
+        1: {"category_id": 1},
+        2: {"category_id": 1},
+        3: {"category_id": 2},
+        4: {"category_id": 3, "iscrowd": 1},
+    }
+    pred = np.zeros((10, 10), np.int64)
+    pred[0:2] = 1
+    pred[2], pred[3, :2], pred[9, :4] = 2, 2, 2
+    pred[3, 2:] = 5
+    pred[4:7], pred[7] = 3, 4
+    pred[8], pred[9, 4:] = 6, 7
+    pred_segments = {1: 1, 2: 1, 3: 2, 4: 1, 5: 2, 6: 3, 7: 3}
+    totals = image_pq(gt, gt_segments, pred, {k: {"category_id": v} for k, v in pred_segments.items()})
+    counts = {c: (round(n.iou, 6), n.tp, n.fp, n.fn) for c, n in totals.per_category.items()}
+    assert counts == {1: (1.6, 2, 1, 0), 2: (0.75, 1, 1, 0)}
+    summary = totals.summary({1: True, 2: False, 3: True})
+    assert summary["all"]["PQ"] == pytest.approx(0.57)
+    assert summary["things"] == pytest.approx({"PQ": 0.64, "SQ": 0.8, "RQ": 0.8, "n": 1})
+    assert summary["stuff"] == pytest.approx({"PQ": 0.5, "SQ": 0.75, "RQ": 2 / 3, "n": 1})
+
+
+def test_an_unmatched_ground_truth_segment_is_a_false_negative_and_iou_must_exceed_a_half():
+    gt = np.zeros((4, 4), np.int64)
+    gt[:, :2], gt[:, 2:] = 1, 2
+    pred = np.zeros((4, 4), np.int64)
+    pred[:2, :2] = 1  # IoU 8/16 = 0.5 with segment 1: not a match
+    totals = image_pq(gt, {1: {"category_id": 0}, 2: {"category_id": 0}}, pred, {1: {"category_id": 0}})
+    assert (totals.per_category[0].tp, totals.per_category[0].fp, totals.per_category[0].fn) == (0, 1, 2)
+
+
+# --------------------------------------------------------------------------- building segments
+
+
+def test_a_thing_in_two_separated_places_is_two_segments_and_stuff_is_one():
+    labels = np.zeros((20, 20), np.int32)  # 0: background
+    labels[:, 10:] = 2  # sky (stuff), in two places
+    labels[0:8, 10:14] = 1  # a person: one region
+    labels[12:20, 0:6] = 1  # another person, apart from it
+    labels[0:4, 0:4] = 2
+    names, kinds = ["background", "person", "sky"], [None, "thing", "stuff"]
+    found = build_panoptic(labels, np.ones((20, 20), np.float32), names, kinds, background_index=0, min_area=4)
+    people = [s for s in found.segments if s.name == "person"]
+    skies = [s for s in found.segments if s.name == "sky"]
+    assert len(people) == 2 and all(s.isthing for s in people) and {s.area for s in people} == {32, 48}
+    assert len(skies) == 1 and not skies[0].isthing and skies[0].area == int((labels == 2).sum())
+    assert (found.ids[labels == 0] == 0).all()  # the background is void
+    assert found.notes == [] and found.things_from == "connected regions"
+    person = people[0]
+    x, y, w, h = person.bbox
+    assert (found.ids == person.id).sum() == person.area and w * h >= person.area
+
+
+def test_small_segments_are_dropped_and_unmarked_classes_count_as_things_said_so():
+    labels = np.zeros((10, 10), np.int32)
+    labels[0, 0] = 1  # one pixel of a cup: under the minimum area
+    labels[5:, 5:] = 1
+    found = build_panoptic(labels, np.ones((10, 10), np.float32), ["table", "cup"], [None, None], min_area=4)
+    assert [s.area for s in found.segments if s.name == "cup"] == [25] and found.ids[0, 0] == 0
+    assert "2 class(es) not marked thing or stuff count as things" in found.notes[0]
+
+
+def test_instances_take_pixels_best_first_and_stuff_fills_the_rest():
+    labels = np.full((10, 10), 2, np.int32)  # road everywhere, by the label map
+    first = np.zeros((10, 10), bool)
+    first[2:6, 2:6] = True  # 16 pixels, score 0.9
+    second = np.zeros((10, 10), bool)
+    second[4:8, 4:8] = True  # overlaps the first on 4 pixels: 12 left, score 0.8
+    third = np.zeros((10, 10), bool)
+    third[2:4, 2:4] = True  # inside the first: nothing left, dropped
+    found = build_panoptic(
+        labels,
+        np.full((10, 10), 0.7, np.float32),
+        ["background", "car", "road"],
+        [None, "thing", "stuff"],
+        background_index=0,
+        instances=[(1, 0.8, second), (1, 0.9, first), (1, 0.5, third)],
+        min_area=4,
+    )
+    cars = [s for s in found.segments if s.name == "car"]
+    assert [(s.area, s.score) for s in cars] == [(16, 0.9), (12, 0.8)]
+    road = next(s for s in found.segments if s.name == "road")
+    assert road.area == 100 - 28 and found.things_from == "instances"
+
+
+def test_panoptic_png_ids_round_trip():
+    ids = np.array([[0, 1, 255], [256, 65536, 256**3 - 1]], np.int64)
+    assert np.array_equal(rgb_to_ids(ids_to_rgb(ids)), ids)
+    with pytest.raises(ValueError):
+        ids_to_rgb(np.array([[256**3]]))
+
+
+# --------------------------------------------------------------------------- vocabularies
+
+
+def test_marks_set_a_class_kind_and_anything_else_is_one_line():
+    vocabulary = parse_vocabulary_text("person, pedestrian [thing]\nroad [stuff]\nlamp\nbackground: sky, wall\n")
+    assert [c.kind for c in vocabulary.classes] == ["thing", "stuff", None, None]
+    assert parse_class_list("car [Thing], road|street [stuff]").classes[1].queries == ["road", "street"]
+    for bad, words in (
+        ("cup [animal]", "is marked [animal]: a mark is [thing] or [stuff]"),
+        ("background [stuff]", "the background class is no class in panoptic output"),
+    ):
+        with pytest.raises(VocabularyError) as caught:
+            parse_class_list(bad)
+        assert "\n" not in str(caught.value) and words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name, things, examples",
+    [
+        ("ade150", 100, {"person": "thing", "wall": "stuff", "car": "thing", "sky": "stuff"}),
+        ("cityscapes", 8, {"person": "thing", "bicycle": "thing", "road": "stuff", "vegetation": "stuff"}),
+        ("coco_stuff171", 80, {"person": "thing", "toothbrush": "thing", "banner": "stuff"}),
+        ("voc21", 20, {"person": "thing", "tvmonitor": "thing"}),
+    ],
+)
+def test_built_in_vocabularies_carry_their_datasets_things_and_stuff(name, things, examples):
+    vocabulary = load_builtin(name)
+    assert sum(c.kind == "thing" for c in vocabulary.classes) == things and vocabulary.kinds_source
+    kinds = {c.name: c.kind for c in vocabulary.classes}
+    assert {k: kinds[k] for k in examples} == examples
+    assert all(c.kind is None for c in vocabulary.classes if c.is_background)
+    assert all(c.kind is not None for c in vocabulary.classes if not c.is_background)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def check_panoptic_pair(folder: Path, names: list[str]) -> dict:
+    """The PNG's ids are exactly the JSON's segments, with their areas; ids are unique."""
+    record = json.loads((folder / "panoptic.json").read_text())
+    ids = rgb_to_ids(np.asarray(Image.open(folder / "panoptic.png").convert("RGB")))
+    segments = {s["id"]: s for s in record["segments_info"]}
+    assert len(segments) == len(record["segments_info"]) and 0 not in segments
+    present = {int(v) for v in np.unique(ids)} - {0}
+    assert present == set(segments), (present, set(segments))
+    for segment_id, segment in segments.items():
+        assert int((ids == segment_id).sum()) == segment["area"]
+        assert names[segment["category_id"]] == segment["category_name"]
+        x, y, w, h = segment["bbox"]
+        assert (ids[y : y + h, x : x + w] == segment_id).sum() == segment["area"]
+    return record
+
+
+@pytest.fixture(scope="module")
+def kind_flags(tiny_model_files, tmp_path_factory) -> dict[str, list[str]]:
+    from tiny_sam3 import save_tiny_sam3
+    from tiny_vfm import save_tiny_dino
+
+    folder = tmp_path_factory.mktemp("models")
+    config, weights = tiny_model_files
+    clip = ["--clip-model", str(config), "--clip-pretrained", str(weights)]
+    return {
+        "dense-clip": clip,
+        "proxyclip": [
+            "--segmenter",
+            "proxyclip",
+            *clip,
+            "--segmenter-option",
+            f"vfm_model={save_tiny_dino(folder / 'dino')}",
+        ],
+        "sam3": [
+            "--segmenter",
+            "sam3",
+            "--segmenter-option",
+            f"model={save_tiny_sam3(folder / 'sam3')}",
+            "--segmenter-option",
+            "instance_threshold=0",
+        ],
+    }
+
+
+@pytest.mark.parametrize("kind", ["dense-clip", "proxyclip", "sam3"])
+def test_every_segmenter_kind_writes_a_valid_panoptic_pair(kind, kind_flags, tmp_path):
+    out = tmp_path / "out"
+    done = cli(
+        "segment", str(PHOTO), "--vocab", "voc21", "--no-reasoning", "--device", "cpu", *kind_flags[kind],
+        "--panoptic", "--min-segment-area", "16", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = load_builtin("voc21").names
+    record = check_panoptic_pair(out, names)
+    assert record["min_area"] == 16 and all(s["area"] >= 16 for s in record["segments_info"])
+    assert record["things_from"] == ("instances" if kind == "sam3" else "connected regions")
+    assert "PASCAL VOC 2012" in record["kinds_source"] and "background" not in [c["name"] for c in record["categories"]]
+    assert "panoptic.png" in done.stdout
+
+
+def test_panoptic_flags_are_checked_in_one_line_before_anything_is_written(tmp_path):
+    for extra, words in (
+        (["--min-segment-area", "10"], "--min-segment-area is for --panoptic output"),
+        (["--panoptic", "--min-segment-area", "0"], "--min-segment-area must be at least 1 pixel"),
+        (["--classes", "cat [animal]"], "a mark is [thing] or [stuff]"),
+    ):
+        classes = [] if "--classes" in extra else ["--classes", "cat"]
+        done = cli(
+            "segment", str(PHOTO), *classes, "--no-reasoning", *extra, "--out", str(tmp_path / "out"), timeout=120
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+        assert not (tmp_path / "out").exists()
