@@ -168,16 +168,15 @@ class SegmentationResult:
         """Write labels.png, overlay.png and result.json; with ``instances``, instances.json (the
         COCO results format) too, and each instance's outline on the overlay; with ``panoptic``
         (the smallest segment's area in pixels), panoptic.png and panoptic.json (the COCO
-        panoptic format), and the overlay shows each segment in its own colour, outlined.
+        panoptic format) and panoptic_overlay.png (each segment in its own colour, outlined).
         Each file appears whole or not at all."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / "labels.png", "overlay": out / "overlay.png", "result": out / "result.json"}
         write_atomically(paths["labels"], lambda f: label_image(self.labels, len(self.names)).save(f, format="PNG"))
+        write_atomically(paths["overlay"], lambda f: self.overlay(outlines=instances).save(f, format="PNG"))
         if panoptic is not None:
             self._save_panoptic(out, paths, panoptic)
-        else:
-            write_atomically(paths["overlay"], lambda f: self.overlay(outlines=instances).save(f, format="PNG"))
         if instances:
             paths["instances"] = out / "instances.json"
             found = json.dumps(self.coco_instances(self.state.image.source or 0), ensure_ascii=False)
@@ -211,12 +210,13 @@ class SegmentationResult:
         if vocabulary.kinds_source:
             record["kinds_source"] = vocabulary.kinds_source
         paths["panoptic"], paths["panoptic_json"] = out / "panoptic.png", out / "panoptic.json"
+        paths["panoptic_overlay"] = out / "panoptic_overlay.png"
         colours = Image.fromarray(ids_to_rgb(found.ids))
         write_atomically(paths["panoptic"], lambda f: colours.save(f, format="PNG"))
         text = json.dumps(record, indent=2, ensure_ascii=False)
         write_atomically(paths["panoptic_json"], lambda f: f.write(text.encode("utf-8")))
         picture = panoptic_overlay_image(self.image, found.ids, found.segments, self.names)
-        write_atomically(paths["overlay"], lambda f: picture.save(f, format="PNG"))
+        write_atomically(paths["panoptic_overlay"], lambda f: picture.save(f, format="PNG"))
 
 
 @dataclass

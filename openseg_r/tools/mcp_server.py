@@ -79,6 +79,7 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
         self_check: Annotated[bool, _described("self_check")] = False,
         masks: Annotated[Literal["rle", "png", "none"], _described("masks")] = "rle",
         instances: Annotated[bool, _described("instances")] = False,
+        panoptic: Annotated[bool, _described("panoptic")] = False,
     ) -> Annotated[CallToolResult, SegmentOutput]:
         arguments = dict(
             vocabulary=vocabulary,
@@ -89,6 +90,7 @@ def build_mcp_server(service: SegmentationService) -> MCPServer:
             self_check=self_check,
             masks=masks,
             instances=instances,
+            panoptic=panoptic,
         )
         try:
             output, overlay = service.segment(arguments)

@@ -45,6 +45,19 @@ class InstanceFound(BaseModel):
     mask: RLE
 
 
+MAX_PANOPTIC_RETURNED = 100
+
+
+class PanopticSegmentFound(BaseModel):
+    id: int = Field(description="1..N, in the order made: instances or regions of things, then stuff")
+    class_name: str
+    isthing: bool
+    area: int
+    bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in pixels")
+    score: float
+    mask: RLE
+
+
 class SegmentOutput(BaseModel):
     """The structured result of one ``segment`` call."""
 
@@ -60,10 +73,18 @@ class SegmentOutput(BaseModel):
     notes: list[str] = Field(default_factory=list, description="fallbacks and settings that were changed")
     segmenter: str | None = Field(None, description="the segmenter kind that segmented (openseg-r segmenters)")
     instances: list[InstanceFound] | None = Field(None, description="the objects found, best first, when asked for")
+    panoptic: list[PanopticSegmentFound] | None = Field(
+        None, description="panoptic segments (things as objects, stuff as regions), largest first, when asked for"
+    )
 
 
 def build_output(
-    result: SegmentationResult, trace_id: str, masks: MaskFormat, notes: list[str], instances: bool = False
+    result: SegmentationResult,
+    trace_id: str,
+    masks: MaskFormat,
+    notes: list[str],
+    instances: bool = False,
+    panoptic: bool = False,
 ) -> SegmentOutput:
     height, width = result.labels.shape
     found = [c for c in sorted(result.classes, key=lambda c: -c.pixels) if c.pixels > 0]
@@ -105,6 +126,24 @@ def build_output(
             ]
             if len(found) > MAX_INSTANCES_RETURNED:
                 output.notes.append(f"{len(found)} instances found; the best {MAX_INSTANCES_RETURNED} are returned")
+    if panoptic:
+        found = result.panoptic()
+        largest = sorted(found.segments, key=lambda s: -s.area)
+        output.panoptic = [
+            PanopticSegmentFound(
+                id=s.id,
+                class_name=s.name,
+                isthing=s.isthing,
+                area=s.area,
+                bbox=s.bbox,
+                score=s.score,
+                mask=encode_rle(found.ids == s.id),
+            )
+            for s in largest[:MAX_PANOPTIC_RETURNED]
+        ]
+        output.notes.extend(found.notes)
+        if len(largest) > MAX_PANOPTIC_RETURNED:
+            output.notes.append(f"{len(largest)} panoptic segments; the {MAX_PANOPTIC_RETURNED} largest are returned")
     if masks == "rle":
         output.masks = {c.name: encode_rle(result.labels == c.index) for c in classes}
     elif masks == "png":

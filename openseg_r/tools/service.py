@@ -104,6 +104,11 @@ class SegmentRequest(BaseModel):
         description="also return the objects found, best first (class, phrase, score, box, COCO RLE mask; at most "
         "50), when the server's segmenter finds instances (sam3)",
     )
+    panoptic: bool = Field(
+        False,
+        description="also return panoptic segments: each object of a thing class and each stuff region (class, "
+        "isthing, area, box, score, COCO RLE mask; at most 100, largest first); with any segmenter",
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> "SegmentRequest":
@@ -151,7 +156,9 @@ class SegmentationService:
         )
         result = call.result()
         trace_id = uuid.uuid4().hex[:16]
-        output = build_output(result, trace_id, request.masks, notes, instances=request.instances)
+        output = build_output(
+            result, trace_id, request.masks, notes, instances=request.instances, panoptic=request.panoptic
+        )
         self._remember(trace_id, result)
         return output, overlay_png_base64(result)
 

@@ -129,7 +129,8 @@ class WebApp:
         folder = self.downloads / live.id
         paths = write_downloads(live.result, folder)
         self._prune()
-        return [str(paths[key]) for key in ("labels", "overlay", "result", "masks", "instances") if key in paths]
+        kept = ("labels", "overlay", "result", "masks", "instances", "panoptic", "panoptic_json", "panoptic_overlay")
+        return [str(paths[key]) for key in kept if key in paths]
 
     def _prune(self) -> None:
         """Keep the newest KEPT_DOWNLOADS folders; a folder another run's prune removed meanwhile is skipped."""

@@ -246,14 +246,15 @@ class LiveRuns:
 
 def write_downloads(result: SegmentationResult, folder: Path) -> dict[str, Path]:
     """labels.png, overlay.png and result.json (as ``segment --out`` writes them; with
-    instances, instances.json and their outlines too) and the masks as a COCO file with RLE
-    segmentations."""
+    instances, instances.json and their outlines too), the panoptic files (as ``segment
+    --panoptic`` writes them) and the masks as a COCO file with RLE segmentations."""
     import json
 
     from openseg_r._support.files import write_atomically
+    from openseg_r.panoptic.build import DEFAULT_MIN_AREA
     from openseg_r.tools.output import coco_masks
 
-    paths = result.save(folder, instances=bool(result.instances))
+    paths = result.save(folder, instances=bool(result.instances), panoptic=DEFAULT_MIN_AREA)
     masks = folder / "masks_coco_rle.json"
     text = json.dumps(coco_masks(result, file_name=Path(result.state.image.source or "image").name), indent=1)
     write_atomically(masks, lambda f: f.write(text.encode("utf-8")))

@@ -361,7 +361,8 @@ def result_html(result) -> str:
         + "</table>"
     )
     usage = _result_usage_html(result.state, result.reasoning_cache)
-    return f'<div class="openseg-result">{legend}{_instances_html(result, colours)}{usage}</div>'
+    panoptic = _panoptic_html(result, colours)
+    return f'<div class="openseg-result">{legend}{_instances_html(result, colours)}{panoptic}{usage}</div>'
 
 
 def _instances_html(result, colours) -> str:
@@ -382,6 +383,32 @@ def _instances_html(result, colours) -> str:
         '<table data-section="instances"><tr><th></th><th>class</th><th>phrase</th><th>score</th><th>box</th></tr>'
         + "".join(rows)
         + "</table>"
+    )
+
+
+def _panoptic_html(result, colours) -> str:
+    """The panoptic segments (things as objects, stuff as regions), largest first."""
+    found = result.panoptic()
+    if not found.segments:
+        return ""
+    shown, hidden = _capped(sorted(found.segments, key=lambda s: -s.area), MAX_LEGEND_ROWS)
+    total = max(1, int(result.labels.size))
+    rows = [
+        f'<tr data-segment="{s.id}"><td>{_swatch(colours[s.category_id])}</td><td>{_text(s.name)}</td>'
+        f"<td>{'thing' if s.isthing else 'stuff'}</td><td>{format_share(s.area / total, present=True)}</td>"
+        f"<td>{s.score:.2f}</td></tr>"
+        for s in shown
+    ]
+    if hidden:
+        rows.append(f'<tr><td colspan="5">{_more(hidden)}</td></tr>')
+    notes = "".join(f'<p class="openseg-note">{_text(note)}</p>' for note in found.notes)
+    return (
+        f"<p>{len(found.segments)} panoptic segment(s), things from {_text(found.things_from)} "
+        "(panoptic.png and panoptic_overlay.png with the downloads):</p>"
+        '<table data-section="panoptic"><tr><th></th><th>class</th><th>kind</th><th>area</th><th>score</th></tr>'
+        + "".join(rows)
+        + "</table>"
+        + notes
     )
 
 
