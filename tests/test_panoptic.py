@@ -268,7 +268,7 @@ def panoptic_set(tmp_path) -> Path:
     return build(tmp_path / "mini")["coco-panoptic"]
 
 
-def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_path, tiny_segmenter):
+def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_path, tiny_clip):
     """The PQ path end to end, exact: a segmenter whose label map is the ground truth's
     classes, split into regions, scores PQ 100 where no two objects of a class touch."""
     from openseg_r import OpenSegR
@@ -288,8 +288,11 @@ def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_p
             labels=truth.copy(), confidence=ones, runner_up=np.full(rgb.shape[:2], -1, np.int32), margin=ones
         )
 
-    model = OpenSegR(segmenter=tiny_segmenter, lmm="none", batch_size=1)
-    model.segmenter.segment = oracle
+    from openseg_r.segmenters.dense_clip import CLIPSegmenter
+
+    own = CLIPSegmenter(tiny_clip)  # its own: the shared one serves other tests
+    own.segment = oracle
+    model = OpenSegR(segmenter=own, lmm="none", batch_size=1)
     summary = run_panoptic_eval(model, dataset, tmp_path / "perfect", min_area=1)
     totals = {int(c): v for c, v in summary["totals"].items()}
     regions = {}

@@ -596,7 +596,15 @@ def test_downloads_are_the_result_files_and_coco_masks_pycocotools_reads(web, up
     finish(live.start())
     assert web.finish(idle_run(web.service)) == []  # nothing to download before a result
     paths = [Path(p) for p in web.finish(live)]
-    assert [p.name for p in paths] == ["labels.png", "overlay.png", "result.json", "masks_coco_rle.json"]
+    assert [p.name for p in paths] == [
+        "labels.png",
+        "overlay.png",
+        "result.json",
+        "masks_coco_rle.json",
+        "panoptic.png",
+        "panoptic.json",
+        "panoptic_overlay.png",
+    ]
     assert all(p.parent == web.downloads / live.id and p.stat().st_size > 0 for p in paths)
     assert json.loads(paths[2].read_text())["present_classes"] == live.result.present
     coco = COCO(str(paths[3]))

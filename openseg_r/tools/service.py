@@ -313,7 +313,7 @@ def refuse_unknown_arguments(arguments: dict, known) -> None:
 
     unknown = [str(name) for name in arguments if name not in known]
     if unknown:
-        shown = ", ".join(repr(clipped(name, 30)) for name in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        shown = ", ".join(repr(clipped(name, 20)) for name in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
         accepted = ", ".join(known) or "none"
         raise ToolInputError(f"unknown argument(s): {shown}; this tool takes: {accepted}")
 
