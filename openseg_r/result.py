@@ -79,15 +79,38 @@ class SegmentationResult:
         if self.instances:
             index = {name: i for i, name in enumerate(self.names)}
             found = [(index[i.class_name], i.score, decode_rle(i.mask)) for i in self.instances]
-        return build_panoptic(
+        kinds, kind_from = self.class_kinds()
+        panoptic = build_panoptic(
             self.labels,
             self.confidence,
             self.names,
-            [c.kind for c in vocabulary.classes],
+            kinds,
             background_index=vocabulary.background_index,
             instances=found,
             min_area=min_area,
         )
+        panoptic.kind_from = kind_from
+        decided = [c.name for c, source in zip(vocabulary.classes, kind_from) if source == "reasoning"]
+        if decided:
+            shown = ", ".join(decided[:5]) + (", ..." if len(decided) > 5 else "")
+            panoptic.notes.insert(0, f"generic reasoning decided thing or stuff for {len(decided)} class(es): {shown}")
+        return panoptic
+
+    def class_kinds(self) -> tuple[list[str | None], list[str]]:
+        """Each class's kind (thing, stuff or None) and where it comes from: the vocabulary
+        (a mark, or the built-in's dataset), else generic reasoning's answer, else none
+        (``default``: the class counts as a thing)."""
+        reasoning = self.state.generic_reasoning or {}
+        decided: list[tuple[str | None, str]] = []
+        for c in self.state.vocabulary.classes:
+            said = reasoning[c.name].kind if c.name in reasoning else None
+            if c.kind is not None:
+                decided.append((c.kind, "vocabulary"))
+            elif said is not None and not c.is_background:
+                decided.append((said, "reasoning"))
+            else:
+                decided.append((None, "default"))
+        return [kind for kind, _ in decided], [source for _, source in decided]
 
     def coco_instances(self, image_id: int | str = 0) -> list[dict]:
         """The instances in the COCO results format (``category_id``: the class's index in the
@@ -200,13 +223,7 @@ class SegmentationResult:
 
         found = self.panoptic(min_area)
         vocabulary = self.state.vocabulary
-        record = panoptic_json(
-            found,
-            self.names,
-            [c.kind for c in vocabulary.classes],
-            "panoptic.png",
-            vocabulary.background_index,
-        )
+        record = panoptic_json(found, self.names, self.class_kinds()[0], "panoptic.png", vocabulary.background_index)
         if vocabulary.kinds_source:
             record["kinds_source"] = vocabulary.kinds_source
         paths["panoptic"], paths["panoptic_json"] = out / "panoptic.png", out / "panoptic.json"

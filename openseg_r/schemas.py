@@ -54,6 +54,9 @@ def _describe_dropped(position: int, item: object) -> str:
     return f"item {position} is {kind}, not text: {_clean_text(shown, 60)}"
 
 
+ClassKind = Literal["thing", "stuff"]
+
+
 class ClassReasoning(BaseModel):
     """Coarse-to-fine reasoning about one class (docs/design.md §1.1).
 
@@ -71,6 +74,9 @@ class ClassReasoning(BaseModel):
     general_category: str = ""
     sub_category: str = ""
     attributes: list[str] = Field(default_factory=list)
+    kind: ClassKind | None = Field(
+        None, description="thing: countable objects; stuff: an amorphous region (for panoptic output)"
+    )
     dropped: SkipJsonSchema[list[str]] = Field(default_factory=list, exclude=True)
 
     @model_validator(mode="before")
@@ -97,6 +103,13 @@ class ClassReasoning(BaseModel):
         if not text:
             raise ValueError("name must not be empty")
         return text
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: object) -> str | None:
+        """An answer other than thing or stuff says nothing (the class stays unmarked)."""
+        text = value.strip().lower() if isinstance(value, str) else None
+        return text if text in ("thing", "stuff") else None
 
     @field_validator("general_category", "sub_category", mode="before")
     @classmethod
@@ -178,9 +191,6 @@ class CandidateReasons(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     candidates: list[ClassReasoning]
-
-
-ClassKind = Literal["thing", "stuff"]
 
 
 class VocabularyClass(BaseModel):

@@ -46,32 +46,34 @@ def smollm(smollm_gguf):
 # kernels round differently could flip a near-tied token, and would show here first, as
 # a changed text rather than as a parser failure. The answers that ran into
 # max_new_tokens=96 echo the prompt's own list of questions.
-ECHOED_A3 = (
+ECHOED_A4 = (
     "A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, textures, materials; "
-    "a few words each)\nA3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "
-    "textures"
+    'a few words each)\nA4: "thing" if it comes as countable objects (a person, car, furniture)\nA'
 )
 SMOLLM2_ANSWERS = {
-    "cat": ['The object class "cat" is a cat.', 'The object class "cat" is a cat.'],
+    "cat": [
+        'The object class "cat" is a cat.',
+        'The object class "cat" belongs to the category of "thing or stuff" and is a cat.',
+    ],
     "bicycle": [
         "A1: The general category it belongs to (for example: vehicle, animal, furniture)\n"
-        "A2: Its sub-category within that category (for example: aircraft, pet, seating)\n" + ECHOED_A3,
-        'The object class "bicycle" is a vehicle.',
+        "A2: Its sub-category within that category (for example: aircraft, pet, seating)\n" + ECHOED_A4,
+        'The object class "bicycle" is a vehicle, animal, furniture, and a thing (stuff) that is a thing (stuff).',
     ],
-    "sofa": [
-        "A1: the general category it belongs to (for example: vehicle, animal, furniture)\n"
-        "A2: its sub-category within that category (for example: aircraft, pet, furniture)\n" + ECHOED_A3,
-        'The answer to the question "What is the sofa?" is:\n\n{"name": "sofa", "general_category": '
-        '"vehicle", "sub_category": "pet", "attributes": ["...", "..."]}',
+    "bird": [
+        'The object class "bird" is a creature that belongs to the category of "thing or stuff".',
+        'The answer to your question is:\n\n{"name": "bird", "general_category": "bird", "sub_category": "bird", '
+        '"attributes": ["...", "..."], "kind": "thing or stuff"}',
     ],
 }
 
 
 def test_smollm2_generic_reasoning_is_pinned(smollm):
     """Which classes validate, which fall back and why, from which texts: a parser that
-    rejected the JSON in the sofa answer, or accepted the prose ones, fails here."""
+    rejected the JSON in the bird answer, or accepted the prose ones, or took its copied
+    "thing or stuff" for a kind, fails here."""
     assert smollm.supports_images is False and smollm.model_id.endswith(".gguf")
-    vocab = parse_class_list("cat, bicycle, sofa")
+    vocab = parse_class_list("cat, bicycle, bird")
     out = generic_reasoning(GenericReasoningInput(vocabulary=vocab), Runtime(context=OpenSegContext(lmm=smollm)))
     said = {name: [call.raw_text for call in out.lmm_calls if call.subject == name] for name in vocab.names}
     assert said == SMOLLM2_ANSWERS  # the model's side first: a changed text is not a parser bug
@@ -81,8 +83,8 @@ def test_smollm2_generic_reasoning_is_pinned(smollm):
         ("cat", 2, False, NO_JSON),
         ("bicycle", 1, False, NO_JSON),
         ("bicycle", 2, False, NO_JSON),
-        ("sofa", 1, False, NO_JSON),
-        ("sofa", 2, True, None),
+        ("bird", 1, False, NO_JSON),
+        ("bird", 2, True, None),
     ]
     assert [(f.step, f.subject, f.reason, f.used) for f in out.fallbacks] == [
         ("generic_reasoning", "cat", NO_JSON, "bare class name"),
@@ -91,10 +93,11 @@ def test_smollm2_generic_reasoning_is_pinned(smollm):
     assert out.generic_reasoning == {
         "cat": ClassReasoning(name="cat"),
         "bicycle": ClassReasoning(name="bicycle"),
-        "sofa": ClassReasoning(name="sofa", general_category="vehicle", sub_category="pet", attributes=["..."]),
+        "bird": ClassReasoning(name="bird", general_category="bird", sub_category="bird", attributes=["..."]),
     }
-    # the echoes ran into max_new_tokens; the model's token counts reach the trace
-    assert [call.usage.completion_tokens for call in out.lmm_calls] == [11, 11, 96, 12, 96, 49]
+    assert out.generic_reasoning["bird"].kind is None  # "thing or stuff", copied from the prompt, says neither
+    # the echoed questions ran into max_new_tokens; the model's token counts reach the trace
+    assert [call.usage.completion_tokens for call in out.lmm_calls] == [11, 22, 96, 29, 21, 49]
     assert all(call.usage.prompt_tokens > 100 for call in out.lmm_calls)
 
 

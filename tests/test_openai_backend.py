@@ -84,11 +84,11 @@ def server(smollm_gguf, tmp_path_factory):
 
 def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     """The same greedy SmolLM2 as tests/test_hf_backend.py, served: the same texts, so the
-    same pinned outcome (cat falls back, sofa validates on its second attempt)."""
+    same pinned outcome (cat falls back, bird validates on its second attempt)."""
     pinned_smollm2(smollm_gguf)
     url, model = server
     lmm = OpenAICompatibleLMM(model, url, max_tokens=96, timeout=300, max_retries=0)
-    vocab = parse_class_list("cat, sofa")
+    vocab = parse_class_list("cat, bird")
     # One call at a time: the server interleaves concurrent generations, so on a loaded
     # machine one call could outlast its time-out (and the answers come back as pinned).
     context = OpenSegContext(lmm=lmm, max_concurrent_lmm_calls=1)
@@ -98,16 +98,16 @@ def test_generic_reasoning_through_a_real_server(server, smollm_gguf):
     assert [(c.subject, c.attempt, c.ok, c.error) for c in out.lmm_calls] == [
         ("cat", 1, False, NO_JSON),
         ("cat", 2, False, NO_JSON),
-        ("sofa", 1, False, NO_JSON),
-        ("sofa", 2, True, None),
+        ("bird", 1, False, NO_JSON),
+        ("bird", 2, True, None),
     ]
     assert [(f.subject, f.reason, f.used) for f in out.fallbacks] == [("cat", NO_JSON, "bare class name")]
     assert out.generic_reasoning == {
         "cat": ClassReasoning(name="cat"),
-        "sofa": ClassReasoning(name="sofa", general_category="vehicle", sub_category="pet", attributes=["..."]),
+        "bird": ClassReasoning(name="bird", general_category="bird", sub_category="bird", attributes=["..."]),
     }
     # the server's token counts reach the trace
-    assert [c.usage.completion_tokens for c in out.lmm_calls] == [11, 11, 96, 49]
+    assert [c.usage.completion_tokens for c in out.lmm_calls] == [11, 22, 21, 49]
     assert all(c.usage.prompt_tokens > 100 for c in out.lmm_calls)
     assert all(c.backend == f"openai:{model}" for c in out.lmm_calls)
 

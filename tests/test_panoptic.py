@@ -420,3 +420,38 @@ def test_a_folder_run_records_panoptic_output_so_resume_never_mixes_folders(tiny
         check_panoptic_pair(tmp_path / "out" / name, load_builtin("voc21").names)
     plain = cli(*base, "--resume")
     assert plain.returncode == 2 and "was segmented with other outputs" in plain.stderr, plain.stderr
+
+
+def test_generic_reasoning_decides_for_unmarked_classes_and_a_mark_wins(tiny_segmenter):
+    """The LMM says sky is stuff and tree is stuff; the vocabulary marks tree a thing (the
+    mark wins), leaves sky unmarked (reasoning decides) and cup unmarked with no answer
+    (a thing by default). panoptic.json says where each kind came from."""
+    from openseg_r import OpenSegR
+    from openseg_r.lmm import ScriptedLMM
+    from openseg_r.panoptic.files import panoptic_json
+
+    def generic(name: str, kind: str | None) -> dict:
+        answer = {"name": name, "general_category": "scene", "sub_category": "part", "attributes": ["blue"]}
+        return answer | ({"kind": kind} if kind else {})
+
+    script = {
+        "generic_reasoning": {
+            "sky": generic("sky", "stuff"),
+            "tree": generic("tree", "stuff"),
+            "cup": generic("cup", None),
+        },
+        "image_reasoning": {"description": "a photo", "candidates": []},
+    }
+    model = OpenSegR(segmenter=tiny_segmenter, lmm=ScriptedLMM(script), reasoning_cache="none")
+    result = model.segment(str(PHOTO), "sky, tree [thing], cup", class_filter="none")
+    assert result.state.generic_reasoning["sky"].kind == "stuff"  # in the trace
+    kinds, sources = result.class_kinds()
+    assert (kinds, sources) == (["stuff", "thing", None], ["reasoning", "vocabulary", "default"])
+    found = result.panoptic(min_area=1)
+    assert found.notes[0] == "generic reasoning decided thing or stuff for 1 class(es): sky"
+    assert "count as things: cup" in found.notes[1]
+    record = panoptic_json(found, result.names, kinds, "panoptic.png")
+    assert [c["kind_from"] for c in record["categories"]] == ["reasoning", "vocabulary", "default"]
+    assert [c["isthing"] for c in record["categories"]] == [0, 1, 1]
+    sky = [s for s in found.segments if s.name == "sky"]
+    assert len(sky) <= 1 and all(not s.isthing for s in sky)

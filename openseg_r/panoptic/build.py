@@ -41,6 +41,7 @@ class Panoptic:
     min_area: int
     things_from: str  # "instances" or "connected regions"
     notes: list[str] = field(default_factory=list)
+    kind_from: list[str] | None = None  # per class: "vocabulary", "reasoning" or "default" (when known)
 
 
 def build_panoptic(

@@ -52,7 +52,14 @@ def panoptic_json(
         "file_name": file_name,
         "segments_info": segments_info(panoptic),
         "categories": [
-            {"id": i, "name": name, "isthing": int((kind or "thing") == "thing"), "marked": kind is not None}
+            {
+                "id": i,
+                "name": name,
+                "isthing": int((kind or "thing") == "thing"),
+                "kind_from": (panoptic.kind_from or [])[i]
+                if panoptic.kind_from
+                else ("vocabulary" if kind else "default"),
+            }
             for i, (name, kind) in enumerate(zip(names, kinds))
             if i != background_index
         ],

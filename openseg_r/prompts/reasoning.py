@@ -17,7 +17,7 @@ class LMMPrompt:
 
 
 GENERIC_REASONING = LMMPrompt(
-    version="generic-v1",
+    version="generic-v2",
     text=(
         "You are an expert in visual recognition. Reason step by step, from coarse to fine, "
         'about the object class "{class_name}".\n'
@@ -25,9 +25,11 @@ GENERIC_REASONING = LMMPrompt(
         "A2: its sub-category within that category (for example: aircraft, pet, seating).\n"
         "A3: 3 to 7 short visual attributes that identify it in a photo (shapes, parts, "
         "textures, materials; a few words each).\n"
+        'A4: "thing" if it comes as countable objects (a person, a car), "stuff" if it is an '
+        "amorphous region (sky, road, grass).\n"
         "Answer with one JSON object and nothing else, in this form:\n"
         '{{"name": "{class_name}", "general_category": "...", "sub_category": "...", '
-        '"attributes": ["...", "..."]}}'
+        '"attributes": ["...", "..."], "kind": "thing or stuff"}}'
     ),
 )
 
