@@ -29,6 +29,7 @@ class SegmentationResult:
     segmenter_labels: np.ndarray | None = None  # the label map before the self-check changed it
     run_id: str | None = None  # its id in the runs database, when it was recorded
     lmm: dict | None = None  # the backend, its generation parameters and call options, when the run used one
+    _panoptic: dict = field(default_factory=dict, repr=False, compare=False)  # min_area -> Panoptic, made once
 
     @property
     def names(self) -> list[str]:
@@ -74,13 +75,15 @@ class SegmentationResult:
         from openseg_r._support.rle import decode_rle
         from openseg_r.panoptic.build import build_panoptic
 
+        if min_area in self._panoptic:  # the web page, its downloads and an agent's answer share one
+            return self._panoptic[min_area]
         vocabulary = self.state.vocabulary
         found = None
         if self.instances:
             index = {name: i for i, name in enumerate(self.names)}
             found = [(index[i.class_name], i.score, decode_rle(i.mask)) for i in self.instances]
         kinds, kind_from = self.class_kinds()
-        panoptic = build_panoptic(
+        made = build_panoptic(
             self.labels,
             self.confidence,
             self.names,
@@ -88,13 +91,10 @@ class SegmentationResult:
             background_index=vocabulary.background_index,
             instances=found,
             min_area=min_area,
+            kind_from=kind_from,
         )
-        panoptic.kind_from = kind_from
-        decided = [c.name for c, source in zip(vocabulary.classes, kind_from) if source == "reasoning"]
-        if decided:
-            shown = ", ".join(decided[:5]) + (", ..." if len(decided) > 5 else "")
-            panoptic.notes.insert(0, f"generic reasoning decided thing or stuff for {len(decided)} class(es): {shown}")
-        return panoptic
+        self._panoptic[min_area] = made
+        return made
 
     def class_kinds(self) -> tuple[list[str | None], list[str]]:
         """Each class's kind (thing, stuff or None) and where it comes from: the vocabulary

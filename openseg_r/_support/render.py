@@ -75,20 +75,25 @@ def overlay_image(
     flat = labels.ravel()
     present = np.bincount(flat[flat >= 0], minlength=len(names))
     order = [i for i in np.argsort(-present) if present[i] > 0]
-    font = _font(max(12, min(rgb.shape[:2]) // 30))
-    row = font.size + 6 if hasattr(font, "size") else 18
     total = max(1, labels.size)
     legend = [(tuple(int(c) for c in colors[i]), f"{names[i]} ({format_share(present[i] / total)})") for i in order]
     unknown = int(flat.size - (flat >= 0).sum())
     if unknown:
         legend.append((UNKNOWN_COLOUR, f"unknown ({format_share(unknown / total)})"))
+    return _with_legend(blended, legend)
+
+
+def _with_legend(picture: np.ndarray, legend: list[tuple[tuple[int, ...], str]]) -> Image.Image:
+    """``picture`` with a white column on its right: a swatch and a line of text per entry."""
+    font = _font(max(12, min(picture.shape[:2]) // 30))
+    row = font.size + 6 if hasattr(font, "size") else 18
     width = max([int(_text_width(font, text)) for _, text in legend] + [0]) + row + 16
-    canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(legend) + 8)), "white")
-    canvas.paste(Image.fromarray(blended), (0, 0))
+    canvas = Image.new("RGB", (picture.shape[1] + width, max(picture.shape[0], row * len(legend) + 8)), "white")
+    canvas.paste(Image.fromarray(picture), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for line, (colour, text) in enumerate(legend):
         top = 4 + line * row
-        left = rgb.shape[1] + 6
+        left = picture.shape[1] + 6
         draw.rectangle([left, top, left + row - 6, top + row - 6], fill=colour, outline="black")
         draw.text((left + row, top), text, fill="black", font=font)
     return canvas
@@ -103,33 +108,25 @@ def panoptic_overlay_image(rgb: np.ndarray, ids: np.ndarray, segments, names: li
     base = class_colors(len(names)).astype(np.float32)
     blended = rgb.astype(np.float32).copy()
     counts: dict[int, int] = {}
+    iterations = max(1, min(ids.shape) // 300)
     for segment in segments:
-        mask = ids == segment.id
+        x, y, w, h = segment.bbox  # each segment drawn within its box (plus the erosion's reach)
+        y0, x0 = max(0, y - iterations), max(0, x - iterations)
+        window = (slice(y0, y + h + iterations), slice(x0, x + w + iterations))
+        mask = ids[window] == segment.id
         colour = base[segment.category_id]
         if segment.isthing:  # objects of one class: the same hue, other shades
             nth = counts.get(segment.category_id, 0)
             colour = np.clip(colour * (0.55 + 0.45 * ((nth * 0.618) % 1.0)) + 30 * (nth % 2), 0, 255)
         counts[segment.category_id] = counts.get(segment.category_id, 0) + 1
-        blended[mask] = blended[mask] * (1 - alpha) + colour * alpha
-        border = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 300))
-        blended[border] = colour * 0.45
-    image = blended.astype(np.uint8)
-    font = _font(max(12, min(rgb.shape[:2]) // 30))
-    row = font.size + 6 if hasattr(font, "size") else 18
+        part = blended[window]
+        part[mask] = part[mask] * (1 - alpha) + colour * alpha
+        part[mask & ~binary_erosion(mask, iterations=iterations)] = colour * 0.45
     legend = [
         (tuple(int(c) for c in base[c]), f"{names[c]} ({n} segment{'s' if n > 1 else ''})")
         for c, n in sorted(counts.items(), key=lambda item: -item[1])
     ]
-    width = max([int(_text_width(font, text)) for _, text in legend] + [0]) + row + 16
-    canvas = Image.new("RGB", (rgb.shape[1] + width, max(rgb.shape[0], row * len(legend) + 8)), "white")
-    canvas.paste(Image.fromarray(image), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for line, (colour, text) in enumerate(legend):
-        top = 4 + line * row
-        left = rgb.shape[1] + 6
-        draw.rectangle([left, top, left + row - 6, top + row - 6], fill=colour, outline="black")
-        draw.text((left + row, top), text, fill="black", font=font)
-    return canvas
+    return _with_legend(blended.astype(np.uint8), legend)
 
 
 def _font(size: int):

@@ -175,7 +175,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if plan is not None:
         failed = segment_folder(model, plan, vocabulary, concurrency, show_progress, outputs)
         return EXIT_SOME_FAILED if failed else EXIT_OK
-    _segment_one(model, rgb, vocabulary, inputs.images[0], args, show_progress)
+    _segment_one(model, rgb, vocabulary, inputs.images[0], args, show_progress, outputs)
     return EXIT_OK
 
 
@@ -193,7 +193,9 @@ def requested_outputs(args: argparse.Namespace) -> dict:
     return {"instances": bool(args.instances), "panoptic": (area or DEFAULT_MIN_AREA) if args.panoptic else None}
 
 
-def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespace, show_progress: bool) -> None:
+def _segment_one(
+    model, rgb, vocabulary, image_name: str, args: argparse.Namespace, show_progress: bool, outputs: dict
+) -> None:
     """One image: its progress, its step log and the human self-check at the terminal."""
     check = model.settings.self_check
     human = check.enabled and check.mode == "human"
@@ -223,7 +225,7 @@ def _segment_one(model, rgb, vocabulary, image_name: str, args: argparse.Namespa
             step_log.close()
     from openseg_r.cli.summary import print_result_summary
 
-    print_result_summary(result, args.out, requested_outputs(args))
+    print_result_summary(result, args.out, outputs)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -57,8 +57,12 @@ class PanopticDataset:
             categories = sorted(data["categories"], key=lambda c: c["id"])
             self.categories = [(int(c["id"]), str(c["name"]), bool(c.get("isthing", 1))) for c in categories]
             self.annotations = sorted(data["annotations"], key=lambda a: str(a["file_name"]))
-            images = {i["id"]: i["file_name"] for i in data.get("images", [])}
-        except (ValueError, KeyError, TypeError) as exc:
+            images = {i["id"]: plain_name(i["file_name"]) for i in data.get("images", [])}
+            for annotation in self.annotations:
+                plain_name(annotation["file_name"])
+                if not isinstance(annotation["segments_info"], list):
+                    raise TypeError(f"segments_info of {annotation['file_name']} is not a list")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{self.path} is not a COCO panoptic file ({type(exc).__name__}: {exc})") from None
         if not self.categories:
             raise ConfigError(f"{self.path} has no categories")
@@ -85,20 +89,26 @@ class PanopticDataset:
     def ground_truth(self, annotation: dict) -> tuple[np.ndarray, dict[int, dict]]:
         """The PNG's segment ids and its segments, categories as vocabulary indices."""
         png = self.png_folder / annotation["file_name"]
-        if not png.is_file():
+        if not png.is_file():  # a device, a FIFO or nothing at all
             raise ConfigError(f"panoptic PNG {png} is missing")
-        with Image.open(png) as image:
-            ids = rgb_to_ids(np.asarray(image.convert("RGB")))
+        try:
+            with Image.open(png) as image:
+                ids = rgb_to_ids(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ConfigError(f"{png} is not a readable panoptic PNG ({type(exc).__name__})") from None
         segments = {}
-        for info in annotation["segments_info"]:
-            if info["category_id"] not in self.index:
-                raise ConfigError(
-                    f"{png.name}: segment {info['id']} has category {info['category_id']}, not in the categories"
-                )
-            segments[int(info["id"])] = {
-                "category_id": self.index[info["category_id"]],
-                "iscrowd": int(info.get("iscrowd", 0)),
-            }
+        try:
+            for info in annotation["segments_info"]:
+                if info["category_id"] not in self.index:
+                    raise ConfigError(
+                        f"{png.name}: segment {info['id']} has category {info['category_id']}, not in the categories"
+                    )
+                segments[int(info["id"])] = {
+                    "category_id": self.index[info["category_id"]],
+                    "iscrowd": int(info.get("iscrowd", 0)),
+                }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{png.name}: a malformed segments_info entry ({type(exc).__name__}: {exc})") from None
         found = {int(v) for v in np.unique(ids)} - {0}
         if found != set(segments):
             extra, missing = sorted(found - set(segments))[:3], sorted(set(segments) - found)[:3]
@@ -109,9 +119,19 @@ class PanopticDataset:
         return ids, segments
 
     def check(self) -> None:
+        """Every image and PNG, before any model loads: present, readable, matching, the same size."""
         for annotation in self.annotations:
-            self.image_path(annotation)
-            self.ground_truth(annotation)
+            path = self.image_path(annotation)
+            ids, _ = self.ground_truth(annotation)
+            try:
+                with Image.open(path) as image:  # the header alone: no pixels decoded
+                    size = image.size
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise ConfigError(f"{path} is not a readable image ({type(exc).__name__})") from None
+            if size != (ids.shape[1], ids.shape[0]):
+                raise ConfigError(
+                    f"{path.name} is {size[0]}x{size[1]} but its panoptic PNG is {ids.shape[1]}x{ids.shape[0]}"
+                )
 
     def vocabulary(self, replacement: Vocabulary | None = None) -> Vocabulary:
         """The categories as a vocabulary (with ``replacement``'s queries, matched by name:
@@ -127,6 +147,13 @@ class PanopticDataset:
             queries = given.queries if given else [name]
             classes.append(VocabularyClass(name=name, queries=queries, kind="thing" if isthing else "stuff"))
         return Vocabulary(name=PANOPTIC_DATASET, classes=classes, kinds_source=f"{self.path.name} (isthing)")
+
+
+def plain_name(name: object) -> str:
+    """A file name of the dataset: a name inside its folder, never a path elsewhere."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"file_name {str(name)[:60]!r} is not a plain file name")
+    return name
 
 
 def run_panoptic_eval(
@@ -177,7 +204,10 @@ def _resume(out: Path, config: dict) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     run = out / "run.json"
     if run.is_file():
-        earlier = json.loads(run.read_text(encoding="utf-8"))
+        try:
+            earlier = json.loads(run.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"cannot read {run} ({type(exc).__name__}); choose another --out") from None
         if earlier != json.loads(json.dumps(config)):
             changed = [k for k in config if earlier.get(k) != json.loads(json.dumps(config[k]))]
             raise ConfigError(f"{out} was evaluated with other {', '.join(changed)}; choose another --out")
@@ -191,9 +221,15 @@ def _resume(out: Path, config: dict) -> dict[str, dict]:
         if raw and not raw.endswith(b"\n"):  # a line cut by a kill: dropped, the image done again
             raw = raw[: raw.rfind(b"\n") + 1]
             path.write_bytes(raw)
-        for line in raw.decode("utf-8").splitlines():
-            record = json.loads(line)
-            done[record["file_name"]] = record
+        for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+            try:
+                record = json.loads(line)
+                done[record["file_name"]] = record
+                PQTotals.from_json(record["pq"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise ConfigError(
+                    f"{path} line {number} is not a record of this evaluation; choose another --out"
+                ) from None
     return done
 
 

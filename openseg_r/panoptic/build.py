@@ -54,17 +54,21 @@ def build_panoptic(
     instances: list[tuple[int, float, np.ndarray]] | None = None,
     min_area: int = DEFAULT_MIN_AREA,
     default_kind: str = "thing",
+    kind_from: list[str] | None = None,
 ) -> Panoptic:
     """``labels`` (H, W) class indices (negative: unknown); ``kinds[c]`` "thing", "stuff" or
     None; ``instances`` (class index, score, bool mask) from a segmenter that finds them, or
-    None to split thing classes into connected regions."""
+    None to split thing classes into connected regions; ``kind_from[c]`` where class c's kind
+    came from ("vocabulary", "reasoning" or "default"), when known."""
     if min_area < 1:
         raise ValueError("min_area must be at least 1 pixel")
     resolved = [kind or default_kind for kind in kinds]
     notes = []
-    unmarked = [
-        name for name, kind, index in zip(names, kinds, range(len(names))) if kind is None and index != background_index
-    ]
+    decided = [name for name, source in zip(names, kind_from or []) if source == "reasoning"]
+    if decided:
+        shown = ", ".join(decided[:5]) + (", ..." if len(decided) > 5 else "")
+        notes.append(f"generic reasoning decided thing or stuff for {len(decided)} class(es): {shown}")
+    unmarked = [name for i, (name, kind) in enumerate(zip(names, kinds)) if kind is None and i != background_index]
     if unmarked:
         shown = ", ".join(unmarked[:5]) + (", ..." if len(unmarked) > 5 else "")
         notes.append(f"{len(unmarked)} class(es) not marked thing or stuff count as {default_kind}s: {shown}")
@@ -107,4 +111,4 @@ def build_panoptic(
             mask = (labels == category) & (ids == 0)
             if mask.any():
                 add(mask, category, float(confidence[mask].mean()))
-    return Panoptic(ids, segments, min_area, things_from, notes)
+    return Panoptic(ids, segments, min_area, things_from, notes, kind_from)

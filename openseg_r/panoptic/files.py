@@ -56,9 +56,7 @@ def panoptic_json(
                 "id": i,
                 "name": name,
                 "isthing": int((kind or "thing") == "thing"),
-                "kind_from": (panoptic.kind_from or [])[i]
-                if panoptic.kind_from
-                else ("vocabulary" if kind else "default"),
+                "kind_from": panoptic.kind_from[i] if panoptic.kind_from else ("vocabulary" if kind else "default"),
             }
             for i, (name, kind) in enumerate(zip(names, kinds))
             if i != background_index

@@ -89,8 +89,13 @@ def image_pq(
     pred = np.where(np.isin(pred_ids, list(pred_segments)), pred_ids, VOID).astype(np.int64)
     joint, counts = np.unique(gt * OFFSET + pred, return_counts=True)
     overlap = {(int(j // OFFSET), int(j % OFFSET)): int(n) for j, n in zip(joint, counts)}
-    gt_area = {s: int((gt == s).sum()) for s in gt_segments}
-    pred_area = {s: int((pred == s).sum()) for s in pred_segments}
+    gt_area = dict.fromkeys(gt_segments, 0)  # each segment's area, from the one pass above
+    pred_area = dict.fromkeys(pred_segments, 0)
+    for (g, p), inter in overlap.items():
+        if g != VOID:
+            gt_area[g] += inter
+        if p != VOID:
+            pred_area[p] += inter
     totals = PQTotals()
     gt_matched, pred_matched = set(), set()
     for (g, p), inter in overlap.items():

@@ -341,10 +341,15 @@ def _vector(row_dim: object, blob: object, dim: int | None) -> np.ndarray | None
     return vector if np.isfinite(vector).all() else None
 
 
-def open_text_cache(choice: "str | Path | SQLiteTextCache | None") -> SQLiteTextCache | None:
+def open_text_cache(
+    choice: "str | Path | SQLiteTextCache | None", *, random_weights: bool = False
+) -> SQLiteTextCache | None:
     """``None``, ``none`` or ``memory``: no store (embeddings live in memory only);
     ``user``: the user cache file (:func:`default_text_cache_path`); a path: that SQLite
-    file; a store object is used as it is."""
+    file; a store object is used as it is. With ``random_weights`` there is no store:
+    random weights never meet again, so their embeddings stay in memory."""
+    if random_weights:
+        return None
     if choice is not None and not isinstance(choice, (str, Path)):
         return choice
     if choice is None or str(choice).strip().lower() in ("", "none", "memory", ":memory:"):

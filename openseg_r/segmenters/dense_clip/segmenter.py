@@ -83,13 +83,10 @@ class CLIPSegmenter:
         except ValidationError as exc:
             raise ConfigError(f"invalid segmenter setting: {describe_validation_error(exc)}") from None
         clip = load_clip(model, pretrained, device=device, precision=precision)
-        store = None
-        random_weights = clip.pretrained is None and not clip.model_name.startswith(("hf-hub:", "local-dir:"))
-        if text_cache is not None and not random_weights:  # random weights never meet again: memory only
-            from openseg_r.segmenters.text_cache import open_text_cache
+        from openseg_r.segmenters.text_cache import open_text_cache
 
-            store = open_text_cache(text_cache)
-        return cls(clip, segmenter_config, text_store=store)
+        random_weights = clip.pretrained is None and not clip.model_name.startswith(("hf-hub:", "local-dir:"))
+        return cls(clip, segmenter_config, text_store=open_text_cache(text_cache, random_weights=random_weights))
 
     def describe(self) -> dict:
         """What this segmenter is: recorded with results and evaluation runs."""

@@ -10,6 +10,7 @@ from openseg_r.segmenters.dense_clip.segmenter import CLIPSegmenter
 from openseg_r.segmenters.proxyclip.encoder import ProxyCLIPEncoder
 from openseg_r.segmenters.proxyclip.options import PROXYCLIP, ProxyCLIPOptions
 from openseg_r.segmenters.proxyclip.vfm import VisionFoundationModel, load_vfm, locate_vfm
+from openseg_r.segmenters.text_cache import open_text_cache
 
 
 class ProxyCLIPSegmenter(CLIPSegmenter):
@@ -51,9 +52,5 @@ def build(options: ProxyCLIPOptions, request: BuildRequest) -> ProxyCLIPSegmente
     vfm_files = locate_vfm(options.vfm, options.vfm_weights, options.vfm_revision)
     clip = load_clip(options.clip_model, options.clip_pretrained, device=request.device, precision=request.precision)
     vfm = load_vfm(options.vfm, vfm_files, device=clip.device, dtype=clip.dtype)
-    store = None
-    if request.text_cache is not None and not options.random_weights:
-        from openseg_r.segmenters.text_cache import open_text_cache
-
-        store = open_text_cache(request.text_cache)
+    store = open_text_cache(request.text_cache, random_weights=options.random_weights)
     return ProxyCLIPSegmenter(clip, vfm, options, text_store=store)

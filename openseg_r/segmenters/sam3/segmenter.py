@@ -220,9 +220,7 @@ def build(options: Sam3Options, request: BuildRequest) -> Sam3Segmenter:
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"cannot load SAM 3 from {options.model}: {clipped(first, 200)}") from None
-    store = None
-    if request.text_cache is not None:
-        from openseg_r.segmenters.text_cache import open_text_cache
+    from openseg_r.segmenters.text_cache import open_text_cache
 
-        store = open_text_cache(request.text_cache)
+    store = open_text_cache(request.text_cache)
     return Sam3Segmenter(model, processor, options, f"{files.identity}|{dtype}", text_store=store)
