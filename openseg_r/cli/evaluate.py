@@ -99,7 +99,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from openseg_r.evals.datasets import get_dataset
     from openseg_r.evals.instances import INSTANCE_DATASET
     from openseg_r.evals.panoptic import PANOPTIC_DATASET
-    from openseg_r.evals.runner import parse_shard, run_eval
+    from openseg_r.evals.runner import run_eval
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
 
     if args.dataset == INSTANCE_DATASET:
@@ -121,17 +121,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         from openseg_r.vocab import load_named_vocabulary  # the protocol's own class list, unless --vocab
 
         vocabulary = load_named_vocabulary(args.vocab or protocol.vocabulary)
-    out = args.out
-    if args.shard == "auto":
-        shard, local_rank = launcher_shard()
-        out = f"{args.out}/shard-{shard[0]}-of-{shard[1]}"
-        if options.device is None and local_rank is not None:
-            import torch
-
-            if torch.cuda.is_available():
-                options = options.with_overrides(device=f"cuda:{local_rank}")
-    else:
-        shard = parse_shard(args.shard)
+    shard, out, options = shard_and_out(args, options)
     dataset.samples(args.root, args.split)  # a wrong layout fails before any model loads
     from openseg_r._support.files import check_output_folder
 
@@ -163,10 +153,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
 def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, concurrency, engine) -> int:
     """--engine ray: the same folder and report; each actor evaluates --concurrency images at once."""
     from openseg_r.distributed import run_eval_on_ray
-    from openseg_r.errors import ConfigError
 
-    if shard is not None:
-        raise ConfigError("--shard splits the work by hand: with --engine ray the cluster shares it out, drop --shard")
+    no_shard_on_ray(shard)
     state = run_eval_on_ray(
         options,
         dataset,
@@ -185,6 +173,29 @@ def _run_on_ray(args, dataset, options, settings, vocabulary, protocol, shard, c
     )
     _print_summary(args.out)
     return EXIT_SOME_FAILED if state.failed else EXIT_OK
+
+
+def shard_and_out(args: argparse.Namespace, options):
+    """--shard: (shard, the folder to write, the options). With 'auto', the launcher's rank
+    and world size, the folder OUT/shard-i-of-n, and the local rank's GPU when none is set."""
+    from openseg_r.evals.runner import parse_shard
+
+    if args.shard != "auto":
+        return parse_shard(args.shard), args.out, options
+    shard, local_rank = launcher_shard()
+    if options.device is None and local_rank is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            options = options.with_overrides(device=f"cuda:{local_rank}")
+    return shard, f"{args.out}/shard-{shard[0]}-of-{shard[1]}", options
+
+
+def no_shard_on_ray(shard) -> None:
+    from openseg_r.errors import ConfigError
+
+    if shard is not None:
+        raise ConfigError("--shard splits the work by hand: with --engine ray the cluster shares it out, drop --shard")
 
 
 def dataset_protocol(dataset: str, choice: str | None, kind: str = "dense-clip"):
@@ -223,9 +234,13 @@ def launcher_shard() -> tuple[tuple[int, int], int | None]:
 
 
 def run_merge_command(args: argparse.Namespace) -> int:
+    from openseg_r.evals.panoptic import is_panoptic_run, merge_panoptic
     from openseg_r.evals.runner import merge
 
-    merge(args.folders, args.out)
+    if args.folders and is_panoptic_run(args.folders[0]):
+        merge_panoptic(args.folders, args.out)
+    else:
+        merge(args.folders, args.out)
     _print_summary(args.out)
     return EXIT_OK
 
@@ -256,21 +271,33 @@ def _run_instance_eval(args: argparse.Namespace) -> int:
 
 
 def _run_panoptic_eval(args: argparse.Namespace) -> int:
-    """``--dataset coco-panoptic``: PQ, SQ and RQ; re-running resumes, ``--shard i/n`` works."""
+    """``--dataset coco-panoptic``: PQ, SQ and RQ, run as the semantic benchmarks run
+    (resume, --shard, --ablation, --concurrency, --engine ray, `eval merge`)."""
     from openseg_r._support.files import check_output_folder
     from openseg_r.config.settings import Settings
     from openseg_r.errors import ConfigError
     from openseg_r.evals.panoptic import PanopticDataset, run_panoptic_eval
-    from openseg_r.evals.runner import parse_shard
     from openseg_r.lmm.spec import configured_spec, names_an_lmm
     from openseg_r.panoptic.build import DEFAULT_MIN_AREA
 
-    if args.ablation or engine_values(args) or args.shard == "auto":
-        raise ConfigError("coco-panoptic runs in this process: no --ablation, --engine or --shard auto")
+    if args.split is not None:
+        raise ConfigError("coco-panoptic has no splits: --annotations names the JSON to evaluate")
+    if (args.protocol or "auto").strip().lower() not in ("auto", "none"):
+        raise ConfigError(
+            f"--protocol {args.protocol} is a semantic benchmark's published settings; coco-panoptic runs with "
+            "the segmenter's own options"
+        )
     area = args.min_segment_area if args.min_segment_area is not None else DEFAULT_MIN_AREA
     if area < 1:
         raise ConfigError(f"--min-segment-area must be at least 1 pixel, not {area}")
-    options, settings = options_and_settings(args, None, Settings(reasoning=names_an_lmm(configured_spec(args.lmm))))
+    concurrency = concurrency_option(args)
+    engine = engine_values(args)
+    has_lmm = names_an_lmm(configured_spec(args.lmm))
+    if args.ablation and not has_lmm:
+        raise ConfigError(
+            "--ablation compares reasoning settings: give an LMM (--lmm), a replay file, or a scripted one"
+        )
+    options, settings = options_and_settings(args, None, Settings(reasoning=has_lmm))
     dataset = PanopticDataset(args.root, args.annotations)
     vocabulary = None
     if args.vocab:
@@ -279,20 +306,34 @@ def _run_panoptic_eval(args: argparse.Namespace) -> int:
         vocabulary = load_named_vocabulary(args.vocab)
     dataset.vocabulary(vocabulary)  # a category the vocabulary lacks fails here
     dataset.check()  # and so does a PNG that does not match its JSON, before any model loads
-    check_output_folder(args.out)
+    shard, out, options = shard_and_out(args, options)
+    check_output_folder(out)
+    progress = not args.no_progress and sys.stderr.isatty()
+    common = {"min_area": area, "limit": args.limit, "seed": args.seed, "vocabulary": vocabulary}
+    if engine:
+        from openseg_r.distributed import run_panoptic_eval_on_ray
+
+        no_shard_on_ray(shard)
+        summary = run_panoptic_eval_on_ray(
+            options,
+            dataset,
+            out,
+            ablation=args.ablation,
+            settings=settings,
+            images_per_task=concurrency,
+            progress=progress,
+            **common,
+            **engine,
+        )
+        _print_summary(out)
+        return EXIT_SOME_FAILED if summary.get("failed") else EXIT_OK
     from openseg_r.model import OpenSegR
 
     model = OpenSegR.from_options(options, settings=settings)
     run_panoptic_eval(
-        model,
-        dataset,
-        args.out,
-        min_area=area,
-        limit=args.limit,
-        shard=parse_shard(args.shard) if args.shard else None,
-        vocabulary=vocabulary,
+        model, dataset, out, shard=shard, ablation=args.ablation, concurrency=concurrency, progress=progress, **common
     )
-    _print_summary(args.out)
+    _print_summary(out)
     return EXIT_OK
 
 

@@ -83,6 +83,8 @@ class EvalActor:
     """Evaluates a batch of samples {"id", "image", "label"} (paths) with every setting of
     the run, through the same per-image function the local runner uses; the batch's images
     run at once on threads (their LMM calls overlap; forward passes share the micro-batcher).
+    ``task`` names what is evaluated: {"dataset": NAME} (a semantic benchmark) or
+    {"dataset": "coco-panoptic", "root", "annotations", "min_area"}.
 
     Per row it returns "id", "record" (the images.jsonl line), "error" ("" or one line: the
     image failed, never raised) and "image_reasoning" (JSON of the cache entries the row
@@ -93,7 +95,7 @@ class EvalActor:
         options: dict,
         settings: dict | None,
         vocabulary: dict,
-        dataset: str,
+        task: dict,
         setting_overrides: list,
         generic: list[dict],
         lmm_concurrency: int | None = None,
@@ -101,23 +103,37 @@ class EvalActor:
         ledger=None,
     ) -> None:
         from openseg_r.distributed.ledger import LedgerClient
-        from openseg_r.evals.datasets import get_dataset
+        from openseg_r.evals.panoptic import PANOPTIC_DATASET, PanopticDataset
         from openseg_r.schemas import Vocabulary
 
         self.ledger = LedgerClient(ledger)
         self.model, self.cache = build_model(options, settings, generic, lmm_concurrency, threads)
-        self.dataset = get_dataset(dataset)
         self.vocabulary = Vocabulary.model_validate(vocabulary)
         self.settings = [(name, overrides) for name, overrides in setting_overrides]
+        self.task = task
+        if task["dataset"] == PANOPTIC_DATASET:
+            self.dataset = PanopticDataset(task["root"], task["annotations"])
+        else:
+            from openseg_r.evals.datasets import get_dataset
+
+            self.dataset = get_dataset(task["dataset"])
+
+    def _record(self, sample) -> dict:
+        from openseg_r.evals import panoptic, runner  # looked up per image: the functions as they are now
+
+        if "min_area" in self.task:
+            return panoptic.evaluate_panoptic_image(
+                self.model, self.dataset, self.vocabulary, sample, self.settings, self.task["min_area"]
+            )
+        record, _ = runner.evaluate_image(self.model, self.dataset, self.vocabulary, sample, self.settings)
+        return record
 
     def _evaluate(self, sample) -> tuple[str, str]:
-        from openseg_r.evals import runner  # looked up per image: the runner's function, as it is now
-
         over_budget = self.ledger.start(sample.id)
         if over_budget is not None:
             return "", over_budget
         try:
-            record, _ = runner.evaluate_image(self.model, self.dataset, self.vocabulary, sample, self.settings)
+            record = self._record(sample)
         except Exception as exc:  # noqa: BLE001 (recorded as this image's failure; the others go on)
             return "", one_line(exc)
         finally:

@@ -5,8 +5,11 @@ The driver does what must happen once: it checks the folder (run.json, resuming 
 images.jsonl), computes the generic reasoning and ships it to the actors, then iterates
 the results and writes each image's line as it arrives (flushed, an id already written
 skipped: a batch Ray retries after an actor died adds nothing twice). An image that fails
-goes to failed.jsonl with its error and the rest go on; the totals are integers added on
-the driver, so they equal the local runner's exactly."""
+goes to failed.jsonl with its error and the rest go on; the totals are added on the
+driver from the same per-image lines the local runners write (integer area counts; PQ
+counts summed in image-name order), so they equal the local runner's exactly. Semantic
+benchmarks and coco-panoptic share all of it: only the per-image function and the
+report differ."""
 
 from __future__ import annotations
 
@@ -27,6 +30,13 @@ from openseg_r.distributed.cluster import (
 from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetSpec, select
 from openseg_r.evals.metrics import AreaCounts
+from openseg_r.evals.panoptic import (
+    PANOPTIC_DATASET,
+    PanopticDataset,
+    open_panoptic_state,
+    panoptic_config,
+    write_panoptic_reports,
+)
 from openseg_r.evals.runner import (
     IMAGES_FILE,
     EvalState,
@@ -38,6 +48,7 @@ from openseg_r.evals.runner import (
     torch_numerics,
     write_reports,
 )
+from openseg_r.panoptic.build import DEFAULT_MIN_AREA
 
 FAILED_FILE = "failed.jsonl"
 
@@ -70,33 +81,13 @@ def run_eval_on_ray(
     once in an actor) and ``lmm_concurrency`` LMM calls in flight per actor. Writes the
     same folder as :func:`openseg_r.evals.runner.run_eval`, plus failed.jsonl. Image
     reasoning is merged into ``reasoning_cache`` (default: the options' cache)."""
-    from openseg_r.model import OpenSegR
-    from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
-
-    _check_counts(actors, gpus_per_actor, images_per_task)
-    checked_cpus_per_actor(cpus_per_actor)
-    ray = require_ray()
+    pool = _Pool(actors, gpus_per_actor, cpus_per_actor, images_per_task, lmm_concurrency, address)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocabulary = eval_vocabulary(dataset, root, vocabulary)
     samples = select(dataset.samples(root, split), limit, seed, None)
-    # The driver's model describes the run and reasons; its CLIP stays on the CPU (actors segment).
-    model = OpenSegR.from_options(options.with_overrides(device="cpu"), settings=settings)
-    if reasoning_cache is not None:
-        from openseg_r._support.cache import open_reasoning_cache
-
-        model.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=True)
+    model = pool.driver_model(options, settings, reasoning_cache)
     setting_list = eval_settings(model, ablation)
-    throughput = {
-        "engine": "ray",
-        "actors": actors,
-        "gpus_per_actor": gpus_per_actor,
-        "cpus_per_actor": cpus_per_actor,
-        **torch_numerics(),
-        "torch_threads": actor_threads(cpus_per_actor),
-        "images_per_task": images_per_task,
-        "lmm_concurrency": lmm_concurrency,
-    }
     config = run_config(
         model,
         dataset,
@@ -108,54 +99,177 @@ def run_eval_on_ray(
         seed=seed,
         shard=None,
         protocol=protocol,
-        throughput=throughput,
+        throughput=pool.throughput(),
     )
     config["model"] = dict(config["model"], device=options.device or "auto (per actor)", dtype=options.precision)
     state = open_state(out, config, vocabulary.names)
+
+    def add(record: dict) -> None:
+        counts = {
+            setting: AreaCounts.from_sparse(entry["counts"], len(state.class_names))
+            for setting, entry in record["settings"].items()
+        }
+        add_record(state, record, counts)
+
     todo = [s for s in samples if s.id not in state.done]
-    if todo:
+    pool.evaluate(
+        model,
+        options,
+        vocabulary,
+        setting_list,
+        {"dataset": dataset.name},
+        todo,
+        state,
+        add,
+        out,
+        len(samples),
+        progress,
+    )
+    write_reports(state, out)
+    pool.report_failures(state, out)
+    return state
+
+
+def run_panoptic_eval_on_ray(
+    options: ModelOptions,
+    dataset: PanopticDataset,
+    out: str | Path,
+    *,
+    min_area: int = DEFAULT_MIN_AREA,
+    limit: int | None = None,
+    seed: int = 0,
+    ablation: bool = False,
+    vocabulary=None,
+    settings=None,
+    address: str | None = None,
+    actors: int = 2,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR,
+    images_per_task: int = DEFAULT_IMAGES_PER_TASK,
+    lmm_concurrency: int | None = None,
+    progress: bool = False,
+    reasoning_cache=None,
+) -> dict:
+    """:func:`openseg_r.evals.panoptic.run_panoptic_eval` on a Ray cluster (the options as
+    for :func:`run_eval_on_ray`): the same folder and totals, plus failed.jsonl."""
+    pool = _Pool(actors, gpus_per_actor, cpus_per_actor, images_per_task, lmm_concurrency, address)
+    vocabulary = dataset.vocabulary(vocabulary)
+    samples = dataset.samples(limit, seed, None)
+    model = pool.driver_model(options, settings, reasoning_cache)
+    setting_list = eval_settings(model, ablation)
+    config = panoptic_config(
+        model,
+        dataset,
+        vocabulary,
+        setting_list,
+        min_area=min_area,
+        limit=limit,
+        seed=seed,
+        shard=None,
+        throughput=pool.throughput(),
+    )
+    config["segmenter"] = dict(config["segmenter"], device=options.device or "auto (per actor)")
+    out = Path(out)
+    state = open_panoptic_state(out, config)
+    task = {
+        "dataset": PANOPTIC_DATASET,
+        "root": str(dataset.root.resolve()),
+        "annotations": str(dataset.path.resolve()),
+        "min_area": min_area,
+    }
+    todo = [s for s in samples if s.id not in state.records]
+    pool.evaluate(model, options, vocabulary, setting_list, task, todo, state, state.add, out, len(samples), progress)
+    summary = write_panoptic_reports(state, out)
+    pool.report_failures(state, out)
+    return summary
+
+
+class _Pool:
+    """What both evaluations share: the actor pool's settings, the driver's model, and the
+    run itself (generic reasoning once, the ledger, the actors, the rows written back)."""
+
+    def __init__(self, actors, gpus_per_actor, cpus_per_actor, images_per_task, lmm_concurrency, address) -> None:
+        _check_counts(actors, gpus_per_actor, images_per_task)
+        checked_cpus_per_actor(cpus_per_actor)
+        self.ray = require_ray()
+        self.actors, self.gpus_per_actor, self.cpus_per_actor = actors, gpus_per_actor, cpus_per_actor
+        self.images_per_task, self.lmm_concurrency, self.address = images_per_task, lmm_concurrency, address
+
+    def driver_model(self, options: ModelOptions, settings, reasoning_cache):
+        """The driver's model describes the run and reasons; its CLIP stays on the CPU
+        (actors segment). Image reasoning is merged into ``reasoning_cache``, if given."""
+        from openseg_r.model import OpenSegR
+
+        model = OpenSegR.from_options(options.with_overrides(device="cpu"), settings=settings)
+        if reasoning_cache is not None:
+            from openseg_r._support.cache import open_reasoning_cache
+
+            model.reasoning_cache = open_reasoning_cache(reasoning_cache, has_lmm=True)
+        return model
+
+    def throughput(self) -> dict:
+        return {
+            "engine": "ray",
+            "actors": self.actors,
+            "gpus_per_actor": self.gpus_per_actor,
+            "cpus_per_actor": self.cpus_per_actor,
+            **torch_numerics(),
+            "torch_threads": actor_threads(self.cpus_per_actor),
+            "images_per_task": self.images_per_task,
+            "lmm_concurrency": self.lmm_concurrency,
+        }
+
+    def evaluate(self, model, options, vocabulary, setting_list, task, todo, state, add, out, total, progress) -> None:
+        """Evaluate ``todo`` on the actors, each good row ``add``-ed and written as it comes."""
+        from openseg_r.nodes.generic_reasoning import cached_generic_entries, reason_generic_ahead
+
+        if not todo:
+            return
         generic = []
         if any(overrides.get("reasoning") for _, overrides in setting_list):
             context = model.context()
             _reason_generic(model, vocabulary, context, reason_generic_ahead)
             generic = cached_generic_entries(vocabulary, context)
-        connect(address)
+        connect(self.address)
         from openseg_r.distributed.ledger import start_ledger
 
+        ray = self.ray
         ledger = start_ledger(ray)  # images that crash their worker get a budget, not endless retries
         (out / FAILED_FILE).unlink(missing_ok=True)  # the images that failed last time are tried again
         rows = [{"id": s.id, "image": str(s.image), "label": str(s.label)} for s in todo]
-        blocks = max(1, -(-len(rows) // images_per_task))  # one block per batch: every actor gets work
+        blocks = max(1, -(-len(rows) // self.images_per_task))  # one block per batch: every actor gets work
         results = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             EvalActor,
             fn_constructor_kwargs={
                 "options": options.model_dump(mode="json"),
                 "settings": model.settings.model_dump(mode="json"),
                 "vocabulary": vocabulary.model_dump(mode="json"),
-                "dataset": dataset.name,
+                "task": task,
                 "setting_overrides": [list(pair) for pair in setting_list],
                 "generic": generic,
-                "lmm_concurrency": lmm_concurrency,
-                "threads": actor_threads(cpus_per_actor),
+                "lmm_concurrency": self.lmm_concurrency,
+                "threads": actor_threads(self.cpus_per_actor),
                 "ledger": ledger,
             },
             # Ray Data restarts a dead actor and runs its batch again (max_restarts and
             # max_task_retries are -1 for actor pools): the ids already written are skipped.
-            batch_size=images_per_task,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus_per_actor or None,
-            num_cpus=cpus_per_actor,
+            batch_size=self.images_per_task,
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_gpus=self.gpus_per_actor or None,
+            num_cpus=self.cpus_per_actor,
         )
         try:
-            _collect(results, state, out, model.reasoning_cache, len(samples), progress, dataset.name)
+            _collect(results, state, add, out, model.reasoning_cache, total, progress, task["dataset"])
         finally:
             ray.kill(ledger)  # one job's ledger; a driver that runs several jobs keeps none
-    write_reports(state, out)
-    if state.failed:
-        print(
-            f"{len(state.failed)} image(s) failed (see {out / FAILED_FILE}); the others are evaluated", file=sys.stderr
-        )
-    return state
+
+    @staticmethod
+    def report_failures(state, out: Path) -> None:
+        if state.failed:
+            print(
+                f"{len(state.failed)} image(s) failed (see {out / FAILED_FILE}); the others are evaluated",
+                file=sys.stderr,
+            )
 
 
 def _check_counts(actors: int, gpus_per_actor: float, images_per_task: int) -> None:
@@ -179,9 +293,10 @@ def _reason_generic(model, vocabulary, context, reason_generic_ahead) -> None:
             raise
 
 
-def _collect(results, state: EvalState, out: Path, cache, total: int, progress: bool, name: str) -> None:
+def _collect(results, state, add, out: Path, cache, total: int, progress: bool, name: str) -> None:
     """Write each row as it comes back, on this thread only: a good one to images.jsonl (an id
-    already there is skipped), a failed one to failed.jsonl; image reasoning into ``cache``."""
+    already there is skipped) and to ``add``, a failed one to failed.jsonl; image reasoning
+    into ``cache``."""
     bar = None
     if progress:
         from tqdm import tqdm
@@ -203,14 +318,9 @@ def _collect(results, state: EvalState, out: Path, cache, total: int, progress: 
                         failures.write(json.dumps({"id": image_id, "error": row["error"]}) + "\n")
                 continue
             state.failed.pop(image_id, None)  # failed on an attempt Ray then retried
-            record = json.loads(row["record"])
             log.write(row["record"] + "\n")
             log.flush()
-            counts = {
-                setting: AreaCounts.from_sparse(entry["counts"], len(state.class_names))
-                for setting, entry in record["settings"].items()
-            }
-            add_record(state, record, counts)
+            add(json.loads(row["record"]))
             if bar is not None:
                 bar.set_postfix({"img/s": f"{number / (time.perf_counter() - started):.2f}"})
                 bar.update(1)

@@ -6,20 +6,29 @@ use the same format.
 
 The vocabulary is the categories in id order, each a thing or stuff as the file says;
 every image is segmented as ``segment --panoptic`` would (reasoning included, with an
-LMM). Each image's per-category counts go to ``images.jsonl`` as it finishes, so running
-the same command again resumes, and ``--shard i/n`` takes every n-th image.
+LMM), once per setting (the ablation's five, or the default one). It runs as the semantic
+runner does (:mod:`openseg_r.evals.runner`): each image's per-setting, per-category counts
+go to ``images.jsonl`` as it finishes, so running the same command again resumes;
+``--shard i/n`` takes every n-th image and :func:`merge_panoptic` adds shards up;
+``concurrency`` images run at once; Ray actors run :func:`evaluate_panoptic_image` too.
+Totals are added in image-name order, so every way of running gives the same sums.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from openseg_r._support.files import write_atomically
+from openseg_r._support.images import load_image
 from openseg_r.errors import ConfigError
+from openseg_r.evals.datasets import Sample, select
+from openseg_r.evals.runner import ImagePipeline, comparable_segmenter, eval_settings, local_throughput
 from openseg_r.panoptic.build import DEFAULT_MIN_AREA
 from openseg_r.panoptic.files import rgb_to_ids
 from openseg_r.panoptic.quality import PQTotals, image_pq
@@ -28,7 +37,7 @@ from openseg_r.schemas import Vocabulary, VocabularyClass
 PANOPTIC_DATASET = "coco-panoptic"
 ANNOTATION_CANDIDATES = ("annotations/panoptic_val2017.json", "panoptic_val2017.json", "panoptic.json")
 IMAGE_FOLDERS = ("val2017", "images", ".")
-RECORDS = "images.jsonl"
+RUN_FILE, RECORDS, FAILED_FILE = "run.json", "images.jsonl", "failed.jsonl"
 
 
 def annotations_file(root: str | Path, annotations: str | Path | None = None) -> Path:
@@ -68,10 +77,22 @@ class PanopticDataset:
             raise ConfigError(f"{self.path} has no categories")
         self.index = {category: i for i, (category, _, _) in enumerate(self.categories)}
         self.png_folder = self._png_folder()
+        self.by_name = {a["file_name"]: a for a in self.annotations}
+        if len(self.by_name) != len(self.annotations):
+            raise ConfigError(f"{self.path} lists a panoptic PNG twice")
         self.image_files = {
             a["file_name"]: images.get(a.get("image_id"), Path(a["file_name"]).with_suffix(".jpg").name)
             for a in self.annotations
         }
+
+    def samples(self, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None) -> list[Sample]:
+        """The images to evaluate, chosen as the semantic benchmarks choose them (sorted by
+        PNG name, ``limit`` drawn with ``seed``, then every n-th for shard i of n)."""
+        every = [Sample(a["file_name"], Path(self.image_files[a["file_name"]]), Path()) for a in self.annotations]
+        return [
+            Sample(s.id, self.image_path(self.by_name[s.id]), self.png_folder / s.id)
+            for s in select(every, limit, seed, shard)
+        ]
 
     def _png_folder(self) -> Path:
         for candidate in (self.root / self.path.stem, self.path.parent / self.path.stem, self.root / "panoptic"):
@@ -156,6 +177,110 @@ def plain_name(name: object) -> str:
     return name
 
 
+@dataclass
+class SettingPQ:
+    """One setting's totals over the images done: PQ counts and what the images cost."""
+
+    totals: PQTotals = field(default_factory=PQTotals)
+    images: int = 0
+    seconds: float = 0.0
+    lmm_calls: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class PanopticState:
+    """A results folder: its config (run.json), each image's line, and the images that
+    failed (with an engine that goes on past one)."""
+
+    config: dict
+    records: dict[str, dict] = field(default_factory=dict)  # image (PNG name) -> its images.jsonl line
+    failed: dict[str, str] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)  # the records' images
+
+    def add(self, record: dict) -> None:
+        """One image's line (as :func:`evaluate_panoptic_image` makes it), checked."""
+        settings = record["settings"]
+        if set(settings) != set(self.config["settings"]):
+            raise ValueError("its settings are not this evaluation's")
+        for entry in settings.values():
+            PQTotals.from_json(entry["pq"])
+        self.records[str(record["id"])] = record
+        self.done.add(str(record["id"]))
+
+
+def panoptic_config(
+    model,
+    dataset: PanopticDataset,
+    vocabulary: Vocabulary,
+    settings: list[tuple[str, dict]],
+    *,
+    min_area: int,
+    limit: int | None,
+    seed: int,
+    shard: tuple[int, int] | None,
+    throughput: dict,
+) -> dict:
+    """What run.json records: everything a resumed run must match, and (``throughput``,
+    never compared) how it ran."""
+    return {
+        "dataset": PANOPTIC_DATASET,
+        "annotations": str(dataset.path.resolve()),
+        "min_area": min_area,
+        "segmenter": model.describe_segmenter(),
+        "lmm": model.lmm.model_id,
+        # allow_fallback changes no number: an evaluation may resume with or without it
+        "base_settings": model.settings.model_dump(mode="json", exclude={"allow_fallback"}),
+        "settings": [name for name, _ in settings],
+        "setting_overrides": {name: overrides for name, overrides in settings},
+        "vocabulary": [[c.name, c.queries] for c in vocabulary.classes],
+        "isthing": [thing for _, _, thing in dataset.categories],
+        "limit": limit,
+        "seed": seed,
+        "shard": list(shard) if shard else None,
+        "throughput": throughput,
+    }
+
+
+COMPARED_ON_MERGE = ("dataset", "annotations", "min_area", "lmm", "base_settings", "settings", "vocabulary", "limit")
+
+
+def evaluate_panoptic_image(
+    model,
+    dataset: PanopticDataset,
+    vocabulary: Vocabulary,
+    sample: Sample,
+    settings: list[tuple[str, dict]],
+    min_area: int,
+    on_event=None,
+) -> dict:
+    """One image's line: per setting, its segments' per-category PQ counts, seconds, LMM
+    calls and tokens. It runs on a worker thread or a Ray actor: it touches no shared state."""
+    gt_ids, gt_segments = dataset.ground_truth(dataset.by_name[sample.id])
+    rgb = load_image(sample.image)  # decoded once: the segmenter reuses its features across settings
+    if rgb.shape[:2] != gt_ids.shape:
+        raise ConfigError(
+            f"{sample.image.name} is {rgb.shape[1]}x{rgb.shape[0]} but its panoptic PNG is "
+            f"{gt_ids.shape[1]}x{gt_ids.shape[0]}"
+        )
+    record: dict = {"id": sample.id, "settings": {}}
+    for name, overrides in settings:
+        started = time.perf_counter()
+        result = model.segment(rgb, vocabulary, on_event=on_event, **overrides)
+        found = result.panoptic(min_area)
+        seconds = time.perf_counter() - started
+        predicted = {s.id: {"category_id": s.category_id} for s in found.segments}
+        calls = result.state.lmm_calls
+        record["settings"][name] = {
+            "segments": len(found.segments),
+            "pq": image_pq(gt_ids, gt_segments, found.ids, predicted).to_json(),
+            "seconds": round(seconds, 4),
+            "lmm_calls": len(calls),
+            "tokens": sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls),
+        }
+    return record
+
+
 def run_panoptic_eval(
     model,
     dataset: PanopticDataset,
@@ -163,107 +288,214 @@ def run_panoptic_eval(
     *,
     min_area: int = DEFAULT_MIN_AREA,
     limit: int | None = None,
+    seed: int = 0,
     shard: tuple[int, int] | None = None,
     vocabulary: Vocabulary | None = None,
+    ablation: bool = False,
+    concurrency: int = 1,
+    progress: bool = False,
 ) -> dict:
-    """Segment the images not yet in ``out/images.jsonl``, add each one's PQ counts to it,
-    and write ``summary.json`` and ``summary.md`` over every image done."""
+    """Segment the images not yet in ``out/images.jsonl`` with every setting (the
+    ablation's, or the default one), add each one's PQ counts to it as it finishes, and
+    write ``summary.json`` and ``summary.md`` over every image done."""
+    from openseg_r.nodes.stages import ReasoningSlots
+
+    slots = ReasoningSlots(concurrency)  # a bad value fails before anything is written
     out = Path(out)
-    annotations = dataset.annotations[: limit if limit else None]
-    if shard is not None:
-        annotations = annotations[shard[0] :: shard[1]]
     vocabulary = dataset.vocabulary(vocabulary)
-    config = {
-        "dataset": PANOPTIC_DATASET,
-        "annotations": str(dataset.path),
-        "min_area": min_area,
-        "segmenter": model.describe_segmenter(),
-        "settings": model.settings.model_dump(mode="json"),
-        "vocabulary": [[c.name, c.queries] for c in vocabulary.classes],
-    }
-    done = _resume(out, config)
-    with open(out / RECORDS, "a", encoding="utf-8") as records:
-        for annotation in annotations:
-            if annotation["file_name"] in done:
-                continue
-            gt_ids, gt_segments = dataset.ground_truth(annotation)
-            result = model.segment(str(dataset.image_path(annotation)), vocabulary)
-            found = result.panoptic(min_area)
-            predicted = {s.id: {"category_id": s.category_id} for s in found.segments}
-            totals = image_pq(gt_ids, gt_segments, found.ids, predicted)
-            line = {"file_name": annotation["file_name"], "segments": len(found.segments), "pq": totals.to_json()}
-            records.write(json.dumps(line) + "\n")
+    settings = eval_settings(model, ablation)
+    samples = dataset.samples(limit, seed, shard)
+    config = panoptic_config(
+        model,
+        dataset,
+        vocabulary,
+        settings,
+        min_area=min_area,
+        limit=limit,
+        seed=seed,
+        shard=shard,
+        throughput=local_throughput(model, concurrency),
+    )
+    state = open_panoptic_state(out, config)
+    todo = [s for s in samples if s.id not in state.records]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="eval coco-panoptic", unit="img")
+
+    def evaluate(sample: Sample) -> dict:
+        with slots.slot() as on_event:  # given back when its reasoning is done
+            return evaluate_panoptic_image(model, dataset, vocabulary, sample, settings, min_area, on_event)
+
+    with open(out / RECORDS, "a", encoding="utf-8") as records, ImagePipeline(evaluate, todo, slots.workers) as run:
+        for record in run:
+            records.write(json.dumps(record) + "\n")  # one whole line per image, as it finishes
             records.flush()
-            done[annotation["file_name"]] = line
-    return write_summary(out, config, done, dataset)
+            state.add(record)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return write_panoptic_reports(state, out)
 
 
-def _resume(out: Path, config: dict) -> dict[str, dict]:
-    """The images already done in ``out`` (the last whole line of each), after checking
-    that they were computed the same way; a new ``out`` records the config."""
+def open_panoptic_state(out: str | Path, config: dict) -> PanopticState:
+    """The folder's evaluation so far, after checking that it was computed the same way (a
+    new folder records the config); a last line cut by a kill is dropped, its image done
+    again, and any other line that is not a record of this evaluation is one line."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = out / "run.json"
+    run = out / RUN_FILE
+    current = json.loads(json.dumps(config))  # as it would be read back
     if run.is_file():
-        try:
-            earlier = json.loads(run.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            raise ConfigError(f"cannot read {run} ({type(exc).__name__}); choose another --out") from None
-        if earlier != json.loads(json.dumps(config)):
-            changed = [k for k in config if earlier.get(k) != json.loads(json.dumps(config[k]))]
+        earlier = _read_run_file(run, "; choose another --out")
+        changed = [k for k in current if k not in ("throughput", "segmenter") and earlier.get(k) != current[k]]
+        if comparable_segmenter(earlier.get("segmenter")) != comparable_segmenter(current["segmenter"]):
+            changed.append("segmenter")  # where and how fast it ran (device, dtype, batches) may change
+        if changed:
             raise ConfigError(f"{out} was evaluated with other {', '.join(changed)}; choose another --out")
-    else:
-        text = json.dumps(config, indent=2)
-        write_atomically(run, lambda f: f.write(text.encode("utf-8")))
-    done = {}
+        if earlier.get("throughput") != current["throughput"]:  # information only: the latest run's
+            current = dict(earlier, throughput=current["throughput"])
+    text = json.dumps(current, indent=2)
+    write_atomically(run, lambda f: f.write(text.encode("utf-8")))
+    state = PanopticState(current)
     path = out / RECORDS
     if path.is_file():
         raw = path.read_bytes()
         if raw and not raw.endswith(b"\n"):  # a line cut by a kill: dropped, the image done again
             raw = raw[: raw.rfind(b"\n") + 1]
             path.write_bytes(raw)
-        for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-            try:
-                record = json.loads(line)
-                done[record["file_name"]] = record
-                PQTotals.from_json(record["pq"])
-            except (ValueError, KeyError, TypeError, IndexError):
-                raise ConfigError(
-                    f"{path} line {number} is not a record of this evaluation; choose another --out"
-                ) from None
-    return done
+        _add_lines(state, path, raw)
+    return state
 
 
-def write_summary(out: Path, config: dict, done: dict[str, dict], dataset: PanopticDataset) -> dict:
-    totals = PQTotals()
-    for record in done.values():
-        totals.add(PQTotals.from_json(record["pq"]))
-    isthing = {i: thing for i, (_, _, thing) in enumerate(dataset.categories)}
-    scores = totals.summary(isthing)
+def is_panoptic_run(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a coco-panoptic evaluation (its run.json says so)."""
+    try:
+        return json.loads((Path(folder) / RUN_FILE).read_text(encoding="utf-8")).get("dataset") == PANOPTIC_DATASET
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _read_run_file(run: Path, advice: str = "") -> dict:
+    try:
+        earlier = json.loads(run.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot read {run} ({type(exc).__name__}){advice}") from None
+    if not isinstance(earlier, dict) or earlier.get("dataset") != PANOPTIC_DATASET:
+        raise ConfigError(f"{run} is not a coco-panoptic evaluation{advice}")
+    return earlier
+
+
+def _add_lines(state: PanopticState, path: Path, raw: bytes) -> None:
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        try:
+            state.add(json.loads(line))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ConfigError(
+                f"{path} line {number} is not a record of this evaluation; choose another --out"
+            ) from None
+
+
+def merge_panoptic(folders: list[str | Path], out: str | Path) -> dict:
+    """Add the shards' per-image counts (an image in two shards counts once)."""
+    configs = [_read_run_file(Path(folder) / RUN_FILE) for folder in folders]
+    for other in configs[1:]:
+        changed = [k for k in COMPARED_ON_MERGE if other.get(k) != configs[0].get(k)]
+        if changed:
+            raise ConfigError(f"the shards differ in {', '.join(changed)}; only shards of one evaluation merge")
+    config = dict(configs[0], shard=None, merged_from=[str(f) for f in folders])
+    state = PanopticState(config)
+    for folder in folders:
+        path = Path(folder) / RECORDS
+        if path.is_file():
+            raw = path.read_bytes()
+            _add_lines(state, path, raw[: raw.rfind(b"\n") + 1])  # a shard killed mid-line: its whole lines
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2)
+    write_atomically(out / RUN_FILE, lambda f: f.write(text.encode("utf-8")))
+    return write_panoptic_reports(state, out)
+
+
+def write_panoptic_reports(state: PanopticState, out: str | Path) -> dict:
+    """summary.json and summary.md: per setting PQ, SQ and RQ (in %) over all categories
+    that occur, over things and over stuff, with the change in PQ from the first setting,
+    LMM calls, tokens and seconds per image, and the per-category counts."""
+    config = state.config
+    isthing = dict(enumerate(config["isthing"]))
+    totals = {name: SettingPQ() for name in config["settings"]}
+    for image in sorted(state.records):  # one order for every run: the float sums are the same
+        for name, entry in state.records[image]["settings"].items():
+            setting = totals[name]
+            setting.totals.add(PQTotals.from_json(entry["pq"]))
+            setting.images += 1
+            setting.seconds += entry["seconds"]
+            setting.lmm_calls += entry["lmm_calls"]
+            setting.tokens += entry["tokens"]
+    table, first = [], None
+    for name, setting in totals.items():
+        scores = {
+            group: {k: round(100 * v, 3) if k != "n" else v for k, v in values.items()}
+            for group, values in setting.totals.summary(isthing).items()
+        }
+        first = scores["all"]["PQ"] if first is None else first
+        images = max(1, setting.images)
+        table.append(
+            {
+                "setting": name,
+                "pq": scores,
+                "delta_pq": round(scores["all"]["PQ"] - first, 3),
+                "lmm_calls_per_image": round(setting.lmm_calls / images, 2),
+                "tokens_per_image": round(setting.tokens / images, 1),
+                "seconds_per_image": round(setting.seconds / images, 3),
+                "totals": setting.totals.to_json(),
+            }
+        )
     summary = {
         "dataset": PANOPTIC_DATASET,
         "annotations": config["annotations"],
-        "images": len(done),
+        "images": len(state.records),
         "min_area": config["min_area"],
         "segmenter": config["segmenter"],
-        "pq": {
-            group: {k: round(100 * v, 3) if k != "n" else v for k, v in values.items()}
-            for group, values in scores.items()
-        },
-        "totals": totals.to_json(),
+        "lmm": config["lmm"],
+        "table": table,
     }
+    if state.failed:  # images left out of every number (see failed.jsonl)
+        summary["failed"] = len(state.failed)
+    out = Path(out)
+    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", _markdown(summary))):
+        write_atomically(out / name, lambda f, text=text: f.write(text.encode("utf-8")))
+    return summary
+
+
+def _markdown(summary: dict) -> str:
     lines = [
-        f"# openseg-r panoptic evaluation: {config['annotations']}",
+        f"# openseg-r panoptic evaluation: {summary['annotations']}",
         "",
-        f"{len(done)} image(s); segmenter {config['segmenter'].get('kind')}; "
-        f"segments under {config['min_area']} pixels dropped",
+        f"{summary['images']} image(s); LMM {summary['lmm']}; segmenter {summary['segmenter'].get('kind')}; "
+        f"segments under {summary['min_area']} pixels dropped",
+        "",
+        "| setting | PQ | SQ | RQ | PQ things | PQ stuff | Δ PQ | LMM calls / image | s / image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in summary["table"]:
+        pq = row["pq"]
+        lines.append(
+            f"| {row['setting']} | {pq['all']['PQ']:.1f} | {pq['all']['SQ']:.1f} | {pq['all']['RQ']:.1f} | "
+            f"{pq['things']['PQ']:.1f} | {pq['stuff']['PQ']:.1f} | {row['delta_pq']:+.1f} | "
+            f"{row['lmm_calls_per_image']} | {row['seconds_per_image']} |"
+        )
+    last = summary["table"][-1]
+    lines += [
+        "",
+        f"Setting {last['setting']!r}, by kind:",
         "",
         "| | PQ | SQ | RQ | categories |",
         "| --- | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {group} | {v['PQ']:.1f} | {v['SQ']:.1f} | {v['RQ']:.1f} | {v['n']} |"
-            for group, v in summary["pq"].items()
-        ),
+        *(f"| {group} | {v['PQ']:.1f} | {v['SQ']:.1f} | {v['RQ']:.1f} | {v['n']} |" for group, v in last["pq"].items()),
     ]
-    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", "\n".join(lines) + "\n")):
-        write_atomically(out / name, lambda f, text=text: f.write(text.encode("utf-8")))
-    return summary
+    if summary.get("failed"):
+        lines += ["", f"{summary['failed']} image(s) failed and are left out of every number: see {FAILED_FILE}."]
+    return "\n".join(lines) + "\n"

@@ -101,7 +101,7 @@ def run_eval(
         seed=seed,
         shard=shard,
         protocol=protocol,
-        throughput=_throughput(model, concurrency),
+        throughput=local_throughput(model, concurrency),
     )
     state = open_state(out, config, vocabulary.names)
     todo = [s for s in samples if s.id not in state.done]
@@ -116,7 +116,7 @@ def run_eval(
             return evaluate_image(model, dataset, vocabulary, sample, settings, on_event)
 
     started = time.perf_counter()
-    pipeline = _Pipeline(evaluate, todo, slots.workers)
+    pipeline = ImagePipeline(evaluate, todo, slots.workers)
     with (out / IMAGES_FILE).open("a", encoding="utf-8") as log, pipeline as finished:
         for number, (record, counts) in enumerate(finished, start=1):
             log.write(json.dumps(record) + "\n")  # one whole line per image, in the order they finish
@@ -204,7 +204,7 @@ def add_record(state: EvalState, record: dict, counts: dict[str, AreaCounts]) ->
     state.done.add(record["id"])
 
 
-def _throughput(model, concurrency: int) -> dict:
+def local_throughput(model, concurrency: int) -> dict:
     """How fast the run was set up to go: recorded for information, never compared on resume
     (the counts do not depend on the threads: docs/design.md §2.5)."""
     options = getattr(model, "options", None)
@@ -254,7 +254,7 @@ def evaluate_image(
     return record, counts_by_setting
 
 
-class _Pipeline:
+class ImagePipeline:
     """Images evaluated ahead by ``workers`` threads; iterating yields each image's result
     as it finishes, on the caller's thread.
 
@@ -275,7 +275,7 @@ class _Pipeline:
         self._stop = threading.Event()
         self._results: queue.Queue = queue.Queue()
 
-    def __enter__(self) -> "_Pipeline":
+    def __enter__(self) -> "ImagePipeline":
         if self._workers > 1:
             for number in range(self._workers):
                 threading.Thread(target=self._work, name=f"openseg-r-eval-{number}", daemon=True).start()
@@ -339,7 +339,7 @@ def _add(totals: SettingTotals, counts: AreaCounts, seconds: float, calls: int, 
     totals.tokens += tokens
 
 
-def _segmenter_settings(model: dict | None) -> dict | None:
+def comparable_segmenter(model: dict | None) -> dict | None:
     """What the segmenter computes with; where and how fast it ran (device, dtype, window
     batches, torch.compile) may change on resume."""
     if model is None:
@@ -365,8 +365,8 @@ def open_state(out: Path, config: dict, class_names: list[str]) -> EvalState:
         current = json.loads(json.dumps(config))  # as it would be read back
         changed = [k for k in keys if previous.get(k) != current.get(k)]
         if "protocol" in previous:
-            previous["segmenter"] = _segmenter_settings(previous.get("model"))
-            current["segmenter"] = _segmenter_settings(current.get("model"))
+            previous["segmenter"] = comparable_segmenter(previous.get("model"))
+            current["segmenter"] = comparable_segmenter(current.get("model"))
             changed += [k for k in later if previous.get(k) != current.get(k)]
         if changed:
             raise ConfigError(
