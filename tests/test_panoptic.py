@@ -425,6 +425,15 @@ def test_a_bad_panoptic_dataset_is_one_line_and_nothing_is_written(panoptic_set,
     assert mismatch.returncode == 2 and mismatch.stderr.count("\n") == 1, mismatch.stderr
     assert "its PNG ids do not match its segments_info (in the PNG only: [999]" in mismatch.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for flags, words in (
+        (["--ablation", "--lmm", "none"], "--ablation compares reasoning settings: give an LMM"),
+        (["--protocol", "naclip"], "--protocol naclip is a semantic benchmark's published settings"),
+        (["--split", "val"], "coco-panoptic has no splits"),
+        (["--engine", "ray", "--shard", "0/2"], "--shard splits the work by hand"),
+    ):
+        done = cli(*base, *flags, "--out", str(tmp_path / "c"), timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, (flags, done.stderr)
+        assert not (tmp_path / "c").exists()
 
 
 # --------------------------------------------------------------------------- agents, the web page, folders

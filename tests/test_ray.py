@@ -498,6 +498,50 @@ def test_cli_eval_on_ray_records_a_corrupt_image_as_failed_and_the_rest_exactly(
     assert_same_as_reference(out, reference)  # the summary too: the failed image is left out of every number
 
 
+def test_cli_panoptic_eval_on_ray_gives_the_local_counts_and_records_a_corrupt_image(
+    cluster, tiny_model_files, tmp_path
+):
+    """`eval --dataset coco-panoptic --engine ray --ablation`: every setting's per-image PQ
+    counts and the totals equal the local runner's exactly; a JPEG cut short (its header
+    reads, its pixels do not) is in failed.jsonl, exit 3, and left out of every number."""
+    from panoptic_sets import comparable_records, mini_panoptic_set, table_totals
+
+    from openseg_r.evals.panoptic import PanopticDataset, run_panoptic_eval
+
+    root = mini_panoptic_set(tmp_path / "mini")
+    model = OpenSegR.from_options(tiny_options(tiny_model_files))
+    run_panoptic_eval(model, PanopticDataset(root), tmp_path / "local", ablation=True)
+    data = json.loads((root / "panoptic.json").read_text())
+    whole = (root / "images" / "crop0.jpg").read_bytes()
+    (root / "images" / "broken.jpg").write_bytes(whole[: len(whole) // 3])
+    shutil.copy(root / "panoptic" / "crop0.png", root / "panoptic" / "broken.png")
+    data["images"].append({**data["images"][1], "id": 99, "file_name": "broken.jpg"})
+    data["annotations"].append({**data["annotations"][1], "image_id": 99, "file_name": "broken.png"})
+    (root / "with_broken.json").write_text(json.dumps(data))
+    config, weights = tiny_model_files
+    out = tmp_path / "ray"
+    command = ["eval", "--dataset", "coco-panoptic", "--root", root, "--annotations", root / "with_broken.json"]
+    command += ["--lmm", f"scripted:{SCRIPT}", "--ablation", "--out", out, "--clip-model", config]
+    command += ["--clip-pretrained", weights, "--device", "cpu", "--precision", "fp32", "--cache", "none"]
+    command += ["--engine", "ray", "--address", cluster.address, "--actors", "2", "--concurrency", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "openseg_r.cli", *map(str, command)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "| + self-check |" in proc.stdout
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failed] == ["broken.png"] and "\n" not in failed[0]["error"]
+    assert comparable_records(out) == comparable_records(tmp_path / "local")
+    assert table_totals(out) == table_totals(tmp_path / "local")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 1 and summary["images"] == 5
+    assert json.loads((out / "run.json").read_text())["throughput"]["engine"] == "ray"
+
+
 # --------------------------------------------------------------------------- batch segmentation
 
 

@@ -292,6 +292,8 @@ def _run_panoptic_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-segment-area must be at least 1 pixel, not {area}")
     concurrency = concurrency_option(args)
     engine = engine_values(args)
+    if engine:
+        no_shard_on_ray(args.shard)  # flags first: before the dataset is read
     has_lmm = names_an_lmm(configured_spec(args.lmm))
     if args.ablation and not has_lmm:
         raise ConfigError(
@@ -313,7 +315,6 @@ def _run_panoptic_eval(args: argparse.Namespace) -> int:
     if engine:
         from openseg_r.distributed import run_panoptic_eval_on_ray
 
-        no_shard_on_ray(shard)
         summary = run_panoptic_eval_on_ray(
             options,
             dataset,
