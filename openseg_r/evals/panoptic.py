@@ -28,7 +28,13 @@ from openseg_r._support.files import write_atomically
 from openseg_r._support.images import load_image
 from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import Sample, select
-from openseg_r.evals.runner import ImagePipeline, comparable_segmenter, eval_settings, local_throughput
+from openseg_r.evals.runner import (
+    ImagePipeline,
+    SettingTotals,
+    comparable_segmenter,
+    eval_settings,
+    local_throughput,
+)
 from openseg_r.panoptic.build import DEFAULT_MIN_AREA
 from openseg_r.panoptic.files import rgb_to_ids
 from openseg_r.panoptic.quality import PQTotals, image_pq
@@ -175,17 +181,6 @@ def plain_name(name: object) -> str:
     if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
         raise ValueError(f"file_name {str(name)[:60]!r} is not a plain file name")
     return name
-
-
-@dataclass
-class SettingPQ:
-    """One setting's totals over the images done: PQ counts and what the images cost."""
-
-    totals: PQTotals = field(default_factory=PQTotals)
-    images: int = 0
-    seconds: float = 0.0
-    lmm_calls: int = 0
-    tokens: int = 0
 
 
 @dataclass
@@ -425,11 +420,11 @@ def write_panoptic_reports(state: PanopticState, out: str | Path) -> dict:
     LMM calls, tokens and seconds per image, and the per-category counts."""
     config = state.config
     isthing = dict(enumerate(config["isthing"]))
-    totals = {name: SettingPQ() for name in config["settings"]}
+    totals = {name: SettingTotals(PQTotals()) for name in config["settings"]}
     for image in sorted(state.records):  # one order for every run: the float sums are the same
         for name, entry in state.records[image]["settings"].items():
             setting = totals[name]
-            setting.totals.add(PQTotals.from_json(entry["pq"]))
+            setting.counts.add(PQTotals.from_json(entry["pq"]))
             setting.images += 1
             setting.seconds += entry["seconds"]
             setting.lmm_calls += entry["lmm_calls"]
@@ -438,7 +433,7 @@ def write_panoptic_reports(state: PanopticState, out: str | Path) -> dict:
     for name, setting in totals.items():
         scores = {
             group: {k: round(100 * v, 3) if k != "n" else v for k, v in values.items()}
-            for group, values in setting.totals.summary(isthing).items()
+            for group, values in setting.counts.summary(isthing).items()
         }
         first = scores["all"]["PQ"] if first is None else first
         images = max(1, setting.images)
@@ -450,7 +445,7 @@ def write_panoptic_reports(state: PanopticState, out: str | Path) -> dict:
                 "lmm_calls_per_image": round(setting.lmm_calls / images, 2),
                 "tokens_per_image": round(setting.tokens / images, 1),
                 "seconds_per_image": round(setting.seconds / images, 3),
-                "totals": setting.totals.to_json(),
+                "totals": setting.counts.to_json(),
             }
         )
     summary = {

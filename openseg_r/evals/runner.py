@@ -29,6 +29,7 @@ from openseg_r.errors import ConfigError
 from openseg_r.evals.datasets import DatasetError, DatasetSpec, Sample, select
 from openseg_r.evals.metrics import AreaCounts, image_counts, summarize
 from openseg_r.nodes.stages import ReasoningSlots
+from openseg_r.panoptic.quality import PQTotals
 from openseg_r.segmenters.registry import get_kind
 
 ABLATION: list[tuple[str, dict]] = [
@@ -43,7 +44,10 @@ RUN_FILE, IMAGES_FILE = "run.json", "images.jsonl"
 
 @dataclass
 class SettingTotals:
-    counts: AreaCounts
+    """One setting's counts over the images done (area counts, or panoptic quality's
+    per-category counts) and what the images cost."""
+
+    counts: AreaCounts | PQTotals
     images: int = 0
     seconds: float = 0.0
     lmm_calls: int = 0
