@@ -160,6 +160,7 @@ def test_marks_set_a_class_kind_and_anything_else_is_one_line():
         ("ade150", 100, {"person": "thing", "wall": "stuff", "car": "thing", "sky": "stuff"}),
         ("cityscapes", 8, {"person": "thing", "bicycle": "thing", "road": "stuff", "vegetation": "stuff"}),
         ("coco_stuff171", 80, {"person": "thing", "toothbrush": "thing", "banner": "stuff"}),
+        ("coco_panoptic", 80, {"person": "thing", "dining table": "thing", "sky-other-merged": "stuff"}),
         ("voc21", 20, {"person": "thing", "tvmonitor": "thing"}),
     ],
 )
@@ -352,6 +353,31 @@ def test_eval_coco_panoptic_resumes_a_killed_run_to_identical_totals(panoptic_se
     assert summaries[0]["table"] and summaries[1]["images"] == 3
     assert [r["totals"] for r in summaries[0]["table"]] == [r["totals"] for r in summaries[1]["table"]]
     assert len((cut / "images.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_coco_panoptic_vocabulary_matches_cocos_panoptic_categories_by_name(panoptic_set):
+    """`--vocab coco_panoptic` on a JSON with COCO panoptic's own category names: each
+    category gets the built-in's plain-word queries, its kind from the file."""
+    from openseg_r.evals.panoptic import PanopticDataset
+
+    data = json.loads((panoptic_set / "panoptic.json").read_text())
+    data["categories"] = [
+        {"id": 1, "name": "person", "isthing": 1},
+        {"id": 67, "name": "dining table", "isthing": 1},
+        {"id": 187, "name": "sky-other-merged", "isthing": 0},
+        {"id": 199, "name": "wall-other-merged", "isthing": 0},
+    ]
+    for annotation in data["annotations"]:
+        for segment in annotation["segments_info"]:
+            segment["category_id"] = 1
+    (panoptic_set / "panoptic.json").write_text(json.dumps(data))
+    vocabulary = PanopticDataset(panoptic_set).vocabulary(load_builtin("coco_panoptic"))
+    assert [(c.name, c.queries, c.kind) for c in vocabulary.classes] == [
+        ("person", ["person"], "thing"),
+        ("dining table", ["dining table"], "thing"),
+        ("sky-other-merged", ["sky"], "stuff"),
+        ("wall-other-merged", ["wall"], "stuff"),
+    ]
 
 
 def test_ablation_shards_merge_and_concurrency_give_the_whole_runs_counts(tiny_model_files, tmp_path):

@@ -47,6 +47,7 @@ BUILTIN_FILES = {
     "coco_stuff171": "coco_stuff171.txt",
     "coco_object": "coco_object.txt",
     "cityscapes": "cityscapes.txt",
+    "coco_panoptic": "coco_panoptic.txt",
     # OpenSeg-R's (MAFT+) synonym lists: the vocabularies its published numbers use
     "voc21_syn": "voc21_syn.txt",
     "pc59_syn": "pc59_syn.txt",
@@ -71,6 +72,7 @@ ALIASES = {
     "cocostuff": "coco_stuff171",
     "coco_obj": "coco_object",
     "city_scapes": "cityscapes",
+    "coco_panoptic133": "coco_panoptic",
 }
 
 
