@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (top, left, height, width) of the crops added to the photo (375 x 500)
 CROPS = {
     "crop0": (0, 0, 150, 200),
-    "crop1": (100, 150, 150, 200),
-    "crop2": (175, 250, 200, 250),
+    "crop1": (175, 250, 200, 250),
 }
 
 
