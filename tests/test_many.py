@@ -188,6 +188,9 @@ def test_concurrent_service_calls_share_forward_passes(tiny_segmenter, tmp_path)
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     model = OpenSegR(segmenter=tiny_segmenter, lmm="none", batch_size=4, batch_wait_ms=5_000)
+    # Wait for all four whatever the runs in flight say: on a loaded machine the first call can
+    # reach the batcher before the others have started, and the batcher rightly goes alone.
+    model.batcher.expected_callers = lambda: 4
     service = SegmentationService(model, SafetyLimits(allowed_roots=[tmp_path], max_concurrent=4))
     outputs = [None] * 4
 

@@ -450,14 +450,12 @@ def _read_run_file(run: Path, advice: str = "") -> dict:
     return earlier
 
 
-def _add_lines(state: PanopticState, path: Path, raw: bytes) -> None:
+def _add_lines(state: PanopticState, path: Path, raw: bytes, advice: str = "; choose another --out") -> None:
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
         try:
             state.add(json.loads(line))
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise ConfigError(
-                f"{path} line {number} is not a record of this evaluation; choose another --out"
-            ) from None
+            raise ConfigError(f"{path} line {number} is not a record of this evaluation{advice}") from None
 
 
 def merge_panoptic(folders: list[str | Path], out: str | Path) -> dict:
@@ -473,7 +471,7 @@ def merge_panoptic(folders: list[str | Path], out: str | Path) -> dict:
         path = Path(folder) / RECORDS
         if path.is_file():
             raw = path.read_bytes()
-            _add_lines(state, path, raw[: raw.rfind(b"\n") + 1])  # a shard killed mid-line: its whole lines
+            _add_lines(state, path, raw[: raw.rfind(b"\n") + 1], "")  # a shard killed mid-line: its whole lines
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2)
