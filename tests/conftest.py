@@ -32,28 +32,6 @@ TINY_CONFIG = {
 }
 
 
-# The slowest files first. Under `--dist loadfile` a file runs whole on one worker, in the
-# order collected: a slow file collected last (test_ray.py, by its name) would run alone at
-# the end while the other workers sit idle; started first, it overlaps the many short ones.
-SLOW_FILES_FIRST = (
-    "test_ray.py",
-    "test_lmm_health.py",
-    "test_panoptic.py",
-    "test_evals.py",
-    "test_parity.py",
-    "test_openai_backend.py",
-    "test_sam3.py",
-    "test_hf_backend.py",
-    "test_presets.py",
-    "test_segmenter_registry.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: number for number, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
-
-
 @pytest.fixture(autouse=True)
 def own_user_dirs(tmp_path_factory, monkeypatch):
     """Each test gets its own user cache and data folders (the reasoning cache, the runs

@@ -157,7 +157,10 @@ class Page:
         return line.inner_text().strip()
 
     def images_decoded(self, selector: str) -> bool:
-        return self.page.locator(selector).first.evaluate("img => img.complete && img.naturalWidth > 0")
+        """The first matching image loads and decodes (waited for: on a loaded machine it may
+        still be loading when the element appears); False if it cannot be decoded."""
+        script = "img => img.decode().then(() => img.naturalWidth > 0, () => false)"
+        return self.page.locator(selector).first.evaluate(script)
 
     def download(self, name: str) -> bytes:
         link = self.page.locator(f"#downloads a[href*='{name}']").first
