@@ -97,11 +97,8 @@ class PanopticDataset:
     def samples(self, limit: int | None = None, seed: int = 0, shard: tuple[int, int] | None = None) -> list[Sample]:
         """The images to evaluate, chosen as the semantic benchmarks choose them (sorted by
         PNG name, ``limit`` drawn with ``seed``, then every n-th for shard i of n)."""
-        every = [Sample(a["file_name"], Path(self.image_files[a["file_name"]]), Path()) for a in self.annotations]
-        return [
-            Sample(s.id, self.image_path(self.by_name[s.id]), self.png_folder / s.id)
-            for s in select(every, limit, seed, shard)
-        ]
+        chosen = select([Sample(name, Path(), Path()) for name in self.by_name], limit, seed, shard)
+        return [Sample(s.id, self.image_path(self.by_name[s.id]), self.png_folder / s.id) for s in chosen]
 
     def _png_folder(self) -> Path:
         for candidate in (self.root / self.path.stem, self.path.parent / self.path.stem, self.root / "panoptic"):
@@ -258,7 +255,11 @@ class PanopticState:
     config: dict
     records: dict[str, dict] = field(default_factory=dict)  # image (PNG name) -> its images.jsonl line
     failed: dict[str, str] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)  # the records' images
+
+    @property
+    def done(self):
+        """The images done (the records' keys: a live, set-like view)."""
+        return self.records.keys()
 
     def add(self, record: dict) -> None:
         """One image's line (as :func:`evaluate_panoptic_image` makes it), checked."""
@@ -268,7 +269,6 @@ class PanopticState:
         for entry in settings.values():
             PQTotals.from_json(entry["pq"])
         self.records[str(record["id"])] = record
-        self.done.add(str(record["id"]))
 
 
 def panoptic_config(
